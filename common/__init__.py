@@ -1,0 +1,1 @@
+"""Shared code of the PVA-SAE pipeline. Knows no phase: phases import from here, never the reverse."""

@@ -1,0 +1,138 @@
+"""Loading and validating MBPP problems.
+
+Sources: the hub (``google-research-datasets/mbpp``, config ``full``, every
+split, sorted by task_id) through ``datasets``, or a local file in the
+original jsonl format (or parquet with the same columns). Every row is
+validated, because a silently malformed row would become a silently wrong
+label hours later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+HUB_DATASET = "google-research-datasets/mbpp"
+HUB_CONFIG = "full"
+COLUMNS = ["task_id", "text", "code", "test_list", "test_setup_code", "challenge_test_list"]
+
+
+def _validate_row(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """Check one problem; ``where`` names the row (``line 12``) in the error."""
+    for key in COLUMNS:
+        if key not in row:
+            raise PipelineError(f"MBPP {where}: missing field {key!r}")
+    task_id = row["task_id"]
+    if isinstance(task_id, bool) or not isinstance(task_id, int):
+        try:
+            if float(task_id) != int(task_id):
+                raise ValueError
+            task_id = int(task_id)
+        except (TypeError, ValueError):
+            raise PipelineError(f"MBPP {where}: field 'task_id' must be an integer, got {task_id!r}")
+    for key in ("text", "code", "test_setup_code"):
+        if not isinstance(row[key], str):
+            raise PipelineError(f"MBPP {where}: field {key!r} must be a string")
+    if not row["text"].strip():
+        raise PipelineError(f"MBPP {where}: field 'text' is empty")
+    tests = list(row["test_list"]) if not isinstance(row["test_list"], str) else None
+    if tests is None or not tests or not all(isinstance(t, str) for t in tests):
+        raise PipelineError(f"MBPP {where}: field 'test_list' must be a non-empty list of strings")
+    for test in tests:
+        if not test.lstrip().startswith("assert"):
+            raise PipelineError(f"MBPP {where}: field 'test_list' has a test not starting with 'assert': {test[:60]!r}")
+    challenge = row["challenge_test_list"]
+    challenge = [] if challenge is None else list(challenge) if not isinstance(challenge, str) else None
+    if challenge is None or not all(isinstance(t, str) for t in challenge):
+        raise PipelineError(f"MBPP {where}: field 'challenge_test_list' must be a list of strings")
+    return {
+        "task_id": task_id,
+        "text": row["text"],
+        "code": row["code"],
+        "test_list": tests,
+        "test_setup_code": row["test_setup_code"],
+        "challenge_test_list": challenge,
+    }
+
+
+def _rows_from_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read MBPP file {path}: {exc}")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"MBPP {path} line {number}: not valid JSON ({exc.msg})")
+        if not isinstance(obj, dict):
+            raise PipelineError(f"MBPP {path} line {number}: not a JSON object")
+        rows.append(_validate_row(obj, f"{path} line {number}"))
+    return rows
+
+
+def _rows_from_parquet(path: Path) -> list[dict[str, Any]]:
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:
+        raise PipelineError(f"cannot read MBPP parquet {path}: {exc}")
+    return [_validate_row(dict(r), f"{path} row {i}") for i, r in enumerate(df.to_dict("records"))]
+
+
+def _rows_from_hub() -> list[dict[str, Any]]:
+    try:
+        import datasets
+
+        dsd = datasets.load_dataset(HUB_DATASET, HUB_CONFIG)
+    except Exception as exc:
+        raise PipelineError(
+            f"cannot load MBPP ({HUB_DATASET}, config {HUB_CONFIG}) from the Hugging Face hub "
+            f"({type(exc).__name__}); point --mbpp-path (or PVA_MBPP_PATH) at a local mbpp.jsonl"
+        )
+    rows = []
+    for split in dsd:
+        for i, r in enumerate(dsd[split]):
+            rows.append(_validate_row(dict(r), f"hub split {split} row {i}"))
+    return rows
+
+
+def load_mbpp(path: str | Path | None = None) -> pd.DataFrame:
+    """All problems, validated, one row per task, sorted by task_id.
+
+    ``path`` None means the hub. A duplicate task_id is an error: every later
+    phase keys on it.
+    """
+    if path is None:
+        rows = _rows_from_hub()
+        source = f"hub:{HUB_DATASET}/{HUB_CONFIG}"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise PipelineError(f"MBPP file {p} does not exist (check --mbpp-path / PVA_MBPP_PATH)")
+        rows = _rows_from_parquet(p) if p.suffix == ".parquet" else _rows_from_jsonl(p)
+        source = str(p)
+    if not rows:
+        raise PipelineError(f"MBPP source {source} holds no problems")
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    duplicated = df["task_id"][df["task_id"].duplicated()].tolist()
+    if duplicated:
+        raise PipelineError(f"MBPP source {source}: duplicate task_id {duplicated[0]}")
+    df = df.sort_values("task_id", kind="stable").reset_index(drop=True)
+    df.attrs["source"] = source
+    logger.info("loaded %d MBPP problems from %s", len(df), source)
+    return df
+
+
+def mbpp_source_description(path: str | Path | None) -> str:
+    return f"hub:{HUB_DATASET}/{HUB_CONFIG}" if path is None else str(path)

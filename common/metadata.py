@@ -1,0 +1,107 @@
+"""The ``*_metadata.json`` every phase writes beside its outputs.
+
+Why: a number in a thesis must be traceable to the exact config, inputs
+(by hash), code (git commit), package versions, model and SAE ids and seed
+that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from common.config import PipelineConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TRACKED_PACKAGES = (
+    "torch", "transformers", "accelerate", "sae-lens", "transformer-lens", "datasets",
+    "pandas", "pyarrow", "numpy", "scipy", "scikit-learn", "radon", "tokenizers",
+)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_input(path: str | Path) -> dict[str, Any]:
+    """Path and hash of an input; a folder is hashed over its sorted file names and sizes."""
+    p = Path(path)
+    if p.is_file():
+        return {"path": str(p), "sha256": file_sha256(p), "bytes": p.stat().st_size}
+    if p.is_dir():
+        digest = hashlib.sha256()
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        for f in files:
+            digest.update(f"{f.relative_to(p)}:{f.stat().st_size}\n".encode())
+        return {"path": str(p), "listing_sha256": digest.hexdigest(), "files": len(files)}
+    return {"path": str(p), "missing": True}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=5,
+    )
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+class RunClock:
+    """Wall time of a phase, from construction to ``elapsed()``."""
+
+    def __init__(self) -> None:
+        self.started_at = datetime.now(timezone.utc).isoformat()
+        self._t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+
+def build_metadata(
+    phase: str,
+    cfg: PipelineConfig,
+    clock: RunClock,
+    inputs: dict[str, str | Path] | None = None,
+    outputs: dict[str, str | Path] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "phase": phase,
+        "config": cfg.to_dict(),
+        "inputs": {k: describe_input(v) for k, v in (inputs or {}).items()},
+        "outputs": {k: str(v) for k, v in (outputs or {}).items()},
+        "seed": cfg.seed,
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "started_at": clock.started_at,
+        "wall_time_s": round(clock.elapsed(), 3),
+        **(extra or {}),
+    }

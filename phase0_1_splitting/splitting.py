@@ -1,0 +1,128 @@
+"""Phase 0.1: split the problems into sae 50% / hyperparams 10% / validation 40%.
+
+Why three splits (DESIGN rule 6): latents are *chosen* on the sae split,
+thresholds and steering coefficients are *tuned* on the hyperparams split, and
+every *reported* number comes from the validation split. Stratifying by
+difficulty keeps the three splits comparable.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.config import PipelineConfig
+from common.errors import PipelineError
+from common.mbpp import load_mbpp, mbpp_source_description
+from common.metadata import RunClock, build_metadata
+from common.paths import phase_dir, resolve_input
+from common.storage import write_json, write_parquet
+
+logger = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("sae", "hyperparams", "validation")
+
+
+def difficulty_strata(complexity: pd.Series, n_strata: int) -> pd.Series:
+    """Quantile bins of complexity; equal complexities always share a stratum."""
+    codes = pd.qcut(complexity, q=n_strata, labels=False, duplicates="drop")
+    return codes.astype(int)
+
+
+def allocate(n: int, fractions: tuple[float, ...]) -> list[int]:
+    """Sizes summing to ``n``, each within one of ``n * fraction`` (largest remainder)."""
+    raw = np.asarray(fractions, dtype=float) * n
+    sizes = np.floor(raw).astype(int)
+    remainder = n - int(sizes.sum())
+    order = np.argsort(-(raw - sizes), kind="stable")
+    sizes[order[:remainder]] += 1
+    return sizes.tolist()
+
+
+def split_tasks(
+    difficulty: pd.DataFrame, fractions: tuple[float, ...], n_strata: int, seed: int
+) -> pd.DataFrame:
+    """Assign every task to one split; returns task_id, stratum, split."""
+    if len(fractions) != len(SPLIT_NAMES) or any(f < 0 for f in fractions):
+        raise PipelineError(f"--split-fractions needs {len(SPLIT_NAMES)} non-negative numbers")
+    total = float(sum(fractions))
+    if not np.isclose(total, 1.0):
+        raise PipelineError(f"--split-fractions must sum to 1, got {total:g}")
+    df = difficulty[["task_id", "cyclomatic_complexity"]].copy()
+    df["stratum"] = difficulty_strata(df["cyclomatic_complexity"], n_strata)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for stratum in sorted(df["stratum"].unique()):
+        members = df[df["stratum"] == stratum].sort_values("task_id")
+        shuffled = members.iloc[rng.permutation(len(members))]
+        sizes = allocate(len(shuffled), fractions)
+        labels = np.repeat(np.array(SPLIT_NAMES), sizes)
+        parts.append(shuffled.assign(split=labels))
+    return pd.concat(parts).sort_values("task_id").reset_index(drop=True)
+
+
+def run(cfg: PipelineConfig) -> Path:
+    """Write the three split parquets and ``split_metadata.json``; return the folder."""
+    clock = RunClock()
+    difficulty_path = resolve_input(cfg.input, cfg.data_dir, "0", "difficulty_*.parquet")
+    try:
+        difficulty = pd.read_parquet(difficulty_path)
+    except Exception as exc:
+        raise PipelineError(f"cannot read difficulty mapping {difficulty_path}: {exc}")
+    missing_cols = {"task_id", "cyclomatic_complexity"} - set(difficulty.columns)
+    if missing_cols:
+        raise PipelineError(f"{difficulty_path} lacks columns {sorted(missing_cols)}; is it a Phase 0 output?")
+    problems = load_mbpp(cfg.mbpp_path)
+    unknown = set(difficulty["task_id"]) ^ set(problems["task_id"])
+    if unknown:
+        raise PipelineError(
+            f"{difficulty_path} and the MBPP source disagree on {len(unknown)} task ids "
+            f"(e.g. {sorted(unknown)[0]}); rerun phase 0 with the same --mbpp-path"
+        )
+    assignment = split_tasks(difficulty, tuple(cfg.split_fractions), cfg.n_strata, cfg.seed)
+    merged = problems.merge(assignment, on="task_id", validate="one_to_one")
+
+    out_dir = phase_dir(cfg.data_dir, "0.1")
+    outputs: dict[str, Path] = {}
+    sizes: dict[str, int] = {}
+    for name in SPLIT_NAMES:
+        part = merged[merged["split"] == name].drop(columns="split").reset_index(drop=True)
+        path = out_dir / f"{name}_mbpp.parquet"
+        write_parquet(part, path)
+        outputs[name] = path
+        sizes[name] = len(part)
+    per_stratum = (
+        merged.groupby(["stratum", "split"]).size().unstack(fill_value=0).reindex(columns=list(SPLIT_NAMES), fill_value=0)
+    )
+    bounds = (
+        merged.groupby("stratum")["cyclomatic_complexity"].agg(["min", "max", "size"]).reset_index()
+    )
+    meta = build_metadata(
+        "0.1",
+        cfg,
+        clock,
+        inputs={"difficulty": difficulty_path, **({"mbpp": cfg.mbpp_path} if cfg.mbpp_path else {})},
+        outputs=outputs,
+        extra={
+            "mbpp_source": mbpp_source_description(cfg.mbpp_path),
+            "sizes": sizes,
+            "n_tasks": int(len(merged)),
+            "fractions": dict(zip(SPLIT_NAMES, cfg.split_fractions)),
+            "strata": [
+                {
+                    "stratum": int(r["stratum"]),
+                    "complexity_min": int(r["min"]),
+                    "complexity_max": int(r["max"]),
+                    "n": int(r["size"]),
+                    **{name: int(per_stratum.loc[r["stratum"], name]) for name in SPLIT_NAMES},
+                }
+                for _, r in bounds.iterrows()
+            ],
+        },
+    )
+    write_json(out_dir / "split_metadata.json", meta)
+    logger.info("phase 0.1: split %s -> %s", sizes, out_dir)
+    return out_dir

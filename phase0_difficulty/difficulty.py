@@ -1,0 +1,77 @@
+"""Phase 0: McCabe cyclomatic complexity of each reference solution, with radon.
+
+Why: Phase 0.1 stratifies the splits by difficulty, so that the sae,
+hyperparams and validation splits hold problems of the same mix of
+difficulty, and a latent cannot look predictive only because one split is
+easier than another.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+from radon.visitors import ComplexityVisitor
+
+from common.config import PipelineConfig
+from common.errors import PipelineError
+from common.mbpp import load_mbpp, mbpp_source_description
+from common.metadata import RunClock, build_metadata
+from common.paths import phase_dir, timestamp
+from common.storage import write_json, write_parquet
+
+logger = logging.getLogger(__name__)
+
+
+def cyclomatic_complexity(code: str) -> int:
+    """McCabe complexity of a whole program: its decision points plus one.
+
+    radon's ``total_complexity`` counts the branches of the module body and of
+    every function and method once, so a helper function without branches does
+    not make a solution look harder.
+
+    MBPP solutions mostly use CRLF line endings (972 of 974): they are normalised
+    to ``\\n`` first so radon parses them like Python itself would run them.
+    """
+    source = code.replace("\r\n", "\n").replace("\r", "\n")
+    return int(ComplexityVisitor.from_code(source).total_complexity)
+
+
+def compute_difficulty(problems: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for task_id, code in zip(problems["task_id"], problems["code"]):
+        try:
+            complexity = cyclomatic_complexity(code)
+        except SyntaxError as exc:
+            raise PipelineError(f"task {task_id}: reference solution does not parse ({exc.msg})")
+        rows.append({"task_id": int(task_id), "cyclomatic_complexity": complexity})
+    return pd.DataFrame(rows)
+
+
+def run(cfg: PipelineConfig) -> Path:
+    """Write ``data/phase0/difficulty_<ts>.parquet`` and its metadata; return the parquet path."""
+    clock = RunClock()
+    problems = load_mbpp(cfg.mbpp_path)
+    difficulty = compute_difficulty(problems)
+    out_dir = phase_dir(cfg.data_dir, "0")
+    stamp = timestamp()
+    out_path = out_dir / f"difficulty_{stamp}.parquet"
+    write_parquet(difficulty, out_path)
+    counts = difficulty["cyclomatic_complexity"].value_counts().sort_index()
+    meta = build_metadata(
+        "0",
+        cfg,
+        clock,
+        inputs={"mbpp": cfg.mbpp_path} if cfg.mbpp_path else {},
+        outputs={"difficulty": out_path},
+        extra={
+            "mbpp_source": mbpp_source_description(cfg.mbpp_path),
+            "n_tasks": len(difficulty),
+            "complexity_counts": {int(k): int(v) for k, v in counts.items()},
+            "measure": "radon ComplexityVisitor.total_complexity on CRLF-normalised code",
+        },
+    )
+    write_json(out_dir / f"difficulty_{stamp}_metadata.json", meta)
+    logger.info("phase 0: complexity of %d tasks -> %s", len(difficulty), out_path)
+    return out_path

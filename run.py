@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""PVA-SAE: one dispatcher for every phase and tool.
+
+    python3 run.py phase 0|0.1|1|1.2|2|3 [options]
+    python3 run.py check-mbpp [--workers N] [--timeout S] [--json PATH]
+    python3 run.py test-gpu [--model M]
+    python3 run.py demo [--data-dir D] [--retrain]
+
+Every user-facing error is one line on stderr and exit code 2 (DESIGN section 7).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+REPO_ROOT = Path(__file__).resolve().parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from common.config import DEFAULT_MODEL, PipelineConfig  # noqa: E402
+from common.errors import PipelineError  # noqa: E402
+
+logger = logging.getLogger("run")
+
+# phase -> "module:function"; imported lazily so that `run.py phase 0` does not pay for torch.
+PHASES: dict[str, str] = {
+    "0": "phase0_difficulty:run",
+    "0.1": "phase0_1_splitting:run",
+    "1": "phase1_0_generation:run",
+    "1.2": "phase1_2_temperature:run",
+    "2": "phase2_sae_analysis:run",
+    "3": "phase3_validation:run",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line (and exit code 2) rather than a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    return values
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
+
+
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("global options")
+    g.add_argument("--data-dir", help="data directory for all outputs (default ./data, env PVA_DATA_DIR)")
+    g.add_argument("--mbpp-path", help="local MBPP file, original jsonl or parquet (env PVA_MBPP_PATH); default: the hub")
+    g.add_argument("--seed", type=int, help="random seed for splits, sampling, shuffles (default 42)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_phase_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("number", choices=list(PHASES), help="which phase to run")
+    parser.add_argument("--input", help="use this earlier-phase output instead of the newest one")
+
+    g = parser.add_argument_group("phase 0.1 (split)")
+    g.add_argument("--split-fractions", type=_float_list, help="sae,hyperparams,validation fractions (default 0.5,0.1,0.4)")
+    g.add_argument("--n-strata", type=int, help="difficulty strata, quantiles of complexity (default 4)")
+
+    g = parser.add_argument_group("phases 1 and 1.2 (generation)")
+    g.add_argument("--model", help=f"hub id or local model folder (default {DEFAULT_MODEL})")
+    g.add_argument("--start", type=int, help="first task position, inclusive (default 0)")
+    g.add_argument("--end", type=int, help="last task position, inclusive (default: last task)")
+    g.add_argument("--layers", type=_int_list, help="layers to capture, e.g. 0,6,12 (default all)")
+    g.add_argument("--batch-size", type=int, help="prompts per batch (default: from free GPU memory; 8 on CPU)")
+    g.add_argument("--max-new-tokens", type=int, help="generation budget per solution (default 512)")
+    g.add_argument("--workers", type=int, help="CPU workers that run the tests (default 4)")
+    g.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per test program (default 10)")
+    g.add_argument("--temperatures", type=_float_list, help="phase 1.2 temperatures (default 0.3,0.6,0.9,1.2)")
+    g.add_argument("--samples-per-task", type=int, help="phase 1.2 samples per task and temperature (default 5)")
+
+    g = parser.add_argument_group("phase 2 (SAE analysis)")
+    g.add_argument("--split", choices=["sae", "validation"], help="which split to analyse (default sae)")
+    g.add_argument("--sae-release", help="SAE Lens release (default gemma-scope-2b-pt-res-canonical)")
+    g.add_argument("--sae-id-template", help="SAE id, {layer} and {width} filled in (default layer_{layer}/width_{width}/canonical)")
+    g.add_argument("--sae-width", help="SAE width in the id (default 16k)")
+    g.add_argument("--sae-path", help="local folder with one SAE Lens folder per layer, named layer_{L}")
+    g.add_argument("--top-k", type=int, help="latents ranked per direction (default 20)")
+    g.add_argument("--permutations", type=int, help="label shuffles of the permutation null (default 200)")
+    g.add_argument("--general-corpus", help="local text or jsonl file for the general-text filter (default NeelNanda/pile-10k)")
+    g.add_argument("--no-general-filter", dest="general_filter", action="store_const", const=False, help="do not drop latents that fire on general text")
+    g.add_argument("--general-filter-threshold", type=float, help="drop latents firing on at least this share of general tokens (default 0.02)")
+
+    g = parser.add_argument_group("phase 3 (validation)")
+    g.add_argument("--coefficients", type=_float_list, help="steering coefficients in units of the mean residual norm (default -1,-0.5,-0.25,0,0.25,0.5,1)")
+    g.add_argument("--hook-point", choices=["resid_pre", "resid_mid", "resid_post"], help="where the steering vector is added (default resid_post)")
+    g.add_argument("--steer-positions", choices=["prompt", "all"], help="steer prompt tokens only, or every token (default all)")
+    g.add_argument("--n-random-controls", type=int, help="random near-zero-separation control latents (default 3)")
+    g.add_argument("--bootstrap", type=int, help="bootstrap resamples for AUROC intervals (default 1000)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    phase = sub.add_parser("phase", help="run one phase of the pipeline")
+    _add_phase_options(phase)
+    _add_global_options(phase)
+
+    check = sub.add_parser("check-mbpp", help="run every reference solution through the executor")
+    check.add_argument("--workers", type=int, default=None, help="parallel test workers (default 4)")
+    check.add_argument("--timeout", dest="timeout_s", type=float, default=None, help="seconds per program (default 10)")
+    check.add_argument("--json", dest="json_path", help="write one result per task to this JSON file")
+    _add_global_options(check)
+
+    gpu = sub.add_parser("test-gpu", help="devices, memory, dtypes, and a one-batch generation smoke test")
+    gpu.add_argument("--model", help=f"hub id or local model folder (default {DEFAULT_MODEL})")
+    gpu.add_argument("--batch-size", type=int, help="prompts in the smoke-test batch (default 2)")
+    _add_global_options(gpu)
+
+    demo = sub.add_parser("demo", help="the whole pipeline offline on a tiny trained model")
+    demo.add_argument("--retrain", action="store_true", help="retrain the demo model and SAEs even if cached")
+    demo.add_argument("--size", choices=["demo", "test"], default="demo", help="demo (default) or the smaller test size")
+    _add_global_options(demo)
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    return PipelineConfig.from_overrides(vars(args))
+
+
+def _load_entry(spec: str) -> Callable[..., Any]:
+    module_name, func_name = spec.split(":")
+    module = importlib.import_module(module_name)
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise PipelineError(f"{module_name} is not built yet (see README: which phases exist)")
+    return func
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from common.logging_utils import setup_logging
+
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        cfg = _config_from_args(args)
+        if args.command == "phase":
+            return _run_phase(args.number, cfg)
+        if args.command == "check-mbpp":
+            from common.check_mbpp import check_mbpp_cli
+
+            return check_mbpp_cli(cfg, json_path=args.json_path)
+        if args.command == "test-gpu":
+            from common.gpu_check import test_gpu_cli
+
+            return test_gpu_cli(cfg)
+        if args.command == "demo":
+            from demo.pipeline import run_demo_cli
+
+            return run_demo_cli(cfg, retrain=args.retrain, size=args.size)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 2
+
+
+def _run_phase(number: str, cfg: PipelineConfig) -> int:
+    from common.logging_utils import add_file_log, remove_file_log
+    from common.paths import phase_dir, timestamp
+
+    entry = _load_entry(PHASES[number])
+    log_path = phase_dir(cfg.data_dir, number) / "logs" / f"phase{number}_{timestamp()}.log"
+    handler = add_file_log(log_path)
+    try:
+        logger.info("phase %s: log file %s", number, log_path)
+        result = entry(cfg)
+    finally:
+        remove_file_log(handler)
+    print(f"phase {number} done: {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
