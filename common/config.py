@@ -35,10 +35,12 @@ class PipelineConfig:
     batch_size: int | None = None
     max_new_tokens: int = 512
     workers: int = 4
-    timeout_s: float = 10.0
+    timeout_s: float = 30.0
     memory_mb: int = 4096
     temperatures: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9, 1.2])
     samples_per_task: int = 5
+    # Set by multi_gpu_launcher.py: a worker writes its slice's table here, not as a dataset.
+    shard_dir: str | None = None
     checkpoint_every: int = 50
     autosave_every: int = 100
     autosave_keep: int = 3

@@ -1,0 +1,40 @@
+"""``run.py check-mbpp``: every reference solution through the Phase 1 executor.
+
+Why: if a reference solution fails in our sandbox, the sandbox (or the test
+order) is wrong, and every "incorrect" label it gives the model is suspect.
+All 974 MBPP references must pass. Any MBPP-format file works, so users can
+check their own programs the same way.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from pathlib import Path
+
+from common.config import PipelineConfig
+from common.executor import Executor, executor_config_for
+from common.mbpp import load_mbpp
+from common.storage import write_json
+
+logger = logging.getLogger(__name__)
+
+
+def check_mbpp_cli(cfg: PipelineConfig, json_path: str | None = None) -> int:
+    """Print ``passed N/M`` and the outcome counts; exit 0 only when every program passes."""
+    problems = load_mbpp(cfg.mbpp_path)
+    executor_cfg = executor_config_for(cfg)
+    with Executor(executor_cfg) as executor:
+        results = executor.run_many(problems.to_dict("records"), progress=True)
+    n_passed = sum(r.passed for r in results)
+    counts = collections.Counter(r.outcome for r in results)
+    print(f"passed {n_passed}/{len(results)}")
+    for outcome, count in counts.most_common():
+        print(f"  {outcome}: {count}")
+    for r in results:
+        if not r.passed:
+            print(f"  task {r.task_id}: {r.outcome}: {r.detail}")
+    if json_path:
+        write_json(Path(json_path), [r.to_dict() for r in results])
+        print(f"results written to {json_path}")
+    return 0 if n_passed == len(results) else 1
