@@ -1,0 +1,318 @@
+"""Batched generation with activation capture in the same prefill (DESIGN section 5, rules 1 and 5).
+
+How a batch runs:
+- prompts are sorted by token length, longest first (similar lengths share a
+  batch, so little padding; an out-of-memory error shows up in the first batch,
+  not hours in);
+- the batch is LEFT padded with an attention mask. ``generate`` derives the
+  position ids from that mask (``attention_mask.cumsum(-1) - 1``, see
+  ``GenerationMixin._prepare_position_ids_for_generation`` in transformers
+  5.23), so every real token has the rotary position it has unbatched, and the
+  last prompt token of every row is the last column of the prefill;
+- ``LastTokenCapture`` records resid_post of each requested layer at that
+  column during the prefill, once per prompt;
+- each row stops on its own: EOS (handled by ``generate``) or a stop sequence
+  (``_RowStopper``); finished rows are filled with pad tokens while the others
+  go on, and the batch ends when every row has finished or hit
+  ``max_new_tokens``;
+- each batch's results are yielded as soon as it finishes, so the caller can
+  hand the programs to CPU executor workers while the next batch generates.
+
+Samples (``samples_per_prompt`` > 1, Phase 1.2) use ``num_return_sequences``:
+``generate`` repeats each prompt before the prefill, so its k copies sit in
+rows b*k .. b*k+k-1; the activations are taken from row b*k and shared by the
+k results (they depend on the prompt only; captured once per prompt).
+
+Reproducibility: greedy decoding (temperature 0) is deterministic and, within
+float tolerance, independent of batching (tested). Sampling is seeded once per
+batch from ``(seed, batch number)``: the same command with the same prompts and
+batch size gives the same samples. A sample does not stay the same when the
+batch composition changes (``generate`` has no per-row random generator).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import transformers
+
+from common.capture import LastTokenCapture
+from common.errors import PipelineError
+from common.prompts import STOP_SEQUENCES
+
+logger = logging.getLogger(__name__)
+
+# Characters of the prompt's end that stop sequences may start in (a stop sequence
+# such as "\nassert" begins with the newline that ends the prompt). A match must end
+# inside the generated text, so the prompt's own asserts never stop anything.
+_PROMPT_TAIL_CHARS = 32
+
+
+@dataclass
+class GenerationConfig:
+    """How to generate. ``batch_size`` counts sequences (prompts x samples_per_prompt) per ``generate`` call."""
+
+    max_new_tokens: int = 512
+    batch_size: int = 8
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    samples_per_prompt: int = 1
+    # Forces at least this many new tokens (EOS and stop sequences are ignored before it);
+    # benchmarks with random weights use it so that every row runs to max_new_tokens.
+    min_new_tokens: int = 0
+    stop_sequences: tuple[str, ...] = STOP_SEQUENCES
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.samples_per_prompt < 1:
+            raise ValueError("samples_per_prompt must be at least 1")
+        if self.samples_per_prompt > 1 and self.temperature == 0:
+            raise ValueError("several samples per prompt need temperature > 0 (greedy samples are identical)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        self.stop_sequences = tuple(self.stop_sequences)
+
+    @property
+    def prompts_per_batch(self) -> int:
+        return max(1, self.batch_size // self.samples_per_prompt)
+
+
+@dataclass
+class GenerationResult:
+    """One generated sequence.
+
+    ``index`` is the prompt's position in the list given to ``generate_batches``.
+    ``activations`` maps layer -> float32 vector (d_model,) at the last prompt
+    token; the samples of one prompt share the same arrays (captured once per
+    prompt). ``gen_time_s`` is the batch's wall time divided by its number of
+    sequences (rows of a batch run together; this is their amortised cost).
+    ``stop_reason`` is ``eos``, ``stop_sequence`` or ``max_new_tokens``.
+    ``generated_token_ids`` are the ``n_generated_tokens`` new token ids (EOS included).
+    """
+
+    index: int
+    prompt: str
+    generated_text: str
+    n_generated_tokens: int
+    activations: dict[int, np.ndarray]
+    gen_time_s: float
+    sample_index: int = 0
+    stop_reason: str = "max_new_tokens"
+    generated_token_ids: list[int] = field(default_factory=list)
+
+
+class _RowStopper(transformers.StoppingCriteria):
+    """Marks rows finished at EOS or at a stop sequence, and remembers when each row finished.
+
+    Why our own rather than ``stop_strings``: we need the step at which each row
+    finished (the number of generated tokens, which padding would otherwise hide
+    when the pad id is also a plausible token), and a rule that a stop sequence
+    must end in the generated text, not in the prompt.
+    """
+
+    def __init__(
+        self,
+        tokenizer: transformers.PreTrainedTokenizerBase,
+        prompt_len: int,
+        prompt_tails: list[str],
+        stop_sequences: tuple[str, ...],
+        eos_ids: set[int],
+        min_new_tokens: int,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.prompt_tails = prompt_tails
+        self.stop_sequences = stop_sequences
+        self.eos_ids = eos_ids
+        self.min_new_tokens = min_new_tokens
+        # Every token decodes to at least one byte, so this many tokens hold the longest stop sequence.
+        self.window = max((len(s) for s in stop_sequences), default=0) + 2
+        self.n_rows = len(prompt_tails)
+        self.lengths: list[int | None] = [None] * self.n_rows
+        self.reasons: list[str] = ["max_new_tokens"] * self.n_rows
+
+    def _finish(self, row: int, n_generated: int, reason: str) -> None:
+        self.lengths[row] = n_generated
+        self.reasons[row] = reason
+
+    def _hit_stop_sequence(self, row: int, tokens: list[int], window_start: int) -> bool:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        tail = self.prompt_tails[row] if window_start == self.prompt_len else ""
+        text = tail + text
+        for stop in self.stop_sequences:
+            # The match must end after the prompt tail, i.e. in generated text.
+            if text.find(stop, max(0, len(tail) - len(stop) + 1)) != -1:
+                return True
+        return False
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        n_generated = input_ids.shape[1] - self.prompt_len
+        window_start = max(self.prompt_len, input_ids.shape[1] - self.window)
+        rows = input_ids[:, window_start:].tolist()  # one device->host copy per step
+        done = [False] * self.n_rows
+        for row, tokens in enumerate(rows):
+            if self.lengths[row] is not None:
+                done[row] = True
+                continue
+            if n_generated < self.min_new_tokens:
+                continue
+            if tokens and tokens[-1] in self.eos_ids:
+                self._finish(row, n_generated, "eos")
+            elif self.stop_sequences and self._hit_stop_sequence(row, tokens, window_start):
+                self._finish(row, n_generated, "stop_sequence")
+            done[row] = self.lengths[row] is not None
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def _eos_ids(model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase) -> set[int]:
+    ids: set[int] = set()
+    eos = model.generation_config.eos_token_id
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos is not None:
+        ids.update(int(i) for i in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def auto_batch_size(
+    model: transformers.PreTrainedModel, device: torch.device, max_tokens_per_sequence: int = 1024
+) -> int:
+    """A batch size (sequences per ``generate`` call) that fits the free GPU memory; 8 on CPU.
+
+    Why this estimate: during generation memory grows with the KV cache
+    (2 x layers x kv heads x head_dim per token), plus the prefill's MLP
+    activations and the logits. Half the free memory is budgeted, for
+    fragmentation and the prefill peak. Capped at 128: beyond that the batch
+    mostly waits for its slowest row.
+    """
+    if device.type != "cuda":
+        return 8
+    config = getattr(model.config, "text_config", None) or model.config
+    dtype_bytes = next(model.parameters()).element_size()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    kv_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
+    prefill_per_token = (config.intermediate_size * 3 + config.hidden_size * 4) * dtype_bytes
+    per_sequence = (kv_per_token + prefill_per_token) * max_tokens_per_sequence + config.vocab_size * 4 * 3
+    free_bytes, _total = torch.cuda.mem_get_info(device)
+    size = int(0.5 * free_bytes // per_sequence)
+    size = max(1, min(128, size))
+    logger.info(
+        "auto batch size %d (%.1f GiB free, ~%.0f MiB per sequence)", size, free_bytes / 2**30, per_sequence / 2**20
+    )
+    return size
+
+
+def _batch_seed(seed: int, batch_number: int) -> int:
+    return int(np.random.SeedSequence([seed, batch_number]).generate_state(1)[0])
+
+
+def generate_batches(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    prompts: list[str],
+    layers: list[int] | None,
+    cfg: GenerationConfig,
+) -> Iterator[list[GenerationResult]]:
+    """Generate for every prompt, batch by batch; yield each batch's results when it is done.
+
+    ``layers``: the decoder layers whose resid_post is captured at the last
+    prompt token (``None``: all layers; ``[]``: none). Results of a batch come
+    in the batch's order (longest prompt first); ``GenerationResult.index``
+    points back into ``prompts``.
+    """
+    if tokenizer.padding_side != "left":
+        raise PipelineError("batched generation needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
+    if tokenizer.pad_token_id is None:
+        raise PipelineError("the tokenizer has no pad token; load it with common.models.load_model_and_tokenizer")
+    if not prompts:
+        return
+    device = next(model.parameters()).device
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+    k = cfg.samples_per_prompt
+    per_batch = cfg.prompts_per_batch
+    eos_ids = _eos_ids(model, tokenizer)
+    sampling = cfg.temperature > 0
+    capture = LastTokenCapture(model, layers) if (layers is None or layers) else None
+    logger.info(
+        "generating %d prompt(s) x %d sample(s) in batches of %d prompt(s), max %d new tokens, %s",
+        len(prompts), k, per_batch, cfg.max_new_tokens,
+        f"sampling T={cfg.temperature} top_p={cfg.top_p}" if sampling else "greedy",
+    )
+    for batch_number, start in enumerate(range(0, len(order), per_batch)):
+        idx = order[start : start + per_batch]
+        batch_prompts = [prompts[i] for i in idx]
+        enc = tokenizer(batch_prompts, return_tensors="pt", padding=True).to(device)
+        prompt_len = enc["input_ids"].shape[1]
+        stopper = _RowStopper(
+            tokenizer,
+            prompt_len,
+            [prompts[i][-_PROMPT_TAIL_CHARS:] for i in idx for _ in range(k)],
+            cfg.stop_sequences,
+            eos_ids,
+            cfg.min_new_tokens,
+        )
+        gen_kwargs: dict = {
+            "max_new_tokens": cfg.max_new_tokens,
+            "min_new_tokens": cfg.min_new_tokens or None,
+            "do_sample": sampling,
+            "num_return_sequences": k,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": sorted(eos_ids) or None,
+            "stopping_criteria": transformers.StoppingCriteriaList([stopper]),
+        }
+        if sampling:
+            gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=None)
+            torch.manual_seed(_batch_seed(cfg.seed, batch_number))
+        else:
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if capture is not None:
+                with capture:
+                    out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs)
+                acts = capture.activations()
+            else:
+                out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs)
+                acts = {}
+        generated = out[:, prompt_len:].tolist()
+        elapsed = time.perf_counter() - t0
+        rows = len(idx) * k
+        results: list[GenerationResult] = []
+        for b, prompt_index in enumerate(idx):
+            prompt_acts = {layer: a[b * k].copy() for layer, a in acts.items()}
+            for s in range(k):
+                row = b * k + s
+                n = stopper.lengths[row] if stopper.lengths[row] is not None else len(generated[row])
+                results.append(
+                    GenerationResult(
+                        index=prompt_index,
+                        prompt=prompts[prompt_index],
+                        generated_text=tokenizer.decode(generated[row][:n], skip_special_tokens=True),
+                        n_generated_tokens=n,
+                        activations=prompt_acts,
+                        gen_time_s=elapsed / rows,
+                        sample_index=s,
+                        stop_reason=stopper.reasons[row],
+                        generated_token_ids=generated[row][:n],
+                    )
+                )
+        logger.info(
+            "batch %d: %d sequence(s), prompt length %d, %d new tokens max, %.1f s",
+            batch_number, rows, prompt_len, out.shape[1] - prompt_len, elapsed,
+        )
+        yield results

@@ -1,0 +1,66 @@
+"""Shared pytest fixtures: seeding, and a tiny random Gemma-2 model folder built once per session.
+
+Why a random tiny model: the real gemma-2-2b can never be fetched here, and
+tests must exercise real transformers code paths (eager softcapped attention,
+sliding window, tied embeddings, KV cache) in seconds.
+
+Why one torch thread: the machine has 2 cores shared with other processes;
+for a 64-wide model the OpenMP threads spend their time waiting on each other
+(a tiny matmul took ~3 ms with 2 threads under load, ~10 us with 1).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+MBPP_JSONL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp" / "mbpp.jsonl"
+
+# MBPP-style text for training the tiny tokenizer: problem statements, asserts and code.
+TINY_TEXTS: list[str] = [
+    "Write a function to find the minimum cost path to reach (m, n) from (0, 0).\n"
+    "Your code should pass these tests:\n\nassert min_cost([[1, 2, 3], [4, 8, 2]], 1, 2) == 8\n\n```python\n",
+    "def add(a, b):\n    return a + b\n\nassert add(1, 2) == 3\n```\n",
+    "import math\n\ndef is_prime(n):\n\tif n < 2:\n\t\treturn False\n"
+    "\treturn all(n % i for i in range(2, int(math.sqrt(n)) + 1))\n",
+    "Write a python function to remove first and last occurrence of a given character from the string.\n",
+    "def similar_elements(test_tup1, test_tup2):\n  res = tuple(set(test_tup1) & set(test_tup2))\n  return (res) \n",
+    "class Pair(object):\n    def __init__(self, a, b):\n        self.a = a\n        self.b = b\n",
+    "if __name__ == '__main__':\n    print(add(2, 3))  # prints 5\n",
+] * 8
+
+
+@pytest.fixture(autouse=True)
+def seed_everything() -> None:
+    """Every test starts from the same random state, whatever ran before it."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny random Gemma-2 folder (2 layers, d_model 64, sliding window 64).
+
+    initializer_range 0.1 gives logits with clear top-1 margins, so greedy
+    outputs differ between prompts and do not flip on float noise.
+    """
+    from demo.tiny_model import build_random_tiny_model
+
+    return build_random_tiny_model(
+        tmp_path_factory.mktemp("tiny_gemma2"), TINY_TEXTS, seed=0, vocab_size=512, initializer_range=0.1
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path):
+    """(model, tokenizer) loaded through the pipeline's own loader, float32 on CPU."""
+    from common.models import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(str(tiny_model_dir), torch.device("cpu"), torch.float32)
