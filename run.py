@@ -86,9 +86,12 @@ def _add_phase_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="prompts per batch (default: from free GPU memory; 8 on CPU)")
     g.add_argument("--max-new-tokens", type=int, help="generation budget per solution (default 512)")
     g.add_argument("--workers", type=int, help="CPU workers that run the tests (default 4)")
-    g.add_argument("--timeout", dest="timeout_s", type=float, help="seconds per test program (default 10)")
+    g.add_argument("--timeout", dest="timeout_s", type=float, help="wall (and CPU) seconds per test program (default 30)")
     g.add_argument("--temperatures", type=_float_list, help="phase 1.2 temperatures (default 0.3,0.6,0.9,1.2)")
     g.add_argument("--samples-per-task", type=int, help="phase 1.2 samples per task and temperature (default 5)")
+    g.add_argument("--checkpoint-every", type=int, help="records between checkpoints (default 50)")
+    g.add_argument("--autosave-every", type=int, help="records between full autosaves, 3 newest kept (default 100)")
+    g.add_argument("--shard-dir", help="(set by multi_gpu_launcher.py) write this slice's table here")
 
     g = parser.add_argument_group("phase 2 (SAE analysis)")
     g.add_argument("--split", choices=["sae", "validation"], help="which split to analyse (default sae)")
@@ -120,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-mbpp", help="run every reference solution through the executor")
     check.add_argument("--workers", type=int, default=None, help="parallel test workers (default 4)")
-    check.add_argument("--timeout", dest="timeout_s", type=float, default=None, help="seconds per program (default 10)")
+    check.add_argument("--timeout", dest="timeout_s", type=float, default=None, help="wall (and CPU) seconds per program (default 30)")
     check.add_argument("--json", dest="json_path", help="write one result per task to this JSON file")
     _add_global_options(check)
 
@@ -183,6 +186,11 @@ def _run_phase(number: str, cfg: PipelineConfig) -> int:
     from common.logging_utils import add_file_log, remove_file_log
     from common.paths import phase_dir, timestamp
 
+    threads = os.environ.get("PVA_TORCH_THREADS")
+    if threads and number in ("1", "1.2", "2", "3"):
+        import torch  # a CPU worker of the launcher: one thread each, or they fight for the cores
+
+        torch.set_num_threads(int(threads))
     entry = _load_entry(PHASES[number])
     log_path = phase_dir(cfg.data_dir, number) / "logs" / f"phase{number}_{timestamp()}.log"
     handler = add_file_log(log_path)

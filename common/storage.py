@@ -229,3 +229,5 @@ class RecordCheckpointer:
         for path in self.folder.iterdir():
             if self._CHUNK_RE.search(path.name) or self._AUTOSAVE_RE.search(path.name) or path.suffix == ".lastchunk":
                 path.unlink(missing_ok=True)
+        if not any(self.folder.iterdir()):
+            self.folder.rmdir()

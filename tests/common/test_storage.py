@@ -80,4 +80,4 @@ def test_resume_continues_numbering(tmp_path):
     ck2.flush()
     assert [r["task_id"] for r in RecordCheckpointer(tmp_path, 2, 100, 3).load()] == list(range(7))
     ck2.clear()
-    assert not os.listdir(tmp_path)
+    assert not tmp_path.exists()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU checks, in one short script (a lent GPU machine's time is scarce):
+#   1. the Phase 1 throughput benchmark on a random model with gemma-2-2b's exact shapes, bf16;
+#   2. `run.py test-gpu` and a short `run.py phase 1` on a tiny local model on CUDA (bf16),
+#      i.e. the CUDA code paths of loading, batched generation, capture and labelling.
+# Usage: bash bench/gpu_checks.sh MODEL_DIR DATA_DIR OUT_DIR
+# DATA_DIR must hold a Phase 0 output for demo/problems.jsonl (phase 0 needs radon).
+set -u
+MODEL_DIR=$1; DATA_DIR=$2; OUT_DIR=$3
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+mkdir -p "$OUT_DIR"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT_DIR/gpu.txt"
+echo "=== throughput (gemma-2-2b shapes, bf16)"
+timeout 420 python3 bench/phase1_throughput.py --gemma-2-2b-shapes --device cuda 2>&1 | tee "$OUT_DIR/throughput.log"
+echo "=== test-gpu on the tiny model"
+timeout 60 python3 run.py test-gpu --model "$MODEL_DIR" --device cuda 2>&1 | tail -n 12 | tee "$OUT_DIR/test_gpu.log"
+echo "=== phase 1 on the tiny model, 20 tasks, CUDA bf16"
+timeout 90 python3 run.py phase 1 --model "$MODEL_DIR" --data-dir "$DATA_DIR" --mbpp-path demo/problems.jsonl \
+  --start 0 --end 19 --max-new-tokens 32 --batch-size 8 --workers 4 2>&1 | tail -n 5 | tee "$OUT_DIR/phase1.log"
+ls -R "$DATA_DIR/phase1_0" | head -n 20 >> "$OUT_DIR/phase1.log"

@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""Run Phase 1 or 1.2 on every visible GPU: one run.py worker per GPU, each on a contiguous slice.
+
+    python3 multi_gpu_launcher.py --phase 1 --start 0 --end 973 --model google/gemma-2-2b
+    python3 multi_gpu_launcher.py --phase 1.2 --model google/gemma-2-2b [--gpus N]
+
+Each worker runs ``run.py phase P --start a --end b --shard-dir ...`` with
+``CUDA_VISIBLE_DEVICES=k``, logs to its own file, and checkpoints as a single
+run does. The launcher waits for all of them, reports each one's fate, and
+merges the slices into the same outputs a single-GPU run writes, checking that
+no task is missing or duplicated. A failed worker makes it exit non-zero
+(naming the worker and its log); rerunning the same command resumes: finished
+slices are kept, interrupted ones continue from their checkpoints.
+
+With no GPU (or ``--gpus N`` on a machine without one) the workers run on the
+CPU, one torch thread each, so the launcher can be tested anywhere.
+Options it does not know are passed to every worker unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from common.config import DEFAULT_MODEL, PipelineConfig  # noqa: E402
+from common.errors import PipelineError  # noqa: E402
+from common.metadata import RunClock, build_metadata  # noqa: E402
+from common.paths import phase_dir, timestamp  # noqa: E402
+from common.storage import write_json, write_parquet  # noqa: E402
+from common.tasks import contiguous_slices, model_slug, run_key, slice_bounds  # noqa: E402
+
+DONE_MARKER = "worker_done.json"
+
+
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", required=True, choices=["1", "1.2"], help="which generating phase to run")
+    parser.add_argument("--start", type=int, help="first task position, inclusive (default 0)")
+    parser.add_argument("--end", type=int, help="last task position, inclusive (default: the last task)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local model folder (default {DEFAULT_MODEL})")
+    parser.add_argument("--gpus", type=int, help="number of workers (default: every visible GPU, or 1 CPU worker)")
+    parser.add_argument("--data-dir", help="data directory (default ./data, env PVA_DATA_DIR)")
+    parser.add_argument("--mbpp-path", help="local MBPP file (env PVA_MBPP_PATH)")
+    parser.add_argument("--input", help="earlier-phase output to use instead of the newest")
+    parser.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
+    return parser.parse_known_args(argv)
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _task_count(phase: str, cfg: PipelineConfig) -> int:
+    if phase == "1":
+        from phase1_0_generation import task_count
+    else:
+        from phase1_2_temperature import task_count
+    return task_count(cfg)
+
+
+def _tables(phase: str, shard: Path) -> dict[str, Path]:
+    """The tables a finished worker left in its shard folder, by name."""
+    if phase == "1":
+        found = sorted(shard.glob("dataset_*.parquet"))
+        return {"dataset": found[-1]} if found else {}
+    return {p.name: p for p in sorted(shard.glob("dataset_temp_*.parquet"))}
+
+
+def _merge(phase: str, shards: list[Path], expected_ids: list[int], samples: int) -> dict[str, "object"]:
+    import pandas as pd
+
+    names = sorted({name for s in shards for name in _tables(phase, s)})
+    merged = {}
+    for name in names:
+        parts = []
+        for shard in shards:
+            table = _tables(phase, shard).get(name)
+            if table is None:
+                raise PipelineError(f"worker folder {shard} has no {name}; rerun the launcher")
+            parts.append(pd.read_parquet(table))
+        df = pd.concat(parts, ignore_index=True)
+        key_cols = ["task_id"] if phase == "1" else ["task_id", "sample_index"]
+        dup = df[df.duplicated(key_cols)]
+        if len(dup):
+            raise PipelineError(f"merge of {name}: task {int(dup['task_id'].iloc[0])} appears twice")
+        counts = df["task_id"].value_counts()
+        missing = sorted(set(expected_ids) - set(counts.index))
+        extra = sorted(set(counts.index) - set(expected_ids))
+        if missing or extra:
+            raise PipelineError(f"merge of {name}: {len(missing)} task(s) missing (e.g. {missing[:3]}), {len(extra)} unexpected")
+        short = counts[counts != samples]
+        if len(short):
+            raise PipelineError(f"merge of {name}: task {int(short.index[0])} has {int(short.iloc[0])} rows, expected {samples}")
+        merged[name] = df.sort_values(key_cols).reset_index(drop=True)
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, passthrough = _parse(argv)
+    from common.logging_utils import setup_logging
+
+    setup_logging()
+    try:
+        return _launch(args, passthrough)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _launch(args: argparse.Namespace, passthrough: list[str]) -> int:
+    clock = RunClock()
+    cfg = PipelineConfig.from_overrides(
+        {"data_dir": args.data_dir, "mbpp_path": args.mbpp_path, "input": args.input, "model": args.model}
+    )
+    n_tasks = _task_count(args.phase, cfg)
+    start, end = slice_bounds(n_tasks, args.start, args.end)
+    gpus = _visible_gpus()
+    n_workers = args.gpus if args.gpus is not None else max(gpus, 1)
+    if n_workers < 1:
+        raise PipelineError("--gpus must be at least 1")
+    on_cpu = gpus == 0
+    if not on_cpu and n_workers > gpus:
+        raise PipelineError(f"--gpus {n_workers} asked for, but only {gpus} GPU(s) are visible")
+    slices = contiguous_slices(start, end, n_workers)
+
+    root = phase_dir(cfg.data_dir, args.phase)
+    key = run_key({"phase": args.phase, "model": args.model, "start": start, "end": end, "workers": len(slices), "args": passthrough})
+    run_dir = root / "shards" / f"{model_slug(args.model)}_{start}-{end}_{key}"
+    log_dir = root / "logs" / f"launcher_{key}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    print(f"launcher: phase {args.phase}, tasks {start}..{end}, {len(slices)} worker(s) on {'CPU' if on_cpu else 'GPU'}; logs in {log_dir}")
+
+    procs: dict[int, tuple[subprocess.Popen, Path, Path]] = {}
+    fates: dict[int, str] = {}
+    for k, (lo, hi) in enumerate(slices):
+        shard = run_dir / f"worker_{k}_{lo}-{hi}"
+        log_path = log_dir / f"worker_{k}.log"
+        if (shard / DONE_MARKER).is_file():
+            fates[k] = "done earlier (kept)"
+            continue
+        shard.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, str(REPO_ROOT / "run.py"), "phase", args.phase, "--start", str(lo), "--end", str(hi),
+            "--model", args.model, "--data-dir", str(cfg.data_dir), "--shard-dir", str(shard), *passthrough,
+        ]
+        if cfg.mbpp_path:
+            cmd += ["--mbpp-path", cfg.mbpp_path]
+        if args.input:
+            cmd += ["--input", args.input]
+        env = dict(os.environ)
+        if on_cpu:
+            env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PVA_TORCH_THREADS="1")
+            if "--device" not in passthrough:
+                cmd += ["--device", "cpu"]
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = str(k)
+        handle = open(log_path, "a", encoding="utf-8")
+        handle.write(f"\n=== {timestamp()} {' '.join(cmd)}\n")
+        handle.flush()
+        procs[k] = (subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO_ROOT), shard, log_path)
+        handle.close()
+        print(f"  worker {k}: tasks {lo}..{hi} -> pid {procs[k][0].pid}, log {log_path}")
+
+    try:
+        while any(p.poll() is None for p, _, _ in procs.values()):
+            time.sleep(args.poll)
+    except KeyboardInterrupt:
+        for p, _, _ in procs.values():
+            p.terminate()
+        print("launcher interrupted: workers stopped; rerun the same command to resume", file=sys.stderr)
+        return 130
+    failed = []
+    for k, (proc, shard, log_path) in procs.items():
+        if proc.returncode == 0 and _tables(args.phase, shard):
+            write_json(shard / DONE_MARKER, {"returncode": 0, "finished": timestamp()})
+            fates[k] = "finished"
+        else:
+            fates[k] = f"FAILED (exit {proc.returncode}), see {log_path}"
+            failed.append(k)
+    for k in sorted(fates):
+        lo, hi = slices[k]
+        print(f"  worker {k} ({lo}..{hi}): {fates[k]}")
+    if failed:
+        print(f"error: worker(s) {', '.join(map(str, failed))} failed; rerun the same command to resume", file=sys.stderr)
+        return 1
+
+    expected, samples = _expected_ids(args.phase, cfg, start, end, passthrough)
+    shards = [run_dir / f"worker_{k}_{lo}-{hi}" for k, (lo, hi) in enumerate(slices)]
+    merged = _merge(args.phase, shards, expected, samples)
+    stamp = timestamp()
+    outputs = {}
+    for name, df in merged.items():
+        path = root / (f"dataset_{stamp}.parquet" if args.phase == "1" else name)
+        write_parquet(df, path)
+        outputs[name] = path
+    worker_meta = {}
+    for shard in shards:
+        for meta_path in shard.glob("*metadata.json"):
+            worker_meta[shard.name] = json.loads(meta_path.read_text())
+    meta = build_metadata(
+        args.phase, cfg, clock, outputs=outputs,
+        extra={
+            "launcher": {"workers": len(slices), "device": "cpu" if on_cpu else "cuda", "slices": slices, "passthrough": passthrough, "run_dir": str(run_dir)},
+            "n_rows": {name: len(df) for name, df in merged.items()},
+            "workers": worker_meta,
+        },
+    )
+    meta_name = f"dataset_{stamp}_metadata.json" if args.phase == "1" else "temperature_metadata.json"
+    write_json(root / meta_name, meta)
+    for name, path in outputs.items():
+        print(f"merged {name}: {len(merged[name])} rows -> {path}")
+    return 0
+
+
+def _expected_ids(phase: str, cfg: PipelineConfig, start: int, end: int, passthrough: list[str]) -> tuple[list[int], int]:
+    if phase == "1":
+        from phase1_0_generation.generation_phase import load_tasks
+
+        tasks = load_tasks(cfg)[0]
+        return [int(t) for t in tasks["task_id"].iloc[start : end + 1]], 1
+    from phase1_2_temperature.temperature_phase import load_validation_tasks
+
+    tasks = load_validation_tasks(cfg)[0]
+    samples = PipelineConfig().samples_per_task
+    if "--samples-per-task" in passthrough:
+        samples = int(passthrough[passthrough.index("--samples-per-task") + 1])
+    return [int(t) for t in tasks["task_id"].iloc[start : end + 1]], samples
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Phase 1.2 on a tiny random Gemma-2: one row per sample, activations once per task, seeded."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import phase0_1_splitting
+import phase0_difficulty
+import phase1_2_temperature
+from common.config import PipelineConfig
+from common.errors import PipelineError
+from phase1_2_temperature.temperature_phase import temperature_table_name
+from tests.paths import DEMO_PROBLEMS
+
+
+def _cfg(data_dir, model_dir, **over):
+    base = dict(
+        data_dir=str(data_dir), mbpp_path=str(DEMO_PROBLEMS), model=str(model_dir), device="cpu",
+        start=0, end=3, max_new_tokens=8, batch_size=6, workers=2, temperatures=[0.7, 1.2], samples_per_task=3,
+    )
+    base.update(over)
+    return PipelineConfig(**base)
+
+
+def test_table_names():
+    assert temperature_table_name(0.3) == "dataset_temp_0_3.parquet"
+    assert temperature_table_name(1.2) == "dataset_temp_1_2.parquet"
+    assert temperature_table_name(1.0) == "dataset_temp_1_0.parquet"
+
+
+def test_needs_phase01(tmp_path, tiny_model_dir):
+    with pytest.raises(PipelineError, match=r"python3 run.py phase 0.1"):
+        phase1_2_temperature.run(_cfg(tmp_path, tiny_model_dir))
+
+
+def test_samples_activations_and_reproducibility(tmp_path, tiny_model_dir):
+    runs = []
+    for name in ("a", "b"):
+        cfg = _cfg(tmp_path / name, tiny_model_dir)
+        phase0_difficulty.run(cfg)
+        phase0_1_splitting.run(cfg)
+        runs.append((cfg, phase1_2_temperature.run(cfg)))
+    (cfg, out), (_, out_b) = runs
+    validation = pd.read_parquet(Path(cfg.data_dir) / "phase0_1" / "validation_mbpp.parquet").sort_values("task_id")
+    expected_ids = set(validation["task_id"].iloc[:4])
+    for t in (0.7, 1.2):
+        df = pd.read_parquet(out / temperature_table_name(t))
+        assert len(df) == 4 * 3 and set(df["task_id"]) == expected_ids
+        assert (df.groupby("task_id")["sample_index"].apply(sorted) == pd.Series([[0, 1, 2]] * 4, index=sorted(expected_ids))).all()
+        assert (df["temperature"] == t).all()
+        other = pd.read_parquet(out_b / temperature_table_name(t))
+        pd.testing.assert_series_equal(df["generated_text"], other["generated_text"])  # seeded
+    # samples of one prompt differ (it is sampling) ...
+    df = pd.read_parquet(out / temperature_table_name(1.2))
+    assert df.groupby("task_id")["generated_text"].nunique().max() > 1
+    # ... and activations exist once per task and layer, not per sample
+    files = sorted(p.name for p in (Path(cfg.data_dir) / "phase1_2" / "activations").iterdir())
+    assert files == sorted(f"{tid}_layer_{l}.npz" for tid in expected_ids for l in (0, 1))
+
+
+def test_bad_temperatures(tmp_path, tiny_model_dir):
+    with pytest.raises(PipelineError, match="must be > 0"):
+        phase1_2_temperature.run(_cfg(tmp_path, tiny_model_dir, temperatures=[0.0]))
+    with pytest.raises(PipelineError, match="empty"):
+        phase1_2_temperature.run(_cfg(tmp_path, tiny_model_dir, temperatures=[]))
