@@ -1,0 +1,425 @@
+"""Phase 2: encode the saved activations with each layer's SAE, score, filter, rank, test against chance.
+
+Flow of ``run(cfg)`` (DESIGN sections 2 and 4):
+
+1. Inputs (``inputs.py``): the split's tasks and labels, the layers present
+   for every task, and every needed activation matrix, loaded up front so a
+   missing file fails before any SAE is fetched.
+2. The general-text filter is prepared (``general_filter.py``): corpus and
+   model loaded first, so an unreachable hub fails fast too.
+3. Per layer, one SAE in memory at a time: load and check it (hook name,
+   d_in), encode in float32, score every latent (``common.stats``), fold the
+   layer into the permutation null, measure FVU on this layer's and the
+   neighbouring layer's activations, and the corpus firing shares.
+4. Rank the unflagged latents of all layers per direction, attach the
+   family-wise p-value of each, and (validation split) compare with the
+   newest sae-split run (``stability.py``).
+5. Write everything only after all of it succeeded, each file atomically, the
+   results JSON (what Phase 3 reads) last.
+
+Why the permutation null covers the unflagged latents only: the family a
+p-value speaks for is the set the ranking chose from; flagging depends on
+general text alone, never on the labels, so restricting the family to it
+keeps the null exact for the selection actually made.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from common.config import DEFAULT_MODEL, PipelineConfig
+from common.errors import PipelineError
+from common.metadata import RunClock, build_metadata
+from common.models import resolve_device
+from common.paths import phase_dir, timestamp
+from common.saes import SAESource, check_d_in, encode, fraction_of_variance_unexplained, load_sae, sae_hook_name
+from common.stats import DIRECTIONS, PermutationNull, latent_scores
+from common.storage import TMP_PREFIX, save_npz, write_json, write_parquet
+from phase2_sae_analysis.general_filter import GeneralTextFilter, disabled_description
+from phase2_sae_analysis.inputs import SplitData, load_split, resolve_layers
+from phase2_sae_analysis.stability import compute_stability, newest_results
+
+logger = logging.getLogger(__name__)
+
+SCORE_KEYS = (
+    "f_correct", "f_incorrect", "separation_correct", "separation_incorrect",
+    "mean_correct", "mean_incorrect", "t_stat",
+)
+ARRAY_KEYS = (*SCORE_KEYS, "general_freq", "general_flagged")
+TOP_COLUMNS = [
+    "direction", "rank", "layer", "latent", "f_correct", "f_incorrect", "separation_score",
+    "mean_correct", "mean_incorrect", "t_stat", "general_freq", "p_family",
+]
+BEATS_NULL_ALPHA = 0.05
+NULL_QUANTILES = (50, 95, 99)
+
+
+@dataclass
+class LayerResult:
+    """Everything Phase 2 keeps about one layer once its SAE is gone."""
+
+    layer: int
+    arrays: dict[str, np.ndarray]
+    fvu_own: float
+    fvu_neighbour: float | None
+    neighbour_layer: int | None
+    sae_info: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-ready copy: numpy types to Python, NaN and +-inf to None (JSON has neither)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def neighbour_layer(layer: int, available: list[int]) -> int | None:
+    """The layer whose activations SAE ``layer`` is also tried on: L+1, else L-1, if present."""
+    if layer + 1 in available:
+        return layer + 1
+    if layer - 1 in available:
+        return layer - 1
+    return None
+
+
+def sae_source(cfg: PipelineConfig) -> SAESource:
+    return SAESource(
+        release=cfg.sae_release, id_template=cfg.sae_id_template, width=cfg.sae_width, local_path=cfg.sae_path
+    )
+
+
+def corpus_model(cfg: PipelineConfig, data: SplitData) -> tuple[str, str]:
+    """The model whose residual stream the general filter reads, and why that one.
+
+    It must be the model that produced the Phase 1 activations: a user who
+    left ``--model`` at its default gets the model Phase 1's metadata names.
+    """
+    recorded = data.phase1_model
+    if recorded and cfg.model == DEFAULT_MODEL and recorded != DEFAULT_MODEL:
+        logger.info("general filter: --model left at its default; Phase 1 metadata names %s, using it", recorded)
+        return recorded, f"--model left at its default; the Phase 1 metadata names {recorded}, used instead"
+    if recorded and recorded != cfg.model:
+        logger.warning(
+            "general filter: --model %s differs from the model in the Phase 1 metadata (%s); using --model as given",
+            cfg.model, recorded,
+        )
+        return cfg.model, f"--model {cfg.model} as given (the Phase 1 metadata names {recorded})"
+    if recorded:
+        return cfg.model, "the model named in the Phase 1 metadata"
+    logger.warning(
+        "general filter: no Phase 1 metadata names the model that produced the activations; using --model %s", cfg.model
+    )
+    return cfg.model, "--model (no Phase 1 metadata names a model)"
+
+
+def _load_matrices(data: SplitData, layers: list[int], neighbours: dict[int, int | None]) -> dict[int, np.ndarray]:
+    needed = sorted(set(layers) | {n for n in neighbours.values() if n is not None})
+    matrices = {layer: data.layer_matrix(layer) for layer in needed}
+    widths = {layer: m.shape[1] for layer, m in matrices.items()}
+    if len(set(widths.values())) != 1:
+        raise PipelineError(f"activation widths differ between layers: {widths}")
+    return matrices
+
+
+# ---------------------------------------------------------------------------- per layer
+
+
+def analyse_layer(
+    layer: int,
+    source: SAESource,
+    device: torch.device,
+    matrices: dict[int, np.ndarray],
+    neighbour: int | None,
+    correct: np.ndarray,
+    null: PermutationNull,
+    general: GeneralTextFilter | None,
+) -> LayerResult:
+    """Score, null update, FVU and general firing shares of one layer, with its SAE loaded only here."""
+    x = matrices[layer]
+    sae = load_sae(source, layer, device=str(device))
+    try:
+        check_d_in(sae, x.shape[1], layer)
+        acts = encode(sae, x)
+        arrays: dict[str, np.ndarray] = dict(latent_scores(acts, correct))
+        d_sae = acts.shape[1]
+        if general is not None:
+            freq = general.frequencies(sae, layer)
+            flagged = freq >= general.threshold
+        else:
+            freq = np.full(d_sae, np.nan)
+            flagged = np.zeros(d_sae, dtype=bool)
+        arrays["general_freq"] = freq
+        arrays["general_flagged"] = flagged
+        if flagged.all():
+            logger.warning("layer %d: every latent fires on general text; none can be ranked", layer)
+        else:
+            null.update((acts > 0)[:, ~flagged])
+        fvu_own = fraction_of_variance_unexplained(sae, x)
+        fvu_neighbour = fraction_of_variance_unexplained(sae, matrices[neighbour]) if neighbour is not None else None
+        sae_info = {
+            **source.describe(layer),
+            "hook_name": sae_hook_name(sae),
+            "d_in": int(sae.cfg.d_in),
+            "d_sae": int(sae.cfg.d_sae),
+            "architecture": type(sae).__name__,
+        }
+    finally:
+        del sae
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    logger.info(
+        "layer %d: FVU %.3f (layer %s: %s), %d flagged, best separation correct %.3f, incorrect %.3f",
+        layer, fvu_own, neighbour, "n/a" if fvu_neighbour is None else f"{fvu_neighbour:.3f}", int(flagged.sum()),
+        float(np.max(arrays["separation_correct"])), float(np.max(arrays["separation_incorrect"])),
+    )
+    return LayerResult(layer, arrays, fvu_own, fvu_neighbour, neighbour, sae_info)
+
+
+# ---------------------------------------------------------------------------- ranking
+
+
+def rank_direction(
+    results: dict[int, LayerResult], direction: str, top_k: int, null: PermutationNull
+) -> list[dict[str, Any]]:
+    """The ``top_k`` unflagged latents of all layers by separation score in ``direction``.
+
+    Ties go to the lower layer, then the lower latent index, so reruns list
+    the same latents in the same order.
+    """
+    key = f"separation_{direction}"
+    layer_col, latent_col, value_col = [], [], []
+    for layer, res in sorted(results.items()):
+        keep = np.flatnonzero(~res.arrays["general_flagged"])
+        layer_col.append(np.full(keep.size, layer, dtype=np.int64))
+        latent_col.append(keep.astype(np.int64))
+        value_col.append(res.arrays[key][keep])
+    layers = np.concatenate(layer_col)
+    latents = np.concatenate(latent_col)
+    values = np.concatenate(value_col)
+    if values.size == 0:
+        return []
+    order = np.lexsort((latents, layers, -values))[:top_k]
+    p_values = null.p_value(values[order], direction)
+    entries = []
+    for rank, (index, p) in enumerate(zip(order, p_values), start=1):
+        arrays = results[int(layers[index])].arrays
+        j = int(latents[index])
+        entries.append({
+            "rank": rank,
+            "layer": int(layers[index]),
+            "latent": j,
+            "f_correct": float(arrays["f_correct"][j]),
+            "f_incorrect": float(arrays["f_incorrect"][j]),
+            "separation_score": float(values[index]),
+            "mean_correct": float(arrays["mean_correct"][j]),
+            "mean_incorrect": float(arrays["mean_incorrect"][j]),
+            "t_stat": float(arrays["t_stat"][j]),
+            "general_freq": float(arrays["general_freq"][j]),
+            "p_family": float(p),
+        })
+    return entries
+
+
+def null_summary(null: PermutationNull, top: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The permutation null as the results file records it, with a plain verdict."""
+    seen = null.n_layers > 0
+    quantiles = {
+        d: ({f"{q}%": float(np.percentile(null.null_max[d], q)) for q in NULL_QUANTILES} if seen else None)
+        for d in DIRECTIONS
+    }
+    beats = {d: bool(top[d]) and top[d][0]["p_family"] < BEATS_NULL_ALPHA for d in DIRECTIONS}
+    winners = [d for d in DIRECTIONS if beats[d]]
+    verdict = (
+        "no latent beats the shuffled-label null in either direction (rank-1 p_family >= 0.05)"
+        if not winners
+        else "; ".join(f"the rank-1 {d}-preferring latent beats the null (p_family = {top[d][0]['p_family']:.4g})" for d in winners)
+    )
+    return {
+        "n_permutations": null.n_permutations,
+        "seed": null.seed,
+        "family": "all unflagged latents of all analysed layers",
+        "n_latents_in_family": null.n_latents,
+        "p_value": "(1 + #{shuffles whose maximum separation over the family >= score}) / (1 + n_permutations)",
+        "null_max_quantiles": quantiles,
+        "alpha": BEATS_NULL_ALPHA,
+        "beats_null": beats,
+        "verdict": verdict,
+        "null_max": {d: null.null_max[d].tolist() if seen else [] for d in DIRECTIONS},
+    }
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _write_scores(scores_dir: Path, results: dict[int, LayerResult]) -> None:
+    """All layers' arrays into a temporary folder, then renamed into place (no half-written folder)."""
+    tmp = scores_dir.with_name(f"{TMP_PREFIX}{scores_dir.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        for layer, res in sorted(results.items()):
+            save_npz(tmp / f"layer_{layer}.npz", **{k: res.arrays[k] for k in ARRAY_KEYS})
+        os.replace(tmp, scores_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def _top_table(top: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
+    rows = [{"direction": d, **entry} for d in DIRECTIONS for entry in top[d]]
+    return pd.DataFrame(rows, columns=TOP_COLUMNS).astype({"rank": "int64", "layer": "int64", "latent": "int64"})
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def run(cfg: PipelineConfig) -> Path:
+    """Run Phase 2 on ``cfg.split``; return the results JSON written."""
+    clock = RunClock()
+    if cfg.top_k < 1:
+        raise PipelineError(f"--top-k must be >= 1, got {cfg.top_k}")
+    data = load_split(cfg)
+    layers = resolve_layers(data, cfg.layers)
+    neighbours = {layer: neighbour_layer(layer, data.available_layers) for layer in layers}
+    matrices = _load_matrices(data, layers, neighbours)
+    d_model = next(iter(matrices.values())).shape[1]
+    logger.info(
+        "phase 2 (%s split): %d tasks (%d correct, %d incorrect), layers %s, d_model %d",
+        data.split, len(data.task_ids), data.n_correct, data.n_incorrect, layers, d_model,
+    )
+    device = resolve_device(cfg.device)
+    source = sae_source(cfg)
+    null = PermutationNull(data.correct, n_permutations=cfg.permutations, seed=cfg.seed)
+
+    general: GeneralTextFilter | None = None
+    if cfg.general_filter:
+        model_name, note = corpus_model(cfg, data)
+        general = GeneralTextFilter.prepare(cfg, model_name, note, layers, d_model, device)
+    results: dict[int, LayerResult] = {}
+    try:
+        for layer in tqdm(layers, desc=f"phase 2 {data.split}: layers", unit="layer"):
+            results[layer] = analyse_layer(
+                layer, source, device, matrices, neighbours[layer], data.correct, null, general
+            )
+    finally:
+        if general is not None:
+            general.close()
+
+    top = {d: rank_direction(results, d, cfg.top_k, null) for d in DIRECTIONS}
+    permutation = null_summary(null, top)
+    n_flagged = {layer: int(res.arrays["general_flagged"].sum()) for layer, res in results.items()}
+    general_info = general.describe(n_flagged) if general is not None else disabled_description()
+    stability: dict[str, Any] | None = None
+    reference: Path | None = None
+    if data.split == "validation":
+        reference = newest_results(cfg.data_dir, "sae")
+        try:
+            stability = compute_stability(
+                reference, source.to_dict(), {l: r.arrays for l, r in results.items()}, top
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            stability = {"available": False, "reference": str(reference), "reason": f"cannot read the sae-split results: {exc}"}
+
+    out_dir = phase_dir(cfg.data_dir, "2")
+    stamp = timestamp()
+    scores_dir = out_dir / f"scores_{data.split}_{stamp}"
+    top_path = out_dir / f"top_latents_{data.split}_{stamp}.parquet"
+    results_path = out_dir / f"results_{data.split}_{stamp}.json"
+    meta_path = out_dir / f"results_{data.split}_{stamp}_metadata.json"
+    fvu = {
+        str(layer): {"own": res.fvu_own, "neighbour": res.fvu_neighbour, "neighbour_layer": res.neighbour_layer}
+        for layer, res in sorted(results.items())
+    }
+    sae_section = {**source.to_dict(), "layers": {str(l): r.sae_info for l, r in sorted(results.items())}}
+    document: dict[str, Any] = {
+        "split": data.split,
+        "n_tasks": len(data.task_ids),
+        "n_correct": data.n_correct,
+        "n_incorrect": data.n_incorrect,
+        "layers": layers,
+        "d_model": d_model,
+        "sae": sae_section,
+        "top_latents": top,
+        "permutation_null": permutation,
+        "fvu": fvu,
+        "scores_dir": str(scores_dir),
+        "top_latents_path": str(top_path),
+        "general_filter": general_info,
+        "labels": {**data.label_info, "split_table": str(data.split_table)},
+        "activation_site": "blocks.{L}.hook_resid_post at the last prompt token, encoded by SAE layer_L in float32",
+    }
+    if stability is not None:
+        document["stability"] = stability
+        document["note"] = "validation-split ranking: for stability only; Phase 3 takes its latents from the sae split (rule 6)"
+
+    inputs: dict[str, str | Path] = {
+        "split_table": data.split_table,
+        "activations": data.activation_dir,
+        **{f"labels_{i}" if len(data.label_tables) > 1 else "labels": p for i, p in enumerate(data.label_tables)},
+    }
+    if cfg.sae_path:
+        inputs["sae_path"] = cfg.sae_path
+    if general is not None and cfg.general_corpus:
+        inputs["general_corpus"] = cfg.general_corpus
+    if reference is not None:
+        inputs["stability_reference"] = reference
+    meta = build_metadata(
+        "2", cfg, clock,
+        inputs=inputs,
+        outputs={"results": results_path, "top_latents": top_path, "scores_dir": scores_dir},
+        extra={
+            "split": data.split,
+            "layers": layers,
+            "sae": sae_section,
+            "sae_ids": {str(l): r.sae_info.get("sae_id", r.sae_info.get("path")) for l, r in sorted(results.items())},
+            "model": general.model_name if general is not None else (data.phase1_model or cfg.model),
+            "phase1_model": data.phase1_model,
+            "device": str(device),
+            "labels": document["labels"],
+            "general_filter": general_info,
+            "permutation_null": {k: v for k, v in permutation.items() if k != "null_max"},
+            "fvu": fvu,
+        },
+    )
+
+    _write_scores(scores_dir, results)
+    write_parquet(_top_table(top), top_path)
+    write_json(meta_path, json_safe(meta))
+    write_json(results_path, json_safe(document))
+    logger.info("phase 2: %s", permutation["verdict"])
+    for d in DIRECTIONS:
+        if top[d]:
+            best = top[d][0]
+            logger.info(
+                "phase 2: top %s-preferring latent: layer %d latent %d, separation %.3f, p_family %.4g",
+                d, best["layer"], best["latent"], best["separation_score"], best["p_family"],
+            )
+    logger.info("phase 2 done in %.1f s -> %s", clock.elapsed(), results_path)
+    return results_path
