@@ -1,0 +1,378 @@
+"""Phase 3's inputs: Phase 2's chosen latents, the hyperparams and validation tasks, their baseline.
+
+What is read, and from where (DESIGN sections 2 and 4, rule 6):
+
+- the Phase 2 results JSON (``--input``, else the newest
+  ``data/phase2/results_sae_*.json``): the ranked latents of each direction,
+  the SAE source, the permutation null, the per-layer score arrays;
+- the hyperparams and validation splits (``data/phase0_1/*_mbpp.parquet``):
+  the MBPP rows, from which the prompts are rebuilt;
+- the Phase 1.0 dataset (the one Phase 2 used, if its results name it, else
+  the newest): the greedy baseline programs and labels, which are the
+  "before" of every steering comparison and the labels of the statistical
+  validation at temperature 0;
+- Phase 1.0's activation files, and Phase 1.2's tables and activations when
+  present.
+
+Why so strict: a task silently missing from the baseline would turn into a
+"correction" or "corruption" that never happened.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from common.activations import activation_path, load_activation, load_layer_matrix
+from common.config import PipelineConfig
+from common.errors import PipelineError
+from common.paths import PHASE_COMMANDS, find_newest, name_timestamp, phase_dir, require_file
+from common.saes import SAESource
+from common.stats import DIRECTIONS
+from common.storage import read_json
+
+logger = logging.getLogger(__name__)
+
+RESULTS_PATTERN = "results_sae_*.json"
+
+
+@dataclass(frozen=True)
+class LatentRef:
+    """One latent Phase 2 ranked: which direction it prefers, its layer and index, its Phase 2 scores."""
+
+    direction: str
+    rank: int
+    layer: int
+    latent: int
+    separation_score: float
+    p_family: float | None = None
+    f_correct: float | None = None
+    f_incorrect: float | None = None
+
+    @property
+    def name(self) -> str:
+        return f"L{self.layer}/{self.latent}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction, "rank": self.rank, "layer": self.layer, "latent": self.latent,
+            "separation_score": self.separation_score, "p_family": self.p_family,
+            "f_correct": self.f_correct, "f_incorrect": self.f_incorrect,
+        }
+
+
+@dataclass
+class Phase2Results:
+    """What Phase 3 uses from a Phase 2 results file."""
+
+    path: Path
+    raw: dict[str, Any]
+    sae_source: SAESource
+    top: dict[str, list[LatentRef]]
+    beats_null: dict[str, bool | None]
+    null_info: dict[str, Any]
+    scores_dir: Path | None
+
+    def scores(self, layer: int) -> dict[str, np.ndarray]:
+        """Phase 2's per-latent score arrays of ``layer`` (``separation_correct``, ``f_correct``, ...)."""
+        if self.scores_dir is None:
+            raise PipelineError(f"{self.path} names no scores_dir: the control latents cannot be chosen")
+        path = self.scores_dir / f"layer_{layer}.npz"
+        if not path.is_file():
+            raise PipelineError(f"Phase 2 score arrays for layer {layer} missing: {path}")
+        with np.load(path) as data:
+            return {k: np.asarray(data[k]) for k in data.files}
+
+
+@dataclass
+class SplitTasks:
+    """One split's tasks (MBPP rows, in task_id order) with their Phase 1.0 baseline."""
+
+    name: str
+    table_path: Path
+    tasks: pd.DataFrame
+    baseline: pd.DataFrame  # Phase 1.0 rows for exactly these tasks, same order
+
+    @property
+    def task_ids(self) -> list[int]:
+        return [int(t) for t in self.tasks["task_id"]]
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.baseline["passed"].to_numpy(dtype=bool)
+
+    @property
+    def label_folders(self) -> list[str]:
+        return ["correct" if c else "incorrect" for c in self.correct]
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+
+@dataclass
+class TemperatureData:
+    """Phase 1.2 samples of the validation split, when present (one row per sample)."""
+
+    tables: list[Path] = field(default_factory=list)
+    samples: pd.DataFrame | None = None
+    activation_dir: Path | None = None
+    note: str | None = None
+
+    @property
+    def temperatures(self) -> list[float]:
+        if self.samples is None:
+            return []
+        return sorted(float(t) for t in self.samples["temperature"].unique())
+
+
+@dataclass
+class Phase3Inputs:
+    results: Phase2Results
+    hyperparams: SplitTasks
+    validation: SplitTasks
+    dataset_path: Path
+    phase1_meta: dict[str, Any]
+    activation_dir: Path
+    temperature: TemperatureData
+
+    def activations(self, split: SplitTasks, layer: int) -> np.ndarray:
+        """(n_tasks, d_model) float32 Phase 1.0 activations of ``layer`` for a split, in task order."""
+        return load_layer_matrix(self.activation_dir, split.task_ids, layer, split.label_folders)
+
+    def input_paths(self) -> dict[str, Path]:
+        paths = {
+            "phase2_results": self.results.path,
+            "phase1_dataset": self.dataset_path,
+            "hyperparams_split": self.hyperparams.table_path,
+            "validation_split": self.validation.table_path,
+        }
+        if self.results.scores_dir is not None:
+            paths["phase2_scores_dir"] = self.results.scores_dir
+        for table in self.temperature.tables:
+            paths[f"phase1_2_{table.stem}"] = table
+        return paths
+
+
+# --------------------------------------------------------------------------- Phase 2 results
+
+
+def _resolve_relative(value: str | None, results_path: Path, data_dir: Path) -> Path | None:
+    """A path recorded in the results file: as written, else relative to the data dir or the file's folder."""
+    if not value:
+        return None
+    raw = Path(value)
+    for candidate in (raw, data_dir / raw, results_path.parent / raw, results_path.parent / raw.name):
+        if candidate.exists():
+            return candidate
+    return raw
+
+
+def _latent_refs(raw: list[dict[str, Any]], direction: str, path: Path) -> list[LatentRef]:
+    refs = []
+    for i, item in enumerate(raw):
+        try:
+            refs.append(LatentRef(
+                direction=direction,
+                rank=int(item.get("rank", i + 1)),
+                layer=int(item["layer"]),
+                latent=int(item["latent"]),
+                separation_score=float(item.get("separation_score", np.nan)),
+                p_family=None if item.get("p_family") is None else float(item["p_family"]),
+                f_correct=None if item.get("f_correct") is None else float(item["f_correct"]),
+                f_incorrect=None if item.get("f_incorrect") is None else float(item["f_incorrect"]),
+            ))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PipelineError(f"{path}: top_latents.{direction}[{i}] is malformed ({exc!r})") from exc
+    return sorted(refs, key=lambda r: r.rank)
+
+
+def newest_results(data_dir: str | Path) -> Path:
+    """The newest ``results_sae_<ts>.json`` by the timestamp in its name (its ``_metadata.json`` twin excluded)."""
+    folder = Path(data_dir) / "phase2"
+    candidates = [
+        p for p in folder.glob(RESULTS_PATTERN)
+        if not p.name.endswith("_metadata.json") and name_timestamp(p) is not None
+    ] if folder.is_dir() else []
+    if not candidates:
+        raise PipelineError(
+            f"no Phase 2 output ({RESULTS_PATTERN}) in {folder}; run `{PHASE_COMMANDS['2']}` first "
+            "or point --input at a results file"
+        )
+    return max(candidates, key=lambda p: (name_timestamp(p), p.name))
+
+
+def load_phase2_results(cfg: PipelineConfig) -> Phase2Results:
+    """The Phase 2 results file (``--input`` or the newest ``results_sae_*.json``), checked."""
+    path = Path(cfg.input) if cfg.input else newest_results(cfg.data_dir)
+    if cfg.input and not path.exists():
+        raise PipelineError(f"--input {cfg.input} does not exist")
+    if path.suffix != ".json" or not path.is_file():
+        raise PipelineError(f"--input {path} is not a Phase 2 results .json file")
+    try:
+        raw = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot read Phase 2 results {path}: {exc}") from exc
+    if not isinstance(raw, dict) or "top_latents" not in raw or "sae" not in raw:
+        raise PipelineError(f"{path} is not a Phase 2 results file (no top_latents / sae fields)")
+    if raw.get("split", "sae") != "sae":
+        raise PipelineError(
+            f"{path} ranks latents on the {raw.get('split')!r} split; Phase 3 validates latents chosen on the "
+            "sae split (rule 6): use a results_sae_*.json"
+        )
+    sae_fields = {k: v for k, v in raw["sae"].items() if k in {"release", "id_template", "width", "local_path"}}
+    source = SAESource.from_dict(sae_fields)
+    if cfg.sae_path:
+        source.local_path = cfg.sae_path
+    top = {d: _latent_refs(raw["top_latents"].get(d, []), d, path) for d in DIRECTIONS}
+    null = raw.get("permutation_null") or {}
+    beats = null.get("beats_null") or {}
+    data_dir = Path(cfg.data_dir)
+    return Phase2Results(
+        path=path,
+        raw=raw,
+        sae_source=source,
+        top=top,
+        beats_null={d: (None if beats.get(d) is None else bool(beats[d])) for d in DIRECTIONS},
+        null_info={k: v for k, v in null.items() if k not in ("null_max", "null_max_correct", "null_max_incorrect")},
+        scores_dir=_resolve_relative(raw.get("scores_dir"), path, data_dir),
+    )
+
+
+def _phase1_dataset_from_results(results: Phase2Results, data_dir: Path) -> Path | None:
+    """The Phase 1.0 dataset Phase 2 labelled its tasks with, if the results (or their metadata) name it."""
+    raw = results.raw
+    candidates: list[Any] = [
+        raw.get("phase1_dataset"),
+        raw.get("dataset"),
+        *(raw.get("label_tables") or []),
+        *((raw.get("labels") or {}).get("source_tables") or []),  # phase2_sae_analysis writes this
+        *((raw.get("inputs") or {}).values()),
+    ]
+    meta_path = results.path.with_name(f"{results.path.stem}_metadata.json")
+    if meta_path.is_file():
+        try:
+            meta = read_json(meta_path)
+            candidates += [v.get("path") if isinstance(v, dict) else v for v in (meta.get("inputs") or {}).values()]
+        except (OSError, ValueError):
+            logger.warning("cannot read %s", meta_path)
+    for value in candidates:
+        if isinstance(value, dict):
+            value = value.get("path")
+        if isinstance(value, str) and Path(value).name.startswith("dataset_") and value.endswith(".parquet"):
+            resolved = _resolve_relative(value, results.path, data_dir)
+            if resolved is not None and resolved.is_file():
+                return resolved
+            logger.warning("Phase 2 used %s, which no longer exists; using the newest Phase 1.0 dataset", value)
+    return None
+
+
+# --------------------------------------------------------------------------- splits and baseline
+
+
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises many types for a bad file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PipelineError(f"cannot read {what} {path}: {first}") from exc
+
+
+def _load_split(data_dir: str, name: str, dataset: pd.DataFrame, dataset_path: Path) -> SplitTasks:
+    path = require_file(phase_dir(data_dir, "0.1", create=False) / f"{name}_mbpp.parquet", "0.1")
+    table = _read_table(path, f"{name} split")
+    needed = {"task_id", "text", "test_list", "test_setup_code"}
+    if not needed <= set(table.columns):
+        raise PipelineError(f"{path} lacks columns {sorted(needed - set(table.columns))}; is it a Phase 0.1 split?")
+    if table.empty:
+        raise PipelineError(f"the {name} split {path} holds no tasks")
+    table = table.sort_values("task_id").reset_index(drop=True)
+    indexed = dataset.set_index("task_id")
+    missing = [int(t) for t in table["task_id"] if int(t) not in indexed.index]
+    if missing:
+        raise PipelineError(
+            f"{len(missing)} of {len(table)} {name}-split tasks are missing from {dataset_path} "
+            f"(e.g. task {missing[0]}); run `{PHASE_COMMANDS['1']}` over all tasks first"
+        )
+    baseline = indexed.loc[table["task_id"].astype(int)].reset_index()
+    return SplitTasks(name=name, table_path=path, tasks=table, baseline=baseline)
+
+
+def _load_temperatures(data_dir: str, validation: SplitTasks) -> TemperatureData:
+    folder = phase_dir(data_dir, "1.2", create=False)
+    tables = sorted(folder.glob("dataset_temp_*.parquet")) if folder.is_dir() else []
+    if not tables:
+        note = f"Phase 1.2 outputs absent (no dataset_temp_*.parquet in {folder}): metrics at temperature > 0 skipped; run `{PHASE_COMMANDS['1.2']}` to add them"
+        logger.warning(note)
+        return TemperatureData(note=note)
+    frames = []
+    for path in tables:
+        table = _read_table(path, "Phase 1.2 table")
+        if not {"task_id", "temperature", "passed"} <= set(table.columns):
+            raise PipelineError(f"{path} lacks task_id/temperature/passed; is it a Phase 1.2 table?")
+        frames.append(table[["task_id", "temperature", "sample_index", "passed"]] if "sample_index" in table.columns
+                      else table[["task_id", "temperature", "passed"]])
+    samples = pd.concat(frames, ignore_index=True)
+    samples = samples[samples["task_id"].isin(validation.task_ids)].reset_index(drop=True)
+    if samples.empty:
+        note = f"Phase 1.2 tables in {folder} hold no validation-split task: metrics at temperature > 0 skipped"
+        logger.warning(note)
+        return TemperatureData(tables=tables, note=note)
+    samples["task_id"] = samples["task_id"].astype(int)
+    samples["passed"] = samples["passed"].astype(bool)
+    return TemperatureData(tables=tables, samples=samples, activation_dir=folder / "activations")
+
+
+def temperature_activations(temps: TemperatureData, task_ids: list[int], layer: int) -> dict[int, np.ndarray]:
+    """Phase 1.2's per-task activation of ``layer`` (captured once per task), for ``task_ids``."""
+    assert temps.activation_dir is not None
+    out = {}
+    for task_id in task_ids:
+        path = activation_path(temps.activation_dir, task_id, layer)
+        if not path.is_file():
+            raise PipelineError(
+                f"Phase 1.2 activations missing for task {task_id} layer {layer}: {path}; rerun `{PHASE_COMMANDS['1.2']}`"
+            )
+        out[task_id] = load_activation(path)
+    return out
+
+
+def load_inputs(cfg: PipelineConfig) -> Phase3Inputs:
+    """Everything Phase 3 reads, checked for consistency before any GPU time is spent."""
+    results = load_phase2_results(cfg)
+    data_dir = Path(cfg.data_dir)
+    dataset_path = _phase1_dataset_from_results(results, data_dir) or find_newest(cfg.data_dir, "1", "dataset_*.parquet")
+    dataset = _read_table(dataset_path, "Phase 1.0 dataset")
+    needed = {"task_id", "passed", "extracted_code", "generated_text", "prompt"}
+    if not needed <= set(dataset.columns):
+        raise PipelineError(f"{dataset_path} lacks columns {sorted(needed - set(dataset.columns))}; is it a Phase 1.0 dataset?")
+    if dataset["task_id"].duplicated().any():
+        raise PipelineError(f"{dataset_path} has duplicated task ids")
+    dataset = dataset.assign(task_id=dataset["task_id"].astype(int), passed=dataset["passed"].astype(bool))
+    meta_path = dataset_path.with_name(f"{dataset_path.stem}_metadata.json")
+    phase1_meta: dict[str, Any] = {}
+    if meta_path.is_file():
+        try:
+            phase1_meta = read_json(meta_path)
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot read Phase 1 metadata %s (%s)", meta_path, exc)
+    else:
+        logger.warning("no Phase 1 metadata beside %s: model and max_new_tokens cannot be checked", dataset_path)
+    hyperparams = _load_split(cfg.data_dir, "hyperparams", dataset, dataset_path)
+    validation = _load_split(cfg.data_dir, "validation", dataset, dataset_path)
+    overlap = set(hyperparams.task_ids) & set(validation.task_ids)
+    if overlap:
+        raise PipelineError(f"{len(overlap)} task(s) are in both the hyperparams and validation splits (e.g. {min(overlap)})")
+    return Phase3Inputs(
+        results=results,
+        hyperparams=hyperparams,
+        validation=validation,
+        dataset_path=dataset_path,
+        phase1_meta=phase1_meta,
+        activation_dir=phase_dir(cfg.data_dir, "1", create=False) / "activations",
+        temperature=_load_temperatures(cfg.data_dir, validation),
+    )

@@ -1,0 +1,268 @@
+"""Statistical validation: does a latent's activation predict correctness on held-out problems?
+
+DESIGN section 4 and rules 6 and 7. For each of the top latents of each
+direction:
+
+- score = the latent's SAE activation (float32 encoding, rule 9) of the task's
+  residual vector at the last prompt token; the positive class is "correct"
+  for a correct-preferring latent and "incorrect" for an incorrect-preferring
+  one, so a higher score always predicts the positive class;
+- the threshold maximising F1 is chosen on the hyperparams split only;
+- on the validation split (temperature 0, and each Phase 1.2 temperature) the
+  AUROC with a bootstrap 95% CI, and at that fixed threshold F1, precision,
+  recall and accuracy, each beside its trivial baseline.
+
+Baselines, and why each: AUROC 0.5 (a score unrelated to the label);
+F1 of always predicting positive (2b / (1 + b) for base rate b), the F1 any
+classifier gets for free; precision's base rate b (the precision of any
+classifier that ignores the score); recall's predicted-positive rate (the
+expected recall of a random classifier that flags as many tasks); accuracy's
+majority-class rate max(b, 1 - b).
+
+At temperature > 0 a task has several samples (one row each, all with the
+task's one activation, since activations depend on the prompt only). Samples
+of a task are not independent, so the AUROC interval there resamples *tasks*
+(each with all its samples), not rows; at temperature 0 (one row per task)
+this is the ordinary bootstrap of ``common.stats.auroc_with_ci``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+from sklearn.metrics import roc_auc_score
+from tqdm import tqdm
+
+from common.errors import PipelineError
+from common.saes import encode, load_sae
+from common.stats import auroc_with_ci, best_f1_threshold, classification_metrics
+from phase3_validation.inputs import LatentRef, Phase3Inputs, temperature_activations
+
+logger = logging.getLogger(__name__)
+
+BASELINE_NOTES: dict[str, str] = {
+    "auroc": "0.5 (score unrelated to the label)",
+    "f1": "F1 of always predicting positive = 2b/(1+b), b = base rate",
+    "precision": "base rate b (precision of any score-blind classifier)",
+    "recall": "predicted-positive rate (expected recall of a random classifier flagging as many)",
+    "accuracy": "majority-class rate max(b, 1-b)",
+}
+
+
+def positive_labels(correct: np.ndarray, direction: str) -> np.ndarray:
+    """The positive class of a latent: correct tasks for correct-preferring, incorrect ones otherwise."""
+    correct = np.asarray(correct, dtype=bool)
+    if direction == "correct":
+        return correct
+    if direction == "incorrect":
+        return ~correct
+    raise PipelineError(f"direction must be 'correct' or 'incorrect', got {direction!r}")
+
+
+def _mann_whitney_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    ranks = sps.rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def clustered_bootstrap_aurocs(
+    y_true: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_bootstrap: int, seed: int
+) -> np.ndarray:
+    """AUROC of each resample of *groups* (tasks, each with all its rows) that holds both classes.
+
+    Why: rows of one task share the task's score and are correlated, so
+    resampling rows would understate the interval's width.
+    """
+    y = np.asarray(y_true, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    groups = np.asarray(groups)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(unique.size)]
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_bootstrap):
+        pick = rng.integers(0, unique.size, size=unique.size)
+        idx = np.concatenate([members[g] for g in pick])
+        yb = y[idx]
+        if yb.all() or not yb.any():
+            continue
+        out.append(_mann_whitney_auroc(yb, s[idx]))
+    return np.asarray(out, dtype=np.float64)
+
+
+def auroc_interval(
+    y: np.ndarray, scores: np.ndarray, n_bootstrap: int, seed: int, groups: np.ndarray | None = None
+) -> tuple[float, float, float, str]:
+    """(AUROC, lo, hi, method): row bootstrap when each task has one row, task bootstrap otherwise."""
+    if groups is None or np.unique(groups).size == len(groups):
+        auroc, lo, hi = auroc_with_ci(y, scores, n_bootstrap=n_bootstrap, seed=seed)
+        return auroc, lo, hi, "percentile bootstrap over tasks"
+    auroc = float(roc_auc_score(y, scores))
+    boot = clustered_bootstrap_aurocs(y, scores, groups, n_bootstrap, seed)
+    if boot.size == 0:
+        return auroc, float("nan"), float("nan"), "percentile bootstrap over tasks (samples of a task kept together)"
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return auroc, float(lo), float(hi), "percentile bootstrap over tasks (samples of a task kept together)"
+
+
+def evaluate_at_threshold(
+    y: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    n_bootstrap: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Every metric of one latent on one evaluation set, each beside its baseline (rule 7).
+
+    ``threshold`` was chosen elsewhere (on hyperparams); the rule is
+    ``predict positive iff score >= threshold``. With one class only the
+    AUROC is undefined: it is NaN and ``note`` says why (a temperature at
+    which nothing passes must not stop the phase).
+    """
+    y = np.asarray(y, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    pred = scores >= threshold
+    metrics = classification_metrics(y, pred)
+    b = metrics["base_rate"]
+    row: dict[str, Any] = {
+        "threshold": float(threshold),
+        "n": metrics["n"],
+        "n_tasks": int(np.unique(groups).size) if groups is not None else metrics["n"],
+        "n_positive": metrics["n_positive"],
+        "base_rate": b,
+        "firing_rate": float((scores > 0).mean()),
+        "note": "",
+    }
+    if y.all() or not y.any():
+        row.update(auroc=float("nan"), auroc_ci_lo=float("nan"), auroc_ci_hi=float("nan"),
+                   auroc_ci_method="", note="one class only: AUROC undefined")
+    else:
+        auroc, lo, hi, method = auroc_interval(y, scores, n_bootstrap, seed, groups)
+        row.update(auroc=auroc, auroc_ci_lo=lo, auroc_ci_hi=hi, auroc_ci_method=method)
+    predicted_positive_rate = float(pred.mean())
+    row.update(
+        auroc_baseline=0.5,
+        f1=metrics["f1"],
+        f1_baseline_always_positive=metrics["always_positive_f1"],
+        precision=metrics["precision"],
+        precision_baseline_base_rate=b,
+        recall=metrics["recall"],
+        recall_baseline_random=predicted_positive_rate,
+        accuracy=metrics["accuracy"],
+        accuracy_baseline_majority=max(b, 1.0 - b),
+        predicted_positive_rate=predicted_positive_rate,
+        tp=metrics["tp"], fp=metrics["fp"], fn=metrics["fn"], tn=metrics["tn"],
+    )
+    return row
+
+
+@dataclass
+class LatentEvaluation:
+    """One latent's scores on every evaluation set, and the metric rows computed from them."""
+
+    ref: LatentRef
+    threshold: float
+    hyperparams_f1: float
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    roc_data: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # eval set -> (y, scores)
+
+
+def evaluate_latent(
+    ref: LatentRef,
+    hp_correct: np.ndarray,
+    hp_scores: np.ndarray,
+    eval_sets: list[dict[str, Any]],
+    n_bootstrap: int,
+    seed: int,
+) -> LatentEvaluation:
+    """Choose the threshold on hyperparams, then apply it to each evaluation set.
+
+    ``eval_sets``: dicts with ``split``, ``temperature``, ``correct`` (bool per
+    row), ``scores`` (per row) and optional ``groups`` (task id per row).
+    The hyperparams split itself is also reported (``split = hyperparams``,
+    in-sample: the threshold was chosen there), so over-fitting of the
+    threshold is visible beside the validation numbers.
+    """
+    y_hp = positive_labels(hp_correct, ref.direction)
+    threshold, hp_f1 = best_f1_threshold(y_hp, hp_scores)
+    evaluation = LatentEvaluation(ref=ref, threshold=threshold, hyperparams_f1=hp_f1)
+    all_sets = [{"split": "hyperparams", "temperature": 0.0, "correct": hp_correct, "scores": hp_scores}, *eval_sets]
+    for eval_set in all_sets:
+        y = positive_labels(eval_set["correct"], ref.direction)
+        metrics = evaluate_at_threshold(y, eval_set["scores"], threshold, n_bootstrap, seed, eval_set.get("groups"))
+        evaluation.rows.append({
+            **ref.to_dict(),
+            "positive_class": ref.direction,
+            "split": eval_set["split"],
+            "temperature": float(eval_set["temperature"]),
+            "threshold_source": "hyperparams (best F1)",
+            **metrics,
+        })
+        evaluation.roc_data[f"{eval_set['split']}@T{eval_set['temperature']:g}"] = (y, np.asarray(eval_set["scores"]))
+    return evaluation
+
+
+def _check_latent_range(ref: LatentRef, d_sae: int, where: str) -> None:
+    if not 0 <= ref.latent < d_sae:
+        raise PipelineError(
+            f"latent {ref.latent} of layer {ref.layer} ({ref.direction}-preferring, rank {ref.rank}) is out of range "
+            f"for its SAE ({where}, d_sae {d_sae}): the Phase 2 results and the SAE do not match"
+        )
+
+
+def validate_latents(inputs: Phase3Inputs, top_n: int, n_bootstrap: int, seed: int) -> list[LatentEvaluation]:
+    """Statistical validation of the top ``top_n`` latents of each direction, one SAE load per layer."""
+    if top_n < 1:
+        raise PipelineError(f"top_latents_validated must be >= 1, got {top_n}")
+    refs = [ref for direction in ("correct", "incorrect") for ref in inputs.results.top[direction][:top_n]]
+    if not refs:
+        raise PipelineError(f"{inputs.results.path} lists no top latents in either direction: nothing to validate")
+    temps = inputs.temperature
+    evaluations: list[LatentEvaluation] = []
+    layers = sorted({r.layer for r in refs})
+    for layer in tqdm(layers, desc="phase 3: statistical validation", unit="layer"):
+        sae = load_sae(inputs.results.sae_source, layer, device="cpu")
+        where = str(inputs.results.sae_source.describe(layer))
+        layer_refs = [r for r in refs if r.layer == layer]
+        for ref in layer_refs:
+            _check_latent_range(ref, int(sae.cfg.d_sae), where)
+        columns = [r.latent for r in layer_refs]
+        hp = encode(sae, inputs.activations(inputs.hyperparams, layer))[:, columns]
+        val = encode(sae, inputs.activations(inputs.validation, layer))[:, columns]
+        temp_scores = None
+        if temps.samples is not None:
+            task_ids = sorted(temps.samples["task_id"].unique().tolist())
+            acts = temperature_activations(temps, task_ids, layer)
+            encoded = encode(sae, np.stack([acts[t] for t in task_ids]))[:, columns]
+            temp_scores = {t: encoded[i] for i, t in enumerate(task_ids)}
+        del sae
+        for j, ref in enumerate(layer_refs):
+            eval_sets: list[dict[str, Any]] = [{
+                "split": "validation", "temperature": 0.0,
+                "correct": inputs.validation.correct, "scores": val[:, j],
+            }]
+            if temp_scores is not None:
+                for temperature in temps.temperatures:
+                    rows = temps.samples[temps.samples["temperature"] == temperature]
+                    eval_sets.append({
+                        "split": "validation", "temperature": temperature,
+                        "correct": rows["passed"].to_numpy(dtype=bool),
+                        "scores": np.array([temp_scores[int(t)][j] for t in rows["task_id"]], dtype=np.float64),
+                        "groups": rows["task_id"].to_numpy(),
+                    })
+            evaluation = evaluate_latent(ref, inputs.hyperparams.correct, hp[:, j], eval_sets, n_bootstrap, seed)
+            evaluations.append(evaluation)
+            v0 = evaluation.rows[1]
+            logger.info(
+                "%s-preferring %s: threshold %.4g (hyperparams F1 %.3f); validation AUROC %.3f [%.3f, %.3f], F1 %.3f (always-positive %.3f)",
+                ref.direction, ref.name, evaluation.threshold, evaluation.hyperparams_f1,
+                v0["auroc"], v0["auroc_ci_lo"], v0["auroc_ci_hi"], v0["f1"], v0["f1_baseline_always_positive"],
+            )
+    evaluations.sort(key=lambda e: refs.index(e.ref))  # direction, then Phase 2 rank
+    return evaluations

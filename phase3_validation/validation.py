@@ -1,0 +1,312 @@
+"""Phase 3: statistical and causal validation of the latents Phase 2 chose (DESIGN sections 2 and 4).
+
+``run(cfg)`` reads Phase 2's results, validates the top latents as
+predictors (``statistical.py``), steers the model along the rank-1 latent of
+each direction with controls and an alpha = 0 rerun (``steering_eval.py``),
+and writes, under ``data/phase3/`` with one timestamp:
+
+- ``validation_<ts>.json``: everything, machine-readable (the summary is
+  rendered from it);
+- ``metrics_<ts>.parquet``: one row per latent x (split, temperature), every
+  metric beside its baseline;
+- ``steering_<ts>.parquet``: one row per steered run (latent or control,
+  alpha, split) with rates, intervals and tests, plus the pooled controls;
+- ``roc_<ts>.png``, ``metrics_by_temperature_<ts>.png``,
+  ``steering_grid_<ts>.png``;
+- ``flipped_examples_<ts>.md``; ``summary_<ts>.md`` and a copy as
+  ``summary.md``; ``validation_<ts>_metadata.json``.
+
+Order of work: all inputs are read and checked first, then the cheap
+statistical part, then the model is loaded for steering; nothing is written
+until everything is computed, so a failure never leaves half an output.
+Steering checkpoints are removed only after the outputs are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common.config import PipelineConfig
+from common.errors import PipelineError
+from common.executor import Executor, executor_config_for
+from common.generation import GenerationConfig, auto_batch_size
+from common.metadata import RunClock, build_metadata, git_commit
+from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
+from common.paths import phase_dir, timestamp
+from common.prompts import PROMPT_TEMPLATE_VERSION
+from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
+from common.storage import json_safe, RecordCheckpointer, atomic_write_bytes, atomic_write_text, write_json, write_parquet
+from common.tasks import model_slug
+from phase3_validation import plots
+from phase3_validation.inputs import Phase3Inputs, SplitTasks, load_inputs
+from phase3_validation.statistical import BASELINE_NOTES, LatentEvaluation, validate_latents
+from phase3_validation.steering_eval import (
+    SELECTION_RULE,
+    SteeringContext,
+    program_changes,
+    steer_direction,
+    steered_generation,
+    steering_row,
+    steering_rates,
+)
+from phase3_validation.summary import render_flipped_examples, render_summary
+
+logger = logging.getLogger(__name__)
+
+DIRECTIONS = ("correct", "incorrect")
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    """Fail fast, before any input is read or model loaded, on settings Phase 3 cannot use."""
+    if not cfg.coefficients:
+        raise PipelineError("the steering coefficient grid is empty: give --coefficients, e.g. -1,-0.5,0,0.5,1")
+    if len(set(cfg.coefficients)) != len(cfg.coefficients):
+        raise PipelineError(f"--coefficients has duplicates: {cfg.coefficients}")
+    if not all(np.isfinite(cfg.coefficients)):
+        raise PipelineError(f"--coefficients must be finite numbers, got {cfg.coefficients}")
+    if cfg.hook_point not in HOOK_POINTS:
+        raise PipelineError(f"--hook-point must be one of {', '.join(HOOK_POINTS)}, got {cfg.hook_point!r}")
+    if cfg.steer_positions not in POSITION_POLICIES:
+        raise PipelineError(f"--steer-positions must be one of {', '.join(POSITION_POLICIES)}, got {cfg.steer_positions!r}")
+    if cfg.n_random_controls < 1:
+        raise PipelineError("--n-random-controls must be at least 1 (rule 8: steering needs controls)")
+    if cfg.bootstrap < 1:
+        raise PipelineError("--bootstrap must be at least 1")
+    if cfg.top_latents_validated < 1:
+        raise PipelineError("top_latents_validated must be at least 1")
+    if cfg.steering_max_new_tokens is not None and cfg.steering_max_new_tokens < 1:
+        raise PipelineError("steering_max_new_tokens must be at least 1")
+
+
+def _same_model(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _split_sizes(split: SplitTasks) -> dict[str, int]:
+    correct = split.correct
+    return {"n": len(split), "n_correct": int(correct.sum()), "n_incorrect": int((~correct).sum())}
+
+
+def _require_both_classes(split: SplitTasks) -> None:
+    """Thresholds need both classes on hyperparams, every rate needs both on validation (DESIGN section 7)."""
+    sizes = _split_sizes(split)
+    for cls in ("correct", "incorrect"):
+        if sizes[f"n_{cls}"] == 0:
+            raise PipelineError(
+                f"the {split.name} split has no {cls} tasks in the Phase 1.0 baseline ({sizes['n_correct']} correct, "
+                f"{sizes['n_incorrect']} incorrect of {sizes['n']}): thresholds, AUROC and the "
+                f"{'correction' if cls == 'incorrect' else 'corruption'} rate are undefined"
+            )
+
+
+def _latent_entry(ev: LatentEvaluation) -> dict[str, Any]:
+    return {**ev.ref.to_dict(), "threshold": ev.threshold, "hyperparams_f1": ev.hyperparams_f1, "rows": ev.rows}
+
+
+def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
+    """The things a reader must see before any number: null results, failed checks, weak effects."""
+    flags = []
+    for direction in DIRECTIONS:
+        beats = inputs.results.beats_null.get(direction)
+        if beats is False:
+            flags.append(f"No {direction}-preferring latent beat Phase 2's permutation null: treat its results as exploratory.")
+        elif beats is None:
+            flags.append(f"Phase 2's results record no permutation-null verdict for {direction}-preferring latents.")
+    check = doc["steering"]["alpha0_check"]
+    if check["n_programs_changed"] or check["n_label_flips"]:
+        flags.append(
+            f"BUG FLAG: the alpha = 0 rerun changed {check['n_programs_changed']} program(s) and flipped "
+            f"{check['n_label_flips']} label(s) of {check['n_tasks']}; it must reproduce Phase 1.0 exactly."
+        )
+    for direction, info in doc["steering"]["directions"].items():
+        if info["chosen_alpha"] == 0.0:
+            flags.append(f"For the {direction}-preferring latent no nonzero alpha beat alpha = 0 on hyperparams: "
+                         "its steering numbers are the no-steering rerun.")
+        v = info["validation"]
+        if v["mcnemar_p"] >= 0.05:
+            flags.append(f"The {direction}-preferring latent's steering effect on validation is not significant against "
+                         f"the baseline (McNemar p = {v['mcnemar_p']:.3g}).")
+        rate, key = ("correction", "fisher_p_correction") if direction == "correct" else ("corruption", "fisher_p_corruption")
+        if info["control_test"][key] >= 0.05:
+            flags.append(f"The {direction}-preferring latent's {rate} rate is not distinguishable from random-latent "
+                         f"controls at the same alpha and norm (Fisher p = {info['control_test'][key]:.3g}).")
+    return flags
+
+
+def _alpha0_notes(inputs: Phase3Inputs, gen_cfg: GenerationConfig, dtype: str) -> list[str]:
+    """Known reasons, other than a bug, why the alpha = 0 rerun could differ from Phase 1.0 (shown if it does)."""
+    meta = inputs.phase1_meta
+    phase1_gen = meta.get("generation") or {}
+    notes = []
+    if phase1_gen.get("max_new_tokens") not in (None, gen_cfg.max_new_tokens):
+        notes.append(f"steering used max_new_tokens {gen_cfg.max_new_tokens}, Phase 1.0 used "
+                     f"{phase1_gen['max_new_tokens']}: programs cut at different lengths differ for that reason alone")
+    if meta.get("dtype") and meta["dtype"] != dtype:
+        notes.append(f"Phase 1.0 ran in {meta['dtype']}, this run in {dtype}: greedy outputs may differ numerically")
+    n_phase1 = (meta.get("slice") or {}).get("n_tasks")
+    if phase1_gen.get("batch_size") not in (None, gen_cfg.batch_size) or n_phase1 not in (None, len(inputs.validation)):
+        notes.append("batches hold other tasks than in Phase 1.0 (different task set or batch size); with left padding "
+                     "outputs agree within float tolerance, which in bf16 can flip a rare greedy token")
+    return notes
+
+
+def run(cfg: PipelineConfig) -> Path:
+    """Run Phase 3; return the path of the summary written."""
+    clock = RunClock()
+    check_config(cfg)
+    inputs = load_inputs(cfg)
+    for direction in DIRECTIONS:
+        if not inputs.results.top[direction]:
+            raise PipelineError(f"{inputs.results.path} lists no {direction}-preferring latents: nothing to validate")
+    hp, val = inputs.hyperparams, inputs.validation
+    _require_both_classes(hp)
+    _require_both_classes(val)
+    logger.info("phase 3: hyperparams %s, validation %s (from %s)", _split_sizes(hp), _split_sizes(val), inputs.dataset_path)
+
+    phase1_model = inputs.phase1_meta.get("model")
+    if phase1_model is not None and not _same_model(cfg.model, str(phase1_model)):
+        raise PipelineError(
+            f"the Phase 1.0 baseline was generated by {phase1_model!r} but --model is {cfg.model!r}: steering must "
+            f"use the same model (pass --model {phase1_model})"
+        )
+
+    # ---- statistical validation (CPU, cheap) -------------------------------------------------
+    evaluations = validate_latents(inputs, cfg.top_latents_validated, cfg.bootstrap, cfg.seed)
+
+    # ---- steering ------------------------------------------------------------------------------
+    phase1_gen = inputs.phase1_meta.get("generation") or {}
+    phase1_max_new = phase1_gen.get("max_new_tokens")
+    max_new_tokens = cfg.steering_max_new_tokens or phase1_max_new or cfg.max_new_tokens
+    device = resolve_device(cfg.device)
+    dtype = default_dtype(device)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device, dtype)
+    for direction in DIRECTIONS:
+        layer = inputs.results.top[direction][0].layer
+        if not 0 <= layer < num_layers(model):
+            raise PipelineError(f"the {direction}-preferring latent's layer {layer} is not a layer of {cfg.model}")
+    batch_size = cfg.batch_size or phase1_gen.get("batch_size") or auto_batch_size(model, device)
+    gen_cfg = GenerationConfig(max_new_tokens=int(max_new_tokens), batch_size=int(batch_size), temperature=0.0, seed=cfg.seed)
+    out_dir = phase_dir(cfg.data_dir, "3")
+    executor_cfg = executor_config_for(cfg)
+    steering_rows: list[dict[str, Any]] = []
+    directions: dict[str, dict[str, Any]] = {}
+    flipped: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    with Executor(executor_cfg) as executor:
+        ctx = SteeringContext(
+            model=model, tokenizer=tokenizer, executor=executor, gen_cfg=gen_cfg, hook_point=cfg.hook_point,
+            positions=cfg.steer_positions, model_id=cfg.model,
+            checkpoint_root=out_dir / "checkpoints" / model_slug(cfg.model),
+            checkpoint_every=cfg.checkpoint_every, autosave_every=cfg.autosave_every, autosave_keep=cfg.autosave_keep,
+        )
+        zero_layer = inputs.results.top["correct"][0].layer
+        zero_run = steered_generation(ctx, val, zero_layer, torch.zeros(model.config.hidden_size), "alpha0")
+        for direction in DIRECTIONS:
+            result, rows = steer_direction(
+                ctx, inputs, direction, list(cfg.coefficients), cfg.n_random_controls, cfg.control_max_separation, cfg.seed
+            )
+            steering_rows += rows
+            directions[direction] = result.to_dict()
+            flipped[direction] = result.flipped
+    changes = program_changes(val, zero_run)
+    zero_rates = steering_rates(val.correct, zero_run.correct, "validation split, alpha 0")
+    steering_rows.append(steering_row("alpha0", "none", zero_layer, None, 0.0, "validation", zero_rates, changes, zero_run))
+    notes = _alpha0_notes(inputs, gen_cfg, str(dtype))
+    alpha0_check = {**changes, "n_tasks": len(val), "notes": notes,
+                    "passed": changes["n_programs_changed"] == 0 and changes["n_label_flips"] == 0}
+
+    # ---- outputs -------------------------------------------------------------------------------
+    stamp = timestamp()
+    paths = {
+        "validation": out_dir / f"validation_{stamp}.json",
+        "metrics": out_dir / f"metrics_{stamp}.parquet",
+        "steering": out_dir / f"steering_{stamp}.parquet",
+        "roc_png": out_dir / f"roc_{stamp}.png",
+        "metrics_by_temperature_png": out_dir / f"metrics_by_temperature_{stamp}.png",
+        "steering_grid_png": out_dir / f"steering_grid_{stamp}.png",
+        "flipped_examples": out_dir / f"flipped_examples_{stamp}.md",
+        "summary": out_dir / f"summary_{stamp}.md",
+        "summary_latest": out_dir / "summary.md",
+        "metadata": out_dir / f"validation_{stamp}_metadata.json",
+    }
+    layers = sorted({ev.ref.layer for ev in evaluations} | {inputs.results.top[d][0].layer for d in DIRECTIONS})
+    configuration = {
+        "model": cfg.model, "phase1_model": phase1_model, "device": str(device), "dtype": str(dtype),
+        "sae_source": inputs.results.sae_source.to_dict(),
+        "sae_ids": {str(layer): inputs.results.sae_source.describe(layer) for layer in layers},
+        "split_sizes": {"hyperparams": _split_sizes(hp), "validation": _split_sizes(val)},
+        "seed": cfg.seed, "bootstrap": cfg.bootstrap, "top_latents_validated": cfg.top_latents_validated,
+        "coefficients": list(cfg.coefficients), "hook_point": cfg.hook_point,
+        "hook_names": {d: transformer_lens_hook_name(inputs.results.top[d][0].layer, cfg.hook_point) for d in DIRECTIONS},
+        "steer_positions": cfg.steer_positions, "n_random_controls": cfg.n_random_controls,
+        "control_max_separation": cfg.control_max_separation, "max_new_tokens": gen_cfg.max_new_tokens,
+        "phase1_max_new_tokens": phase1_max_new, "batch_size": gen_cfg.batch_size,
+        "phase1_batch_size": phase1_gen.get("batch_size"), "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+        "executor": executor_cfg.to_dict(), "git_commit": git_commit(),
+    }
+    doc: dict[str, Any] = {
+        "phase": "3",
+        "timestamp": stamp,
+        "configuration": configuration,
+        "inputs": {k: str(v) for k, v in inputs.input_paths().items()},
+        "phase2_null": {**inputs.results.null_info, "beats_null": inputs.results.beats_null},
+        "phase2_top": {d: (inputs.results.top[d][0].to_dict() if inputs.results.top[d] else None) for d in DIRECTIONS},
+        "statistical": {
+            "threshold_rule": "best F1 on the hyperparams split (predict positive iff activation >= threshold)",
+            "baselines": BASELINE_NOTES,
+            "temperatures": inputs.temperature.temperatures,
+            "temperature_note": inputs.temperature.note,
+            "latents": [_latent_entry(ev) for ev in evaluations],
+        },
+        "steering": {
+            "selection_rule": SELECTION_RULE,
+            "scale_rule": "alpha x mean L2 norm of the residual stream at the latent's layer, hyperparams split, last prompt token",
+            "position_policy": cfg.steer_positions,
+            "directions": directions,
+            "alpha0_check": alpha0_check,
+        },
+        "outputs": {k: str(v) for k, v in paths.items() if k != "metadata"},
+    }
+    doc["flags"] = _flags(doc, inputs)
+    doc = json_safe(doc)
+
+    # Everything is rendered before anything is written: a failure here leaves no partial output.
+    metrics = pd.DataFrame([row for ev in evaluations for row in ev.rows])
+    steering_table = pd.DataFrame(steering_rows)
+    figures = {
+        "roc_png": plots.roc_curves(evaluations),
+        "metrics_by_temperature_png": plots.metrics_by_temperature(metrics),
+        "steering_grid_png": plots.steering_grid(directions),
+    }
+    flipped_text = render_flipped_examples(doc, flipped)
+    summary_text = render_summary(doc)
+
+    write_parquet(metrics, paths["metrics"])
+    write_parquet(steering_table, paths["steering"])
+    for name, png in figures.items():
+        atomic_write_bytes(paths[name], png)
+    atomic_write_text(paths["flipped_examples"], flipped_text)
+    write_json(paths["validation"], doc)
+    atomic_write_text(paths["summary"], summary_text)
+    atomic_write_text(paths["summary_latest"], summary_text)
+    meta = build_metadata(
+        "3", cfg, clock, inputs=inputs.input_paths(), outputs={k: v for k, v in paths.items() if k != "metadata"},
+        extra={**configuration, "generation": dataclasses.asdict(gen_cfg), "flags": doc["flags"]},
+    )
+    write_json(paths["metadata"], meta)
+    for folder in sorted(ctx.folders):
+        RecordCheckpointer(folder).clear()
+    for folder in (ctx.checkpoint_root, ctx.checkpoint_root.parent):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    logger.info("phase 3: summary -> %s", paths["summary"])
+    return paths["summary"]

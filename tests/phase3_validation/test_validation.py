@@ -1,0 +1,458 @@
+"""Phase 3: rate arithmetic, statistical validation on a planted latent, steering end to end on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy import stats as sps
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+
+import phase0_difficulty
+import phase1_0_generation
+import phase3_validation
+from common.config import PipelineConfig
+from common.errors import PipelineError
+from common.mbpp import load_mbpp
+from phase3_validation import validation as validation_module
+from phase3_validation.inputs import load_inputs
+from phase3_validation.statistical import (
+    auroc_interval,
+    evaluate_at_threshold,
+    validate_latents,
+)
+from phase3_validation.steering_eval import (
+    choose_control_latents,
+    control_comparison,
+    mean_residual_norm,
+    select_coefficient,
+    steering_rates,
+    transition_counts,
+    unit_direction,
+)
+from tests.paths import DEMO_PROBLEMS
+from tests.phase3_validation.conftest import (
+    latent_item,
+    make_sae,
+    mbpp_row,
+    write_phase2_results,
+    write_splits,
+    write_synthetic_phase1,
+)
+
+# --------------------------------------------------------------------------- rates and tests (pure)
+
+
+def test_rates_match_hand_computation_and_scipy():
+    #            initially incorrect (6)      initially correct (4)
+    before = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1], dtype=bool)
+    after = np.array([1, 1, 0, 0, 0, 0, 1, 1, 1, 0], dtype=bool)
+    counts = transition_counts(before, after)
+    assert counts == {"n_tasks": 10, "n_initially_incorrect": 6, "n_corrected": 2, "n_initially_correct": 4, "n_corrupted": 1}
+    rates = steering_rates(before, after)
+    assert rates["correction_rate"] == pytest.approx(2 / 6)
+    assert rates["corruption_rate"] == pytest.approx(1 / 4)
+    assert rates["preservation_rate"] == pytest.approx(3 / 4)
+    ci = sps.binomtest(2, 6).proportion_ci(method="exact")
+    assert (rates["correction_ci_lo"], rates["correction_ci_hi"]) == pytest.approx((ci.low, ci.high))
+    ci = sps.binomtest(1, 4).proportion_ci(method="exact")
+    assert (rates["corruption_ci_lo"], rates["corruption_ci_hi"]) == pytest.approx((ci.low, ci.high))
+    assert (rates["preservation_ci_lo"], rates["preservation_ci_hi"]) == pytest.approx((1 - ci.high, 1 - ci.low))
+    # Exact McNemar = binomial test of 2 vs 1 discordant pairs at 1/2: p = 1.0 by hand (all outcomes as extreme).
+    assert rates["mcnemar_p"] == pytest.approx(sps.binomtest(2, 3, 0.5).pvalue) == pytest.approx(1.0)
+
+
+def test_rates_need_both_initial_classes():
+    with pytest.raises(PipelineError, match="no initially-incorrect"):
+        steering_rates(np.ones(4, bool), np.ones(4, bool), "validation split")
+    with pytest.raises(PipelineError, match="no initially-correct"):
+        steering_rates(np.zeros(4, bool), np.ones(4, bool))
+
+
+def test_coefficient_selection_rule():
+    grid = [
+        {"alpha": -1.0, "correction_rate": 0.1, "corruption_rate": 0.5},
+        {"alpha": -0.5, "correction_rate": 0.3, "corruption_rate": 0.1},
+        {"alpha": 0.5, "correction_rate": 0.3, "corruption_rate": 0.1},
+        {"alpha": 1.0, "correction_rate": 0.4, "corruption_rate": 0.2},
+        {"alpha": 0.0, "correction_rate": 0.0, "corruption_rate": 0.0},
+    ]
+    # correct-preferring: net +0.2 at -0.5, 0.5 and 1.0: smallest |alpha|, then the positive one.
+    assert select_coefficient(grid, "correct") == 0.5
+    # incorrect-preferring: corruption - correction is largest (+0.4) at -1.0.
+    assert select_coefficient(grid, "incorrect") == -1.0
+    with pytest.raises(PipelineError, match="empty"):
+        select_coefficient([], "correct")
+
+
+def test_control_comparison_is_fisher_on_pooled_counts():
+    target = {"n_initially_incorrect": 10, "n_corrected": 6, "n_initially_correct": 8, "n_corrupted": 1}
+    controls = [
+        {"n_initially_incorrect": 10, "n_corrected": 1, "n_initially_correct": 8, "n_corrupted": 2},
+        {"n_initially_incorrect": 10, "n_corrected": 0, "n_initially_correct": 8, "n_corrupted": 1},
+    ]
+    test = control_comparison(target, controls)
+    assert test["pooled"]["n_corrected"] == 1 and test["pooled"]["n_initially_incorrect"] == 20
+    assert test["fisher_p_correction"] == pytest.approx(sps.fisher_exact([[6, 4], [1, 19]]).pvalue)
+    assert test["fisher_p_corruption"] == pytest.approx(sps.fisher_exact([[1, 7], [3, 13]]).pvalue)
+
+
+def test_control_latents_near_zero_seeded_prefer_firing():
+    sep = np.array([0.5, 0.0, 0.001, -0.002, 0.3, 0.0, 0.0])
+    f = np.array([0.5, 0.2, 0.0, 0.4, 0.5, 0.1, 0.0])
+    scores = {"separation_correct": sep, "f_correct": f, "f_incorrect": f}
+    chosen, info = choose_control_latents(scores, layer=3, exclude=1, n=3, max_separation=0.01, seed=0)
+    assert set(chosen) == {3, 5} | ({2, 6} & set(chosen)) and len(chosen) == 3
+    assert {3, 5} <= set(chosen) and 1 not in chosen and 0 not in chosen and 4 not in chosen
+    again, _ = choose_control_latents(scores, layer=3, exclude=1, n=3, max_separation=0.01, seed=0)
+    assert again == chosen
+    assert info["n_eligible_firing"] == 2 and info["n_eligible_silent"] == 2
+    with pytest.raises(PipelineError, match="controls were asked for"):
+        choose_control_latents(scores, layer=3, exclude=1, n=5, max_separation=0.01, seed=0)
+    flagged = {**scores, "general_flagged": np.array([0, 0, 0, 1, 0, 0, 0], dtype=bool)}
+    chosen, _ = choose_control_latents(flagged, layer=3, exclude=1, n=3, max_separation=0.01, seed=0)
+    assert sorted(chosen) == [2, 5, 6]  # the general-text-flagged latent 3 is never a control
+
+
+def test_norm_and_direction_helpers():
+    assert mean_residual_norm(np.array([[3.0, 4.0], [0.0, 1.0]])) == pytest.approx(3.0)
+    u = unit_direction(np.array([0.0, 2.0, 0.0]))
+    assert torch.equal(u, torch.tensor([0.0, 1.0, 0.0]))
+    with pytest.raises(PipelineError):
+        unit_direction(np.zeros(3))
+
+
+# --------------------------------------------------------------------------- statistical part
+
+
+def test_metrics_at_threshold_match_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.3
+    s = rng.normal(size=200) + y
+    row = evaluate_at_threshold(y, s, threshold=0.4, n_bootstrap=200, seed=0)
+    pred = s >= 0.4
+    assert row["auroc"] == pytest.approx(roc_auc_score(y, s))
+    assert row["auroc_ci_lo"] < row["auroc"] < row["auroc_ci_hi"]
+    assert row["f1"] == pytest.approx(f1_score(y, pred))
+    assert row["precision"] == pytest.approx(precision_score(y, pred))
+    assert row["recall"] == pytest.approx(recall_score(y, pred))
+    assert row["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    b = y.mean()
+    assert row["f1_baseline_always_positive"] == pytest.approx(2 * b / (1 + b))
+    assert row["precision_baseline_base_rate"] == pytest.approx(b)
+    assert row["accuracy_baseline_majority"] == pytest.approx(1 - b)
+    assert row["recall_baseline_random"] == pytest.approx(pred.mean())
+    assert row["auroc_baseline"] == 0.5
+    one_class = evaluate_at_threshold(np.zeros(5, bool), np.arange(5.0), 1.0, 50, 0)
+    assert np.isnan(one_class["auroc"]) and "one class" in one_class["note"]
+
+
+def test_task_clustered_interval_is_wider_than_row_bootstrap():
+    """Five identical samples per task are not five times the evidence: the task bootstrap says so."""
+    rng = np.random.default_rng(1)
+    y = rng.random(60) < 0.5
+    s = rng.normal(size=60) + 0.8 * y
+    y5, s5, groups = np.repeat(y, 5), np.repeat(s, 5), np.repeat(np.arange(60), 5)
+    auc, lo, hi, method = auroc_interval(y5, s5, 500, 0, groups)
+    _, row_lo, row_hi, _ = auroc_interval(y5, s5, 500, 0, None)
+    _, task_lo, task_hi, _ = auroc_interval(y, s, 500, 0, None)
+    assert auc == pytest.approx(roc_auc_score(y, s))
+    assert "tasks" in method
+    assert (hi - lo) > 1.5 * (row_hi - row_lo)
+    assert (hi - lo) == pytest.approx(task_hi - task_lo, rel=0.35)
+
+
+D_IN, D_SAE = 16, 8
+
+
+@pytest.fixture
+def planted_data(tmp_path):
+    """Hyperparams (20) and validation (40) tasks whose activations carry a planted correct/incorrect signal."""
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    u_correct, u_incorrect = np.eye(D_IN)[0], np.eye(D_IN)[1]
+    hp_ids, val_ids = list(range(100, 120)), list(range(200, 240))
+    rows = [mbpp_row(t, f"Write a function number {t}.", [f"assert f() == {t}"]) for t in hp_ids + val_ids]
+    passed = {t: bool(i % 2) for i, t in enumerate(hp_ids + val_ids)}
+    acts = {}
+    for t in hp_ids + val_ids:
+        base = rng.normal(0, 0.1, size=D_IN).astype(np.float32)
+        base += (2.0 * u_correct if passed[t] else 2.0 * u_incorrect).astype(np.float32)
+        acts[t] = {2: base}
+    write_splits(data, rows, hp_ids, val_ids)
+    write_synthetic_phase1(data, rows, passed, acts)
+    sae_dir = tmp_path / "saes"
+    make_sae(sae_dir, 2, D_IN, D_SAE, planted={3: u_correct, 5: u_incorrect})
+    top = {"correct": [latent_item(1, 2, 3, 0.9), latent_item(2, 2, 0, 0.1)],
+           "incorrect": [latent_item(1, 2, 5, 0.9)]}
+    write_phase2_results(data, sae_dir, top, D_SAE, [2], beats_null={"correct": True, "incorrect": True})
+    return data, val_ids, passed, acts
+
+
+def test_planted_latent_validates_with_threshold_from_hyperparams(planted_data):
+    data, val_ids, passed, acts = planted_data
+    cfg = PipelineConfig(data_dir=str(data), bootstrap=300)
+    inputs = load_inputs(cfg)
+    assert "Phase 1.2 outputs absent" in inputs.temperature.note
+    evaluations = validate_latents(inputs, top_n=2, n_bootstrap=300, seed=0)
+    assert [(e.ref.direction, e.ref.latent) for e in evaluations] == [("correct", 3), ("correct", 0), ("incorrect", 5)]
+    for ev in evaluations[0], evaluations[2]:
+        val = next(r for r in ev.rows if r["split"] == "validation")
+        assert val["auroc"] > 0.99 and val["auroc_ci_lo"] > 0.95 and val["auroc_ci_hi"] <= 1.0
+        # The hyperparams threshold sits at its lowest positive score, so a few validation positives fall below it.
+        assert val["f1"] > 0.9 and val["f1_baseline_always_positive"] == pytest.approx(2 / 3)
+        assert val["base_rate"] == pytest.approx(0.5) and val["threshold"] == ev.threshold
+        hp = next(r for r in ev.rows if r["split"] == "hyperparams")
+        assert hp["f1"] == pytest.approx(ev.hyperparams_f1)
+    # The threshold is the hyperparams one, applied unchanged: recompute the validation metrics by hand.
+    ev = evaluations[0]
+    from common.saes import SAESource, encode, load_sae
+
+    sae = load_sae(SAESource(local_path=str(data.parent / "saes")), 2)
+    scores = encode(sae, np.stack([acts[t][2] for t in val_ids]))[:, 3]
+    y = np.array([passed[t] for t in val_ids])
+    pred = scores >= ev.threshold
+    val = next(r for r in ev.rows if r["split"] == "validation")
+    assert val["auroc"] == pytest.approx(roc_auc_score(y, scores))
+    assert val["f1"] == pytest.approx(f1_score(y, pred)) and val["recall"] == pytest.approx(recall_score(y, pred))
+
+
+def test_temperature_rows_use_phase1_2_samples(planted_data):
+    data, val_ids, passed, acts = planted_data
+    from common.activations import save_task_activations
+
+    rng = np.random.default_rng(3)
+    for temperature in (0.6, 1.2):
+        rows = []
+        for t in val_ids:
+            for k in range(3):
+                ok = rng.random() < (0.8 if passed[t] else 0.1)
+                rows.append({"task_id": t, "temperature": temperature, "sample_index": k, "passed": ok})
+        name = f"dataset_temp_{str(temperature).replace('.', '_')}.parquet"
+        (data / "phase1_2").mkdir(exist_ok=True)
+        pd.DataFrame(rows).to_parquet(data / "phase1_2" / name)
+    for t in val_ids:
+        save_task_activations(data / "phase1_2" / "activations", t, acts[t])
+    inputs = load_inputs(PipelineConfig(data_dir=str(data)))
+    assert inputs.temperature.temperatures == [0.6, 1.2]
+    (ev,) = validate_latents(inputs, top_n=1, n_bootstrap=100, seed=0)[:1]
+    temps = [r for r in ev.rows if r["split"] == "validation" and r["temperature"] > 0]
+    assert [r["temperature"] for r in temps] == [0.6, 1.2]
+    for r in temps:
+        assert r["n"] == 3 * len(val_ids) and r["n_tasks"] == len(val_ids)
+        assert 0.7 < r["auroc"] <= 1.0 and r["auroc_ci_lo"] < r["auroc"]
+        assert "task" in r["auroc_ci_method"]
+
+
+def test_latent_out_of_range_is_an_error(planted_data):
+    data, *_ = planted_data
+    results = next((data / "phase2").glob("results_sae_*.json"))
+    doc = json.loads(results.read_text())
+    doc["top_latents"]["correct"][0]["latent"] = 999
+    results.write_text(json.dumps(doc))
+    with pytest.raises(PipelineError, match="latent 999 of layer 2 .*out of range"):
+        phase3_validation.run(PipelineConfig(data_dir=str(data), device="cpu"))
+
+
+def test_split_without_correct_baseline_is_an_error(planted_data):
+    data, *_ = planted_data
+    dataset_path = next((data / "phase1_0").glob("dataset_*.parquet"))
+    dataset = pd.read_parquet(dataset_path)
+    hp_ids = pd.read_parquet(data / "phase0_1" / "hyperparams_mbpp.parquet")["task_id"]
+    dataset.loc[dataset["task_id"].isin(hp_ids), "passed"] = False
+    dataset.to_parquet(dataset_path)
+    with pytest.raises(PipelineError, match="hyperparams split has no correct tasks"):
+        phase3_validation.run(PipelineConfig(data_dir=str(data)))
+
+
+def test_no_phase2_output_names_the_command(tmp_path):
+    with pytest.raises(PipelineError, match=r"run `python3 run.py phase 2 --split sae`"):
+        phase3_validation.run(PipelineConfig(data_dir=str(tmp_path)))
+
+
+def test_empty_coefficient_grid_is_an_error(tmp_path):
+    with pytest.raises(PipelineError, match="coefficient grid is empty"):
+        phase3_validation.run(PipelineConfig(data_dir=str(tmp_path), coefficients=[]))
+
+
+# --------------------------------------------------------------------------- end to end on the tiny model
+
+N_PROBLEMS = 20
+ALWAYS_TRUE = ["assert 1 == 1", "assert 2 == 2", "assert 3 == 3"]
+
+
+def _tiny_problems(path: Path) -> Path:
+    """Bundled problem texts with asserts that hold whatever function is defined, so both classes occur.
+
+    The random tiny model writes junk: when it extracts to an empty program the
+    task passes, when it extracts to broken code (e.g. an indented line) the
+    task fails. Steering changes the junk, so labels can flip both ways.
+    """
+    source = load_mbpp(str(DEMO_PROBLEMS)).head(N_PROBLEMS)
+    lines = []
+    for row in source.itertuples():
+        lines.append(json.dumps(mbpp_row(int(row.task_id), row.text, ALWAYS_TRUE)))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _cfg(data: Path, problems: Path, model_dir: Path, **over) -> PipelineConfig:
+    base = dict(
+        data_dir=str(data), mbpp_path=str(problems), model=str(model_dir), device="cpu", max_new_tokens=10,
+        batch_size=4, workers=2, coefficients=[0.0, 3.0], n_random_controls=2, bootstrap=200,
+        top_latents_validated=2, checkpoint_every=2, autosave_every=4,
+    )
+    base.update(over)
+    return PipelineConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def e2e(tiny_model_dir, tmp_path_factory):
+    """Phases 0 and 1 on the tiny model, synthetic splits and Phase 2 results, then Phase 3 killed and rerun."""
+    root = tmp_path_factory.mktemp("p3e2e")
+    data = root / "data"
+    problems = _tiny_problems(root / "problems.jsonl")
+    cfg = _cfg(data, problems, tiny_model_dir)
+    phase0_difficulty.run(cfg)
+    dataset_path = phase1_0_generation.run(cfg)
+    dataset = pd.read_parquet(dataset_path)
+    correct = dataset.loc[dataset["passed"], "task_id"].astype(int).tolist()
+    incorrect = dataset.loc[~dataset["passed"], "task_id"].astype(int).tolist()
+    assert len(correct) >= 5 and len(incorrect) >= 5, dataset[["task_id", "passed", "extracted_code"]]
+    hp_ids = correct[:2] + incorrect[:2]
+    val_ids = correct[2:5] + incorrect[2:5]
+    rows = [r._asdict() for r in load_mbpp(str(problems)).itertuples(index=False)]
+    write_splits(data, rows, hp_ids, val_ids)
+    sae_dir = root / "saes"
+    for layer in (0, 1):
+        make_sae(sae_dir, layer, 64, 32, seed=layer)
+    top = {"correct": [latent_item(1, 1, 3, 0.4, 0.5), latent_item(2, 0, 5, 0.3, 0.7)],
+           "incorrect": [latent_item(1, 1, 7, 0.4, 0.6), latent_item(2, 0, 9, 0.3, 0.8)]}
+    write_phase2_results(data, sae_dir, top, 32, [0, 1], beats_null={"correct": False, "incorrect": False})
+
+    # First attempt dies after all steering was generated (checkpointed), before any output is written.
+    def crash(*_args, **_kwargs):
+        raise RuntimeError("simulated crash")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(validation_module.plots, "roc_curves", crash)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            phase3_validation.run(cfg)
+    assert not [p for p in (data / "phase3").iterdir() if p.is_file()]  # no partial outputs
+    checkpoints = [p for p in (data / "phase3" / "checkpoints").rglob("*.parquet")]
+    summary = phase3_validation.run(cfg)
+    return {"cfg": cfg, "data": data, "summary": summary, "dataset": dataset, "hp_ids": hp_ids,
+            "val_ids": val_ids, "checkpoints_after_crash": checkpoints, "problems": problems}
+
+
+def _output(e2e, prefix: str, suffix: str) -> Path:
+    """The file of the e2e fixture's own Phase 3 run (other tests add later runs to the same folder)."""
+    stamp = e2e["summary"].stem.removeprefix("summary_")
+    return e2e["data"] / "phase3" / f"{prefix}_{stamp}{suffix}"
+
+
+def test_outputs_written(e2e):
+    out = e2e["data"] / "phase3"
+    summary = e2e["summary"]
+    stamp = summary.stem.removeprefix("summary_")
+    for name in (f"validation_{stamp}.json", f"metrics_{stamp}.parquet", f"steering_{stamp}.parquet",
+                 f"roc_{stamp}.png", f"metrics_by_temperature_{stamp}.png", f"steering_grid_{stamp}.png",
+                 f"flipped_examples_{stamp}.md", f"validation_{stamp}_metadata.json", "summary.md"):
+        assert (out / name).is_file(), name
+    assert (out / "summary.md").read_text() == summary.read_text()
+    assert not (out / "checkpoints").exists()  # removed once the outputs are written
+    metrics = pd.read_parquet(out / f"metrics_{stamp}.parquet")
+    assert len(metrics) == 4 * 2  # 4 latents x (hyperparams, validation@T0); no Phase 1.2 here
+    meta = json.loads((out / f"validation_{stamp}_metadata.json").read_text())
+    assert meta["phase"] == "3" and meta["coefficients"] == [0.0, 3.0] and "phase2_results" in meta["inputs"]
+
+
+def test_alpha_zero_rerun_reproduces_phase1_exactly(e2e):
+    doc = json.loads(_output(e2e, "validation", ".json").read_text())
+    check = doc["steering"]["alpha0_check"]
+    assert check["passed"] and check["n_programs_changed"] == 0 and check["n_label_flips"] == 0
+    steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
+    grid_zero = steering[(steering["split"] == "hyperparams") & (steering["alpha"] == 0.0)]
+    assert len(grid_zero) == 2 and (grid_zero["n_generations_changed"] == 0).all()
+
+
+def test_large_alpha_changes_programs(e2e):
+    steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
+    big = steering[(steering["split"] == "hyperparams") & (steering["alpha"] == 3.0)]
+    assert len(big) == 2 and (big["n_generations_changed"] > 0).all()
+    assert set(steering["role"]) == {"target", "control", "control_pooled", "alpha0"}
+    controls = steering[steering["role"] == "control"]
+    assert len(controls) == 2 * 2  # two controls per direction
+    pooled = steering[steering["role"] == "control_pooled"]
+    assert (pooled["n_initially_incorrect"] == 2 * 3).all()
+    assert steering["fisher_p_correction"].notna().sum() == 4  # target + pooled rows of both directions
+
+
+def test_rerun_resumed_from_steering_checkpoints(e2e):
+    assert e2e["checkpoints_after_crash"], "the crashed run left no checkpoints"
+    steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
+    runs = steering[steering["role"] != "control_pooled"]
+    expected = np.where(runs["split"] == "hyperparams", len(e2e["hp_ids"]), len(e2e["val_ids"]))
+    assert (runs["n_resumed"].to_numpy() == expected).all()
+
+
+def test_summary_reports_null_intervals_baselines_and_config(e2e):
+    text = e2e["summary"].read_text()
+    assert "No correct-preferring latent beat the shuffled-label null" in text
+    assert "beat Phase 2's permutation null" in text
+    assert "AUROC [95% CI] (0.5)" in text and "always-positive" in text and "base rate" in text
+    assert "Clopper-Pearson" in text and "McNemar" in text and "Fisher" in text
+    assert "alpha = 0 check" in text and "Passed: all 6 validation programs" in text
+    assert "hook point: `resid_post`" in text and "position policy: `all`" in text
+    assert "coefficient grid: 0, 3" in text and "git commit" in text
+    flipped = _output(e2e, "flipped_examples", ".md").read_text()
+    assert "correct-preferring latent L1/3" in flipped
+
+
+def test_model_mismatch_with_phase1_is_an_error(e2e, tmp_path):
+    cfg = _cfg(e2e["data"], e2e["problems"], tmp_path / "another_model")
+    with pytest.raises(PipelineError, match="same model"):
+        phase3_validation.run(cfg)
+
+
+def test_prompt_position_policy_runs(e2e, tiny_model_dir, caplog):
+    """--steer-positions prompt goes through the same path (and is recorded)."""
+    cfg = _cfg(e2e["data"], e2e["problems"], tiny_model_dir, steer_positions="prompt", hook_point="resid_mid",
+               n_random_controls=1, top_latents_validated=1)
+    with caplog.at_level(logging.INFO):
+        summary = phase3_validation.run(cfg)
+    text = summary.read_text()
+    assert "position policy: `prompt`" in text and "hook point: `resid_mid`" in text
+
+
+def test_runs_on_real_phase2_results(e2e, tmp_path):
+    """The contract with phase2_sae_analysis: Phase 3 reads what Phase 2 really writes (schema, paths)."""
+    phase2 = pytest.importorskip("phase2_sae_analysis")
+    import shutil
+
+    from common.storage import write_parquet
+
+    data = tmp_path / "data"
+    shutil.copytree(e2e["data"], data)
+    used = set(e2e["hp_ids"]) | set(e2e["val_ids"])
+    rest = load_mbpp(str(e2e["problems"]))
+    rest = rest[~rest["task_id"].isin(used)].reset_index(drop=True)
+    labels = e2e["dataset"].set_index("task_id").loc[rest["task_id"], "passed"]
+    if labels.all() or not labels.any():
+        pytest.skip("the remaining tasks hold one class only: no sae split for Phase 2")
+    write_parquet(rest, data / "phase0_1" / "sae_mbpp.parquet")
+    cfg = _cfg(data, e2e["problems"], Path(e2e["cfg"].model), sae_path=str(Path(e2e["cfg"].data_dir).parent / "saes"),
+               general_filter=False, permutations=20, top_k=3, n_random_controls=1, top_latents_validated=1)
+    results = phase2.run(cfg)
+    summary = phase3_validation.run(cfg)
+    doc = json.loads(summary.with_name(summary.name.replace("summary_", "validation_").replace(".md", ".json")).read_text())
+    assert doc["inputs"]["phase2_results"] == str(results)
+    assert doc["inputs"]["phase1_dataset"] == str(next((data / "phase1_0").glob("dataset_*.parquet")))
+    raw = json.loads(results.read_text())
+    assert doc["phase2_top"]["correct"]["latent"] == raw["top_latents"]["correct"][0]["latent"]
+    assert doc["steering"]["alpha0_check"]["passed"]
