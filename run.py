@@ -104,6 +104,8 @@ def _add_phase_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--general-corpus", help="local text or jsonl file for the general-text filter (default NeelNanda/pile-10k)")
     g.add_argument("--no-general-filter", dest="general_filter", action="store_const", const=False, help="do not drop latents that fire on general text")
     g.add_argument("--general-filter-threshold", type=float, help="drop latents firing on at least this share of general tokens (default 0.02)")
+    g.add_argument("--general-corpus-samples", type=int, help="documents drawn from the general corpus (default 200)")
+    g.add_argument("--general-corpus-tokens", type=int, help="tokens kept per general-corpus document (default 128)")
 
     g = parser.add_argument_group("phase 3 (validation)")
     g.add_argument("--coefficients", type=_float_list, help="steering coefficients in units of the mean residual norm (default -1,-0.5,-0.25,0,0.25,0.5,1)")
@@ -111,6 +113,9 @@ def _add_phase_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--steer-positions", choices=["prompt", "all"], help="steer prompt tokens only, or every token (default all)")
     g.add_argument("--n-random-controls", type=int, help="random near-zero-separation control latents (default 3)")
     g.add_argument("--bootstrap", type=int, help="bootstrap resamples for AUROC intervals (default 1000)")
+    g.add_argument("--top-latents-validated", type=int, help="top latents per direction given the statistical validation (default 5)")
+    g.add_argument("--control-max-separation", type=float, help="largest |separation| a random control latent may have (default 0.01)")
+    g.add_argument("--steering-max-new-tokens", type=int, help="generation budget of steered runs (default: Phase 1's)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,7 +67,10 @@ def find_newest(data_dir: str | Path, phase: str, pattern: str) -> Path:
     Raises a PipelineError naming the command that produces it when there is none.
     """
     folder = Path(data_dir) / PHASE_DIRS[phase]
-    candidates = [p for p in folder.glob(pattern) if name_timestamp(p) is not None]
+    # A result's "<name>_metadata.json" shares its timestamp and would sort last: never an input.
+    candidates = [
+        p for p in folder.glob(pattern) if name_timestamp(p) is not None and not p.name.endswith("_metadata.json")
+    ]
     if not candidates:
         raise PipelineError(
             f"no Phase {phase} output ({pattern}) in {folder}; run `{PHASE_COMMANDS[phase]}` "

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from common.models import resolve_device
 from common.paths import phase_dir, timestamp
 from common.saes import SAESource, check_d_in, encode, fraction_of_variance_unexplained, load_sae, sae_hook_name
 from common.stats import DIRECTIONS, PermutationNull, latent_scores
-from common.storage import TMP_PREFIX, save_npz, write_json, write_parquet
+from common.storage import TMP_PREFIX, json_safe, save_npz, write_json, write_parquet
 from phase2_sae_analysis.general_filter import GeneralTextFilter, disabled_description
 from phase2_sae_analysis.inputs import SplitData, load_split, resolve_layers
 from phase2_sae_analysis.stability import compute_stability, newest_results
@@ -79,23 +78,6 @@ class LayerResult:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def json_safe(value: Any) -> Any:
-    """A JSON-ready copy: numpy types to Python, NaN and +-inf to None (JSON has neither)."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return json_safe(value.tolist())
-    if isinstance(value, np.generic):
-        return json_safe(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def neighbour_layer(layer: int, available: list[int]) -> int | None:

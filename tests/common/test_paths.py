@@ -12,6 +12,8 @@ def test_newest_is_by_timestamp_in_name_not_mtime(tmp_path):
     old.write_text("old")  # written last: newest mtime, oldest name
     (folder / "difficulty_notimestamp.parquet").write_text("x")
     assert find_newest(tmp_path, "0", "difficulty_*.parquet") == new
+    (folder / "difficulty_20250101_000000_000000_metadata.json").write_text("{}")
+    assert find_newest(tmp_path, "0", "difficulty_*") == new
 
 
 def test_missing_output_names_the_command(tmp_path):
