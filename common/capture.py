@@ -33,7 +33,7 @@ from common.models import decoder_layers
 logger = logging.getLogger(__name__)
 
 
-def _hidden_from_output(output: Any) -> torch.Tensor:
+def hidden_from_output(output: Any) -> torch.Tensor:
     """A decoder layer returns a tensor (transformers 5) or a tuple whose first item is the hidden states."""
     if isinstance(output, torch.Tensor):
         return output
@@ -69,7 +69,7 @@ class LastTokenCapture:
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
             if layer in self._captured:
                 return  # a decode step: the prompt's vector was recorded in the prefill
-            hidden = _hidden_from_output(output)
+            hidden = hidden_from_output(output)
             self._captured[layer] = hidden[:, -1, :].detach().to(torch.float32).cpu().numpy()
 
         return hook

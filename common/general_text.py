@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from common.capture import hidden_from_output
 from common.errors import PipelineError
 from common.models import decoder_layers
 
@@ -80,15 +81,6 @@ def tokenize_documents(tokenizer: Any, texts: list[str], max_tokens: int) -> Tok
     return TokenizedDocuments(ids=docs, bos_id=bos_id, max_tokens=max_tokens)
 
 
-def _hidden_from_output(output: Any) -> torch.Tensor:
-    """A decoder layer returns a tensor (transformers 5) or a tuple whose first item is the hidden states."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(f"unexpected decoder layer output type {type(output).__name__}")
-
-
 @torch.no_grad()
 def collect_resid_post_all_tokens(
     model: torch.nn.Module,
@@ -121,7 +113,7 @@ def collect_resid_post_all_tokens(
 
     def make_hook(layer: int):
         def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            hidden = _hidden_from_output(output)
+            hidden = hidden_from_output(output)
             # (kept positions of the batch, d_model) in batch order; one device-to-host copy per batch.
             kept = hidden[current["keep"]].detach().to("cpu")
             for doc_index, (lo, hi) in zip(current["docs"], current["spans"]):
