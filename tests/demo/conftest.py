@@ -1,0 +1,51 @@
+"""Session fixtures for the demo tests: the test-size demo model and its SAEs, trained once.
+
+Why session-scoped: training takes about 30 s on 2 cores; every demo test that
+needs a trained model (not a random one) shares this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pytest
+
+from common.mbpp import load_mbpp
+from tests.paths import DEMO_PROBLEMS
+
+if TYPE_CHECKING:  # torch and transformers only load when a test asks for the fixture
+    from demo.training import TrainingReport
+
+
+@dataclass
+class TrainedDemo:
+    """What ``demo_trained`` gives: the training report, the model folder, and one SAE folder per layer."""
+
+    report: TrainingReport
+    model_dir: Path
+    sae_dir: Path
+    sae_folders: dict[int, Path]
+
+
+@pytest.fixture(scope="session")
+def demo_problems() -> pd.DataFrame:
+    return load_mbpp(DEMO_PROBLEMS)
+
+
+@pytest.fixture(scope="session")
+def demo_trained(demo_problems: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
+    """The "test" size demo model trained on the bundled problems, and its SAEs (one per layer)."""
+    from demo.sae_training import DemoSAEConfig, demo_sae_texts, train_demo_saes
+    from demo.training import DemoModelConfig, train_demo_model
+
+    root = tmp_path_factory.mktemp("demo_trained")
+    cfg = DemoModelConfig.for_size("test")
+    report = train_demo_model(demo_problems, root / "model", cfg)
+    folders = train_demo_saes(
+        root / "model", demo_sae_texts(demo_problems), list(range(cfg.num_hidden_layers)), root / "saes",
+        DemoSAEConfig.for_size("test"),
+    )
+    return TrainedDemo(report=report, model_dir=Path(report.model_dir), sae_dir=root / "saes", sae_folders=folders)
