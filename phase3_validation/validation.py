@@ -122,6 +122,13 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
             flags.append(f"No {direction}-preferring latent beat Phase 2's permutation null: treat its results as exploratory.")
         elif beats is None:
             flags.append(f"Phase 2's results record no permutation-null verdict for {direction}-preferring latents.")
+        top = inputs.results.top[direction]
+        if top and top[0].separation_score <= 0:
+            flags.append(
+                f"Phase 2's rank-1 {direction}-preferring latent ({top[0].name}) has separation "
+                f"{top[0].separation_score:.3f} <= 0: no latent fires more often on {direction} tasks, "
+                f"so this direction has no candidate; its steering is a control, not a test."
+            )
     check = doc["steering"]["alpha0_check"]
     if check["n_programs_changed"] or check["n_label_flips"]:
         flags.append(

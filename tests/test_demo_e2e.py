@@ -1,0 +1,60 @@
+"""`run.py demo` end to end at the small test size: every phase's real outputs, both classes present."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.paths import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    data = tmp_path_factory.mktemp("demo_data")
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run.py"), "demo", "--size", "test", "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return data, out.stdout
+
+
+def test_every_phase_wrote_its_outputs(demo_run):
+    data, stdout = demo_run
+    assert "summary:" in stdout
+    assert list((data / "phase0").glob("difficulty_*.parquet"))
+    sizes = {name: len(pd.read_parquet(data / "phase0_1" / f"{name}_mbpp.parquet")) for name in ("sae", "hyperparams", "validation")}
+    assert sum(sizes.values()) == 100
+    assert all(abs(sizes[k] - v) <= 4 for k, v in {"sae": 50, "hyperparams": 10, "validation": 40}.items())
+    dataset = pd.read_parquet(next((data / "phase1_0").glob("dataset_*.parquet")))
+    assert len(dataset) == 100
+    share = dataset["passed"].mean()
+    assert 0.2 <= share <= 0.8, f"both classes must occur: {share:.0%} correct"
+    n_correct = len(list((data / "phase1_0" / "activations" / "correct").glob("*_layer_0.npz")))
+    assert n_correct == int(dataset["passed"].sum())
+    temps = list((data / "phase1_2").glob("dataset_temp_*.parquet"))
+    assert temps and all(len(pd.read_parquet(t)) == sizes["validation"] * 2 for t in temps)
+
+
+def test_phase2_and_phase3_results_are_valid(demo_run):
+    data, _ = demo_run
+    results = json.loads(next(p for p in (data / "phase2").glob("results_sae_*.json") if not p.name.endswith("_metadata.json")).read_text())
+    assert results["n_correct"] > 0 and results["n_incorrect"] > 0
+    for direction in ("correct", "incorrect"):
+        top = results["top_latents"][direction]
+        assert top and all(0 < row["p_family"] <= 1 for row in top)
+        assert all(-1 <= row["separation_score"] <= 1 for row in top)
+    for layer, fvu in results["fvu"].items():
+        assert 0 <= fvu["own"] < 1
+    validation = list((data / "phase2").glob("results_validation_*.json"))
+    assert any("stability" in json.loads(p.read_text()) for p in validation if not p.name.endswith("_metadata.json"))
+    metrics = pd.read_parquet(next((data / "phase3").glob("metrics_*.parquet")))
+    assert metrics["auroc"].dropna().between(0, 1).all() and metrics["f1"].dropna().between(0, 1).all()
+    steering = pd.read_parquet(next((data / "phase3").glob("steering_*.parquet")))
+    assert {"target", "control_pooled", "alpha0"} <= set(steering["role"])
+    summary = (data / "phase3" / "summary.md").read_text()
+    assert "AUROC" in summary and "null" in summary.lower()
+    assert list((data / "phase3").glob("*.png"))
