@@ -277,7 +277,7 @@ def test_results_json_and_metadata(planted):
 # ---------------------------------------------------------------- bad input: one line, nothing written
 
 
-def _expect_error(data: Path, cfg: PipelineConfig, pattern: str) -> None:
+def _check_one_line_error(data: Path, cfg: PipelineConfig, pattern: str) -> None:
     with pytest.raises(PipelineError, match=pattern) as info:
         phase2_sae_analysis.run(cfg)
     assert "\n" not in str(info.value)
@@ -286,29 +286,29 @@ def _expect_error(data: Path, cfg: PipelineConfig, pattern: str) -> None:
 
 def test_split_with_one_class_is_an_error(tmp_path):
     saes = build_sae_run(tmp_path, passed={t: True for t in SAE_IDS})
-    _expect_error(tmp_path, cfg_for(tmp_path, saes), r"sae split has no incorrect tasks \(32 correct, 0 incorrect")
+    _check_one_line_error(tmp_path, cfg_for(tmp_path, saes), r"sae split has no incorrect tasks \(32 correct, 0 incorrect")
 
 
 def test_missing_activation_file_names_the_layer(tmp_path):
     saes = build_sae_run(tmp_path)
     activation_path(tmp_path / "phase1_0" / "activations", SAE_IDS[3], 1, "incorrect").unlink()
-    _expect_error(tmp_path, cfg_for(tmp_path, saes), rf"layer 1 activations are missing for 1 of 32 tasks \(e\.g\. task {SAE_IDS[3]}")
-    _expect_error(tmp_path, cfg_for(tmp_path, saes, layers=[0, 5]), r"no layer 5 activations for any sae-split task .*layers present: \[0, 1\]")
+    _check_one_line_error(tmp_path, cfg_for(tmp_path, saes), rf"layer 1 activations are missing for 1 of 32 tasks \(e\.g\. task {SAE_IDS[3]}")
+    _check_one_line_error(tmp_path, cfg_for(tmp_path, saes, layers=[0, 5]), r"no layer 5 activations for any sae-split task .*layers present: \[0, 1\]")
     # --layers 0 leaves the gap out, and then the run succeeds.
     assert phase2_sae_analysis.run(cfg_for(tmp_path, saes, layers=[0])).is_file()
 
 
 def test_sae_width_mismatch_is_an_error(tmp_path):
     saes = build_sae_run(tmp_path, spec=SaeSpec(plants=default_plants(), d_in={1: 32}))
-    _expect_error(tmp_path, cfg_for(tmp_path, saes), "SAE for layer 1 expects vectors of width 32, but the activations have width 64")
+    _check_one_line_error(tmp_path, cfg_for(tmp_path, saes), "SAE for layer 1 expects vectors of width 32, but the activations have width 64")
 
 
 def test_missing_phase_outputs_name_the_command(tmp_path):
-    _expect_error(tmp_path, cfg_for(tmp_path, tmp_path / "saes"), r"run `python3 run\.py phase 0\.1`")
+    _check_one_line_error(tmp_path, cfg_for(tmp_path, tmp_path / "saes"), r"run `python3 run\.py phase 0\.1`")
     write_split_tables(tmp_path, SAE_IDS)
-    _expect_error(tmp_path, cfg_for(tmp_path, tmp_path / "saes"), r"no Phase 1 output.*python3 run\.py phase 1")
+    _check_one_line_error(tmp_path, cfg_for(tmp_path, tmp_path / "saes"), r"no Phase 1 output.*python3 run\.py phase 1")
     write_phase1(tmp_path, alternating(SAE_IDS[:-2]), [])
-    _expect_error(tmp_path, cfg_for(tmp_path, tmp_path / "saes"), r"2 of 32 sae-split tasks are missing from .*run `python3 run\.py phase 1")
+    _check_one_line_error(tmp_path, cfg_for(tmp_path, tmp_path / "saes"), r"2 of 32 sae-split tasks are missing from .*run `python3 run\.py phase 1")
 
 
 def test_cli_error_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
@@ -330,7 +330,7 @@ def test_unreachable_corpus_hub_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     saes = build_sae_run(tmp_path)
-    _expect_error(tmp_path, cfg_for(tmp_path, saes, general_filter=True), r"NeelNanda/pile-10k.*--general-corpus PATH.*--no-general-filter")
+    _check_one_line_error(tmp_path, cfg_for(tmp_path, saes, general_filter=True), r"NeelNanda/pile-10k.*--general-corpus PATH.*--no-general-filter")
 
 
 # ---------------------------------------------------------------- general-text filter on the tiny model
@@ -495,7 +495,7 @@ def test_validation_split_and_stability(tmp_path):
     plants = default_plants()
     write_split_tables(tmp_path, SAE_IDS, VAL_IDS)
     write_phase1(tmp_path, alternating(SAE_IDS), plants)
-    _expect_error(tmp_path, cfg_for(tmp_path, tmp_path / "saes", split="validation"), r"no Phase 1\.2 tables.*run `python3 run\.py phase 1\.2")
+    _check_one_line_error(tmp_path, cfg_for(tmp_path, tmp_path / "saes", split="validation"), r"no Phase 1\.2 tables.*run `python3 run\.py phase 1\.2")
     labels = write_phase1_2(tmp_path, plants)
     saes = write_saes(tmp_path / "saes", SaeSpec(plants=plants))
 
