@@ -64,3 +64,47 @@ def test_bad_temperatures(tmp_path, tiny_model_dir):
         phase1_2_temperature.run(_cfg(tmp_path, tiny_model_dir, temperatures=[0.0]))
     with pytest.raises(PipelineError, match="empty"):
         phase1_2_temperature.run(_cfg(tmp_path, tiny_model_dir, temperatures=[]))
+
+
+def test_sigkill_then_rerun_gives_the_same_samples(tmp_path, tiny_model_dir):
+    """Sampling is seeded per fixed batch, so a resumed run draws exactly what an uninterrupted one drew."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.paths import REPO_ROOT
+
+    def prepare(name):
+        cfg = _cfg(tmp_path / name, tiny_model_dir)
+        phase0_difficulty.run(cfg)
+        phase0_1_splitting.run(cfg)
+        return tmp_path / name
+
+    cli = lambda data: [  # noqa: E731
+        sys.executable, str(REPO_ROOT / "run.py"), "phase", "1.2", "--data-dir", str(data), "--model", str(tiny_model_dir),
+        "--mbpp-path", str(DEMO_PROBLEMS), "--device", "cpu", "--start", "0", "--end", "7", "--max-new-tokens", "10",
+        "--batch-size", "4", "--workers", "1", "--temperatures", "0.9", "--samples-per-task", "2",
+        "--checkpoint-every", "2", "--autosave-every", "4",
+    ]
+    env = {**os.environ, "PVA_TORCH_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    reference = prepare("reference")
+    assert subprocess.run(cli(reference), env=env, capture_output=True, timeout=300).returncode == 0
+
+    killed = prepare("killed")
+    proc = subprocess.Popen(cli(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if any((killed / "phase1_2").rglob("chunk_*.parquet")) or any((killed / "phase1_2").rglob("autosave_*.parquet")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before a checkpoint could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rerun = subprocess.run(cli(killed), env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "resuming:" in rerun.stderr
+    got = pd.read_parquet(killed / "phase1_2" / "dataset_temp_0_9.parquet")
+    want = pd.read_parquet(reference / "phase1_2" / "dataset_temp_0_9.parquet")
+    cols = ["task_id", "sample_index", "generated_text", "passed", "outcome"]
+    pd.testing.assert_frame_equal(got[cols], want[cols])
