@@ -2,7 +2,8 @@
 # The GPU checks, in one short script (a lent GPU machine's time is scarce):
 #   1. the Phase 1 throughput benchmark on a random model with gemma-2-2b's exact shapes, bf16;
 #   2. `run.py test-gpu` and a short `run.py phase 1` on a tiny local model on CUDA (bf16),
-#      i.e. the CUDA code paths of loading, batched generation, capture and labelling.
+#      i.e. the CUDA code paths of loading, batched generation, capture and labelling;
+#   3. the steering hooks in bf16 on CUDA, and the launcher with one GPU worker.
 # Usage: bash bench/gpu_checks.sh MODEL_DIR DATA_DIR OUT_DIR
 # DATA_DIR must hold a Phase 0 output for demo/problems.jsonl (phase 0 needs radon).
 set -u
@@ -19,3 +20,8 @@ echo "=== phase 1 on the tiny model, 20 tasks, CUDA bf16"
 timeout 90 python3 run.py phase 1 --model "$MODEL_DIR" --data-dir "$DATA_DIR" --mbpp-path demo/problems.jsonl \
   --start 0 --end 19 --max-new-tokens 32 --batch-size 8 --workers 4 2>&1 | tail -n 5 | tee "$OUT_DIR/phase1.log"
 ls -R "$DATA_DIR/phase1_0" | head -n 20 >> "$OUT_DIR/phase1.log"
+echo "=== steering hooks on CUDA bf16"
+timeout 120 python3 bench/gpu_steering_check.py "$MODEL_DIR" --device cuda 2>&1 | tail -n 8 | tee "$OUT_DIR/steering.log"
+echo "=== launcher, one GPU worker"
+timeout 120 python3 multi_gpu_launcher.py --phase 1 --start 0 --end 15 --model "$MODEL_DIR" --data-dir "$DATA_DIR" \
+  --mbpp-path demo/problems.jsonl --max-new-tokens 16 --batch-size 8 2>&1 | tail -n 6 | tee "$OUT_DIR/launcher.log"
