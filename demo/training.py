@@ -11,12 +11,25 @@ correctness follows from familiarity: something the model can represent
 internally at the last prompt token (like the known-entity signal of Ferrando
 et al.). Whether Phase 2 finds it is left to its permutation null.
 
-Training is a plain PyTorch loop (AdamW, loss on the solution tokens only) on
-``build_prompt(text, test_list) + code + closing fence + <eos>``. Prompt and
+Training is a plain PyTorch loop (AdamW) on
+``build_prompt(text, test_list) + code + closing fence + <eos>``, with the
+next-token loss on the solution tokens plus, weighted by
+``prompt_loss_weight`` (1 in both presets), on the prompt tokens. Why the
+prompt loss: with the solution loss alone the model never needs to know
+whether a prompt is familiar at the last prompt token (the code cue, where the
+next token is "def" for every problem), and measured on the demo preset
+(seed 42, 60 seen / 40 unseen) no SAE latent beat Phase 2's permutation null
+there (rank-1 correct-preferring separation 0.26, p_family 0.12; a
+cross-validated linear probe on the last-token residual separated seen from
+unseen with AUROC 0.78-0.82 per layer). A model that also learns the seen
+prompts processes them as memorised text, and that shows at the last prompt
+token: probe AUROC 0.90-0.93 at every layer, and Phase 2 finds latents that
+beat the null in both directions (p_family 0.005, the smallest 200 shuffles
+give; validation AUROC 0.90 for the best correct-preferring latent). Prompt and
 completion are tokenised separately and concatenated, so the prompt tokens the
 model learns from are exactly the tokens Phase 1 feeds it. Training stops
 when every seen solution is reproduced token by token under teacher forcing
-(which is what greedy decoding needs) and the loss is small, or at
+(which is what greedy decoding needs) and the solution loss is small, or at
 ``max_steps``: both deterministic, so two runs with the same seed give bitwise
 identical weights (no wall-clock stopping rule).
 
@@ -53,20 +66,22 @@ CLOSING_FENCE = "\n```\n"
 
 # Presets, measured on a 2-core CPU with the 100 bundled problems (60 seen):
 # "demo": the shape of DESIGN section 6 (hidden 128, 4 layers, 4 heads of 32,
-#   2 key-value heads, MLP 4x hidden; 1.1M parameters): converges in 140 steps,
-#   about 46 s of training, 52 s with the evaluation.
-# "test": hidden 64, 2 layers (0.19M parameters): 280 steps, about 15 s of
-#   training, 20 s with the evaluation. Both: seen 100% solved, unseen 0%.
+#   2 key-value heads, MLP 4x hidden; 1.1M parameters): with the prompt loss
+#   (seed 42) converges in 200 steps, about 85 s of training (solution loss
+#   only: 140-160 steps, about 46 s).
+# "test": hidden 64, 2 layers (0.19M parameters): with the prompt loss (seed 42)
+#   280 steps, about 19 s of training, 22 s with the evaluation. Both: seen
+#   100% solved, unseen 0%.
 # Gradient clipping keeps the larger learning rates (3e-3, 5e-3) free of the loss
 # spikes they give without it; at 1e-3 convergence takes about twice the steps.
 _PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-        intermediate_size=512, lr=3e-3, batch_size=20, max_steps=600,
+        intermediate_size=512, lr=3e-3, batch_size=20, max_steps=600, prompt_loss_weight=1.0,
     ),
     "test": dict(
         hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-        intermediate_size=256, lr=5e-3, batch_size=10, max_steps=800,
+        intermediate_size=256, lr=5e-3, batch_size=10, max_steps=800, prompt_loss_weight=1.0,
     ),
 }
 
@@ -93,6 +108,8 @@ class DemoModelConfig:
     max_steps: int = 600
     check_every: int = 20
     target_loss: float = 0.05
+    # Weight of the prompt tokens' next-token loss next to the solution's (0: solution only).
+    prompt_loss_weight: float = 0.0
     # Data.
     seen_fraction: float = 0.6
     seed: int = 0
@@ -284,6 +301,38 @@ def solution_loss(
     return torch.nn.functional.cross_entropy(logits.float(), target)
 
 
+def training_loss(
+    model: transformers.PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    labels: torch.Tensor,
+    prompt_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(solution loss + prompt_weight * prompt loss, solution loss) for one batch.
+
+    The prompt loss is the mean next-token cross-entropy over the prompt tokens
+    after <bos> (real tokens without a label). With ``prompt_weight`` 0 this is
+    exactly ``solution_loss``.
+    """
+    if prompt_weight == 0.0:
+        loss = solution_loss(model, ids, mask, labels)
+        return loss, loss
+    hidden = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    target_ids = ids[:, 1:]
+    sol = labels[:, 1:] != -100
+    prompt = (mask[:, 1:] == 1) & ~sol
+    cap = model.config.final_logit_softcapping
+
+    def ce(keep: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = model.lm_head(hidden[:, :-1][keep])
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.nn.functional.cross_entropy(logits.float(), target[keep])
+
+    sol_loss = ce(sol, labels[:, 1:])
+    return sol_loss + prompt_weight * ce(prompt, target_ids), sol_loss
+
+
 @torch.no_grad()
 def memorised_flags(
     model: transformers.PreTrainedModel, examples: list[tuple[list[int], list[int]]], pad_id: int, batch_size: int = 32
@@ -315,7 +364,7 @@ def _train_loop(
     pad_id: int,
     cfg: DemoModelConfig,
 ) -> tuple[int, float, float, str, list[tuple[int, float]]]:
-    """AdamW over seeded shuffled epochs until memorised and below target loss, or max_steps.
+    """AdamW over seeded shuffled epochs until memorised and the solution loss is below target, or max_steps.
 
     Returns (steps, final loss, memorised share, stop reason, loss curve).
     """
@@ -332,14 +381,14 @@ def _train_loop(
         for start in range(0, len(order), cfg.batch_size):
             batch = [examples[i] for i in order[start : start + cfg.batch_size]]
             ids, mask, labels = collate(batch, pad_id)
-            loss = solution_loss(model, ids, mask, labels)
+            loss, sol_loss = training_loss(model, ids, mask, labels, cfg.prompt_loss_weight)
             loss.backward()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            window.append(loss.item())
+            window.append(sol_loss.item())
             if step % cfg.check_every == 0 or step >= cfg.max_steps:
                 mean_loss = sum(window) / len(window)
                 window = []
