@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -55,6 +55,7 @@ from common.capture import hidden_from_output
 from common.models import decoder_layers
 from common.prompts import build_prompt
 from common.storage import write_json
+from demo.presets import PresetConfig
 from demo.training import completion_text, deterministic_torch
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,10 @@ def hook_name(layer: int) -> str:
 
 
 @dataclass
-class DemoSAEConfig:
+class DemoSAEConfig(PresetConfig):
     """How the demo SAEs are trained; recorded in the SAE training report."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = _PRESETS
 
     size: str = "demo"
     expansion_factor: int = 4
@@ -94,24 +97,6 @@ class DemoSAEConfig:
     seed: int = 0
     num_threads: int = 2
     forward_batch_size: int = 32
-
-    @classmethod
-    def for_size(cls, size: str, **overrides: Any) -> "DemoSAEConfig":
-        """The named preset ("demo" or "test"), with any field overridden."""
-        if size not in _PRESETS:
-            raise ValueError(f"unknown demo SAE size {size!r}: use one of {sorted(_PRESETS)}")
-        return cls(size=size, **{**_PRESETS[size], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DemoSAEConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"unknown DemoSAEConfig fields: {sorted(unknown)}")
-        return cls(**values)
 
 
 def demo_sae_texts(problems: pd.DataFrame) -> list[str]:

@@ -47,7 +47,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import pandas as pd
 import torch
@@ -55,6 +55,7 @@ import transformers
 
 from common.prompts import build_prompt, extract_code
 from common.storage import read_json, write_json
+from demo.presets import PresetConfig
 from demo.tiny_model import save_model_folder, tiny_gemma2_config, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class DemoModelConfig:
+class DemoModelConfig(PresetConfig):
     """Everything that decides the demo model; recorded in the training report."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = _PRESETS
 
     size: str = "demo"
     # Architecture (Gemma-2, see demo/tiny_model.py for what is fixed).
@@ -126,24 +129,6 @@ class DemoModelConfig:
         for name in ("max_steps", "check_every", "batch_size", "num_threads", "max_new_tokens", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-    @classmethod
-    def for_size(cls, size: str, **overrides: Any) -> "DemoModelConfig":
-        """The named preset ("demo" or "test"), with any field overridden."""
-        if size not in _PRESETS:
-            raise ValueError(f"unknown demo model size {size!r}: use one of {sorted(_PRESETS)}")
-        return cls(size=size, **{**_PRESETS[size], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DemoModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - names
-        if unknown:
-            raise ValueError(f"unknown DemoModelConfig fields: {sorted(unknown)}")
-        return cls(**values)
 
 
 @dataclass
