@@ -38,7 +38,6 @@ dense, 0.5 collapses).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
