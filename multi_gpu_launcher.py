@@ -77,7 +77,7 @@ def _tables(phase: str, shard: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(shard.glob("dataset_temp_*.parquet"))}
 
 
-def _merge(phase: str, shards: list[Path], expected_ids: list[int], samples: int) -> dict[str, "object"]:
+def _merge(phase: str, shards: list[Path], expected_ids: list[int], samples: int) -> dict[str, object]:
     import pandas as pd
 
     names = sorted({name for s in shards for name in _tables(phase, s)})

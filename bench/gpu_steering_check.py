@@ -19,12 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from common.generation import GenerationConfig, generate_batches  # noqa: E402
-from common.models import default_dtype, load_model_and_tokenizer, resolve_device  # noqa: E402
-from common.prompts import build_prompt  # noqa: E402
-from common.steering import steer  # noqa: E402
+from common.generation import GenerationConfig, generate_batches
+from common.models import default_dtype, load_model_and_tokenizer, resolve_device
+from common.prompts import build_prompt
+from common.steering import steer
 
 PROMPTS = [
     build_prompt("Write a function to add two to a number.", ["assert add_two(1) == 3", "assert add_two(0) == 2", "assert add_two(-2) == 0"]),

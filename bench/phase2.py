@@ -32,12 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats as sps  # noqa: E402
+import numpy as np
+import torch
+from scipy import stats as sps
 
-from common.saes import encode  # noqa: E402
-from common.stats import PermutationNull, latent_scores  # noqa: E402
+from common.saes import encode
+from common.stats import PermutationNull, latent_scores
 
 FULL_LAYERS, FULL_D_SAE = 26, 16384
 

@@ -74,7 +74,7 @@ class LastTokenCapture:
 
         return hook
 
-    def __enter__(self) -> "LastTokenCapture":
+    def __enter__(self) -> LastTokenCapture:
         self.reset()
         for layer in self.layers:
             self._handles.append(self._decoder_layers[layer].register_forward_hook(self._make_hook(layer)))

@@ -79,7 +79,7 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "PipelineConfig":
+    def from_dict(cls, values: dict[str, Any]) -> PipelineConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -89,7 +89,7 @@ class PipelineConfig:
         return cls(**values)
 
     @classmethod
-    def from_overrides(cls, overrides: dict[str, Any]) -> "PipelineConfig":
+    def from_overrides(cls, overrides: dict[str, Any]) -> PipelineConfig:
         """Defaults, then environment, then the non-None CLI values in ``overrides``."""
         cfg = cls()
         if os.environ.get("PVA_DATA_DIR"):

@@ -12,7 +12,7 @@ import importlib.metadata
 import platform
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ class RunClock:
     """Wall time of a phase, from construction to ``elapsed()``."""
 
     def __init__(self) -> None:
-        self.started_at = datetime.now(timezone.utc).isoformat()
+        self.started_at = datetime.now(UTC).isoformat()
         self._t0 = time.perf_counter()
 
     def elapsed(self) -> float:

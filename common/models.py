@@ -246,7 +246,7 @@ def hooked_config_dict(config: transformers.Gemma2Config) -> dict[str, Any]:
 
 def to_hooked_transformer(
     hf_model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase
-) -> "HookedTransformer":
+) -> HookedTransformer:
     """A TransformerLens HookedTransformer with the same weights, unprocessed.
 
     No weight processing (no fold_ln, no centering, no value-bias folding), so

@@ -55,8 +55,10 @@ def demo_config(data_dir: str, size: str, model_dir: Path, sae_dir: Path, seed: 
 
 
 def _train_or_reuse(cache: Path, size: str, retrain: bool, seed: int) -> tuple[Path, Path, dict[str, Any]]:
-    from demo.sae_training import REPORT_FILENAME as SAE_REPORT, DemoSAEConfig, demo_sae_texts, train_demo_saes
-    from demo.training import REPORT_FILENAME as MODEL_REPORT, DemoModelConfig, TrainingReport, train_demo_model
+    from demo.sae_training import REPORT_FILENAME as SAE_REPORT
+    from demo.sae_training import DemoSAEConfig, demo_sae_texts, train_demo_saes
+    from demo.training import REPORT_FILENAME as MODEL_REPORT
+    from demo.training import DemoModelConfig, TrainingReport, train_demo_model
 
     problems = load_mbpp(DEMO_PROBLEMS)
     model_dir, sae_dir = cache / "model", cache / "saes"

@@ -45,9 +45,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -161,7 +162,7 @@ class TrainingReport:
         return out
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainingReport":
+    def from_dict(cls, values: dict[str, Any]) -> TrainingReport:
         values = dict(values)
         values["solved"] = {int(k): bool(v) for k, v in values["solved"].items()}
         for name in ("extracted_code", "outcomes"):
@@ -170,7 +171,7 @@ class TrainingReport:
         return cls(**values)
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> "TrainingReport":
+    def load(cls, model_dir: str | Path) -> TrainingReport:
         """The report that ``train_demo_model`` wrote into ``model_dir``."""
         return cls.from_dict(read_json(Path(model_dir) / REPORT_FILENAME))
 

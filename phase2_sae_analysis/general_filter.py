@@ -184,7 +184,7 @@ class GeneralTextFilter:
         d_model: int,
         device: torch.device,
         budget_bytes: int = CORPUS_MEMORY_BUDGET_BYTES,
-    ) -> "GeneralTextFilter":
+    ) -> GeneralTextFilter:
         if not 0.0 < cfg.general_filter_threshold <= 1.0:
             raise PipelineError(f"--general-filter-threshold must be in (0, 1], got {cfg.general_filter_threshold}")
         corpus = load_general_corpus(cfg)

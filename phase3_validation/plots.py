@@ -16,12 +16,12 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_curve
 
-from phase3_validation.statistical import LatentEvaluation  # noqa: E402
+from phase3_validation.statistical import LatentEvaluation
 
 logger = logging.getLogger(__name__)
 

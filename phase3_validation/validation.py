@@ -42,7 +42,7 @@ from common.models import default_dtype, load_model_and_tokenizer, num_layers, r
 from common.paths import phase_dir, timestamp
 from common.prompts import PROMPT_TEMPLATE_VERSION
 from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
-from common.storage import json_safe, RecordCheckpointer, atomic_write_bytes, atomic_write_text, write_json, write_parquet
+from common.storage import RecordCheckpointer, atomic_write_bytes, atomic_write_text, json_safe, write_json, write_parquet
 from common.tasks import model_slug
 from phase3_validation import plots
 from phase3_validation.inputs import Phase3Inputs, SplitTasks, load_inputs
@@ -53,8 +53,8 @@ from phase3_validation.steering_eval import (
     program_changes,
     steer_direction,
     steered_generation,
-    steering_row,
     steering_rates,
+    steering_row,
 )
 from phase3_validation.summary import render_flipped_examples, render_summary
 

@@ -46,7 +46,7 @@ def test_phase2_and_phase3_results_are_valid(demo_run):
         top = results["top_latents"][direction]
         assert top and all(0 < row["p_family"] <= 1 for row in top)
         assert all(-1 <= row["separation_score"] <= 1 for row in top)
-    for layer, fvu in results["fvu"].items():
+    for fvu in results["fvu"].values():
         assert 0 <= fvu["own"] < 1
     validation = list((data / "phase2").glob("results_validation_*.json"))
     assert any("stability" in json.loads(p.read_text()) for p in validation if not p.name.endswith("_metadata.json"))

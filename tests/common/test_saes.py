@@ -14,11 +14,11 @@ import pytest
 import torch
 
 pytest.importorskip("sae_lens")
-from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig  # noqa: E402
-from sae_lens.saes.sae import SAEMetadata  # noqa: E402
+from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens.saes.sae import SAEMetadata
 
-from common.errors import PipelineError  # noqa: E402
-from common.saes import (  # noqa: E402
+from common.errors import PipelineError
+from common.saes import (
     SAESource,
     check_d_in,
     encode,

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import phase0_difficulty
 import phase0_1_splitting
+import phase0_difficulty
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from phase0_1_splitting.splitting import SPLIT_NAMES, allocate, split_tasks

@@ -22,18 +22,18 @@ import pytest
 import torch
 
 pytest.importorskip("sae_lens")
-from sae_lens import JumpReLUSAE, JumpReLUSAEConfig  # noqa: E402
-from sae_lens.saes.sae import SAEMetadata  # noqa: E402
+from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens.saes.sae import SAEMetadata
 
-import phase2_sae_analysis  # noqa: E402
-from common.activations import activation_path, save_task_activations  # noqa: E402
-from common.config import PipelineConfig  # noqa: E402
-from common.errors import PipelineError  # noqa: E402
-from common.general_text import collect_resid_post_all_tokens, tokenize_documents  # noqa: E402
-from common.models import decoder_layers  # noqa: E402
-from phase2_sae_analysis.analysis import TOP_COLUMNS  # noqa: E402
-from phase2_sae_analysis.general_filter import _read_local_corpus, choose_documents  # noqa: E402
-from phase2_sae_analysis.inputs import aggregate_pass_rates  # noqa: E402
+import phase2_sae_analysis
+from common.activations import activation_path, save_task_activations
+from common.config import PipelineConfig
+from common.errors import PipelineError
+from common.general_text import collect_resid_post_all_tokens, tokenize_documents
+from common.models import decoder_layers
+from phase2_sae_analysis.analysis import TOP_COLUMNS
+from phase2_sae_analysis.general_filter import _read_local_corpus, choose_documents
+from phase2_sae_analysis.inputs import aggregate_pass_rates
 
 D_MODEL, D_SAE, LAYERS = 64, 32, (0, 1)
 PLANT_LAYER, PLANT_LATENT = 1, 7

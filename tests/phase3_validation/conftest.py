@@ -17,13 +17,13 @@ import pytest
 import torch
 
 pytest.importorskip("sae_lens")
-from sae_lens import JumpReLUSAE, JumpReLUSAEConfig  # noqa: E402
-from sae_lens.saes.sae import SAEMetadata  # noqa: E402
+from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens.saes.sae import SAEMetadata
 
-from common.activations import save_task_activations  # noqa: E402
-from common.paths import timestamp  # noqa: E402
-from common.prompts import build_prompt  # noqa: E402
-from common.storage import write_json, write_parquet  # noqa: E402
+from common.activations import save_task_activations
+from common.paths import timestamp
+from common.prompts import build_prompt
+from common.storage import write_json, write_parquet
 
 
 def make_sae(
