@@ -12,10 +12,13 @@ Every user-facing error is one line on stderr and exit code 2 (DESIGN section 7)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,15 @@ REPO_ROOT = Path(__file__).resolve().parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from common.config import DEFAULT_MODEL, PipelineConfig  # noqa: E402
+from common.config import (  # noqa: E402
+    EVERY_COMMAND,
+    PipelineConfig,
+    applies_to,
+    default_of,
+    flag_of,
+    option_fields,
+    options_markdown,
+)
 from common.errors import PipelineError  # noqa: E402
 
 logger = logging.getLogger("run")
@@ -40,6 +51,9 @@ PHASES: dict[str, str] = {
 }
 
 
+_TYPE_HINTS = typing.get_type_hints(PipelineConfig)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is a single line (and exit code 2) rather than a usage dump."""
 
@@ -49,10 +63,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _float_list(text: str) -> list[float]:
     try:
-        values = [float(x) for x in text.replace(",", " ").split()]
+        return [float(x) for x in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
-    return values
 
 
 def _int_list(text: str) -> list[int]:
@@ -62,91 +75,108 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
 
 
-def _add_global_options(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("global options")
-    g.add_argument("--data-dir", help="data directory for all outputs (default ./data, env PVA_DATA_DIR)")
-    g.add_argument("--mbpp-path", help="local MBPP file, original jsonl or parquet (env PVA_MBPP_PATH); default: the hub")
-    g.add_argument("--seed", type=int, help="random seed for splits, sampling, shuffles (default 42)")
-    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+def _checked(parse: Callable[[str], Any], minimum: float | None) -> Callable[[str], Any]:
+    """``parse`` plus the field's rules: lists not empty, numbers at least ``minimum``."""
+
+    def check(text: str) -> Any:
+        value = parse(text)
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not value:
+            raise argparse.ArgumentTypeError(f"expected at least one value, got {text!r}")
+        if minimum is not None and any(v < minimum for v in values):
+            raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text!r}")
+        return value
+
+    check.__name__ = parse.__name__  # argparse names the type in its messages
+    return check
 
 
-def _add_phase_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("number", choices=list(PHASES), help="which phase to run")
-    parser.add_argument("--input", help="use this earlier-phase output instead of the newest one")
+def _parser_of(hint: Any) -> Callable[[str], Any]:
+    """The text-to-value function for a field's type (``X | None`` reads as X)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is list:
+        return {int: _int_list, float: _float_list}[typing.get_args(hint)[0]]
+    return {int: int, float: float, str: str}[hint]
 
-    g = parser.add_argument_group("phase 0.1 (split)")
-    g.add_argument("--split-fractions", type=_float_list, help="sae,hyperparams,validation fractions (default 0.5,0.1,0.4)")
-    g.add_argument("--n-strata", type=int, help="difficulty strata, quantiles of complexity (default 4)")
 
-    g = parser.add_argument_group("phases 1 and 1.2 (generation)")
-    g.add_argument("--model", help=f"hub id or local model folder (default {DEFAULT_MODEL})")
-    g.add_argument("--start", type=int, help="first task position, inclusive (default 0)")
-    g.add_argument("--end", type=int, help="last task position, inclusive (default: last task)")
-    g.add_argument("--layers", type=_int_list, help="layers to capture, e.g. 0,6,12 (default all)")
-    g.add_argument("--batch-size", type=int, help="prompts per batch (default: from free GPU memory; 8 on CPU)")
-    g.add_argument("--max-new-tokens", type=int, help="generation budget per solution (default 512)")
-    g.add_argument("--workers", type=int, help="CPU workers that run the tests (default 4)")
-    g.add_argument("--timeout", dest="timeout_s", type=float, help="wall (and CPU) seconds per test program (default 30)")
-    g.add_argument("--temperatures", type=_float_list, help="phase 1.2 temperatures (default 0.3,0.6,0.9,1.2)")
-    g.add_argument("--samples-per-task", type=int, help="phase 1.2 samples per task and temperature (default 5)")
-    g.add_argument("--checkpoint-every", type=int, help="records between checkpoints (default 50)")
-    g.add_argument("--autosave-every", type=int, help="records between full autosaves, 3 newest kept (default 100)")
-    g.add_argument("--shard-dir", help="(set by multi_gpu_launcher.py) write this slice's table here")
+def _add_option(group: Any, f: dataclasses.Field) -> None:
+    """One config field as one argparse option; argparse stores nothing when it is not given."""
+    meta = f.metadata
+    default = default_of(f)
+    if isinstance(default, bool):
+        group.add_argument(flag_of(f), dest=f.name, action="store_const", const=not default, default=argparse.SUPPRESS, help=meta["help"])
+        return
+    shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, list) else default
+    help_text = meta["help"] + (f" (default {shown})" if default is not None else "")
+    group.add_argument(
+        flag_of(f), dest=f.name, type=_checked(_parser_of(_TYPE_HINTS[f.name]), meta["minimum"]), choices=meta["choices"],
+        default=argparse.SUPPRESS, help=help_text.replace("%", "%%"),
+    )
 
-    g = parser.add_argument_group("phase 2 (SAE analysis)")
-    g.add_argument("--split", choices=["sae", "validation"], help="which split to analyse (default sae)")
-    g.add_argument("--sae-release", help="SAE Lens release (default gemma-scope-2b-pt-res-canonical)")
-    g.add_argument("--sae-id-template", help="SAE id, {layer} and {width} filled in (default layer_{layer}/width_{width}/canonical)")
-    g.add_argument("--sae-width", help="SAE width in the id (default 16k)")
-    g.add_argument("--sae-path", help="local folder with one SAE Lens folder per layer, named layer_{L}")
-    g.add_argument("--top-k", type=int, help="latents ranked per direction (default 20)")
-    g.add_argument("--permutations", type=int, help="label shuffles of the permutation null (default 200)")
-    g.add_argument("--general-corpus", help="local text or jsonl file for the general-text filter (default NeelNanda/pile-10k)")
-    g.add_argument("--no-general-filter", dest="general_filter", action="store_const", const=False, help="do not drop latents that fire on general text")
-    g.add_argument("--general-filter-threshold", type=float, help="drop latents firing on at least this share of general tokens (default 0.02)")
-    g.add_argument("--general-corpus-samples", type=int, help="documents drawn from the general corpus (default 200)")
-    g.add_argument("--general-corpus-tokens", type=int, help="tokens kept per general-corpus document (default 128)")
 
-    g = parser.add_argument_group("phase 3 (validation)")
-    g.add_argument("--coefficients", type=_float_list, help="steering coefficients in units of the mean residual norm (default -1,-0.5,-0.25,0,0.25,0.5,1)")
-    g.add_argument("--hook-point", choices=["resid_pre", "resid_mid", "resid_post"], help="where the steering vector is added (default resid_post)")
-    g.add_argument("--steer-positions", choices=["prompt", "all"], help="steer prompt tokens only, or every token (default all)")
-    g.add_argument("--n-random-controls", type=int, help="random near-zero-separation control latents (default 3)")
-    g.add_argument("--bootstrap", type=int, help="bootstrap resamples for AUROC intervals (default 1000)")
-    g.add_argument("--top-latents-validated", type=int, help="top latents per direction given the statistical validation (default 5)")
-    g.add_argument("--control-max-separation", type=float, help="largest |separation| a random control latent may have (default 0.01)")
-    g.add_argument("--steering-max-new-tokens", type=int, help="generation budget of steered runs (default: Phase 1's)")
+def _add_config_options(parser: argparse.ArgumentParser, command: str, *, phases: bool = False) -> None:
+    """Every config option that means something for ``command`` (for ``phase``: for any phase)."""
+    groups: dict[str, Any] = {}
+    for f in option_fields():
+        wanted = any(applies_to(f, p) for p in PHASES) if phases else applies_to(f, command)
+        if not wanted:
+            continue
+        title = "global options" if EVERY_COMMAND in f.metadata["scope"] else (f.metadata["group"] or "options")
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        _add_option(groups[title], f)
+    groups.setdefault("global options", parser.add_argument_group("global options")).add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Global options are accepted before the subcommand too (run.py --data-dir D phase 0).
+    for f in option_fields():
+        if EVERY_COMMAND in f.metadata["scope"]:
+            _add_option(parser, f)
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
-    phase = sub.add_parser("phase", help="run one phase of the pipeline")
-    _add_phase_options(phase)
-    _add_global_options(phase)
+    phase = sub.add_parser(
+        "phase", help="run one phase of the pipeline",
+        description="Run one phase. An option that does not apply to the chosen phase is refused.",
+    )
+    phase.add_argument("number", choices=list(PHASES), help="which phase to run")
+    _add_config_options(phase, "phase", phases=True)
 
     check = sub.add_parser("check-mbpp", help="run every reference solution through the executor")
-    check.add_argument("--workers", type=int, default=None, help="parallel test workers (default 4)")
-    check.add_argument("--timeout", dest="timeout_s", type=float, default=None, help="wall (and CPU) seconds per program (default 30)")
     check.add_argument("--json", dest="json_path", help="write one result per task to this JSON file")
-    _add_global_options(check)
+    _add_config_options(check, "check-mbpp")
 
     gpu = sub.add_parser("test-gpu", help="devices, memory, dtypes, and a one-batch generation smoke test")
-    gpu.add_argument("--model", help=f"hub id or local model folder (default {DEFAULT_MODEL})")
-    gpu.add_argument("--batch-size", type=int, help="prompts in the smoke-test batch (default 2)")
-    _add_global_options(gpu)
+    _add_config_options(gpu, "test-gpu")
+
+    options = sub.add_parser("options", help="print the table of every option (the README's, generated from the config)")
+    _add_config_options(options, "options")
 
     demo = sub.add_parser("demo", help="the whole pipeline offline on a tiny trained model")
     demo.add_argument("--retrain", action="store_true", help="retrain the demo model and SAEs even if cached")
     demo.add_argument("--size", choices=["demo", "test"], default="demo", help="demo (default) or the smaller test size")
-    _add_global_options(demo)
+    _add_config_options(demo, "demo")
     return parser
 
 
+def _refuse_foreign_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``phase 0 --start 3`` is an error, not a silently ignored flag."""
+    if args.command != "phase":
+        return
+    for f in option_fields():
+        if f.name in vars(args) and not applies_to(f, args.number):
+            scope = ", ".join(f.metadata["scope"])
+            parser.error(f"{flag_of(f)} does not apply to phase {args.number} (it is an option of phase {scope})")
+
+
 def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    return PipelineConfig.from_overrides(vars(args))
+    config_keys = {f.name for f in option_fields()}
+    return PipelineConfig.from_overrides({k: v for k, v in vars(args).items() if k in config_keys})
 
 
 def _load_entry(spec: str) -> Callable[..., Any]:
@@ -159,7 +189,9 @@ def _load_entry(spec: str) -> Callable[..., Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _refuse_foreign_options(parser, args)
     from common.logging_utils import setup_logging
 
     setup_logging(getattr(args, "verbose", False))
@@ -167,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _config_from_args(args)
         if args.command == "phase":
             return _run_phase(args.number, cfg)
+        if args.command == "options":
+            print(options_markdown(), end="")
+            return 0
         if args.command == "check-mbpp":
             from common.check_mbpp import check_mbpp_cli
 

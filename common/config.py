@@ -1,103 +1,274 @@
-"""The pipeline's configuration: one dataclass, defaults overlaid by the CLI.
+"""The pipeline's configuration: one dataclass whose fields are also the CLI's options.
 
 Why one flat dataclass: every phase records the *whole* resolved config in its
 metadata, so a result file always says exactly what produced it. Precedence is
 defaults < environment (``PVA_DATA_DIR``, ``PVA_MBPP_PATH``) < command line,
 as in lm-evaluation-harness.
+
+Why each field carries its own help, flag and scope: ``run.py`` builds every
+option from these fields, so ``--help``, the README's flag table (checked by a
+test) and the code cannot disagree, and an option given to a command it means
+nothing to (``phase 0 --start 3``) is refused rather than silently ignored.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_MODEL = "google/gemma-2-2b"
 
+# The commands an option can belong to: the phases (by number) and the tools.
+GENERATING_PHASES = ("1", "1.2")
+ALL_PHASES = ("0", "0.1", "1", "1.2", "2", "3")
+EVERY_COMMAND = "*"
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    scope: tuple[str, ...] | str,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    group: str = "",
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A config field that is also a command-line option.
+
+    ``scope`` names the commands (phase numbers, tool names, or ``"*"``) where the
+    option means something; anywhere else run.py refuses it. ``minimum`` is the
+    smallest accepted value of a number (or of each number in a list); lists must
+    not be empty. ``flag`` overrides the default ``--field-name``.
+    """
+    metadata = {
+        "help": help,
+        "scope": (scope,) if isinstance(scope, str) else tuple(scope),
+        "flag": flag,
+        "choices": choices,
+        "minimum": minimum,
+        "group": group,
+    }
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
 
 @dataclass
 class PipelineConfig:
-    """Every knob of every phase. Field docs double as ``--help`` texts in run.py."""
+    """Every knob of every phase; each field's metadata is its command-line option."""
 
-    # Global
-    data_dir: str = "data"
-    mbpp_path: str | None = None
-    input: str | None = None
-    seed: int = 42
-    device: str = "auto"
+    # Global: every command.
+    data_dir: str = option("data", help="data directory for all outputs (env PVA_DATA_DIR)", scope=EVERY_COMMAND)
+    mbpp_path: str | None = option(
+        None, help="local MBPP file, original jsonl or parquet (env PVA_MBPP_PATH; default: the hub)", scope=EVERY_COMMAND
+    )
+    seed: int = option(42, help="random seed for splits, sampling and shuffles", scope=EVERY_COMMAND, minimum=0)
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N", scope=EVERY_COMMAND)
 
-    # Phase 1.0 / 1.2: generation
-    model: str = DEFAULT_MODEL
-    start: int | None = None
-    end: int | None = None
-    layers: list[int] | None = None
-    batch_size: int | None = None
-    max_new_tokens: int = 512
-    workers: int = 4
-    timeout_s: float = 30.0
-    memory_mb: int = 4096
-    temperatures: list[float] = field(default_factory=lambda: [0.3, 0.6, 0.9, 1.2])
-    samples_per_task: int = 5
-    # Set by multi_gpu_launcher.py: a worker writes its slice's table here, not as a dataset.
-    shard_dir: str | None = None
-    checkpoint_every: int = 50
-    autosave_every: int = 100
-    autosave_keep: int = 3
+    input: str | None = option(
+        None, help="use this earlier-phase output instead of the newest one", scope=ALL_PHASES[1:], group="phases"
+    )
 
     # Phase 0.1: split
-    split_fractions: list[float] = field(default_factory=lambda: [0.5, 0.1, 0.4])
-    n_strata: int = 4
+    split_fractions: list[float] = option(
+        help="sae,hyperparams,validation fractions", scope="0.1", minimum=0.0, group="phase 0.1 (split)",
+        default_factory=lambda: [0.5, 0.1, 0.4],
+    )
+    n_strata: int = option(4, help="difficulty strata, quantiles of complexity", scope="0.1", minimum=1, group="phase 0.1 (split)")
+
+    # Phases 1.0 / 1.2: generation (and Phase 3's steered generation)
+    model: str = option(
+        DEFAULT_MODEL,
+        help="hub id or local model folder (Phases 2 and 3: Phase 1's model when left at the default)",
+        scope=("1", "1.2", "2", "3", "test-gpu"), group="generation",
+    )
+    start: int | None = option(
+        None, help="first task position, inclusive, counted in the phase's own task list (default 0)",
+        scope=GENERATING_PHASES, minimum=0, group="generation",
+    )
+    end: int | None = option(
+        None, help="last task position, inclusive (default: the last task)", scope=GENERATING_PHASES, minimum=0,
+        group="generation",
+    )
+    layers: list[int] | None = option(
+        None, help="layers to capture or analyse, e.g. 0,6,12 (default: all)", scope=("1", "1.2", "2"), minimum=0,
+        group="generation",
+    )
+    batch_size: int | None = option(
+        None, help="prompts per batch (default: from free GPU memory; 8 on CPU; test-gpu: 2)",
+        scope=("1", "1.2", "3", "test-gpu"), minimum=1, group="generation",
+    )
+    max_new_tokens: int = option(512, help="generation budget per solution", scope=("1", "1.2", "3"), minimum=1, group="generation")
+    workers: int = option(
+        4, help="CPU workers that run the tests", scope=("1", "1.2", "3", "check-mbpp"), minimum=1, group="generation"
+    )
+    timeout_s: float = option(
+        30.0, help="wall (and CPU) seconds per test program", scope=("1", "1.2", "3", "check-mbpp"), flag="--timeout",
+        minimum=0.1, group="generation",
+    )
+    memory_mb: int = option(
+        4096, help="address-space limit per test program, MB", scope=("1", "1.2", "3", "check-mbpp"), minimum=64,
+        group="generation",
+    )
+    temperatures: list[float] = option(
+        help="Phase 1.2 sampling temperatures", scope="1.2", minimum=0.0, group="generation",
+        default_factory=lambda: [0.3, 0.6, 0.9, 1.2],
+    )
+    samples_per_task: int = option(5, help="Phase 1.2 samples per task and temperature", scope="1.2", minimum=1, group="generation")
+    # Set by multi_gpu_launcher.py: a worker writes its slice's table here, not as a dataset.
+    shard_dir: str | None = option(
+        None, help="(set by multi_gpu_launcher.py) write this slice's table here", scope=GENERATING_PHASES, group="generation"
+    )
+    checkpoint_every: int = option(
+        50, help="records between checkpoints", scope=("1", "1.2", "3"), minimum=1, group="generation"
+    )
+    autosave_every: int = option(
+        100, help="records between full autosaves", scope=("1", "1.2", "3"), minimum=1, group="generation"
+    )
+    autosave_keep: int = option(3, help="autosaves kept (the newest)", scope=("1", "1.2", "3"), minimum=1, group="generation")
 
     # Phase 2: SAE analysis
-    split: str = "sae"
-    sae_release: str = "gemma-scope-2b-pt-res-canonical"
-    sae_id_template: str = "layer_{layer}/width_{width}/canonical"
-    sae_width: str = "16k"
-    sae_path: str | None = None
-    top_k: int = 20
-    permutations: int = 200
-    general_corpus: str | None = None
-    general_filter: bool = True
-    general_filter_threshold: float = 0.02
-    general_corpus_samples: int = 200
-    general_corpus_tokens: int = 128
+    split: str = option(
+        "sae", help="which split to analyse", scope="2", choices=("sae", "validation"), group="phase 2 (SAE analysis)"
+    )
+    sae_release: str = option(
+        "gemma-scope-2b-pt-res-canonical", help="SAE Lens release (Phase 3 reads it from the Phase 2 results)", scope="2",
+        group="phase 2 (SAE analysis)",
+    )
+    sae_id_template: str = option(
+        "layer_{layer}/width_{width}/canonical", help="SAE id, with {layer} and {width} filled in", scope="2",
+        group="phase 2 (SAE analysis)",
+    )
+    sae_width: str = option("16k", help="SAE width in the id", scope="2", group="phase 2 (SAE analysis)")
+    sae_path: str | None = option(
+        None, help="local folder with one SAE Lens folder per layer, named layer_{L} (Phase 3: a local copy of the SAEs Phase 2 used)",
+        scope=("2", "3"),
+        group="phase 2 (SAE analysis)",
+    )
+    top_k: int = option(20, help="latents ranked per direction", scope="2", minimum=1, group="phase 2 (SAE analysis)")
+    permutations: int = option(
+        200, help="label shuffles of the permutation null", scope="2", minimum=1, group="phase 2 (SAE analysis)"
+    )
+    general_corpus: str | None = option(
+        None, help="local .txt or .jsonl for the general-text filter (default: NeelNanda/pile-10k)", scope="2",
+        group="phase 2 (SAE analysis)",
+    )
+    general_filter: bool = option(
+        True, help="do not drop latents that fire on general text", scope="2", flag="--no-general-filter",
+        group="phase 2 (SAE analysis)",
+    )
+    general_filter_threshold: float = option(
+        0.02, help="drop latents firing on at least this share of general tokens", scope="2", minimum=0.0,
+        group="phase 2 (SAE analysis)",
+    )
+    general_corpus_samples: int = option(
+        200, help="documents drawn from the general corpus", scope="2", minimum=1, group="phase 2 (SAE analysis)"
+    )
+    general_corpus_tokens: int = option(
+        128, help="tokens kept per general-corpus document", scope="2", minimum=1, group="phase 2 (SAE analysis)"
+    )
 
     # Phase 3: validation
-    coefficients: list[float] = field(
-        default_factory=lambda: [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]
+    coefficients: list[float] = option(
+        help="steering coefficients in units of the mean residual norm", scope="3", group="phase 3 (validation)",
+        default_factory=lambda: [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0],
     )
-    hook_point: str = "resid_post"
-    steer_positions: str = "all"
-    n_random_controls: int = 3
-    control_max_separation: float = 0.01
-    bootstrap: int = 1000
-    top_latents_validated: int = 5
-    steering_max_new_tokens: int | None = None
+    hook_point: str = option(
+        "resid_post", help="where the steering vector is added", scope="3",
+        choices=("resid_pre", "resid_mid", "resid_post"), group="phase 3 (validation)",
+    )
+    steer_positions: str = option(
+        "all", help="steer prompt tokens only, or every token", scope="3", choices=("prompt", "all"),
+        group="phase 3 (validation)",
+    )
+    n_random_controls: int = option(
+        3, help="random near-zero-separation control latents", scope="3", minimum=0, group="phase 3 (validation)"
+    )
+    control_max_separation: float = option(
+        0.01, help="largest |separation| a random control latent may have", scope="3", minimum=0.0,
+        group="phase 3 (validation)",
+    )
+    bootstrap: int = option(1000, help="bootstrap resamples for AUROC intervals", scope="3", minimum=1, group="phase 3 (validation)")
+    top_latents_validated: int = option(
+        5, help="top latents per direction given the statistical validation", scope="3", minimum=1,
+        group="phase 3 (validation)",
+    )
+    steering_max_new_tokens: int | None = option(
+        None, help="generation budget of steered runs (default: Phase 1's)", scope="3", minimum=1,
+        group="phase 3 (validation)",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PipelineConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            from common.errors import PipelineError
-
-            raise PipelineError(f"unknown config keys: {', '.join(unknown)}")
+        _refuse_unknown(values)
         return cls(**values)
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, Any]) -> PipelineConfig:
-        """Defaults, then environment, then the non-None CLI values in ``overrides``."""
+        """Defaults, then environment, then the non-None CLI values in ``overrides``.
+
+        Unknown keys are refused: a misspelt key silently ignored would run the
+        default while the user believes otherwise.
+        """
+        _refuse_unknown(overrides)
         cfg = cls()
         if os.environ.get("PVA_DATA_DIR"):
             cfg.data_dir = os.environ["PVA_DATA_DIR"]
         if os.environ.get("PVA_MBPP_PATH"):
             cfg.mbpp_path = os.environ["PVA_MBPP_PATH"]
-        known = {f.name for f in dataclasses.fields(cls)}
         for key, value in overrides.items():
-            if key in known and value is not None:
+            if value is not None:
                 setattr(cfg, key, value)
         return cfg
+
+
+def _refuse_unknown(values: dict[str, Any]) -> None:
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(PipelineConfig)})
+    if unknown:
+        from common.errors import PipelineError
+
+        raise PipelineError(f"unknown config keys: {', '.join(unknown)}")
+
+
+def option_fields() -> list[dataclasses.Field]:
+    """The config fields in declaration order (all of them are options)."""
+    return list(dataclasses.fields(PipelineConfig))
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata["flag"] or "--" + f.name.replace("_", "-")
+
+
+def applies_to(f: dataclasses.Field, command: str) -> bool:
+    scope = f.metadata["scope"]
+    return EVERY_COMMAND in scope or command in scope
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return f.default
+
+
+def options_markdown() -> str:
+    """The README's table of every option, built from the fields (a test keeps the README equal to it)."""
+    rows = ["| flag | commands | meaning (default) |", "| --- | --- | --- |"]
+    for f in option_fields():
+        scope = f.metadata["scope"]
+        where = "all" if EVERY_COMMAND in scope else ", ".join(scope)
+        default = default_of(f)
+        if isinstance(default, list):
+            default = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
+        shown = "" if default is None or isinstance(default, bool) else f" ({default})"
+        choices = f" `{'/'.join(f.metadata['choices'])}`" if f.metadata["choices"] else ""
+        meaning = (f.metadata["help"] + shown).replace("|", "\\|")
+        rows.append(f"| `{flag_of(f)}`{choices} | {where} | {meaning} |")
+    return "\n".join(rows) + "\n"

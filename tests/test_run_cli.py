@@ -57,6 +57,53 @@ def test_phases_0_and_01_via_cli_and_env(tmp_path):
 
 
 def test_every_subcommand_has_help(tmp_path):
-    for cmd in ("phase", "check-mbpp", "test-gpu", "demo"):
+    for cmd in ("phase", "check-mbpp", "test-gpu", "demo", "options"):
         out = subprocess.run([sys.executable, str(REPO_ROOT / "run.py"), cmd, "--help"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "--data-dir" in out.stdout
+
+
+def _parse(*argv):
+    import run
+
+    parser = run.build_parser()
+    args = parser.parse_args(list(argv))
+    run._refuse_foreign_options(parser, args)
+    return run._config_from_args(args)
+
+
+def test_options_meaning_nothing_are_refused(tmp_path):
+    out = run_cli("phase", "0", "--start", "0", "--end", "7", data_dir=tmp_path)
+    assert out.returncode == 2
+    assert "--start does not apply to phase 0" in _one_error_line(out.stderr)
+    out = run_cli("phase", "3", "--sae-release", "other", data_dir=tmp_path)
+    assert out.returncode == 2 and "--sae-release does not apply to phase 3" in out.stderr
+    assert not (tmp_path / "phase0").exists()
+
+
+def test_empty_and_out_of_range_values_are_one_line(tmp_path):
+    for argv, expected in [
+        (("phase", "1", "--layers", ""), "--layers: expected at least one value"),
+        (("phase", "1", "--batch-size", "0"), "--batch-size: must be at least 1"),
+        (("phase", "0.1", "--n-strata", "0"), "--n-strata: must be at least 1"),
+        (("phase", "1", "--max-new-tokens", "0"), "--max-new-tokens: must be at least 1"),
+        (("phase", "1", "--layers", "-1"), "--layers: must be at least 0"),
+    ]:
+        out = run_cli(*argv, data_dir=tmp_path)
+        assert out.returncode == 2, argv
+        assert expected in _one_error_line(out.stderr)
+
+
+def test_global_options_before_or_after_the_subcommand(tmp_path):
+    before = _parse("--data-dir", "/x", "--seed", "7", "phase", "0")
+    after = _parse("phase", "0", "--data-dir", "/x", "--seed", "7")
+    assert before == after
+    assert before.data_dir == "/x" and before.seed == 7
+    assert _parse("phase", "2", "--no-general-filter").general_filter is False
+    assert _parse("phase", "1", "--layers", "0,2", "--timeout", "5").layers == [0, 2]
+    env = {"PVA_MBPP_PATH": str(DEMO_PROBLEMS)}
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run.py"), "--data-dir", str(tmp_path), "phase", "0"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    assert list((tmp_path / "phase0").glob("difficulty_*.parquet"))

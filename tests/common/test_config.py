@@ -26,3 +26,26 @@ def test_default_lists_are_not_shared():
     a, b = PipelineConfig(), PipelineConfig()
     a.temperatures.append(2.0)
     assert b.temperatures == [0.3, 0.6, 0.9, 1.2]
+
+
+def test_unknown_override_keys_are_refused():
+    with pytest.raises(PipelineError, match="unknown config keys: top_kk"):
+        PipelineConfig.from_overrides({"top_kk": 3})
+
+
+def test_every_field_is_an_option_with_help_and_scope():
+    from common.config import option_fields
+
+    for f in option_fields():
+        assert f.metadata["help"], f.name
+        assert f.metadata["scope"], f.name
+
+
+def test_readme_flag_table_is_the_generated_one():
+    """The README, --help and the code cannot disagree: the README's table is generated from the fields."""
+    from common.config import options_markdown
+    from tests.paths import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme.split("<!-- options:start -->\n", 1)[1].split("<!-- options:end -->", 1)[0]
+    assert table == options_markdown(), "README flag table is stale: paste `python3 run.py options` between the markers"
