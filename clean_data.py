@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.force:
         try:
             answer = input("delete all of this? [y/N] ")
-        except EOFError:  # no terminal (a pipe, CI): never delete without a yes
+        except (EOFError, RuntimeError):  # stdin at its end or closed (a pipe, CI, <&-): never delete without a yes
             answer = ""
         if answer.strip().lower() not in ("y", "yes"):
             print("aborted: nothing deleted")

@@ -118,6 +118,8 @@ def load_mbpp(path: str | Path | None = None) -> pd.DataFrame:
         source = f"hub:{HUB_DATASET}/{HUB_CONFIG}"
     else:
         p = Path(path)
+        if p.is_dir():
+            raise PipelineError(f"MBPP path {p} is a directory, not a file: give the jsonl or parquet file (--mbpp-path / PVA_MBPP_PATH)")
         if not p.is_file():
             raise PipelineError(f"MBPP file {p} does not exist (check --mbpp-path / PVA_MBPP_PATH)")
         rows = _rows_from_parquet(p) if p.suffix == ".parquet" else _rows_from_jsonl(p)

@@ -51,3 +51,14 @@ def test_yes_deletes(tmp_path):
     data, _ = _layout(tmp_path)
     assert _clean("--data-dir", str(data), stdin="y\n").returncode == 0
     assert not any(data.iterdir())
+
+
+def test_closed_stdin_deletes_nothing_and_prints_no_traceback(tmp_path):
+    data, _ = _layout(tmp_path)
+    out = subprocess.run(
+        f'"{sys.executable}" "{REPO_ROOT / "clean_data.py"}" --data-dir "{data}" <&-',
+        shell=True, capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr and "aborted: nothing deleted" in out.stdout
+    assert (data / "phase0" / "x.parquet").exists()

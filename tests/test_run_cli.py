@@ -107,3 +107,15 @@ def test_global_options_before_or_after_the_subcommand(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert list((tmp_path / "phase0").glob("difficulty_*.parquet"))
+
+
+def test_environment_problems_are_one_line(tmp_path):
+    """A file where the data directory should be, a directory as the MBPP file: one line each, no traceback."""
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    out = run_cli("phase", "0", "--mbpp-path", str(DEMO_PROBLEMS), data_dir=blocker)
+    assert out.returncode == 2
+    assert "Not a directory" in _one_error_line(out.stderr)
+    out = run_cli("phase", "0", "--mbpp-path", str(tmp_path), data_dir=tmp_path / "d")
+    assert out.returncode == 2
+    assert "is a directory, not a file" in _one_error_line(out.stderr)
