@@ -44,6 +44,7 @@ import transformers
 from common.capture import LastTokenCapture
 from common.errors import PipelineError
 from common.prompts import STOP_SEQUENCES
+from common.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -216,8 +217,16 @@ def auto_batch_size(
     return size
 
 
-def _batch_seed(seed: int, batch_number: int) -> int:
-    return int(np.random.SeedSequence([seed, batch_number]).generate_state(1)[0])
+def plan_batches(lengths: list[int], tiebreak: list, per_batch: int) -> list[list[int]]:
+    """Positions grouped into fixed batches, longest prompt first (ties by ``tiebreak``).
+
+    Why longest first: similar lengths share a batch, so left padding wastes
+    little compute, and a batch that runs out of memory does so at once. Why
+    fixed: the plan depends only on the prompts, so a resumed run rebuilds the
+    same batches, with the same neighbours and the same seeds.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], tiebreak[i]))
+    return [order[i : i + per_batch] for i in range(0, len(order), per_batch)]
 
 
 def generate_batches(
@@ -226,13 +235,16 @@ def generate_batches(
     prompts: list[str],
     layers: list[int] | None,
     cfg: GenerationConfig,
+    first_batch_number: int = 0,
 ) -> Iterator[list[GenerationResult]]:
     """Generate for every prompt, batch by batch; yield each batch's results when it is done.
 
     ``layers``: the decoder layers whose resid_post is captured at the last
     prompt token (``None``: all layers; ``[]``: none). Results of a batch come
     in the batch's order (longest prompt first); ``GenerationResult.index``
-    points back into ``prompts``.
+    points back into ``prompts``. Sampled batch ``n`` (counting from
+    ``first_batch_number``, which a caller feeding one planned batch at a time
+    sets to that batch's number) draws from ``derive_seed(cfg.seed, n)``.
     """
     if tokenizer.padding_side != "left":
         raise PipelineError("batched generation needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
@@ -242,7 +254,6 @@ def generate_batches(
         return
     device = next(model.parameters()).device
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
     k = cfg.samples_per_prompt
     per_batch = cfg.prompts_per_batch
     eos_ids = _eos_ids(model, tokenizer)
@@ -253,8 +264,7 @@ def generate_batches(
         len(prompts), k, per_batch, cfg.max_new_tokens,
         f"sampling T={cfg.temperature} top_p={cfg.top_p}" if sampling else "greedy",
     )
-    for batch_number, start in enumerate(range(0, len(order), per_batch)):
-        idx = order[start : start + per_batch]
+    for batch_number, idx in enumerate(plan_batches(lengths, list(range(len(prompts))), per_batch), start=first_batch_number):
         batch_prompts = [prompts[i] for i in idx]
         enc = tokenizer(batch_prompts, return_tensors="pt", padding=True).to(device)
         prompt_len = enc["input_ids"].shape[1]
@@ -277,7 +287,7 @@ def generate_batches(
         }
         if sampling:
             gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=None)
-            torch.manual_seed(_batch_seed(cfg.seed, batch_number))
+            torch.manual_seed(derive_seed(cfg.seed, batch_number))
         else:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         t0 = time.perf_counter()

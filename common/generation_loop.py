@@ -21,12 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import transformers
 from tqdm import tqdm
 
 from common.executor import ExecutionResult, Executor
-from common.generation import GenerationConfig, GenerationResult, generate_batches
+from common.generation import GenerationConfig, GenerationResult, generate_batches, plan_batches
 from common.prompts import extract_code
 from common.storage import RecordCheckpointer
 
@@ -55,16 +54,10 @@ def record_key(job_key: str, sample_index: int) -> str:
 OnRecord = Callable[[Job, GenerationResult, ExecutionResult, dict[str, Any]], None]
 
 
-def plan_batches(tokenizer: transformers.PreTrainedTokenizerBase, jobs: list[Job], prompts_per_batch: int) -> list[list[Job]]:
-    """Fixed batches over all jobs: longest prompt first (ties by key), so a rerun plans the same."""
+def plan_job_batches(tokenizer: transformers.PreTrainedTokenizerBase, jobs: list[Job], prompts_per_batch: int) -> list[list[Job]]:
+    """Fixed batches over all jobs (``plan_batches``, ties by job key), so a rerun plans the same."""
     lengths = [len(ids) for ids in tokenizer([j.prompt for j in jobs])["input_ids"]] if jobs else []
-    order = sorted(range(len(jobs)), key=lambda i: (-lengths[i], jobs[i].key))
-    ordered = [jobs[i] for i in order]
-    return [ordered[i : i + prompts_per_batch] for i in range(0, len(ordered), prompts_per_batch)]
-
-
-def batch_seed(seed: int, batch_number: int) -> int:
-    return int(np.random.SeedSequence([seed, batch_number]).generate_state(1)[0] % (2**31 - 1))
+    return [[jobs[i] for i in batch] for batch in plan_batches(lengths, [j.key for j in jobs], prompts_per_batch)]
 
 
 def generate_and_execute(
@@ -88,7 +81,7 @@ def generate_and_execute(
     done: dict[str, dict[str, Any]] = {r["key"]: r for r in checkpointer.load()}
     if done:
         logger.info("resuming: %d record(s) already checkpointed", len(done))
-    batches = plan_batches(tokenizer, jobs, gen_cfg.prompts_per_batch)
+    batches = plan_job_batches(tokenizer, jobs, gen_cfg.prompts_per_batch)
     remaining = [
         (number, batch)
         for number, batch in enumerate(batches)
@@ -132,9 +125,9 @@ def generate_and_execute(
 
     with tqdm(total=total, desc=desc, unit="seq") as bar:
         for number, batch in remaining:
-            cfg = dataclasses.replace(gen_cfg, seed=batch_seed(gen_cfg.seed, number), batch_size=len(batch) * k)
+            cfg = dataclasses.replace(gen_cfg, batch_size=len(batch) * k)
             prompts = [j.prompt for j in batch]
-            for results in generate_batches(model, tokenizer, prompts, layers, cfg):
+            for results in generate_batches(model, tokenizer, prompts, layers, cfg, first_batch_number=number):
                 for result in results:
                     job = batch[result.index]
                     if record_key(job.key, result.sample_index) in done:

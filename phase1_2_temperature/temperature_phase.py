@@ -16,7 +16,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from common.activations import activation_path, save_task_activations
@@ -29,6 +28,7 @@ from common.metadata import RunClock, build_metadata
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, require_file
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
+from common.seeding import derive_seed
 from common.storage import RecordCheckpointer, write_json, write_parquet
 from common.tasks import model_slug, run_key, slice_bounds
 
@@ -112,7 +112,7 @@ def run(cfg: PipelineConfig) -> Path:
             need_capture = t_index == 0 or any(
                 not activation_path(activations_dir, int(tid), layers[-1]).is_file() for tid in sliced["task_id"]
             ) if layers else False
-            seed = int(np.random.SeedSequence([cfg.seed, t_index]).generate_state(1)[0] % (2**31 - 1))
+            seed = derive_seed(cfg.seed, t_index)
             gen_cfg = GenerationConfig(
                 max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, temperature=temperature,
                 seed=seed, samples_per_prompt=k,
