@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", dest="json_path", help="write one result per task to this JSON file")
     _add_config_options(check, "check-mbpp")
 
+    check_he = sub.add_parser("check-humaneval", help="run every HumanEval canonical solution through the executor")
+    check_he.add_argument("--json", dest="json_path", help="write one result per task to this JSON file")
+    _add_config_options(check_he, "check-humaneval")
+
     gpu = sub.add_parser("test-gpu", help="devices, memory, dtypes, and a one-batch generation smoke test")
     _add_config_options(gpu, "test-gpu")
 
@@ -206,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             from common.check_mbpp import check_mbpp_cli
 
             return check_mbpp_cli(cfg, json_path=args.json_path)
+        if args.command == "check-humaneval":
+            from common.humaneval import check_humaneval_cli
+
+            return check_humaneval_cli(cfg, json_path=args.json_path)
         if args.command == "test-gpu":
             from common.gpu_check import test_gpu_cli
 

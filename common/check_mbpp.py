@@ -23,9 +23,13 @@ logger = logging.getLogger(__name__)
 def check_mbpp_cli(cfg: PipelineConfig, json_path: str | None = None) -> int:
     """Print ``passed N/M`` and the outcome counts; exit 0 only when every program passes."""
     problems = load_mbpp(cfg.mbpp_path)
-    executor_cfg = executor_config_for(cfg)
-    with Executor(executor_cfg) as executor:
-        results = executor.run_many(problems.to_dict("records"), progress=True)
+    return run_and_report(cfg, problems.to_dict("records"), json_path)
+
+
+def run_and_report(cfg: PipelineConfig, items: list[dict], json_path: str | None) -> int:
+    """Run executor items, print ``passed N/M``, the outcome counts and every failure; 0 only if all pass."""
+    with Executor(executor_config_for(cfg)) as executor:
+        results = executor.run_many(items, progress=True)
     n_passed = sum(r.passed for r in results)
     counts = collections.Counter(r.outcome for r in results)
     print(f"passed {n_passed}/{len(results)}")

@@ -2,7 +2,7 @@
 
 Why one flat dataclass: every phase records the *whole* resolved config in its
 metadata, so a result file always says exactly what produced it. Precedence is
-defaults < environment (``PVA_DATA_DIR``, ``PVA_MBPP_PATH``) < command line,
+defaults < environment (``PVA_DATA_DIR``, ``PVA_MBPP_PATH``, ``PVA_HUMANEVAL_PATH``) < command line,
 as in lm-evaluation-harness.
 
 Why each field carries its own help, flag and scope: ``run.py`` builds every
@@ -67,6 +67,10 @@ class PipelineConfig:
     mbpp_path: str | None = option(
         None, help="local MBPP file, original jsonl or parquet (env PVA_MBPP_PATH; default: the hub)", scope=EVERY_COMMAND
     )
+    humaneval_path: str | None = option(
+        None, help="local HumanEval.jsonl.gz or jsonl of the original release (env PVA_HUMANEVAL_PATH; default: the hub)",
+        scope=("check-humaneval",), group="benchmarks",
+    )
     seed: int = option(42, help="random seed for splits, sampling and shuffles", scope=EVERY_COMMAND, minimum=0)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N", scope=EVERY_COMMAND)
 
@@ -105,14 +109,14 @@ class PipelineConfig:
     )
     max_new_tokens: int = option(512, help="generation budget per solution", scope=("1", "1.2", "3"), minimum=1, group="generation")
     workers: int = option(
-        4, help="CPU workers that run the tests", scope=("1", "1.2", "3", "check-mbpp"), minimum=1, group="generation"
+        4, help="CPU workers that run the tests", scope=("1", "1.2", "3", "check-mbpp", "check-humaneval"), minimum=1, group="generation"
     )
     timeout_s: float = option(
-        30.0, help="wall (and CPU) seconds per test program", scope=("1", "1.2", "3", "check-mbpp"), flag="--timeout",
+        30.0, help="wall (and CPU) seconds per test program", scope=("1", "1.2", "3", "check-mbpp", "check-humaneval"), flag="--timeout",
         minimum=0.1, group="generation",
     )
     memory_mb: int = option(
-        4096, help="address-space limit per test program, MB", scope=("1", "1.2", "3", "check-mbpp"), minimum=64,
+        4096, help="address-space limit per test program, MB", scope=("1", "1.2", "3", "check-mbpp", "check-humaneval"), minimum=64,
         group="generation",
     )
     temperatures: list[float] = option(
@@ -224,6 +228,8 @@ class PipelineConfig:
             cfg.data_dir = os.environ["PVA_DATA_DIR"]
         if os.environ.get("PVA_MBPP_PATH"):
             cfg.mbpp_path = os.environ["PVA_MBPP_PATH"]
+        if os.environ.get("PVA_HUMANEVAL_PATH"):
+            cfg.humaneval_path = os.environ["PVA_HUMANEVAL_PATH"]
         for key, value in overrides.items():
             if value is not None:
                 setattr(cfg, key, value)
