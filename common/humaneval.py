@@ -121,6 +121,27 @@ def load_humaneval(path: str | Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(records, columns=COLUMNS)
 
 
+# The model continues the problem's own prompt (signature and docstring): no template
+# around it, so the prompt is exactly the one every HumanEval result is reported on.
+HUMANEVAL_PROMPT_VERSION = "humaneval-completion-v1"
+
+
+def build_humaneval_prompt(problem: dict[str, Any]) -> str:
+    """The prompt for one problem: the release's prompt, verbatim."""
+    return str(problem["prompt"])
+
+
+def completion_program(problem: dict[str, Any], generated_text: str) -> str:
+    """The program to test for one generation: prompt plus completion, cut by the same parser-based extraction as MBPP.
+
+    Why the prompt is included before extraction: the completion is a function
+    body; only with its signature (and the prompt's imports) is it a program.
+    """
+    from common.prompts import extract_code
+
+    return extract_code(build_humaneval_prompt(problem) + generated_text)
+
+
 def program_pieces(problem: dict[str, Any], completion: str) -> dict[str, Any]:
     """The executor item for one completion: solution, setup (the test code), and the one check call."""
     return {
