@@ -111,6 +111,8 @@ class GenerationResult:
     sample_index: int = 0
     stop_reason: str = "max_new_tokens"
     generated_token_ids: list[int] = field(default_factory=list)
+    # Mean log-probability of the generated tokens under the model (greedy runs only; None when sampled).
+    mean_logprob: float | None = None
 
 
 class _RowStopper(transformers.StoppingCriteria):
@@ -174,6 +176,40 @@ class _RowStopper(transformers.StoppingCriteria):
                 self._finish(row, n_generated, "stop_sequence")
             done[row] = self.lengths[row] is not None
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _TokenLogProbs(transformers.LogitsProcessor):
+    """Records each chosen token's log-probability while generating, at no extra forward pass.
+
+    Why a logits processor: it sees the logits of every step before the token
+    is chosen, and the chosen token in the next step's ``input_ids``, so only
+    one step's log-softmax (batch x vocabulary) is held at a time; keeping all
+    logits of a 512-token batch of a 256k-vocabulary model would take tens of
+    GB. Used for greedy decoding only: sampling warps the logits first
+    (temperature, top-p), and then they are no longer the model's own.
+    """
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def _take(self, chosen: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, chosen[:, None])[:, 0])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.previous is not None:
+            self._take(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def per_row(self, final_ids: torch.Tensor) -> list[list[float]]:
+        """Each row's token log-probabilities, in order; call once after ``generate``."""
+        self._take(final_ids[:, -1])
+        self.previous = None
+        if not self.steps:
+            return [[] for _ in range(final_ids.shape[0])]
+        return torch.stack(self.steps, dim=1).cpu().tolist()
 
 
 def _eos_ids(model: transformers.PreTrainedModel, tokenizer: transformers.PreTrainedTokenizerBase) -> set[int]:
@@ -285,6 +321,9 @@ def generate_batches(
             "eos_token_id": sorted(eos_ids) or None,
             "stopping_criteria": transformers.StoppingCriteriaList([stopper]),
         }
+        logprobs = None if sampling else _TokenLogProbs()
+        if logprobs is not None:
+            gen_kwargs["logits_processor"] = transformers.LogitsProcessorList([logprobs])
         if sampling:
             gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=None)
             torch.manual_seed(derive_seed(cfg.seed, batch_number))
@@ -300,6 +339,7 @@ def generate_batches(
                 out = model.generate(enc["input_ids"], attention_mask=enc["attention_mask"], **gen_kwargs)
                 acts = {}
         generated = out[:, prompt_len:].tolist()
+        token_logprobs = logprobs.per_row(out) if logprobs is not None else None
         elapsed = time.perf_counter() - t0
         rows = len(idx) * k
         results: list[GenerationResult] = []
@@ -319,6 +359,7 @@ def generate_batches(
                         sample_index=s,
                         stop_reason=stopper.reasons[row],
                         generated_token_ids=generated[row][:n],
+                        mean_logprob=float(np.mean(token_logprobs[row][:n])) if token_logprobs and n else None,
                     )
                 )
         logger.info(

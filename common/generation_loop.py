@@ -113,6 +113,7 @@ def generate_and_execute(
             "outcome": verdict.outcome,
             "detail": verdict.detail,
             "n_generated_tokens": int(result.n_generated_tokens),
+            "mean_logprob": result.mean_logprob,
             "stop_reason": result.stop_reason,
             "gen_time_s": float(result.gen_time_s),
             "exec_time_s": float(verdict.duration_s),

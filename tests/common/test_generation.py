@@ -160,3 +160,23 @@ def test_config_validation_and_cpu_batch_size(tiny_model) -> None:
         GenerationConfig(max_new_tokens=0)
     assert GenerationConfig(batch_size=8, samples_per_prompt=3, temperature=0.5).prompts_per_batch == 2
     assert auto_batch_size(tiny_model[0], torch.device("cpu")) == 8
+
+
+def test_mean_logprob_equals_a_teacher_forced_forward_pass(tiny_model, unstopped):
+    """The log-probabilities recorded while generating (batched, left padded) match one unpadded forward pass."""
+    model, tokenizer = tiny_model
+    for result in unstopped:
+        prompt_ids = tokenizer(result.prompt, return_tensors="pt")["input_ids"]
+        ids = torch.cat([prompt_ids, torch.tensor([result.generated_token_ids])], dim=1)
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+        p = prompt_ids.shape[1]
+        expected = logprobs[p - 1 : -1].gather(1, ids[0, p:, None])[:, 0].mean().item()
+        assert result.mean_logprob == pytest.approx(expected, abs=1e-4)
+        assert result.mean_logprob < 0
+
+
+def test_sampled_runs_record_no_logprob(tiny_model):
+    model, tokenizer = tiny_model
+    results = _run(model, tokenizer, PROMPTS[:2], temperature=0.8, samples_per_prompt=2, batch_size=4)
+    assert all(r.mean_logprob is None for r in results)
