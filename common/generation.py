@@ -113,6 +113,8 @@ class GenerationResult:
     generated_token_ids: list[int] = field(default_factory=list)
     # Mean log-probability of the generated tokens under the model (greedy runs only; None when sampled).
     mean_logprob: float | None = None
+    # The prompt's length in tokens, without padding (a confound every predictor is compared with).
+    n_prompt_tokens: int = 0
 
 
 class _RowStopper(transformers.StoppingCriteria):
@@ -304,6 +306,7 @@ def generate_batches(
         batch_prompts = [prompts[i] for i in idx]
         enc = tokenizer(batch_prompts, return_tensors="pt", padding=True).to(device)
         prompt_len = enc["input_ids"].shape[1]
+        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
         stopper = _RowStopper(
             tokenizer,
             prompt_len,
@@ -360,6 +363,7 @@ def generate_batches(
                         stop_reason=stopper.reasons[row],
                         generated_token_ids=generated[row][:n],
                         mean_logprob=float(np.mean(token_logprobs[row][:n])) if token_logprobs and n else None,
+                        n_prompt_tokens=int(prompt_tokens[b]),
                     )
                 )
         logger.info(

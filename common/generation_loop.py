@@ -114,6 +114,7 @@ def generate_and_execute(
             "detail": verdict.detail,
             "n_generated_tokens": int(result.n_generated_tokens),
             "mean_logprob": result.mean_logprob,
+            "n_prompt_tokens": int(result.n_prompt_tokens),
             "stop_reason": result.stop_reason,
             "gen_time_s": float(result.gen_time_s),
             "exec_time_s": float(verdict.duration_s),

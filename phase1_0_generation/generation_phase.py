@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 DATASET_COLUMNS = [
     "task_id", "prompt", "generated_text", "extracted_code", "passed", "outcome", "detail",
-    "n_generated_tokens", "mean_logprob", "stop_reason", "gen_time_s", "exec_time_s", "cyclomatic_complexity",
+    "n_generated_tokens", "mean_logprob", "n_prompt_tokens", "stop_reason", "gen_time_s", "exec_time_s", "cyclomatic_complexity",
 ]
 
 

@@ -180,3 +180,9 @@ def test_sampled_runs_record_no_logprob(tiny_model):
     model, tokenizer = tiny_model
     results = _run(model, tokenizer, PROMPTS[:2], temperature=0.8, samples_per_prompt=2, batch_size=4)
     assert all(r.mean_logprob is None for r in results)
+
+
+def test_prompt_token_counts_ignore_padding(tiny_model, unstopped):
+    _, tokenizer = tiny_model
+    for result in unstopped:
+        assert result.n_prompt_tokens == len(tokenizer(result.prompt)["input_ids"])
