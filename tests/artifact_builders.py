@@ -75,3 +75,11 @@ def write_temperature_run(data: Path, tables: dict[float, pd.DataFrame], model: 
         folder / TEMPERATURE_METADATA.pattern,
     )
     return folder
+
+
+def validation_ids_in_positions(data: Path, start: int, end: int) -> set[int]:
+    """--start/--end count positions among all tasks (sorted by task_id): the validation tasks in that window."""
+    split = data / "phase0_1"
+    every = sorted(int(t) for n in ("sae", "hyperparams", "validation") for t in pd.read_parquet(split / f"{n}_mbpp.parquet")["task_id"])
+    validation = set(pd.read_parquet(split / "validation_mbpp.parquet")["task_id"].astype(int))
+    return validation & set(every[start : end + 1])

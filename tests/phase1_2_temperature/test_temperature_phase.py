@@ -11,6 +11,7 @@ import phase1_2_temperature
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from phase1_2_temperature.temperature_phase import temperature_table_name
+from tests.artifact_builders import validation_ids_in_positions
 from tests.paths import DEMO_PROBLEMS
 
 
@@ -21,14 +22,6 @@ def _cfg(data_dir, model_dir, **over):
     )
     base.update(over)
     return PipelineConfig(**base)
-
-
-def validation_ids_in_positions(data: Path, start: int, end: int) -> set[int]:
-    """--start/--end count positions among all tasks (sorted by task_id): the validation tasks in that window."""
-    split = data / "phase0_1"
-    every = sorted(int(t) for n in ("sae", "hyperparams", "validation") for t in pd.read_parquet(split / f"{n}_mbpp.parquet")["task_id"])
-    validation = set(pd.read_parquet(split / "validation_mbpp.parquet")["task_id"].astype(int))
-    return validation & set(every[start : end + 1])
 
 
 def test_table_names():
