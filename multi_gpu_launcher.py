@@ -33,10 +33,10 @@ if str(REPO_ROOT) not in sys.path:
 
 from common.config import DEFAULT_MODEL, PipelineConfig  # noqa: E402
 from common.errors import PipelineError  # noqa: E402
-from common.metadata import RunClock, build_metadata  # noqa: E402
+from common.metadata import RunClock  # noqa: E402
 from common.paths import phase_dir, timestamp  # noqa: E402
-from common.storage import write_json, write_parquet  # noqa: E402
-from common.tasks import contiguous_slices, model_slug, run_key, slice_bounds  # noqa: E402
+from common.storage import write_json  # noqa: E402
+from common.tasks import model_slug, position_slices, run_key, tasks_in_range  # noqa: E402
 
 DONE_MARKER = "worker_done.json"
 
@@ -44,8 +44,8 @@ DONE_MARKER = "worker_done.json"
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", required=True, choices=["1", "1.2"], help="which generating phase to run")
-    parser.add_argument("--start", type=int, help="first task position, inclusive (default 0)")
-    parser.add_argument("--end", type=int, help="last task position, inclusive (default: the last task)")
+    parser.add_argument("--start", type=int, help="first task position among all tasks sorted by task_id, inclusive (default 0); as in run.py")
+    parser.add_argument("--end", type=int, help="last task position, inclusive (default: the last task); phase 1.2 runs the validation tasks in start..end")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local model folder (default {DEFAULT_MODEL})")
     parser.add_argument("--gpus", type=int, help="number of workers (default: every visible GPU, or 1 CPU worker)")
     parser.add_argument("--data-dir", help="data directory (default ./data, env PVA_DATA_DIR)")
@@ -61,12 +61,23 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _task_count(phase: str, cfg: PipelineConfig) -> int:
+def _phase_module(phase: str):
     if phase == "1":
-        from phase1_0_generation import task_count
+        from phase1_0_generation import generation_phase as module
     else:
-        from phase1_2_temperature import task_count
-    return task_count(cfg)
+        from phase1_2_temperature import temperature_phase as module
+    return module
+
+
+def _worker_config(args: argparse.Namespace, passthrough: list[str]) -> PipelineConfig:
+    """The config every worker will run with, parsed by run.py's own parser (a bad option fails here, once)."""
+    from run import build_parser
+
+    argv = ["phase", args.phase, "--model", args.model, *passthrough]
+    for flag, value in (("--data-dir", args.data_dir), ("--mbpp-path", args.mbpp_path), ("--input", args.input)):
+        if value:
+            argv += [flag, value]
+    return PipelineConfig.from_overrides(vars(build_parser().parse_args(argv)))
 
 
 def _tables(phase: str, shard: Path) -> dict[str, Path]:
@@ -119,12 +130,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _launch(args: argparse.Namespace, passthrough: list[str]) -> int:
+    from common.locking import exclusive
+
+    cfg = _worker_config(args, passthrough)
+    # The launcher holds the phase's lock for the whole run; each worker locks only its own shard folder.
+    with exclusive(phase_dir(cfg.data_dir, args.phase), f"phase {args.phase}"):
+        return _launch_locked(args, passthrough, cfg)
+
+
+def _launch_locked(args: argparse.Namespace, passthrough: list[str], cfg: PipelineConfig) -> int:
     clock = RunClock()
-    cfg = PipelineConfig.from_overrides(
-        {"data_dir": args.data_dir, "mbpp_path": args.mbpp_path, "input": args.input, "model": args.model}
-    )
-    n_tasks = _task_count(args.phase, cfg)
-    start, end = slice_bounds(n_tasks, args.start, args.end)
+    module = _phase_module(args.phase)
+    all_ids, own_ids = module.task_universe(cfg)
+    what = "MBPP" if args.phase == "1" else "the validation split"
+    start, end, chosen = tasks_in_range(all_ids, own_ids, args.start, args.end, what)
     gpus = _visible_gpus()
     n_workers = args.gpus if args.gpus is not None else max(gpus, 1)
     if n_workers < 1:
@@ -132,7 +151,13 @@ def _launch(args: argparse.Namespace, passthrough: list[str]) -> int:
     on_cpu = gpus == 0
     if not on_cpu and n_workers > gpus:
         raise PipelineError(f"--gpus {n_workers} asked for, but only {gpus} GPU(s) are visible")
-    slices = contiguous_slices(start, end, n_workers)
+    slices = position_slices(all_ids, chosen, n_workers)
+    if args.phase == "1":
+        settings = module.run_settings(cfg)
+    else:
+        settings = module.run_settings(cfg, module.load_validation_tasks(cfg)[1])
+    # Before any worker writes an activation: add to the earlier run, or move one with other settings aside.
+    earlier = module.prepare_outputs(cfg.data_dir, settings)
 
     root = phase_dir(cfg.data_dir, args.phase)
     key = run_key({"phase": args.phase, "model": args.model, "start": start, "end": end, "workers": len(slices), "args": passthrough})
@@ -195,47 +220,28 @@ def _launch(args: argparse.Namespace, passthrough: list[str]) -> int:
         print(f"error: worker(s) {', '.join(map(str, failed))} failed; rerun the same command to resume", file=sys.stderr)
         return 1
 
-    expected, samples = _expected_ids(args.phase, cfg, start, end, passthrough)
     shards = [run_dir / f"worker_{k}_{lo}-{hi}" for k, (lo, hi) in enumerate(slices)]
-    merged = _merge(args.phase, shards, expected, samples)
-    stamp = timestamp()
-    outputs = {}
-    for name, df in merged.items():
-        path = root / (f"dataset_{stamp}.parquet" if args.phase == "1" else name)
-        write_parquet(df, path)
-        outputs[name] = path
+    samples = 1 if args.phase == "1" else cfg.samples_per_task
+    merged = _merge(args.phase, shards, chosen, samples)
     worker_meta = {}
     for shard in shards:
         for meta_path in shard.glob("*metadata.json"):
             worker_meta[shard.name] = json.loads(meta_path.read_text())
-    meta = build_metadata(
-        args.phase, cfg, clock, outputs=outputs,
-        extra={
-            "launcher": {"workers": len(slices), "device": "cpu" if on_cpu else "cuda", "slices": slices, "passthrough": passthrough, "run_dir": str(run_dir)},
-            "n_rows": {name: len(df) for name, df in merged.items()},
-            "workers": worker_meta,
-        },
-    )
-    meta_name = f"dataset_{stamp}_metadata.json" if args.phase == "1" else "temperature_metadata.json"
-    write_json(root / meta_name, meta)
-    for name, path in outputs.items():
-        print(f"merged {name}: {len(merged[name])} rows -> {path}")
+    extra = {
+        "launcher": {"workers": len(slices), "device": "cpu" if on_cpu else "cuda", "slices": slices, "passthrough": passthrough, "run_dir": str(run_dir)},
+        "n_rows": {name: len(df) for name, df in merged.items()},
+        "workers": worker_meta,
+        "slice": {"start": start, "end": end, "n_tasks": len(chosen)},
+    }
+    if args.phase == "1":
+        out = module.publish(cfg, merged["dataset"], settings, earlier, (start, end), {}, clock, extra)
+        print(f"merged dataset: {len(merged['dataset'])} rows -> {out}")
+    else:
+        by_temperature = {float(t): merged[module.temperature_table_name(t)] for t in cfg.temperatures}
+        out = module.publish(cfg, by_temperature, settings, earlier, (start, end), {}, clock, extra)
+        for name, df in merged.items():
+            print(f"merged {name}: {len(df)} rows -> {out / name}")
     return 0
-
-
-def _expected_ids(phase: str, cfg: PipelineConfig, start: int, end: int, passthrough: list[str]) -> tuple[list[int], int]:
-    if phase == "1":
-        from phase1_0_generation.generation_phase import load_tasks
-
-        tasks = load_tasks(cfg)[0]
-        return [int(t) for t in tasks["task_id"].iloc[start : end + 1]], 1
-    from phase1_2_temperature.temperature_phase import load_validation_tasks
-
-    tasks = load_validation_tasks(cfg)[0]
-    samples = PipelineConfig().samples_per_task
-    if "--samples-per-task" in passthrough:
-        samples = int(passthrough[passthrough.index("--samples-per-task") + 1])
-    return [int(t) for t in tasks["task_id"].iloc[start : end + 1]], samples
 
 
 if __name__ == "__main__":

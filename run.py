@@ -244,14 +244,19 @@ def _run_phase(number: str, cfg: PipelineConfig) -> int:
         import torch  # a CPU worker of the launcher: one thread each, or they fight for the cores
 
         torch.set_num_threads(int(threads))
+    from common.locking import exclusive
+
     entry = _load_entry(PHASES[number])
-    log_path = phase_dir(cfg.data_dir, number) / "logs" / f"phase{number}_{timestamp()}.log"
-    handler = add_file_log(log_path)
-    try:
-        logger.info("phase %s: log file %s", number, log_path)
-        result = entry(cfg)
-    finally:
-        remove_file_log(handler)
+    # One run per phase folder; a launcher worker locks its own shard folder (the launcher holds the phase's).
+    lock_dir = cfg.shard_dir or phase_dir(cfg.data_dir, number)
+    with exclusive(lock_dir, f"phase {number}"):
+        log_path = phase_dir(cfg.data_dir, number) / "logs" / f"phase{number}_{timestamp()}.log"
+        handler = add_file_log(log_path)
+        try:
+            logger.info("phase %s: log file %s", number, log_path)
+            result = entry(cfg)
+        finally:
+            remove_file_log(handler)
     print(f"phase {number} done: {result}")
     return 0
 

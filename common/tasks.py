@@ -46,3 +46,39 @@ def run_key(parts: dict[str, Any]) -> str:
     """A short stable hash of what makes two runs "the same command" (for resume folders)."""
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def tasks_in_range(
+    all_ids: list[int], own_ids: list[int], start: int | None, end: int | None, what: str
+) -> tuple[int, int, list[int]]:
+    """The tasks of a phase selected by ``--start/--end``, the same way in every phase.
+
+    Why one rule: ``--start 0 --end 99`` must mean the same problems whichever
+    phase it is given to. Positions count in the whole task list (every MBPP
+    task, sorted by task_id, 0-based, inclusive); a phase runs the tasks of its
+    own set (``what``: all tasks for Phase 1, the validation split for Phase
+    1.2) that lie in that range. Returns the checked bounds and the task ids.
+    """
+    ordered = sorted(int(t) for t in all_ids)
+    lo, hi = slice_bounds(len(ordered), start, end)
+    window = set(ordered[lo : hi + 1])
+    chosen = [int(t) for t in sorted(own_ids) if int(t) in window]
+    if not chosen:
+        raise PipelineError(
+            f"no task of {what} lies in positions {lo}..{hi} of the {len(ordered)} tasks "
+            "(--start/--end count positions among all tasks, sorted by task_id)"
+        )
+    return lo, hi, chosen
+
+
+def position_slices(all_ids: list[int], chosen: list[int], parts: int) -> list[tuple[int, int]]:
+    """Split ``chosen`` into at most ``parts`` nearly equal groups, each as its ``--start/--end`` positions.
+
+    Each range runs from the position of a group's first task to that of its
+    last, so the ranges never overlap and each holds exactly its group of
+    ``chosen`` (the launcher's workers get balanced work even when the phase's
+    own tasks are spread over the whole list, as the validation split is).
+    """
+    position = {t: i for i, t in enumerate(sorted(int(t) for t in all_ids))}
+    groups = contiguous_slices(0, len(chosen) - 1, parts)
+    return [(position[chosen[a]], position[chosen[b]]) for a, b in groups]

@@ -4,6 +4,11 @@ Why three splits (DESIGN rule 6): latents are *chosen* on the sae split,
 thresholds and steering coefficients are *tuned* on the hyperparams split, and
 every *reported* number comes from the validation split. Stratifying by
 difficulty keeps the three splits comparable.
+
+A rerun with the same settings rewrites the same splits; one with other
+settings (seed, fractions, strata, difficulty mapping) first moves the earlier
+split tables and their metadata to ``archive/<run id>/``, never replacing them
+silently: later phases' outputs may have been made against them.
 """
 
 from __future__ import annotations
@@ -14,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.artifacts import DIFFICULTY, SPLIT, SPLIT_METADATA, RunRecord, archive
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp, mbpp_source_description
-from common.metadata import RunClock, build_metadata
-from common.paths import phase_dir, resolve_input
-from common.storage import write_json, write_parquet
+from common.metadata import RunClock, build_metadata, file_sha256
+from common.paths import phase_dir, resolve_input, timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +69,34 @@ def split_tasks(
     return pd.concat(parts).sort_values("task_id").reset_index(drop=True)
 
 
+def set_aside_other_splits(out_dir: Path, settings: dict[str, object]) -> Path | None:
+    """Move earlier splits made with other settings (or of unknown settings) to ``archive/``; return where."""
+    meta_path = out_dir / SPLIT_METADATA.pattern
+    names = [SPLIT.pattern.format(split=n) for n in SPLIT_NAMES] + [SPLIT_METADATA.pattern]
+    if not any((out_dir / n).exists() for n in names):
+        return None
+    earlier: RunRecord | None = None
+    try:
+        earlier = RunRecord.from_dict(SPLIT_METADATA.read_json(meta_path, needed=("run",))["run"], meta_path)
+    except PipelineError as exc:
+        logger.warning("phase 0.1: earlier splits of unknown settings (%s)", exc)
+    if earlier is not None and earlier.settings == settings:
+        return None  # the same settings give the same splits: rewriting them loses nothing
+    dest = archive(out_dir, names, earlier.run_id if earlier is not None else None)
+    changed = sorted(k for k in settings if earlier is None or earlier.settings.get(k) != settings[k])
+    logger.warning(
+        "phase 0.1: the earlier splits used other %s; moved to %s (nothing deleted). Phase 1.2 and 2 outputs made "
+        "on them stay valid for those splits only: move the folder's files back to use them again",
+        ", ".join(changed), dest,
+    )
+    return dest
+
+
 def run(cfg: PipelineConfig) -> Path:
     """Write the three split parquets and ``split_metadata.json``; return the folder."""
     clock = RunClock()
-    difficulty_path = resolve_input(cfg.input, cfg.data_dir, "0", "difficulty_*.parquet")
-    try:
-        difficulty = pd.read_parquet(difficulty_path)
-    except Exception as exc:
-        raise PipelineError(f"cannot read difficulty mapping {difficulty_path}: {exc}")
-    missing_cols = {"task_id", "cyclomatic_complexity"} - set(difficulty.columns)
-    if missing_cols:
-        raise PipelineError(f"{difficulty_path} lacks columns {sorted(missing_cols)}; is it a Phase 0 output?")
+    difficulty_path = resolve_input(cfg.input, cfg.data_dir, "0", DIFFICULTY.glob())
+    difficulty = DIFFICULTY.read_table(difficulty_path)
     problems = load_mbpp(cfg.mbpp_path)
     unknown = set(difficulty["task_id"]) ^ set(problems["task_id"])
     if unknown:
@@ -86,12 +108,19 @@ def run(cfg: PipelineConfig) -> Path:
     merged = problems.merge(assignment, on="task_id", validate="one_to_one")
 
     out_dir = phase_dir(cfg.data_dir, "0.1")
+    settings = {
+        "seed": cfg.seed, "split_fractions": list(cfg.split_fractions), "n_strata": cfg.n_strata,
+        "difficulty_sha256": file_sha256(difficulty_path), "mbpp": mbpp_source_description(cfg.mbpp_path),
+    }
+    record = RunRecord(run_id=timestamp(), settings=settings)
+    set_aside_other_splits(out_dir, settings)
     outputs: dict[str, Path] = {}
     sizes: dict[str, int] = {}
     for name in SPLIT_NAMES:
         part = merged[merged["split"] == name].drop(columns="split").reset_index(drop=True)
-        path = out_dir / f"{name}_mbpp.parquet"
-        write_parquet(part, path)
+        path = SPLIT.path(cfg.data_dir, split=name)
+        SPLIT.write(part, path)
+        record.add_files(out_dir, [path.name])
         outputs[name] = path
         sizes[name] = len(part)
     per_stratum = (
@@ -108,6 +137,7 @@ def run(cfg: PipelineConfig) -> Path:
         outputs=outputs,
         extra={
             "mbpp_source": mbpp_source_description(cfg.mbpp_path),
+            "run": record.to_dict(),
             "sizes": sizes,
             "n_tasks": int(len(merged)),
             "fractions": dict(zip(SPLIT_NAMES, cfg.split_fractions)),
@@ -123,6 +153,6 @@ def run(cfg: PipelineConfig) -> Path:
             ],
         },
     )
-    write_json(out_dir / "split_metadata.json", meta)
+    SPLIT_METADATA.write(meta, out_dir / SPLIT_METADATA.pattern)
     logger.info("phase 0.1: split %s -> %s", sizes, out_dir)
     return out_dir

@@ -14,12 +14,13 @@ from pathlib import Path
 import pandas as pd
 from radon.visitors import ComplexityVisitor
 
+from common.artifacts import DIFFICULTY, metadata_path_of
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
-from common.paths import phase_dir, timestamp
-from common.storage import write_json, write_parquet
+from common.paths import timestamp
+from common.storage import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,9 @@ def run(cfg: PipelineConfig) -> Path:
     clock = RunClock()
     problems = load_mbpp(cfg.mbpp_path)
     difficulty = compute_difficulty(problems)
-    out_dir = phase_dir(cfg.data_dir, "0")
     stamp = timestamp()
-    out_path = out_dir / f"difficulty_{stamp}.parquet"
-    write_parquet(difficulty, out_path)
+    out_path = DIFFICULTY.path(cfg.data_dir, ts=stamp)
+    DIFFICULTY.write(difficulty, out_path)
     counts = difficulty["cyclomatic_complexity"].value_counts().sort_index()
     meta = build_metadata(
         "0",
@@ -72,6 +72,6 @@ def run(cfg: PipelineConfig) -> Path:
             "measure": "radon ComplexityVisitor.total_complexity on CRLF-normalised code",
         },
     )
-    write_json(out_dir / f"difficulty_{stamp}_metadata.json", meta)
+    write_json(metadata_path_of(out_path), meta)
     logger.info("phase 0: complexity of %d tasks -> %s", len(difficulty), out_path)
     return out_path

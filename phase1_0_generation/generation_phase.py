@@ -7,6 +7,13 @@ Outputs (DESIGN section 2):
 
 Resume: records are checkpointed under ``data/phase1_0/checkpoints/<run key>/``;
 rerunning the same command skips every checkpointed task.
+
+Runs (``common.artifacts``): each dataset's metadata carries a run record
+(settings, slices covered, files). A run on another slice with the same
+settings writes a new dataset holding the earlier run's other tasks too; a
+run with other settings (another model, layers, ...) first moves the earlier
+datasets and the activations they describe to ``archive/<run id>/``, so the
+activations of two models never mix.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from common.activations import save_task_activations
+from common.artifacts import DIFFICULTY, PHASE1_DATASET, PHASE1_METADATA, RunRecord, archive, merge_slices, metadata_path_of
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
@@ -29,26 +37,18 @@ from common.metadata import RunClock, build_metadata
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, resolve_input, timestamp
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
-from common.storage import RecordCheckpointer, write_json, write_parquet
-from common.tasks import model_slug, run_key, slice_bounds
+from common.storage import RecordCheckpointer
+from common.tasks import model_slug, run_key, tasks_in_range
 
 logger = logging.getLogger(__name__)
 
-DATASET_COLUMNS = [
-    "task_id", "prompt", "generated_text", "extracted_code", "passed", "outcome", "detail",
-    "n_generated_tokens", "mean_logprob", "n_prompt_tokens", "stop_reason", "gen_time_s", "exec_time_s", "cyclomatic_complexity",
-]
+DATASET_COLUMNS = list(PHASE1_DATASET.fields)
 
 
 def load_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path]:
     """MBPP problems joined with the Phase 0 difficulty mapping, in task_id order."""
-    difficulty_path = resolve_input(cfg.input, cfg.data_dir, "0", "difficulty_*.parquet")
-    try:
-        difficulty = pd.read_parquet(difficulty_path)
-    except Exception as exc:
-        raise PipelineError(f"cannot read difficulty mapping {difficulty_path}: {exc}")
-    if not {"task_id", "cyclomatic_complexity"} <= set(difficulty.columns):
-        raise PipelineError(f"{difficulty_path} is not a Phase 0 difficulty mapping")
+    difficulty_path = resolve_input(cfg.input, cfg.data_dir, "0", DIFFICULTY.glob())
+    difficulty = DIFFICULTY.read_table(difficulty_path)
     problems = load_mbpp(cfg.mbpp_path)
     tasks = problems.merge(difficulty[["task_id", "cyclomatic_complexity"]], on="task_id", how="inner")
     if len(tasks) != len(problems):
@@ -61,6 +61,50 @@ def load_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path]:
 def task_count(cfg: PipelineConfig) -> int:
     """How many tasks Phase 1.0 covers (for the launcher's default range)."""
     return len(load_tasks(cfg)[0])
+
+
+def task_universe(cfg: PipelineConfig) -> tuple[list[int], list[int]]:
+    """(every task id, the tasks Phase 1.0 runs: all of them) for the launcher's slicing."""
+    ids = load_tasks(cfg)[0]["task_id"].astype(int).tolist()
+    return ids, ids
+
+
+def run_settings(cfg: PipelineConfig) -> dict[str, Any]:
+    """What two Phase 1.0 runs must share for their slices to form one dataset."""
+    return {
+        "model": cfg.model, "layers": cfg.layers, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
+        "prompt": PROMPT_TEMPLATE_VERSION, "mbpp": mbpp_source_description(cfg.mbpp_path),
+    }
+
+
+def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> tuple[Path, RunRecord] | None:
+    """Before any generation: the newest earlier dataset to merge with, or None after moving others aside.
+
+    The activation folder is shared by every dataset in ``phase1_0/``; a run
+    with other settings would overwrite some of its files, so the earlier
+    datasets and the activations go, together, to ``archive/<run id>/``.
+    """
+    folder = phase_dir(data_dir, "1")
+    datasets = [p for p in folder.glob(PHASE1_DATASET.glob()) if not p.name.endswith("_metadata.json")]
+    if not datasets:  # nothing published yet (a first run, or one resuming after a crash)
+        return None
+    newest = PHASE1_DATASET.newest(data_dir)
+    record = None
+    try:
+        meta = PHASE1_METADATA.read_json(metadata_path_of(newest), needed=("run",))
+        record = RunRecord.from_dict(meta["run"], metadata_path_of(newest))
+    except PipelineError as exc:
+        logger.warning("phase 1: %s", exc)
+    if record is not None and record.settings == settings:
+        return newest, record
+    reason = (
+        f"the earlier run used other {', '.join(sorted(k for k in settings if record.settings.get(k) != settings[k]))}"
+        if record is not None else f"{newest.name} has no run record"
+    )
+    names = [p.name for p in datasets] + [metadata_path_of(p).name for p in datasets] + ["activations"]
+    dest = archive(folder, names, record.run_id if record is not None else None)
+    logger.warning("phase 1: %s; earlier datasets and activations moved to %s (nothing deleted)", reason, dest)
+    return None
 
 
 def resolve_layers(requested: list[int] | None, n_layers: int) -> list[int]:
@@ -76,8 +120,9 @@ def run(cfg: PipelineConfig) -> Path:
     """Run Phase 1.0 on the slice ``cfg.start..cfg.end``; return the table written."""
     clock = RunClock()
     tasks, difficulty_path = load_tasks(cfg)
-    start, end = slice_bounds(len(tasks), cfg.start, cfg.end)
-    sliced = tasks.iloc[start : end + 1]
+    ids = tasks["task_id"].astype(int).tolist()
+    start, end, chosen = tasks_in_range(ids, ids, cfg.start, cfg.end, "MBPP")
+    sliced = tasks[tasks["task_id"].isin(chosen)]
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))
     layers = resolve_layers(cfg.layers, num_layers(model))
@@ -86,6 +131,9 @@ def run(cfg: PipelineConfig) -> Path:
         raise PipelineError("--batch-size must be at least 1")
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, temperature=0.0, seed=cfg.seed)
 
+    settings = run_settings(cfg)
+    # A launcher worker writes only its slice; the launcher merges and publishes.
+    earlier = None if cfg.shard_dir else prepare_outputs(cfg.data_dir, settings)
     out_root = phase_dir(cfg.data_dir, "1")
     activations_dir = out_root / "activations"
     identity = {
@@ -119,36 +167,72 @@ def run(cfg: PipelineConfig) -> Path:
             model, tokenizer, jobs, gen_cfg, layers, executor, checkpointer, on_record, desc="phase 1"
         )
     dataset = pd.DataFrame(records)[DATASET_COLUMNS].sort_values("task_id").reset_index(drop=True)
+    extra = {
+        "device": str(device),
+        "dtype": str(default_dtype(device)),
+        "mbpp_source": mbpp_source_description(cfg.mbpp_path),
+        "slice": {"start": start, "end": end, "n_tasks": len(dataset)},
+        "layers": layers,
+        "capture_site": "blocks.{L}.hook_resid_post (output of decoder layer L, before the final norm), last prompt token",
+        "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+        "generation": dataclasses.asdict(gen_cfg),
+        "executor": executor_config_for(cfg).to_dict(),
+        "run_key": key,
+    }
+    inputs: dict[str, str | Path] = {"difficulty": difficulty_path, **({"mbpp": cfg.mbpp_path} if cfg.mbpp_path else {})}
+    out_path = publish(cfg, dataset, settings, earlier, (start, end), inputs, clock, extra)
+    checkpointer.clear()
+    return out_path
 
+
+def publish(
+    cfg: PipelineConfig,
+    dataset: pd.DataFrame,
+    settings: dict[str, Any],
+    earlier: tuple[Path, RunRecord] | None,
+    slice_range: tuple[int, int],
+    inputs: dict[str, str | Path],
+    clock: RunClock,
+    extra: dict[str, Any],
+) -> Path:
+    """Write ``dataset_<ts>.parquet`` (with ``earlier``'s other tasks merged in) and then its metadata.
+
+    A launcher worker (``cfg.shard_dir``) writes its slice there instead. The
+    earlier dataset stays where it is under its own timestamp; tasks in both
+    come from this run.
+    """
     stamp = timestamp()
-    out_dir = Path(cfg.shard_dir) if cfg.shard_dir else out_root
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / f"dataset_{stamp}.parquet"
-    write_parquet(dataset, out_path)
+    out_dir = Path(cfg.shard_dir) if cfg.shard_dir else phase_dir(cfg.data_dir, "1")
+    slices = [list(slice_range)]
+    run_id = stamp
+    if earlier is not None:
+        old_path, old_record = earlier
+        old = PHASE1_DATASET.read_table(old_path)
+        dataset = pd.concat([old[~old["task_id"].isin(dataset["task_id"])], dataset], ignore_index=True)
+        dataset = dataset.sort_values("task_id").reset_index(drop=True)
+        slices += old_record.slices
+        run_id = old_record.run_id
+        inputs = {**inputs, "merged_with": old_path}
+        logger.info("phase 1: merged with %s (run %s)", old_path.name, run_id)
+    out_path = out_dir / PHASE1_DATASET.pattern.format(ts=stamp)
+    PHASE1_DATASET.write(dataset, out_path)
+    record = RunRecord(run_id=run_id, settings=settings, slices=merge_slices(slices))
+    record.add_files(out_dir, [out_path.name])
     n_pass = int(dataset["passed"].sum())
     meta = build_metadata(
-        "1", cfg, clock,
-        inputs={"difficulty": difficulty_path, **({"mbpp": cfg.mbpp_path} if cfg.mbpp_path else {})},
-        outputs={"dataset": out_path, "activations": activations_dir},
+        "1", cfg, clock, inputs=inputs,
+        outputs={"dataset": out_path, "activations": phase_dir(cfg.data_dir, "1") / "activations"},
         extra={
+            **extra,
             "model": cfg.model,
-            "device": str(device),
-            "dtype": str(default_dtype(device)),
-            "mbpp_source": mbpp_source_description(cfg.mbpp_path),
-            "slice": {"start": start, "end": end, "n_tasks": len(dataset)},
-            "layers": layers,
-            "capture_site": "blocks.{L}.hook_resid_post (output of decoder layer L, before the final norm), last prompt token",
-            "prompt_template_version": PROMPT_TEMPLATE_VERSION,
-            "generation": dataclasses.asdict(gen_cfg),
-            "executor": executor_config_for(cfg).to_dict(),
+            "n_tasks": len(dataset),
             "n_correct": n_pass,
             "n_incorrect": len(dataset) - n_pass,
             "pass_rate": n_pass / len(dataset),
             "outcome_counts": dataset["outcome"].value_counts().to_dict(),
-            "run_key": key,
+            "run": record.to_dict(),
         },
     )
-    write_json(out_path.with_name(f"dataset_{stamp}_metadata.json"), meta)
-    checkpointer.clear()
+    PHASE1_METADATA.write(meta, metadata_path_of(out_path))
     logger.info("phase 1: %d/%d passed -> %s", n_pass, len(dataset), out_path)
     return out_path

@@ -7,6 +7,12 @@ temperature, ``dataset_temp_0_3.parquet`` etc., one row per sample.
 Activations at the last prompt token depend on the prompt only, not on
 sampling, so they are captured once per task (during the first temperature's
 prefill) into ``activations/{task_id}_layer_{L}.npz``, never once per sample.
+
+Runs (``common.artifacts``): ``temperature_metadata.json`` lists the tables
+of the run with their sha256. A rerun on another slice with the same
+settings merges into that run's tables; a rerun with other settings first
+moves the earlier run, whole, to ``archive/<run id>/``. Nothing is replaced
+silently.
 """
 
 from __future__ import annotations
@@ -19,46 +25,156 @@ from typing import Any
 import pandas as pd
 
 from common.activations import activation_path, save_task_activations
+from common.artifacts import (
+    SPLIT,
+    TEMPERATURE_METADATA,
+    TEMPERATURE_TABLE,
+    RunRecord,
+    TemperatureRun,
+    archive,
+    load_temperature_run,
+    merge_slices,
+    temperature_label,
+)
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
 from common.generation_loop import Job, generate_and_execute
-from common.metadata import RunClock, build_metadata
+from common.metadata import RunClock, build_metadata, file_sha256
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
-from common.paths import phase_dir, require_file
+from common.paths import phase_dir, require_file, timestamp
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
 from common.seeding import derive_seed
-from common.storage import RecordCheckpointer, write_json, write_parquet
-from common.tasks import model_slug, run_key, slice_bounds
+from common.storage import RecordCheckpointer
+from common.tasks import model_slug, run_key, tasks_in_range
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_COLUMNS = [
-    "task_id", "temperature", "sample_index", "prompt", "generated_text", "extracted_code", "passed",
-    "outcome", "detail", "n_generated_tokens", "stop_reason", "gen_time_s", "exec_time_s",
-]
+SAMPLE_COLUMNS = list(TEMPERATURE_TABLE.fields)
 
 
 def temperature_table_name(temperature: float) -> str:
-    """``0.3`` -> ``dataset_temp_0_3.parquet`` (DESIGN section 2)."""
-    text = f"{temperature:g}".replace("-", "m").replace(".", "_")
-    if "_" not in text:
-        text += "_0"
-    return f"dataset_temp_{text}.parquet"
+    """``0.3`` -> ``dataset_temp_0_3.parquet`` (the name the artifact module declares)."""
+    return TEMPERATURE_TABLE.pattern.format(temp=temperature_label(temperature))
 
 
 def load_validation_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path]:
-    path = Path(cfg.input) if cfg.input else phase_dir(cfg.data_dir, "0.1", create=False) / "validation_mbpp.parquet"
+    path = Path(cfg.input) if cfg.input else SPLIT.path(cfg.data_dir, split="validation")
     require_file(path, "0.1")
-    try:
-        tasks = pd.read_parquet(path)
-    except Exception as exc:
-        raise PipelineError(f"cannot read validation split {path}: {exc}")
-    needed = {"task_id", "text", "test_list", "test_setup_code"}
-    if not needed <= set(tasks.columns):
-        raise PipelineError(f"{path} lacks columns {sorted(needed - set(tasks.columns))}; is it a Phase 0.1 split?")
+    tasks = SPLIT.read_table(path, needed=("task_id", "text", "test_list", "test_setup_code"))
     return tasks.sort_values("task_id").reset_index(drop=True), path
+
+
+def all_task_ids(split_path: Path) -> list[int]:
+    """Every task of the Phase 0.1 run that wrote ``split_path`` (its three splits partition them)."""
+    ids: list[int] = []
+    for name in ("sae", "hyperparams", "validation"):
+        path = split_path.with_name(SPLIT.pattern.format(split=name))
+        require_file(path, "0.1")
+        ids += [int(t) for t in SPLIT.read_table(path, needed=("task_id",))["task_id"]]
+    return sorted(ids)
+
+
+def select_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path, int, int]:
+    """The validation tasks in positions ``--start..--end`` of the whole task list (see common.tasks)."""
+    tasks, path = load_validation_tasks(cfg)
+    start, end, chosen = tasks_in_range(
+        all_task_ids(path), tasks["task_id"].astype(int).tolist(), cfg.start, cfg.end, "the validation split"
+    )
+    return tasks[tasks["task_id"].isin(chosen)].reset_index(drop=True), path, start, end
+
+
+def task_universe(cfg: PipelineConfig) -> tuple[list[int], list[int]]:
+    """(every task id, the validation split's) for the launcher's slicing."""
+    tasks, path = load_validation_tasks(cfg)
+    return all_task_ids(path), tasks["task_id"].astype(int).tolist()
+
+
+def run_settings(cfg: PipelineConfig, split_path: Path) -> dict[str, Any]:
+    """What two Phase 1.2 runs must share for their slices to form one run's tables."""
+    return {
+        "model": cfg.model, "temperatures": [float(t) for t in cfg.temperatures],
+        "samples_per_task": cfg.samples_per_task, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
+        "layers": cfg.layers, "prompt": PROMPT_TEMPLATE_VERSION, "validation_split_sha256": file_sha256(split_path),
+    }
+
+
+def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> TemperatureRun | None:
+    """Before any generation: the earlier run to merge with, or None after moving an incompatible one aside.
+
+    Why: a rerun on another slice with the same settings adds to the earlier
+    run's tables (as the launcher merges its workers' slices); a rerun with
+    other settings (model, temperatures, samples, seed, ...) must not replace
+    the earlier tables or mix its activations in, so the earlier run's tables,
+    metadata and activations move, whole, to ``archive/<its run id>/``.
+    """
+    folder = phase_dir(data_dir, "1.2")
+    try:
+        earlier = load_temperature_run(folder)
+    except PipelineError as exc:
+        reason, stamp = f"the folder could not be read as one run ({exc})", None
+        earlier = None
+    else:
+        if earlier is None or earlier.record.settings == settings:
+            return earlier
+        diff = sorted(k for k in settings if earlier.record.settings.get(k) != settings[k])
+        reason, stamp = f"the earlier run {earlier.record.run_id} used other {', '.join(diff)}", earlier.record.run_id
+    names = [p.name for p in folder.glob(TEMPERATURE_TABLE.glob())] + [TEMPERATURE_METADATA.pattern, "activations"]
+    dest = archive(folder, names, stamp)
+    if dest is not None:
+        logger.warning("phase 1.2: %s; its tables, metadata and activations moved to %s (nothing deleted)", reason, dest)
+    return None
+
+
+def publish(
+    cfg: PipelineConfig,
+    new_tables: dict[float, pd.DataFrame],
+    settings: dict[str, Any],
+    earlier: TemperatureRun | None,
+    slice_range: tuple[int, int],
+    inputs: dict[str, str | Path],
+    clock: RunClock,
+    extra: dict[str, Any],
+) -> Path:
+    """Write the run's tables (merged with ``earlier``'s other tasks) and then its metadata; return the folder.
+
+    Tasks in both are taken from the new tables (a rerun of a slice with the
+    same settings). The metadata is written last, listing every table with its
+    sha256, so a reader never takes a half-published folder for a run.
+    """
+    folder = phase_dir(cfg.data_dir, "1.2")
+    record = RunRecord(
+        run_id=earlier.record.run_id if earlier else timestamp(), settings=settings,
+        slices=merge_slices([*(earlier.record.slices if earlier else []), list(slice_range)]),
+    )
+    summary: dict[str, Any] = {}
+    replaced = 0
+    for temperature, table in sorted(new_tables.items()):
+        if earlier is not None:
+            old = TEMPERATURE_TABLE.read_table(earlier.tables[temperature])
+            overlap = old["task_id"].isin(table["task_id"])
+            replaced = max(replaced, int(old.loc[overlap, "task_id"].nunique()))
+            table = pd.concat([old[~overlap], table], ignore_index=True)
+        table = table.sort_values(["task_id", "sample_index"]).reset_index(drop=True)
+        name = temperature_table_name(temperature)
+        TEMPERATURE_TABLE.write(table, folder / name)
+        record.add_files(folder, [name])
+        summary[f"{temperature:g}"] = {
+            "n_samples": len(table), "n_tasks": int(table["task_id"].nunique()),
+            "pass_rate": float(table["passed"].mean()), **extra.get("per_temperature", {}).get(f"{temperature:g}", {}),
+        }
+    if earlier is not None:
+        logger.info("phase 1.2: merged with run %s (slices %s); %d task(s) rerun and replaced",
+                    record.run_id, record.slices, replaced)
+    meta = build_metadata(
+        "1.2", cfg, clock, inputs=inputs,
+        outputs={**{f"T{t:g}": folder / temperature_table_name(t) for t in new_tables}, "activations": folder / "activations"},
+        extra={**{k: v for k, v in extra.items() if k != "per_temperature"}, "model": cfg.model,
+               "temperatures": summary, "run": record.to_dict(), "tasks_rerun_and_replaced": replaced},
+    )
+    TEMPERATURE_METADATA.write(meta, folder / TEMPERATURE_METADATA.pattern)
+    return folder
 
 
 def task_count(cfg: PipelineConfig) -> int:
@@ -77,12 +193,11 @@ def _check_temperatures(temperatures: list[float], samples: int) -> None:
 
 
 def run(cfg: PipelineConfig) -> Path:
-    """Run Phase 1.2 on validation positions ``cfg.start..cfg.end``; return the output folder."""
+    """Run Phase 1.2 on the validation tasks in positions ``cfg.start..cfg.end``; return the output folder."""
     clock = RunClock()
     _check_temperatures(cfg.temperatures, cfg.samples_per_task)
-    tasks, split_path = load_validation_tasks(cfg)
-    start, end = slice_bounds(len(tasks), cfg.start, cfg.end)
-    sliced = tasks.iloc[start : end + 1]
+    sliced, split_path, start, end = select_tasks(cfg)
+    settings = run_settings(cfg, split_path)
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))
     n_layers = num_layers(model)
@@ -93,13 +208,15 @@ def run(cfg: PipelineConfig) -> Path:
     batch_size = cfg.batch_size or auto_batch_size(model, device)
     batch_size = max(batch_size, k)  # one prompt's samples always share a batch
 
+    # A launcher worker writes only its slice (the launcher merges and publishes); a run of its own
+    # first decides, before anything is generated, whether it adds to the earlier run or sets it aside.
+    earlier = None if cfg.shard_dir else prepare_outputs(cfg.data_dir, settings)
     out_root = phase_dir(cfg.data_dir, "1.2")
     activations_dir = out_root / "activations"
-    out_dir = Path(cfg.shard_dir) if cfg.shard_dir else out_root
-    out_dir.mkdir(parents=True, exist_ok=True)
     executor_cfg = executor_config_for(cfg)
-    outputs: dict[str, Path] = {}
-    summary: dict[str, Any] = {}
+    tables: dict[float, pd.DataFrame] = {}
+    per_temperature: dict[str, Any] = {}
+    checkpointers: list[RecordCheckpointer] = []
 
     def on_record(job: Job, result: GenerationResult, verdict: ExecutionResult, record: dict[str, Any]) -> None:
         if result.activations and result.sample_index == 0:
@@ -126,6 +243,7 @@ def run(cfg: PipelineConfig) -> Path:
                 out_root / "checkpoints" / f"{model_slug(cfg.model)}_T{temperature:g}_{start}-{end}_{run_key(identity)}",
                 cfg.checkpoint_every, cfg.autosave_every, cfg.autosave_keep,
             )
+            checkpointers.append(checkpointer)
             jobs = [
                 Job(
                     key=f"{int(row.task_id)}@T{temperature:g}",
@@ -142,34 +260,31 @@ def run(cfg: PipelineConfig) -> Path:
                 on_record, desc=f"phase 1.2 T={temperature:g}",
             )
             table = pd.DataFrame(records)[SAMPLE_COLUMNS].sort_values(["task_id", "sample_index"]).reset_index(drop=True)
-            path = out_dir / temperature_table_name(temperature)
-            write_parquet(table, path)
-            checkpointer.clear()
-            outputs[f"T{temperature:g}"] = path
-            summary[f"{temperature:g}"] = {
-                "n_samples": len(table),
-                "pass_rate": float(table["passed"].mean()),
-                "seed": seed,
-                "generation": dataclasses.asdict(gen_cfg),
-            }
-            logger.info("phase 1.2: T=%g pass rate %.3f over %d samples -> %s", temperature, table["passed"].mean(), len(table), path)
+            tables[float(temperature)] = table
+            per_temperature[f"{temperature:g}"] = {"seed": seed, "generation": dataclasses.asdict(gen_cfg)}
+            logger.info("phase 1.2: T=%g pass rate %.3f over %d samples", temperature, table["passed"].mean(), len(table))
 
-    meta = build_metadata(
-        "1.2", cfg, clock,
-        inputs={"validation_split": split_path},
-        outputs={**outputs, "activations": activations_dir},
-        extra={
-            "model": cfg.model,
-            "device": str(device),
-            "dtype": str(default_dtype(device)),
-            "slice": {"start": start, "end": end, "n_tasks": len(sliced)},
-            "layers": layers,
-            "samples_per_task": k,
-            "temperatures": summary,
-            "activations_policy": "captured once per task at the last prompt token (they depend on the prompt only), not once per sample",
-            "prompt_template_version": PROMPT_TEMPLATE_VERSION,
-            "executor": executor_cfg.to_dict(),
-        },
-    )
-    write_json(out_dir / "temperature_metadata.json", meta)
-    return out_dir
+    extra = {
+        "device": str(device),
+        "dtype": str(default_dtype(device)),
+        "slice": {"start": start, "end": end, "n_tasks": len(sliced),
+                  "positions": "among all tasks sorted by task_id; the validation tasks inside run"},
+        "layers": layers,
+        "samples_per_task": k,
+        "per_temperature": per_temperature,
+        "activations_policy": "captured once per task at the last prompt token (they depend on the prompt only), not once per sample",
+        "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+        "executor": executor_cfg.to_dict(),
+    }
+    if cfg.shard_dir:
+        folder = Path(cfg.shard_dir)
+        for temperature, table in tables.items():
+            TEMPERATURE_TABLE.write(table, folder / temperature_table_name(temperature))
+    else:
+        folder = publish(cfg, tables, settings, earlier, (start, end), {"validation_split": split_path}, clock, extra)
+    # Checkpoints go only once every table they hold is written: a crash at the last temperature
+    # resumes all of them rather than redoing the finished ones.
+    for checkpointer in checkpointers:
+        checkpointer.clear()
+    logger.info("phase 1.2 done -> %s", folder)
+    return folder

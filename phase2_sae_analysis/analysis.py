@@ -38,6 +38,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from common.artifacts import PHASE2_METADATA, PHASE2_RESULTS, PHASE2_SCORES, PHASE2_TOP
 from common.config import DEFAULT_MODEL, PipelineConfig
 from common.errors import PipelineError
 from common.metadata import RunClock, build_metadata
@@ -45,10 +46,10 @@ from common.models import resolve_device
 from common.paths import phase_dir, timestamp
 from common.saes import SAESource, check_d_in, encode, fraction_of_variance_unexplained, load_sae, sae_hook_name
 from common.stats import DIRECTIONS, PermutationNull, latent_scores
-from common.storage import TMP_PREFIX, json_safe, save_npz, write_json, write_parquet
+from common.storage import TMP_PREFIX, json_safe, save_npz
 from phase2_sae_analysis.general_filter import GeneralTextFilter, disabled_description
 from phase2_sae_analysis.inputs import SplitData, load_split, resolve_layers
-from phase2_sae_analysis.stability import compute_stability, newest_results
+from phase2_sae_analysis.stability import compute_stability, sae_reference
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +57,8 @@ SCORE_KEYS = (
     "f_correct", "f_incorrect", "separation_correct", "separation_incorrect",
     "mean_correct", "mean_incorrect", "t_stat",
 )
-ARRAY_KEYS = (*SCORE_KEYS, "general_freq", "general_flagged")
-TOP_COLUMNS = [
-    "direction", "rank", "layer", "latent", "f_correct", "f_incorrect", "separation_score",
-    "mean_correct", "mean_incorrect", "t_stat", "general_freq", "p_family",
-]
+ARRAY_KEYS = PHASE2_SCORES.fields  # SCORE_KEYS plus general_freq and general_flagged
+TOP_COLUMNS = list(PHASE2_TOP.fields)
 BEATS_NULL_ALPHA = 0.05
 NULL_QUANTILES = (50, 95, 99)
 
@@ -321,7 +319,7 @@ def run(cfg: PipelineConfig) -> Path:
     stability: dict[str, Any] | None = None
     reference: Path | None = None
     if data.split == "validation":
-        reference = newest_results(cfg.data_dir, "sae")
+        reference = sae_reference(cfg.data_dir)
         try:
             stability = compute_stability(
                 reference, source.to_dict(), {l: r.arrays for l, r in results.items()}, top
@@ -329,12 +327,12 @@ def run(cfg: PipelineConfig) -> Path:
         except (OSError, ValueError, KeyError) as exc:
             stability = {"available": False, "reference": str(reference), "reason": f"cannot read the sae-split results: {exc}"}
 
-    out_dir = phase_dir(cfg.data_dir, "2")
+    phase_dir(cfg.data_dir, "2")  # created here, so a read-only data dir fails before the writes
     stamp = timestamp()
-    scores_dir = out_dir / f"scores_{data.split}_{stamp}"
-    top_path = out_dir / f"top_latents_{data.split}_{stamp}.parquet"
-    results_path = out_dir / f"results_{data.split}_{stamp}.json"
-    meta_path = out_dir / f"results_{data.split}_{stamp}_metadata.json"
+    scores_dir = PHASE2_SCORES.path(cfg.data_dir, split=data.split, ts=stamp, layer=0).parent
+    top_path = PHASE2_TOP.path(cfg.data_dir, split=data.split, ts=stamp)
+    results_path = PHASE2_RESULTS.path(cfg.data_dir, split=data.split, ts=stamp)
+    meta_path = PHASE2_METADATA.path(cfg.data_dir, split=data.split, ts=stamp)
     fvu = {
         str(layer): {"own": res.fvu_own, "neighbour": res.fvu_neighbour, "neighbour_layer": res.neighbour_layer}
         for layer, res in sorted(results.items())
@@ -355,6 +353,9 @@ def run(cfg: PipelineConfig) -> Path:
         "top_latents_path": str(top_path),
         "general_filter": general_info,
         "labels": {**data.label_info, "split_table": str(data.split_table)},
+        # The model and run whose activations and labels were read; Phase 3 checks them against its own inputs.
+        "phase1_model": data.phase1_model,
+        "label_source": data.label_source,
         "activation_site": "blocks.{L}.hook_resid_post at the last prompt token, encoded by SAE layer_L in float32",
     }
     if stability is not None:
@@ -392,9 +393,9 @@ def run(cfg: PipelineConfig) -> Path:
     )
 
     _write_scores(scores_dir, results)
-    write_parquet(_top_table(top), top_path)
-    write_json(meta_path, json_safe(meta))
-    write_json(results_path, json_safe(document))
+    PHASE2_TOP.write(_top_table(top), top_path)
+    PHASE2_METADATA.write(json_safe(meta), meta_path)
+    PHASE2_RESULTS.write(json_safe(document), results_path)
     logger.info("phase 2: %s", permutation["verdict"])
     for d in DIRECTIONS:
         if top[d]:

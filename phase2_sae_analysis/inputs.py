@@ -28,10 +28,17 @@ import numpy as np
 import pandas as pd
 
 from common.activations import load_layer_matrix
+from common.artifacts import (
+    PHASE1_DATASET,
+    SPLIT,
+    TEMPERATURE_TABLE,
+    TemperatureRun,
+    load_temperature_run,
+    read_phase1_metadata,
+)
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.paths import PHASE_COMMANDS, phase_dir, require_file, resolve_input
-from common.storage import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +67,8 @@ class SplitData:
     label_tables: list[Path]
     label_info: dict[str, Any]
     phase1_model: str | None
+    # Which run labelled the tasks: {"phase", "run_id", "metadata", "tables"}; Phase 3 reads it.
+    label_source: dict[str, Any] = field(default_factory=dict)
     available_layers: list[int] = field(default_factory=list)
 
     @property
@@ -75,48 +84,23 @@ class SplitData:
         return load_layer_matrix(self.activation_dir, self.task_ids, layer, self.labels)
 
 
-def _read_table(path: Path, what: str) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises many types for a bad file
-        raise PipelineError(f"cannot read {what} {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-
-
 def split_task_ids(cfg: PipelineConfig, split: str) -> tuple[list[int], Path]:
     """Task ids of a Phase 0.1 split table, sorted."""
-    path = phase_dir(cfg.data_dir, "0.1", create=False) / f"{split}_mbpp.parquet"
-    require_file(path, "0.1")
-    table = _read_table(path, f"{split} split")
-    if "task_id" not in table.columns:
-        raise PipelineError(f"{path} has no task_id column; is it a Phase 0.1 split?")
-    ids = sorted(int(t) for t in table["task_id"])
+    path = require_file(SPLIT.path(cfg.data_dir, split=split), "0.1")
+    ids = sorted(int(t) for t in SPLIT.read_table(path, needed=("task_id",))["task_id"])
     if not ids:
         raise PipelineError(f"{path} holds no tasks")
     return ids, path
 
 
-def _model_from_metadata(path: Path) -> str | None:
-    if not path.is_file():
-        logger.debug("no Phase 1 metadata at %s", path)
-        return None
-    try:
-        model = read_json(path).get("model")
-    except (OSError, ValueError) as exc:
-        logger.warning("cannot read %s (%s): the model that produced the activations is unknown", path, exc)
-        return None
-    return str(model) if model else None
-
-
 def load_sae_split(cfg: PipelineConfig) -> SplitData:
     """Sae-split tasks labelled by the newest (or ``--input``) Phase 1.0 dataset table."""
     task_ids, split_path = split_task_ids(cfg, "sae")
-    dataset_path = resolve_input(cfg.input, cfg.data_dir, "1", "dataset_*.parquet")
+    dataset_path = resolve_input(cfg.input, cfg.data_dir, "1", PHASE1_DATASET.glob())
     if dataset_path.is_dir():
         raise PipelineError(f"--input {dataset_path} is a folder; for --split sae it must be a Phase 1.0 dataset parquet")
-    table = _read_table(dataset_path, "Phase 1.0 dataset")
-    missing_cols = {"task_id", "passed"} - set(table.columns)
-    if missing_cols:
-        raise PipelineError(f"{dataset_path} lacks columns {sorted(missing_cols)}; is it a Phase 1.0 dataset?")
+    table = PHASE1_DATASET.read_table(dataset_path, needed=("task_id", "passed"))
+    phase1_meta = read_phase1_metadata(dataset_path)
     duplicated = table["task_id"][table["task_id"].duplicated()]
     if len(duplicated):
         raise PipelineError(f"{dataset_path} has {len(duplicated)} duplicated task ids (e.g. {int(duplicated.iloc[0])})")
@@ -140,7 +124,11 @@ def load_sae_split(cfg: PipelineConfig) -> SplitData:
             "source_tables": [str(dataset_path)],
             "rule": "label = passed of the Phase 1.0 greedy (temperature 0) solution",
         },
-        phase1_model=_model_from_metadata(dataset_path.with_name(f"{dataset_path.stem}_metadata.json")),
+        phase1_model=str(phase1_meta["model"]),
+        label_source={
+            "phase": "1", "run_id": (phase1_meta.get("run") or {}).get("run_id"),
+            "metadata": str(dataset_path.with_name(f"{dataset_path.stem}_metadata.json")), "tables": [str(dataset_path)],
+        },
     )
 
 
@@ -158,44 +146,46 @@ def aggregate_pass_rates(samples: pd.DataFrame) -> pd.DataFrame:
     return grouped.reset_index()
 
 
-def _temperature_tables(cfg: PipelineConfig) -> tuple[list[Path], Path]:
-    """The Phase 1.2 tables (``--input`` may be one table or a Phase 1.2 folder) and the folder they are in."""
-    if cfg.input:
-        given = Path(cfg.input)
-        if not given.exists():
-            raise PipelineError(f"--input {cfg.input} does not exist")
-        if given.is_file():
-            return [given], given.parent
-        folder = given
-    else:
-        folder = phase_dir(cfg.data_dir, "1.2", create=False)
-    tables = sorted(folder.glob("dataset_temp_*.parquet"))
-    if not tables:
+def _temperature_run(cfg: PipelineConfig) -> tuple[TemperatureRun, dict[float, Path]]:
+    """The Phase 1.2 run (``--input``: its folder, or one of its tables) and the tables to read.
+
+    Only the tables the run's metadata lists are read, each checked against its
+    recorded sha256; a folder holding a table of another run is refused.
+    """
+    given = Path(cfg.input) if cfg.input else None
+    if given is not None and not given.exists():
+        raise PipelineError(f"--input {cfg.input} does not exist")
+    folder = given.parent if given is not None and given.is_file() else (given or phase_dir(cfg.data_dir, "1.2", create=False))
+    run = load_temperature_run(folder)
+    if run is None:
         raise PipelineError(
-            f"no Phase 1.2 tables (dataset_temp_*.parquet) in {folder}; run `{PHASE_COMMANDS['1.2']}` first"
+            f"no Phase 1.2 run (temperature_metadata.json) in {folder}; run `{PHASE_COMMANDS['1.2']}` first"
         )
-    return tables, folder
+    if given is not None and given.is_file():
+        chosen = {t: p for t, p in run.tables.items() if p.name == given.name}
+        if not chosen:
+            raise PipelineError(f"--input {given} is not one of the tables of run {run.record.run_id} in {run.meta_path}")
+        return run, chosen
+    return run, run.tables
 
 
 def load_validation_split(cfg: PipelineConfig) -> SplitData:
-    """Validation-split tasks labelled by the majority of their Phase 1.2 samples."""
+    """Validation-split tasks labelled by the majority of their Phase 1.2 samples (one run's tables only)."""
     task_ids, split_path = split_task_ids(cfg, "validation")
-    tables, folder = _temperature_tables(cfg)
-    frames = []
-    for path in tables:
-        table = _read_table(path, "Phase 1.2 table")
-        missing_cols = {"task_id", "passed"} - set(table.columns)
-        if missing_cols:
-            raise PipelineError(f"{path} lacks columns {sorted(missing_cols)}; is it a Phase 1.2 table?")
-        frames.append(table[["task_id", "passed"]])
-    samples = pd.concat(frames, ignore_index=True)
+    run, tables = _temperature_run(cfg)
+    table_paths = [p for _, p in sorted(tables.items())]
+    samples = pd.concat(
+        [TEMPERATURE_TABLE.read_table(p, needed=("task_id", "passed"))[["task_id", "passed"]] for p in table_paths],
+        ignore_index=True,
+    )
     samples = samples[samples["task_id"].isin(task_ids)]
     rates = aggregate_pass_rates(samples).set_index("task_id")
     missing = [t for t in task_ids if t not in rates.index]
     if missing:
         raise PipelineError(
-            f"{len(missing)} of {len(task_ids)} validation-split tasks have no Phase 1.2 samples in {folder} "
-            f"(e.g. task {missing[0]}); run `{PHASE_COMMANDS['1.2']}` over all tasks first"
+            f"{len(missing)} of {len(task_ids)} validation-split tasks have no samples in Phase 1.2 run "
+            f"{run.record.run_id} ({run.meta_path}) (e.g. task {missing[0]}); "
+            f"run `{PHASE_COMMANDS['1.2']}` over all tasks first"
         )
     rates = rates.loc[task_ids]
     correct = rates["correct"].to_numpy(dtype=bool)
@@ -203,12 +193,12 @@ def load_validation_split(cfg: PipelineConfig) -> SplitData:
         split="validation",
         task_ids=task_ids,
         correct=correct,
-        activation_dir=phase_dir(cfg.data_dir, "1.2", create=False) / "activations",
+        activation_dir=run.folder / "activations",
         labels=[None] * len(task_ids),
         split_table=split_path,
-        label_tables=tables,
+        label_tables=table_paths,
         label_info={
-            "source_tables": [str(p) for p in tables],
+            "source_tables": [str(p) for p in table_paths],
             "rule": MAJORITY_RULE,
             "n_samples_per_task": {
                 "min": int(rates["n_samples"].min()), "max": int(rates["n_samples"].max())
@@ -216,7 +206,11 @@ def load_validation_split(cfg: PipelineConfig) -> SplitData:
             "n_tasks_pass_rate_exactly_half": int((rates["pass_rate"] == 0.5).sum()),
             "mean_pass_rate": float(rates["pass_rate"].mean()),
         },
-        phase1_model=_model_from_metadata(folder / "temperature_metadata.json"),
+        phase1_model=run.model,
+        label_source={
+            "phase": "1.2", "run_id": run.record.run_id, "metadata": str(run.meta_path),
+            "tables": [str(p) for p in table_paths],
+        },
     )
 
 

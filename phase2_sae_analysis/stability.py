@@ -19,20 +19,17 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from common.artifacts import newest_phase2_results
 from common.errors import PipelineError
-from common.paths import find_newest
 from common.stats import DIRECTIONS
 from common.storage import read_json
 
 logger = logging.getLogger(__name__)
 
-RESULTS_PATTERN = "results_{split}_*[0-9].json"  # the trailing digit excludes *_metadata.json
-
-
-def newest_results(data_dir: str | Path, split: str) -> Path | None:
-    """The newest Phase 2 results JSON of ``split``, or None when there is none."""
+def sae_reference(data_dir: str | Path) -> Path | None:
+    """The newest sae-split results to compare with, or None (stability is then reported as unavailable)."""
     try:
-        return find_newest(data_dir, "2", RESULTS_PATTERN.format(split=split))
+        return newest_phase2_results(data_dir, "sae")
     except PipelineError:
         return None
 

@@ -7,12 +7,15 @@ What is read, and from where (DESIGN sections 2 and 4, rule 6):
   the SAE source, the permutation null, the per-layer score arrays;
 - the hyperparams and validation splits (``data/phase0_1/*_mbpp.parquet``):
   the MBPP rows, from which the prompts are rebuilt;
-- the Phase 1.0 dataset (the one Phase 2 used, if its results name it, else
-  the newest): the greedy baseline programs and labels, which are the
+- the Phase 1.0 dataset Phase 2 labelled its tasks with (``label_source`` of
+  the results): the greedy baseline programs and labels, which are the
   "before" of every steering comparison and the labels of the statistical
   validation at temperature 0;
-- Phase 1.0's activation files, and Phase 1.2's tables and activations when
-  present.
+- Phase 1.0's activation files, and the Phase 1.2 run (only the tables its
+  metadata lists) when present.
+
+Every file is read through ``common.artifacts``; the models recorded by Phase
+1.0, Phase 1.2 and Phase 2 must agree.
 
 Why so strict: a task silently missing from the baseline would turn into a
 "correction" or "corruption" that never happened.
@@ -29,17 +32,21 @@ import numpy as np
 import pandas as pd
 
 from common.activations import activation_path, load_activation, load_layer_matrix
+from common.artifacts import (
+    PHASE1_DATASET,
+    PHASE2_RESULTS,
+    SPLIT,
+    load_temperature_run,
+    newest_phase2_results,
+    read_phase1_metadata,
+)
 from common.config import PipelineConfig
 from common.errors import PipelineError
-from common.paths import PHASE_COMMANDS, find_newest, name_timestamp, phase_dir, require_file
+from common.paths import PHASE_COMMANDS, phase_dir, require_file
 from common.saes import SAESource
 from common.stats import DIRECTIONS
-from common.storage import read_json
 
 logger = logging.getLogger(__name__)
-
-RESULTS_PATTERN = "results_sae_*.json"
-
 
 @dataclass(frozen=True)
 class LatentRef:
@@ -191,37 +198,17 @@ def _latent_refs(raw: list[dict[str, Any]], direction: str, path: Path) -> list[
     return sorted(refs, key=lambda r: r.rank)
 
 
-def newest_results(data_dir: str | Path) -> Path:
-    """The newest ``results_sae_<ts>.json`` by the timestamp in its name (its ``_metadata.json`` twin excluded)."""
-    folder = Path(data_dir) / "phase2"
-    candidates = [
-        p for p in folder.glob(RESULTS_PATTERN)
-        if not p.name.endswith("_metadata.json") and name_timestamp(p) is not None
-    ] if folder.is_dir() else []
-    if not candidates:
-        raise PipelineError(
-            f"no Phase 2 output ({RESULTS_PATTERN}) in {folder}; run `{PHASE_COMMANDS['2']}` first "
-            "or point --input at a results file"
-        )
-    return max(candidates, key=lambda p: (name_timestamp(p), p.name))
-
-
 def load_phase2_results(cfg: PipelineConfig) -> Phase2Results:
     """The Phase 2 results file (``--input`` or the newest ``results_sae_*.json``), checked."""
-    path = Path(cfg.input) if cfg.input else newest_results(cfg.data_dir)
+    path = Path(cfg.input) if cfg.input else newest_phase2_results(cfg.data_dir, "sae")
     if cfg.input and not path.exists():
         raise PipelineError(f"--input {cfg.input} does not exist")
     if path.suffix != ".json" or not path.is_file():
         raise PipelineError(f"--input {path} is not a Phase 2 results .json file")
-    try:
-        raw = read_json(path)
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"cannot read Phase 2 results {path}: {exc}") from exc
-    if not isinstance(raw, dict) or "top_latents" not in raw or "sae" not in raw:
-        raise PipelineError(f"{path} is not a Phase 2 results file (no top_latents / sae fields)")
-    if raw.get("split", "sae") != "sae":
+    raw = PHASE2_RESULTS.read_json(path)
+    if raw["split"] != "sae":
         raise PipelineError(
-            f"{path} ranks latents on the {raw.get('split')!r} split; Phase 3 validates latents chosen on the "
+            f"{path} ranks latents on the {raw['split']!r} split; Phase 3 validates latents chosen on the "
             "sae split (rule 6): use a results_sae_*.json"
         )
     sae_fields = {k: v for k, v in raw["sae"].items() if k in {"release", "id_template", "width", "local_path"}}
@@ -229,7 +216,7 @@ def load_phase2_results(cfg: PipelineConfig) -> Phase2Results:
     if cfg.sae_path:
         source.local_path = cfg.sae_path
     top = {d: _latent_refs(raw["top_latents"].get(d, []), d, path) for d in DIRECTIONS}
-    null = raw.get("permutation_null") or {}
+    null = raw["permutation_null"] or {}
     beats = null.get("beats_null") or {}
     data_dir = Path(cfg.data_dir)
     return Phase2Results(
@@ -239,55 +226,31 @@ def load_phase2_results(cfg: PipelineConfig) -> Phase2Results:
         top=top,
         beats_null={d: (None if beats.get(d) is None else bool(beats[d])) for d in DIRECTIONS},
         null_info={k: v for k, v in null.items() if k not in ("null_max", "null_max_correct", "null_max_incorrect")},
-        scores_dir=_resolve_relative(raw.get("scores_dir"), path, data_dir),
+        scores_dir=_resolve_relative(raw["scores_dir"], path, data_dir),
     )
 
 
-def _phase1_dataset_from_results(results: Phase2Results, data_dir: Path) -> Path | None:
-    """The Phase 1.0 dataset Phase 2 labelled its tasks with, if the results (or their metadata) name it."""
-    raw = results.raw
-    candidates: list[Any] = [
-        raw.get("phase1_dataset"),
-        raw.get("dataset"),
-        *(raw.get("label_tables") or []),
-        *((raw.get("labels") or {}).get("source_tables") or []),  # phase2_sae_analysis writes this
-        *((raw.get("inputs") or {}).values()),
-    ]
-    meta_path = results.path.with_name(f"{results.path.stem}_metadata.json")
-    if meta_path.is_file():
-        try:
-            meta = read_json(meta_path)
-            candidates += [v.get("path") if isinstance(v, dict) else v for v in (meta.get("inputs") or {}).values()]
-        except (OSError, ValueError):
-            logger.warning("cannot read %s", meta_path)
-    for value in candidates:
-        if isinstance(value, dict):
-            value = value.get("path")
-        if isinstance(value, str) and Path(value).name.startswith("dataset_") and value.endswith(".parquet"):
-            resolved = _resolve_relative(value, results.path, data_dir)
-            if resolved is not None and resolved.is_file():
-                return resolved
-            logger.warning("Phase 2 used %s, which no longer exists; using the newest Phase 1.0 dataset", value)
-    return None
+def _phase1_dataset_of(results: Phase2Results, data_dir: Path) -> Path:
+    """The Phase 1.0 dataset Phase 2 labelled its tasks with (its ``label_source``); it must still exist."""
+    source = results.raw["label_source"] or {}
+    tables = source.get("tables") or []
+    if source.get("phase") != "1" or len(tables) != 1:
+        raise PipelineError(f"{results.path}: label_source names no Phase 1.0 dataset ({source})")
+    resolved = _resolve_relative(tables[0], results.path, data_dir)
+    if resolved is None or not resolved.is_file():
+        raise PipelineError(
+            f"{results.path} was computed from {tables[0]}, which no longer exists (moved to an archive/ folder "
+            f"by a Phase 1 run with other settings?); rerun `{PHASE_COMMANDS['2']}`"
+        )
+    return resolved
 
 
 # --------------------------------------------------------------------------- splits and baseline
 
 
-def _read_table(path: Path, what: str) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises many types for a bad file
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PipelineError(f"cannot read {what} {path}: {first}") from exc
-
-
 def _load_split(data_dir: str, name: str, dataset: pd.DataFrame, dataset_path: Path) -> SplitTasks:
-    path = require_file(phase_dir(data_dir, "0.1", create=False) / f"{name}_mbpp.parquet", "0.1")
-    table = _read_table(path, f"{name} split")
-    needed = {"task_id", "text", "test_list", "test_setup_code"}
-    if not needed <= set(table.columns):
-        raise PipelineError(f"{path} lacks columns {sorted(needed - set(table.columns))}; is it a Phase 0.1 split?")
+    path = require_file(SPLIT.path(data_dir, split=name), "0.1")
+    table = SPLIT.read_table(path, needed=("task_id", "text", "test_list", "test_setup_code"))
     if table.empty:
         raise PipelineError(f"the {name} split {path} holds no tasks")
     table = table.sort_values("task_id").reset_index(drop=True)
@@ -302,21 +265,21 @@ def _load_split(data_dir: str, name: str, dataset: pd.DataFrame, dataset_path: P
     return SplitTasks(name=name, table_path=path, tasks=table, baseline=baseline)
 
 
-def _load_temperatures(data_dir: str, validation: SplitTasks) -> TemperatureData:
+def _load_temperatures(data_dir: str, validation: SplitTasks, phase1_model: str, dataset_path: Path) -> TemperatureData:
+    """The Phase 1.2 run, when present: only the tables its metadata lists, from the same model as Phase 1."""
     folder = phase_dir(data_dir, "1.2", create=False)
-    tables = sorted(folder.glob("dataset_temp_*.parquet")) if folder.is_dir() else []
-    if not tables:
-        note = f"Phase 1.2 outputs absent (no dataset_temp_*.parquet in {folder}): metrics at temperature > 0 skipped; run `{PHASE_COMMANDS['1.2']}` to add them"
+    run = load_temperature_run(folder)
+    if run is None:
+        note = f"Phase 1.2 outputs absent (no temperature_metadata.json in {folder}): metrics at temperature > 0 skipped; run `{PHASE_COMMANDS['1.2']}` to add them"
         logger.warning(note)
         return TemperatureData(note=note)
-    frames = []
-    for path in tables:
-        table = _read_table(path, "Phase 1.2 table")
-        if not {"task_id", "temperature", "passed"} <= set(table.columns):
-            raise PipelineError(f"{path} lacks task_id/temperature/passed; is it a Phase 1.2 table?")
-        frames.append(table[["task_id", "temperature", "sample_index", "passed"]] if "sample_index" in table.columns
-                      else table[["task_id", "temperature", "passed"]])
-    samples = pd.concat(frames, ignore_index=True)
+    if run.model != phase1_model:
+        raise PipelineError(
+            f"{run.meta_path}: the Phase 1.2 tables are from model {run.model!r} but the Phase 1.0 dataset "
+            f"{dataset_path.name} is from {phase1_model!r}; rerun `{PHASE_COMMANDS['1.2']}` with the same --model"
+        )
+    tables = [p for _, p in sorted(run.tables.items())]
+    samples = run.samples(("task_id", "temperature", "sample_index", "passed"))
     samples = samples[samples["task_id"].isin(validation.task_ids)].reset_index(drop=True)
     if samples.empty:
         note = f"Phase 1.2 tables in {folder} hold no validation-split task: metrics at temperature > 0 skipped"
@@ -345,23 +308,18 @@ def load_inputs(cfg: PipelineConfig) -> Phase3Inputs:
     """Everything Phase 3 reads, checked for consistency before any GPU time is spent."""
     results = load_phase2_results(cfg)
     data_dir = Path(cfg.data_dir)
-    dataset_path = _phase1_dataset_from_results(results, data_dir) or find_newest(cfg.data_dir, "1", "dataset_*.parquet")
-    dataset = _read_table(dataset_path, "Phase 1.0 dataset")
-    needed = {"task_id", "passed", "extracted_code", "generated_text", "prompt"}
-    if not needed <= set(dataset.columns):
-        raise PipelineError(f"{dataset_path} lacks columns {sorted(needed - set(dataset.columns))}; is it a Phase 1.0 dataset?")
+    dataset_path = _phase1_dataset_of(results, data_dir)
+    dataset = PHASE1_DATASET.read_table(dataset_path, needed=("task_id", "passed", "extracted_code", "generated_text", "prompt"))
     if dataset["task_id"].duplicated().any():
         raise PipelineError(f"{dataset_path} has duplicated task ids")
     dataset = dataset.assign(task_id=dataset["task_id"].astype(int), passed=dataset["passed"].astype(bool))
-    meta_path = dataset_path.with_name(f"{dataset_path.stem}_metadata.json")
-    phase1_meta: dict[str, Any] = {}
-    if meta_path.is_file():
-        try:
-            phase1_meta = read_json(meta_path)
-        except (OSError, ValueError) as exc:
-            logger.warning("cannot read Phase 1 metadata %s (%s)", meta_path, exc)
-    else:
-        logger.warning("no Phase 1 metadata beside %s: model and max_new_tokens cannot be checked", dataset_path)
+    phase1_meta = read_phase1_metadata(dataset_path)
+    phase1_model = str(phase1_meta["model"])
+    if results.raw["phase1_model"] != phase1_model:
+        raise PipelineError(
+            f"{results.path}: Phase 2 read activations of model {results.raw['phase1_model']!r} but the Phase 1.0 "
+            f"dataset {dataset_path.name} is from {phase1_model!r}; rerun `{PHASE_COMMANDS['2']}`"
+        )
     hyperparams = _load_split(cfg.data_dir, "hyperparams", dataset, dataset_path)
     validation = _load_split(cfg.data_dir, "validation", dataset, dataset_path)
     overlap = set(hyperparams.task_ids) & set(validation.task_ids)
@@ -373,6 +331,7 @@ def load_inputs(cfg: PipelineConfig) -> Phase3Inputs:
         validation=validation,
         dataset_path=dataset_path,
         phase1_meta=phase1_meta,
-        activation_dir=phase_dir(cfg.data_dir, "1", create=False) / "activations",
-        temperature=_load_temperatures(cfg.data_dir, validation),
+        # The activations beside the dataset: a Phase 1 run with other settings moves both to an archive together.
+        activation_dir=dataset_path.parent / "activations",
+        temperature=_load_temperatures(cfg.data_dir, validation, phase1_model, dataset_path),
     )

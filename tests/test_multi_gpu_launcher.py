@@ -7,6 +7,7 @@ import pandas as pd
 
 import phase0_difficulty
 from common.config import PipelineConfig
+from tests.artifact_builders import validation_ids_in_positions
 from tests.paths import DEMO_PROBLEMS, REPO_ROOT
 
 
@@ -53,16 +54,17 @@ def test_phase12_slices_merge_per_temperature(tmp_path, tiny_model_dir):
     phase0_difficulty.run(cfg)
     phase0_1_splitting.run(cfg)
     cmd = [
-        sys.executable, str(REPO_ROOT / "multi_gpu_launcher.py"), "--phase", "1.2", "--start", "0", "--end", "3",
+        sys.executable, str(REPO_ROOT / "multi_gpu_launcher.py"), "--phase", "1.2", "--start", "0", "--end", "11",
         "--model", str(tiny_model_dir), "--gpus", "2", "--data-dir", str(data), "--mbpp-path", str(DEMO_PROBLEMS),
         "--max-new-tokens", "6", "--batch-size", "4", "--workers", "1", "--temperatures", "0.5,1.0",
         "--samples-per-task", "2",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stdout + out.stderr
-    validation = pd.read_parquet(data / "phase0_1" / "validation_mbpp.parquet").sort_values("task_id")
+    expected = validation_ids_in_positions(data, 0, 11)  # positions count among all tasks, as in run.py
+    assert len(expected) == 4
     for name in ("dataset_temp_0_5.parquet", "dataset_temp_1_0.parquet"):
         df = pd.read_parquet(data / "phase1_2" / name)
-        assert len(df) == 8 and sorted(set(df["task_id"])) == sorted(validation["task_id"].iloc[:4])
+        assert len(df) == 8 and set(df["task_id"]) == expected
         assert not df.duplicated(["task_id", "sample_index"]).any()
     assert len(list((data / "phase1_2" / "activations").glob("*_layer_0.npz"))) == 4

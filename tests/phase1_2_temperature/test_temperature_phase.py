@@ -11,13 +11,14 @@ import phase1_2_temperature
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from phase1_2_temperature.temperature_phase import temperature_table_name
+from tests.artifact_builders import validation_ids_in_positions
 from tests.paths import DEMO_PROBLEMS
 
 
 def _cfg(data_dir, model_dir, **over):
     base = dict(
         data_dir=str(data_dir), mbpp_path=str(DEMO_PROBLEMS), model=str(model_dir), device="cpu",
-        start=0, end=3, max_new_tokens=8, batch_size=6, workers=2, temperatures=[0.7, 1.2], samples_per_task=3,
+        start=0, end=11, max_new_tokens=8, batch_size=6, workers=2, temperatures=[0.7, 1.2], samples_per_task=3,
     )
     base.update(over)
     return PipelineConfig(**base)
@@ -42,8 +43,8 @@ def test_samples_activations_and_reproducibility(tmp_path, tiny_model_dir):
         phase0_1_splitting.run(cfg)
         runs.append((cfg, phase1_2_temperature.run(cfg)))
     (cfg, out), (_, out_b) = runs
-    validation = pd.read_parquet(Path(cfg.data_dir) / "phase0_1" / "validation_mbpp.parquet").sort_values("task_id")
-    expected_ids = set(validation["task_id"].iloc[:4])
+    expected_ids = validation_ids_in_positions(Path(cfg.data_dir), 0, 11)
+    assert len(expected_ids) == 4  # positions 0..11 of the 100 bundled problems hold 4 validation tasks
     for t in (0.7, 1.2):
         df = pd.read_parquet(out / temperature_table_name(t))
         assert len(df) == 4 * 3 and set(df["task_id"]) == expected_ids
@@ -84,7 +85,7 @@ def test_sigkill_then_rerun_gives_the_same_samples(tmp_path, tiny_model_dir):
 
     cli = lambda data: [  # noqa: E731
         sys.executable, str(REPO_ROOT / "run.py"), "phase", "1.2", "--data-dir", str(data), "--model", str(tiny_model_dir),
-        "--mbpp-path", str(DEMO_PROBLEMS), "--device", "cpu", "--start", "0", "--end", "7", "--max-new-tokens", "10",
+        "--mbpp-path", str(DEMO_PROBLEMS), "--device", "cpu", "--start", "0", "--end", "15", "--max-new-tokens", "10",
         "--batch-size", "4", "--workers", "1", "--temperatures", "0.9", "--samples-per-task", "2",
         "--checkpoint-every", "2", "--autosave-every", "4",
     ]

@@ -27,13 +27,14 @@ from sae_lens.saes.sae import SAEMetadata
 
 import phase2_sae_analysis
 from common.activations import activation_path, save_task_activations
-from common.config import PipelineConfig
+from common.config import DEFAULT_MODEL, PipelineConfig
 from common.errors import PipelineError
 from common.general_text import collect_resid_post_all_tokens, tokenize_documents
 from common.models import decoder_layers
 from phase2_sae_analysis.analysis import TOP_COLUMNS
 from phase2_sae_analysis.general_filter import _read_local_corpus, choose_documents
 from phase2_sae_analysis.inputs import aggregate_pass_rates
+from tests.artifact_builders import write_phase1_run, write_temperature_run
 
 D_MODEL, D_SAE, LAYERS = 64, 32, (0, 1)
 PLANT_LAYER, PLANT_LATENT = 1, 7
@@ -121,17 +122,15 @@ def write_split_tables(data: Path, sae_ids: list[int], validation_ids: list[int]
 
 
 def write_phase1(data: Path, passed: dict[int, bool], plants: list[Plant], seed: int = 0, model: str | None = None) -> Path:
+    """Activations and a Phase 1.0 run (metadata naming ``model``, default the pipeline's default)."""
     rng = np.random.default_rng(seed)
     folder = data / "phase1_0"
     folder.mkdir(parents=True, exist_ok=True)
     for task_id, ok in passed.items():
         label = "correct" if ok else "incorrect"
         save_task_activations(folder / "activations", task_id, task_vectors(rng, ok, plants), label)
-    path = folder / f"dataset_{STAMP}.parquet"
-    pd.DataFrame({"task_id": list(passed), "passed": list(passed.values())}).to_parquet(path)
-    if model is not None:
-        (folder / f"dataset_{STAMP}_metadata.json").write_text(json.dumps({"model": model}))
-    return path
+    rows = pd.DataFrame({"task_id": list(passed), "passed": list(passed.values())})
+    return write_phase1_run(data, rows, model=model or DEFAULT_MODEL, stamp=STAMP)
 
 
 def alternating(ids: list[int]) -> dict[int, bool]:
@@ -478,8 +477,7 @@ def write_phase1_2(data: Path, plants: list[Plant], seed: int = 1) -> dict[int, 
                 rows[temp].append({"task_id": task_id, "sample_index": s, "passed": outcomes[5 * t_index + s]})
         labels[task_id] = k > 5
         save_task_activations(folder / "activations", task_id, task_vectors(rng, labels[task_id], plants))
-    for temp, table in rows.items():
-        pd.DataFrame(table).to_parquet(folder / f"dataset_temp_{temp}.parquet")
+    write_temperature_run(data, {float(temp.replace("_", ".")): pd.DataFrame(table) for temp, table in rows.items()})
     return labels
 
 
@@ -495,7 +493,7 @@ def test_validation_split_and_stability(tmp_path):
     plants = default_plants()
     write_split_tables(tmp_path, SAE_IDS, VAL_IDS)
     write_phase1(tmp_path, alternating(SAE_IDS), plants)
-    _check_one_line_error(tmp_path, cfg_for(tmp_path, tmp_path / "saes", split="validation"), r"no Phase 1\.2 tables.*run `python3 run\.py phase 1\.2")
+    _check_one_line_error(tmp_path, cfg_for(tmp_path, tmp_path / "saes", split="validation"), r"no Phase 1\.2 run.*run `python3 run\.py phase 1\.2")
     labels = write_phase1_2(tmp_path, plants)
     saes = write_saes(tmp_path / "saes", SaeSpec(plants=plants))
 

@@ -21,9 +21,11 @@ from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 from common.activations import save_task_activations
+from common.artifacts import PHASE1_DATASET, PHASE2_RESULTS, metadata_path_of, read_phase1_metadata
 from common.paths import timestamp
 from common.prompts import build_prompt
-from common.storage import write_json, write_parquet
+from common.storage import write_parquet
+from tests.artifact_builders import write_phase1_run
 
 
 def make_sae(
@@ -97,9 +99,14 @@ def write_phase2_results(
                  f_correct=f + sep / 2, f_incorrect=f - sep / 2, mean_correct=f, mean_incorrect=f, t_stat=sep * 10,
                  general_freq=np.zeros(d_sae), general_flagged=np.zeros(d_sae, dtype=bool))
     beats = beats_null or {"correct": False, "incorrect": False}
-    path = out / f"results_sae_{timestamp()}.json"
-    write_json(path, {
+    path = PHASE2_RESULTS.path(data_dir, split="sae", ts=timestamp())
+    dataset = PHASE1_DATASET.newest(data_dir)  # the run Phase 2 "labelled" its tasks with
+    PHASE2_RESULTS.write({
         "split": "sae",
+        "n_tasks": 0,
+        "labels": {"source_tables": [str(dataset)]},
+        "phase1_model": read_phase1_metadata(dataset)["model"],
+        "label_source": {"phase": "1", "run_id": None, "metadata": str(metadata_path_of(dataset)), "tables": [str(dataset)]},
         "layers": layers,
         "sae": {"release": "local", "id_template": "layer_{layer}", "width": "tiny", "local_path": str(sae_dir),
                 "layers": {str(layer): {"source": "local"} for layer in layers}},
@@ -108,7 +115,7 @@ def write_phase2_results(
                              "null_max": {"correct": [0.5] * 50, "incorrect": [0.5] * 50}},
         "scores_dir": str(scores_dir),
         "top_latents_path": None,
-    })
+    }, path)
     return path
 
 
@@ -140,6 +147,4 @@ def write_synthetic_phase1(
                         "outcome": "passed" if passed[tid] else "assertion"})
         save_task_activations(data_dir / "phase1_0" / "activations", tid, activations[tid],
                               "correct" if passed[tid] else "incorrect")
-    path = data_dir / "phase1_0" / f"dataset_{timestamp()}.parquet"
-    write_parquet(pd.DataFrame(records), path)
-    return path
+    return write_phase1_run(data_dir, pd.DataFrame(records))

@@ -35,6 +35,7 @@ from phase3_validation.steering_eval import (
     transition_counts,
     unit_direction,
 )
+from tests.artifact_builders import write_temperature_run
 from tests.paths import DEMO_PROBLEMS
 from tests.phase3_validation.conftest import (
     latent_item,
@@ -227,15 +228,15 @@ def test_temperature_rows_use_phase1_2_samples(planted_data):
     from common.activations import save_task_activations
 
     rng = np.random.default_rng(3)
+    tables = {}
     for temperature in (0.6, 1.2):
         rows = []
         for t in val_ids:
             for k in range(3):
                 ok = rng.random() < (0.8 if passed[t] else 0.1)
-                rows.append({"task_id": t, "temperature": temperature, "sample_index": k, "passed": ok})
-        name = f"dataset_temp_{str(temperature).replace('.', '_')}.parquet"
-        (data / "phase1_2").mkdir(exist_ok=True)
-        pd.DataFrame(rows).to_parquet(data / "phase1_2" / name)
+                rows.append({"task_id": t, "sample_index": k, "passed": ok})
+        tables[temperature] = pd.DataFrame(rows)
+    write_temperature_run(data, tables)
     for t in val_ids:
         save_task_activations(data / "phase1_2" / "activations", t, acts[t])
     inputs = load_inputs(PipelineConfig(data_dir=str(data)))

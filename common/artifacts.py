@@ -1,0 +1,362 @@
+"""Every file one phase writes and a later phase reads, declared once.
+
+Why: phases never import each other; they meet only through these files. When
+each reader guessed a file's schema (probing several column names, globbing
+every ``dataset_temp_*.parquet`` it could find), tables of two different runs
+were silently mixed into one analysis. Here each artifact says which phase
+writes it, where (its name pattern under the phase folder, the seed's layout
+kept), what it must hold (columns, JSON keys or arrays), and how to write,
+find and read it. Writers check the whole schema; readers check the fields
+they use and name the file and what is missing in one line.
+
+Runs: the generating phases record in their metadata a :class:`RunRecord`:
+the files that belong to the run (with sha256), the settings that make two
+runs comparable, and the task slices covered. Readers read exactly the files
+a run record lists, and refuse a folder holding files of another run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common.errors import PipelineError
+from common.metadata import file_sha256
+from common.paths import PHASE_COMMANDS, PHASE_DIRS, find_newest, phase_dir, timestamp
+from common.storage import read_json, write_json, write_parquet
+
+logger = logging.getLogger(__name__)
+
+ARCHIVE_DIR = "archive"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One kind of inter-phase file.
+
+    ``pattern`` is relative to the writer's phase folder, with ``{field}``
+    placeholders (``ts``, ``split``, ``temp``, ``label``, ``task_id``, ``layer``).
+    ``fields`` are the columns of a parquet, the top-level keys of a JSON, or
+    the arrays of an npz file, that every such file holds.
+    """
+
+    key: str
+    phase: str
+    pattern: str
+    fields: tuple[str, ...]
+    description: str
+
+    @property
+    def kind(self) -> str:
+        return Path(self.pattern).suffix.lstrip(".")
+
+    def glob(self, **values: Any) -> str:
+        """The pattern with the given fields filled in and the others as ``*``."""
+        return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), "*")), self.pattern)
+
+    def folder(self, data_dir: str | Path) -> Path:
+        return Path(data_dir) / PHASE_DIRS[self.phase]
+
+    def path(self, data_dir: str | Path, **values: Any) -> Path:
+        """The file's path under ``data_dir``; every placeholder must be given."""
+        try:
+            name = self.pattern.format(**values)
+        except KeyError as exc:
+            raise ValueError(f"{self.key}: no value for {exc} in {self.pattern}") from exc
+        return self.folder(data_dir) / name
+
+    def newest(self, data_dir: str | Path, **values: Any) -> Path:
+        """The newest such file by the timestamp in its name; a PipelineError naming the producer if none."""
+        return find_newest(data_dir, self.phase, self.glob(**values))
+
+    def check(self, present: Sequence[str], path: Path, needed: Sequence[str] | None = None) -> None:
+        """One-line error naming ``path`` when a needed field is absent (default: every field)."""
+        wanted = self.fields if needed is None else tuple(needed)
+        missing = [f for f in wanted if f not in set(present)]
+        if missing:
+            raise PipelineError(
+                f"{path}: missing {', '.join(missing)}; a {self.description} "
+                f"(written by `{PHASE_COMMANDS[self.phase]}`) holds {', '.join(self.fields)}"
+            )
+
+    def read_table(self, path: str | Path, needed: Sequence[str] | None = None) -> pd.DataFrame:
+        """A parquet artifact, checked for ``needed`` columns (default all)."""
+        p = Path(path)
+        if not p.is_file():
+            raise PipelineError(f"{p} is not a file; expected a {self.description}")
+        try:
+            table = pd.read_parquet(p)
+        except Exception as exc:  # pyarrow raises many types for a bad file
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise PipelineError(f"cannot read {self.description} {p}: {first}") from exc
+        self.check(list(table.columns), p, needed)
+        return table
+
+    def read_json(self, path: str | Path, needed: Sequence[str] | None = None) -> dict[str, Any]:
+        """A JSON artifact (an object), checked for ``needed`` keys (default all)."""
+        p = Path(path)
+        try:
+            doc = read_json(p)
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"cannot read {self.description} {p}: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise PipelineError(f"{p} is not a {self.description} (not a JSON object)")
+        self.check(list(doc), p, needed)
+        return doc
+
+    def write(self, obj: pd.DataFrame | dict[str, Any], path: str | Path) -> Path:
+        """Write atomically after checking the whole schema (a writer never leaves a field out)."""
+        p = Path(path)
+        if isinstance(obj, pd.DataFrame):
+            self.check(list(obj.columns), p)
+            return write_parquet(obj, p)
+        self.check(list(obj), p)
+        return write_json(p, obj)
+
+
+# --------------------------------------------------------------------------- the declarations
+
+MBPP_COLUMNS = ("task_id", "text", "code", "test_list", "test_setup_code", "challenge_test_list")
+
+DIFFICULTY = Artifact(
+    "difficulty", "0", "difficulty_{ts}.parquet", ("task_id", "cyclomatic_complexity"),
+    "Phase 0 difficulty mapping",
+)
+SPLIT = Artifact(
+    "split", "0.1", "{split}_mbpp.parquet", (*MBPP_COLUMNS, "cyclomatic_complexity", "stratum"),
+    "Phase 0.1 split table",
+)
+SPLIT_METADATA = Artifact(
+    "split_metadata", "0.1", "split_metadata.json", ("phase", "config", "inputs", "outputs", "sizes", "seed"),
+    "Phase 0.1 split metadata",
+)
+PHASE1_DATASET = Artifact(
+    "phase1_dataset", "1", "dataset_{ts}.parquet",
+    ("task_id", "prompt", "generated_text", "extracted_code", "passed", "outcome", "detail",
+     "n_generated_tokens", "mean_logprob", "n_prompt_tokens", "stop_reason", "gen_time_s", "exec_time_s",
+     "cyclomatic_complexity"),
+    "Phase 1.0 dataset",
+)
+PHASE1_METADATA = Artifact(
+    "phase1_metadata", "1", "dataset_{ts}_metadata.json", ("phase", "config", "inputs", "outputs", "model", "run"),
+    "Phase 1.0 metadata",
+)
+PHASE1_ACTIVATION = Artifact(
+    "phase1_activation", "1", "activations/{label}/{task_id}_layer_{layer}.npz", ("activation", "layer", "task_id"),
+    "Phase 1.0 activation file",
+)
+TEMPERATURE_TABLE = Artifact(
+    "temperature_table", "1.2", "dataset_temp_{temp}.parquet",
+    ("task_id", "temperature", "sample_index", "prompt", "generated_text", "extracted_code", "passed",
+     "outcome", "detail", "n_generated_tokens", "stop_reason", "gen_time_s", "exec_time_s"),
+    "Phase 1.2 temperature table",
+)
+TEMPERATURE_METADATA = Artifact(
+    "temperature_metadata", "1.2", "temperature_metadata.json", ("phase", "config", "inputs", "outputs", "model", "run"),
+    "Phase 1.2 metadata",
+)
+TEMPERATURE_ACTIVATION = Artifact(
+    "temperature_activation", "1.2", "activations/{task_id}_layer_{layer}.npz", ("activation", "layer", "task_id"),
+    "Phase 1.2 activation file",
+)
+PHASE2_RESULTS = Artifact(
+    "phase2_results", "2", "results_{split}_{ts}.json",
+    ("split", "n_tasks", "layers", "sae", "top_latents", "permutation_null", "scores_dir", "labels",
+     "phase1_model", "label_source"),
+    "Phase 2 results file",
+)
+PHASE2_METADATA = Artifact(
+    "phase2_metadata", "2", "results_{split}_{ts}_metadata.json", ("phase", "config", "inputs", "outputs"),
+    "Phase 2 metadata",
+)
+PHASE2_TOP = Artifact(
+    "phase2_top", "2", "top_latents_{split}_{ts}.parquet",
+    ("direction", "rank", "layer", "latent", "f_correct", "f_incorrect", "separation_score",
+     "mean_correct", "mean_incorrect", "t_stat", "general_freq", "p_family"),
+    "Phase 2 top-latent table",
+)
+PHASE2_SCORES = Artifact(
+    "phase2_scores", "2", "scores_{split}_{ts}/layer_{layer}.npz",
+    ("f_correct", "f_incorrect", "separation_correct", "separation_incorrect",
+     "mean_correct", "mean_incorrect", "t_stat", "general_freq", "general_flagged"),
+    "Phase 2 score arrays",
+)
+
+ALL: tuple[Artifact, ...] = (
+    DIFFICULTY, SPLIT, SPLIT_METADATA, PHASE1_DATASET, PHASE1_METADATA, PHASE1_ACTIVATION,
+    TEMPERATURE_TABLE, TEMPERATURE_METADATA, TEMPERATURE_ACTIVATION,
+    PHASE2_RESULTS, PHASE2_METADATA, PHASE2_TOP, PHASE2_SCORES,
+)
+
+
+def temperature_label(temperature: float) -> str:
+    """``0.3`` -> ``0_3``, ``1.0`` -> ``1_0``: the ``{temp}`` of ``dataset_temp_{temp}.parquet``."""
+    text = f"{temperature:g}".replace("-", "m").replace(".", "_")
+    return text if "_" in text else text + "_0"
+
+
+def metadata_path_of(dataset_path: Path) -> Path:
+    """``dataset_<ts>.parquet`` -> ``dataset_<ts>_metadata.json`` (and likewise for results files)."""
+    return dataset_path.with_name(f"{dataset_path.stem}_metadata.json")
+
+
+def newest_phase2_results(data_dir: str | Path, split: str) -> Path:
+    """The newest ``results_<split>_<ts>.json``; a PipelineError naming the command when there is none."""
+    return PHASE2_RESULTS.newest(data_dir, split=split)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass
+class RunRecord:
+    """Which files belong to one run of a generating phase, and what makes runs comparable.
+
+    ``files`` maps a file name (relative to the phase folder) to its sha256, so a
+    table rewritten by another run is detected. ``settings`` are what must be
+    equal for two slices to be merged into one run (model, temperatures, seed,
+    ...); ``slices`` are the inclusive task-position ranges covered.
+    """
+
+    run_id: str
+    settings: dict[str, Any]
+    slices: list[list[int]] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "settings": self.settings, "slices": self.slices, "files": self.files}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: Path) -> RunRecord:
+        try:
+            return cls(
+                run_id=str(values["run_id"]),
+                settings=dict(values["settings"]),
+                slices=[[int(a), int(b)] for a, b in values["slices"]],
+                files={str(k): str(v) for k, v in values["files"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PipelineError(f"{where}: malformed run record ({exc!r})") from exc
+
+    def add_files(self, folder: Path, names: Sequence[str]) -> None:
+        for name in names:
+            self.files[name] = file_sha256(folder / name)
+
+    def verify(self, folder: Path, meta_path: Path) -> None:
+        """Every listed file exists with the recorded hash; else one line naming it."""
+        for name, sha in sorted(self.files.items()):
+            path = folder / name
+            if not path.is_file():
+                raise PipelineError(f"{path} is listed by {meta_path} (run {self.run_id}) but missing")
+            if file_sha256(path) != sha:
+                raise PipelineError(
+                    f"{path} was rewritten after run {self.run_id} recorded it in {meta_path} "
+                    "(its sha256 differs): the folder mixes tables of two runs; rerun the phase"
+                )
+
+
+def merge_slices(slices: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Union of inclusive ranges, as sorted disjoint ranges (adjacent ones joined)."""
+    out: list[list[int]] = []
+    for lo, hi in sorted((int(a), int(b)) for a, b in slices):
+        if out and lo <= out[-1][1] + 1:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return out
+
+
+def archive(folder: Path, names: Sequence[str], stamp: str | None = None) -> Path | None:
+    """Move ``names`` (files or folders in ``folder``) to ``folder/archive/<stamp>/``; returns it.
+
+    Why move rather than delete or overwrite: an earlier run made with other
+    settings is still someone's GPU hours; it stays whole and readable (point
+    ``--input`` at it, or move it back) instead of being silently replaced.
+    """
+    present = [n for n in names if (folder / n).exists()]
+    if not present:
+        return None
+    dest = folder / ARCHIVE_DIR / (stamp or timestamp())
+    if dest.exists():
+        dest = dest.with_name(f"{dest.name}_{timestamp()}")
+    dest.mkdir(parents=True)
+    for name in present:
+        shutil.move(str(folder / name), str(dest / name))
+    return dest
+
+
+# --------------------------------------------------------------------------- Phase 1.2 runs
+
+
+@dataclass
+class TemperatureRun:
+    """One Phase 1.2 run as its metadata records it: tables by temperature, the record, the metadata."""
+
+    folder: Path
+    meta_path: Path
+    meta: dict[str, Any]
+    record: RunRecord
+    tables: dict[float, Path]
+
+    @property
+    def model(self) -> str:
+        return str(self.meta["model"])
+
+    def samples(self, needed: Sequence[str]) -> pd.DataFrame:
+        """All listed tables' rows (only ``needed`` columns), in temperature order."""
+        frames = [TEMPERATURE_TABLE.read_table(p, needed)[list(needed)] for _, p in sorted(self.tables.items())]
+        return pd.concat(frames, ignore_index=True)
+
+
+def load_temperature_run(folder: str | Path) -> TemperatureRun | None:
+    """The Phase 1.2 run in ``folder``, verified; None when the folder holds no Phase 1.2 output.
+
+    Refused with one line: tables but no metadata, a listed table missing or
+    rewritten, or a ``dataset_temp_*.parquet`` the run does not list (tables of
+    two runs in one folder).
+    """
+    folder = Path(folder)
+    meta_path = folder / TEMPERATURE_METADATA.pattern
+    found = sorted(p.name for p in folder.glob(TEMPERATURE_TABLE.glob())) if folder.is_dir() else []
+    if not meta_path.is_file():
+        if found:
+            raise PipelineError(
+                f"{folder} holds {found[0]} but no {meta_path.name}: which run the tables belong to is unknown; "
+                f"rerun `{PHASE_COMMANDS['1.2']}`"
+            )
+        return None
+    meta = TEMPERATURE_METADATA.read_json(meta_path)
+    record = RunRecord.from_dict(meta["run"], meta_path)
+    unlisted = [name for name in found if name not in record.files]
+    if unlisted:
+        raise PipelineError(
+            f"{folder / unlisted[0]} is not part of the run recorded in {meta_path} (run {record.run_id}, "
+            f"tables {', '.join(sorted(record.files))}): the folder holds tables from two runs; "
+            "move the stray table away or rerun the phase"
+        )
+    record.verify(folder, meta_path)
+    tables = {float(t): folder / TEMPERATURE_TABLE.pattern.format(temp=temperature_label(float(t)))
+              for t in record.settings["temperatures"]}
+    return TemperatureRun(folder=folder, meta_path=meta_path, meta=meta, record=record, tables=tables)
+
+
+def read_phase1_metadata(dataset_path: Path) -> dict[str, Any]:
+    """The metadata of a Phase 1.0 dataset; refused when absent (the model would be unknown)."""
+    meta_path = metadata_path_of(dataset_path)
+    if not meta_path.is_file():
+        raise PipelineError(
+            f"{meta_path} is missing: the model and settings behind {dataset_path.name} are unknown; "
+            f"rerun `{PHASE_COMMANDS['1']}`"
+        )
+    return PHASE1_METADATA.read_json(meta_path, needed=("model",))
+
+
+def phase_folder(data_dir: str | Path, artifact: Artifact, create: bool = False) -> Path:
+    return phase_dir(data_dir, artifact.phase, create=create)

@@ -1,0 +1,44 @@
+"""One run of a phase per data directory at a time.
+
+Why: two runs of one phase writing into the same folder would interleave
+checkpoints, activation files and tables, and the second would replace what
+the first just wrote. The lock is ``fcntl.flock`` on a ``.lock`` file in the
+phase folder: the kernel releases it when the process ends, however it ends
+(SIGKILL included), so a killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from common.errors import PipelineError
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | Path, what: str) -> Iterator[Path]:
+    """Hold the lock of ``folder`` for the block; refuse in one line if another process holds it."""
+    path = Path(folder) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise PipelineError(
+                f"{what} is already running on {path.parent} ({holder}); wait for it to finish"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield path
+    finally:
+        handle.close()  # closing the descriptor releases the lock

@@ -1,0 +1,85 @@
+"""Synthetic Phase 1.0 / 1.2 runs written through ``common.artifacts``, for tests of the readers.
+
+Why through the artifact module: a fixture that writes its own idea of a
+table would let a reader pass on a schema no phase writes. Here the tables
+get every declared column (the ones a test does not care about filled with
+neutral values) and a metadata file with a run record, as the phases write.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common.artifacts import (
+    PHASE1_DATASET,
+    PHASE1_METADATA,
+    TEMPERATURE_METADATA,
+    TEMPERATURE_TABLE,
+    Artifact,
+    RunRecord,
+    metadata_path_of,
+    temperature_label,
+)
+from common.config import DEFAULT_MODEL, PipelineConfig
+from common.paths import timestamp
+
+_TEXT = {"prompt", "generated_text", "extracted_code", "detail", "stop_reason", "outcome"}
+
+
+def full_table(artifact: Artifact, rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with every column ``artifact`` declares; absent ones get neutral values."""
+    table = rows.copy()
+    for column in artifact.fields:
+        if column in table.columns:
+            continue
+        if column == "outcome" and "passed" in table.columns:
+            table[column] = ["passed" if p else "assertion" for p in table["passed"]]
+        elif column in _TEXT:
+            table[column] = ""
+        else:
+            table[column] = 0
+    return table[list(artifact.fields)]
+
+
+def _meta(phase: str, model: str, record: RunRecord, outputs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "phase": phase, "config": PipelineConfig(model=model).to_dict(), "inputs": {}, "outputs": outputs,
+        "model": model, "run": record.to_dict(),
+    }
+
+
+def write_phase1_run(data: Path, rows: pd.DataFrame, model: str = DEFAULT_MODEL, stamp: str | None = None) -> Path:
+    """A Phase 1.0 dataset (``rows`` need task_id and passed) and its metadata; returns the dataset path."""
+    stamp = stamp or timestamp()
+    path = PHASE1_DATASET.path(data, ts=stamp)
+    PHASE1_DATASET.write(full_table(PHASE1_DATASET, rows).sort_values("task_id").reset_index(drop=True), path)
+    record = RunRecord(run_id=stamp, settings={"model": model}, slices=[[0, len(rows) - 1]])
+    record.add_files(path.parent, [path.name])
+    PHASE1_METADATA.write(_meta("1", model, record, {"dataset": str(path)}), metadata_path_of(path))
+    return path
+
+
+def write_temperature_run(data: Path, tables: dict[float, pd.DataFrame], model: str = DEFAULT_MODEL) -> Path:
+    """Phase 1.2 tables (each needs task_id, sample_index, passed) and the metadata listing them."""
+    folder = data / "phase1_2"
+    record = RunRecord(run_id=timestamp(), settings={"model": model, "temperatures": sorted(tables)}, slices=[])
+    for temperature, rows in tables.items():
+        name = TEMPERATURE_TABLE.pattern.format(temp=temperature_label(temperature))
+        TEMPERATURE_TABLE.write(full_table(TEMPERATURE_TABLE, rows.assign(temperature=float(temperature))), folder / name)
+        record.add_files(folder, [name])
+    TEMPERATURE_METADATA.write(
+        _meta("1.2", model, record, {f"T{t:g}": str(folder / n) for t, n in zip(sorted(tables), sorted(record.files))}),
+        folder / TEMPERATURE_METADATA.pattern,
+    )
+    return folder
+
+
+def validation_ids_in_positions(data: Path, start: int, end: int) -> set[int]:
+    """--start/--end count positions among all tasks (sorted by task_id): the validation tasks in that window."""
+    split = data / "phase0_1"
+    every = sorted(int(t) for n in ("sae", "hyperparams", "validation") for t in pd.read_parquet(split / f"{n}_mbpp.parquet")["task_id"])
+    validation = set(pd.read_parquet(split / "validation_mbpp.parquet")["task_id"].astype(int))
+    return validation & set(every[start : end + 1])
