@@ -17,6 +17,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 DEFAULT_MODEL = "google/gemma-2-2b"
@@ -69,13 +70,18 @@ class PipelineConfig:
     )
     humaneval_path: str | None = option(
         None, help="local HumanEval.jsonl.gz or jsonl of the original release (env PVA_HUMANEVAL_PATH; default: the hub)",
-        scope=("check-humaneval",), group="benchmarks",
+        scope=("1", "3", "check-humaneval"), group="benchmarks",
     )
     seed: int = option(42, help="random seed for splits, sampling and shuffles", scope=EVERY_COMMAND, minimum=0)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N", scope=EVERY_COMMAND)
 
     input: str | None = option(
         None, help="use this earlier-phase output instead of the newest one", scope=ALL_PHASES[1:], group="phases"
+    )
+
+    dataset: str = option(
+        "mbpp", help="benchmark to generate for; humaneval writes under <data dir>/humaneval/ (Phase 3 reads it for transfer)",
+        scope="1", choices=("mbpp", "humaneval"), group="benchmarks",
     )
 
     # Phase 0.1: split
@@ -234,6 +240,16 @@ class PipelineConfig:
             if value is not None:
                 setattr(cfg, key, value)
         return cfg
+
+
+def benchmark_data_dir(data_dir: str | Path, dataset: str) -> Path:
+    """Where a benchmark's outputs live: MBPP in the data directory, any other in a folder of its name inside it.
+
+    Why a folder of its own: every file name and reader of the MBPP study stays
+    as it is, and a second benchmark's tables and activations can never be
+    mistaken for (or mixed with) MBPP's.
+    """
+    return Path(data_dir) if dataset == "mbpp" else Path(data_dir) / dataset
 
 
 def _refuse_unknown(values: dict[str, Any]) -> None:

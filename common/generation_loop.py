@@ -42,6 +42,9 @@ class Job:
     test_setup_code: str
     tests: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
+    # Text put before the generation when the program is extracted: a completion
+    # benchmark (HumanEval) generates a function body, which is a program only with its prompt.
+    code_prefix: str = ""
 
 
 def record_key(job_key: str, sample_index: int) -> str:
@@ -134,7 +137,7 @@ def generate_and_execute(
                     job = batch[result.index]
                     if record_key(job.key, result.sample_index) in done:
                         continue
-                    code = extract_code(result.generated_text)
+                    code = extract_code(job.code_prefix + result.generated_text)
                     future = executor.submit(job.task_id, code, job.test_setup_code, job.tests)
                     pending.append((job, result, code, future))
             drain(block=False)

@@ -162,3 +162,34 @@ def check_humaneval_cli(cfg: Any, json_path: str | None = None) -> int:
     from common.check_mbpp import run_and_report
 
     return run_and_report(cfg, canonical_items(load_humaneval(cfg.humaneval_path)), json_path)
+
+
+def humaneval_tasks(path: str | Path | None) -> pd.DataFrame:
+    """Problems with the complexity of their canonical solution (HumanEval's counterpart of Phase 0)."""
+    from common.complexity import cyclomatic_complexity
+
+    problems = load_humaneval(path)
+    problems["cyclomatic_complexity"] = [
+        cyclomatic_complexity(p + c) for p, c in zip(problems["prompt"], problems["canonical_solution"])
+    ]
+    return problems
+
+
+def humaneval_source_description(path: str | Path | None) -> str:
+    return str(path) if path else f"hub:{HUB_DATASET}"
+
+
+def humaneval_job(problem: dict[str, Any]) -> Any:
+    """A generation job: the prompt to complete, and the test program its completion is run in."""
+    from common.generation_loop import Job
+
+    prompt = build_humaneval_prompt(problem)
+    return Job(
+        key=str(int(problem["task_id"])),
+        task_id=int(problem["task_id"]),
+        prompt=prompt,
+        test_setup_code=str(problem["test"]),
+        tests=[f"check({problem['entry_point']})"],
+        extra={"cyclomatic_complexity": int(problem["cyclomatic_complexity"])},
+        code_prefix=prompt,
+    )

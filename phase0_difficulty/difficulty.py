@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 
 import pandas as pd
-from radon.visitors import ComplexityVisitor
 
 from common.artifacts import DIFFICULTY, metadata_path_of
+from common.complexity import cyclomatic_complexity
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp, mbpp_source_description
@@ -23,20 +23,6 @@ from common.paths import timestamp
 from common.storage import write_json
 
 logger = logging.getLogger(__name__)
-
-
-def cyclomatic_complexity(code: str) -> int:
-    """McCabe complexity of a whole program: its decision points plus one.
-
-    radon's ``total_complexity`` counts the branches of the module body and of
-    every function and method once, so a helper function without branches does
-    not make a solution look harder.
-
-    MBPP solutions mostly use CRLF line endings (972 of 974): they are normalised
-    to ``\\n`` first so radon parses them like Python itself would run them.
-    """
-    source = code.replace("\r\n", "\n").replace("\r", "\n")
-    return int(ComplexityVisitor.from_code(source).total_complexity)
 
 
 def compute_difficulty(problems: pd.DataFrame) -> pd.DataFrame:

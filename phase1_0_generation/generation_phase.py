@@ -27,11 +27,12 @@ import pandas as pd
 
 from common.activations import save_task_activations
 from common.artifacts import DIFFICULTY, PHASE1_DATASET, PHASE1_METADATA, RunRecord, archive, merge_slices, metadata_path_of
-from common.config import PipelineConfig
+from common.config import PipelineConfig, benchmark_data_dir
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
 from common.generation_loop import Job, generate_and_execute
+from common.humaneval import HUMANEVAL_PROMPT_VERSION, humaneval_job, humaneval_source_description, humaneval_tasks
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
@@ -45,8 +46,16 @@ logger = logging.getLogger(__name__)
 DATASET_COLUMNS = list(PHASE1_DATASET.fields)
 
 
-def load_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path]:
-    """MBPP problems joined with the Phase 0 difficulty mapping, in task_id order."""
+def load_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path | None]:
+    """The benchmark's problems with their difficulty, in task_id order.
+
+    MBPP: joined with the Phase 0 difficulty mapping. HumanEval: the complexity
+    of each canonical solution, computed here (it has no Phase 0).
+    """
+    if cfg.dataset == "humaneval":
+        if cfg.input:
+            raise PipelineError("--input names a Phase 0 difficulty mapping of MBPP; --dataset humaneval takes none")
+        return humaneval_tasks(cfg.humaneval_path), None
     difficulty_path = resolve_input(cfg.input, cfg.data_dir, "0", DIFFICULTY.glob())
     difficulty = DIFFICULTY.read_table(difficulty_path)
     problems = load_mbpp(cfg.mbpp_path)
@@ -69,11 +78,38 @@ def task_universe(cfg: PipelineConfig) -> tuple[list[int], list[int]]:
     return ids, ids
 
 
+def prompt_version(cfg: PipelineConfig) -> str:
+    return HUMANEVAL_PROMPT_VERSION if cfg.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION
+
+
+def source_description(cfg: PipelineConfig) -> str:
+    if cfg.dataset == "humaneval":
+        return humaneval_source_description(cfg.humaneval_path)
+    return mbpp_source_description(cfg.mbpp_path)
+
+
+def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame) -> list[Job]:
+    """One greedy generation job per task, with the tests its program must pass."""
+    if cfg.dataset == "humaneval":
+        return [humaneval_job(row) for row in sliced.to_dict("records")]
+    return [
+        Job(
+            key=str(int(row.task_id)),
+            task_id=int(row.task_id),
+            prompt=build_prompt(row.text, list(row.test_list)),
+            test_setup_code=row.test_setup_code,
+            tests=list(row.test_list),
+            extra={"cyclomatic_complexity": int(row.cyclomatic_complexity)},
+        )
+        for row in sliced.itertuples()
+    ]
+
+
 def run_settings(cfg: PipelineConfig) -> dict[str, Any]:
     """What two Phase 1.0 runs must share for their slices to form one dataset."""
     return {
         "model": cfg.model, "layers": cfg.layers, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
-        "prompt": PROMPT_TEMPLATE_VERSION, "mbpp": mbpp_source_description(cfg.mbpp_path),
+        "prompt": prompt_version(cfg), "dataset": cfg.dataset, "source": source_description(cfg),
     }
 
 
@@ -117,11 +153,15 @@ def resolve_layers(requested: list[int] | None, n_layers: int) -> list[int]:
 
 
 def run(cfg: PipelineConfig) -> Path:
-    """Run Phase 1.0 on the slice ``cfg.start..cfg.end``; return the table written."""
+    """Run Phase 1.0 on the slice ``cfg.start..cfg.end``; return the table written.
+
+    ``--dataset humaneval`` writes the same files under ``<data dir>/humaneval/``.
+    """
     clock = RunClock()
+    cfg = dataclasses.replace(cfg, data_dir=str(benchmark_data_dir(cfg.data_dir, cfg.dataset)))
     tasks, difficulty_path = load_tasks(cfg)
     ids = tasks["task_id"].astype(int).tolist()
-    start, end, chosen = tasks_in_range(ids, ids, cfg.start, cfg.end, "MBPP")
+    start, end, chosen = tasks_in_range(ids, ids, cfg.start, cfg.end, "HumanEval" if cfg.dataset == "humaneval" else "MBPP")
     sliced = tasks[tasks["task_id"].isin(chosen)]
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))
@@ -138,24 +178,14 @@ def run(cfg: PipelineConfig) -> Path:
     activations_dir = out_root / "activations"
     identity = {
         "model": cfg.model, "start": start, "end": end, "layers": layers, "max_new_tokens": cfg.max_new_tokens,
-        "prompt": PROMPT_TEMPLATE_VERSION, "mbpp": mbpp_source_description(cfg.mbpp_path), "seed": cfg.seed,
+        "prompt": prompt_version(cfg), "source": source_description(cfg), "seed": cfg.seed,
     }
     key = run_key(identity)
     checkpointer = RecordCheckpointer(
         out_root / "checkpoints" / f"{model_slug(cfg.model)}_{start}-{end}_{key}",
         cfg.checkpoint_every, cfg.autosave_every, cfg.autosave_keep,
     )
-    jobs = [
-        Job(
-            key=str(int(row.task_id)),
-            task_id=int(row.task_id),
-            prompt=build_prompt(row.text, list(row.test_list)),
-            test_setup_code=row.test_setup_code,
-            tests=list(row.test_list),
-            extra={"cyclomatic_complexity": int(row.cyclomatic_complexity)},
-        )
-        for row in sliced.itertuples()
-    ]
+    jobs = build_jobs(cfg, sliced)
 
     def on_record(job: Job, result: GenerationResult, verdict: ExecutionResult, record: dict[str, Any]) -> None:
         label = "correct" if verdict.passed else "incorrect"
@@ -170,16 +200,21 @@ def run(cfg: PipelineConfig) -> Path:
     extra = {
         "device": str(device),
         "dtype": str(default_dtype(device)),
-        "mbpp_source": mbpp_source_description(cfg.mbpp_path),
+        "dataset": cfg.dataset,
+        "source": source_description(cfg),
         "slice": {"start": start, "end": end, "n_tasks": len(dataset)},
         "layers": layers,
         "capture_site": "blocks.{L}.hook_resid_post (output of decoder layer L, before the final norm), last prompt token",
-        "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+        "prompt_template_version": prompt_version(cfg),
         "generation": dataclasses.asdict(gen_cfg),
         "executor": executor_config_for(cfg).to_dict(),
         "run_key": key,
     }
-    inputs: dict[str, str | Path] = {"difficulty": difficulty_path, **({"mbpp": cfg.mbpp_path} if cfg.mbpp_path else {})}
+    inputs: dict[str, str | Path] = {
+        **({"difficulty": difficulty_path} if difficulty_path else {}),
+        **({"mbpp": cfg.mbpp_path} if cfg.mbpp_path and cfg.dataset == "mbpp" else {}),
+        **({"humaneval": cfg.humaneval_path} if cfg.humaneval_path and cfg.dataset == "humaneval" else {}),
+    }
     out_path = publish(cfg, dataset, settings, earlier, (start, end), inputs, clock, extra)
     checkpointer.clear()
     return out_path
