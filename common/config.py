@@ -252,6 +252,36 @@ def benchmark_data_dir(data_dir: str | Path, dataset: str) -> Path:
     return Path(data_dir) if dataset == "mbpp" else Path(data_dir) / dataset
 
 
+def same_model(a: str, b: str) -> bool:
+    """Two model names that mean the same weights: equal ids, or paths to the same folder."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def model_of_phase1(given: str, recorded: str | None) -> tuple[str, str]:
+    """The model Phases 2 and 3 must load: the one that produced Phase 1's activations.
+
+    ``--model`` left at its default means "Phase 1's model"; a ``--model`` that
+    names another model is refused, because reading or steering one model with
+    latents found in another's activations measures nothing. Returns the model
+    and a sentence for the metadata saying why that one.
+    """
+    if recorded is None:
+        return given, "--model (no Phase 1 metadata names a model)"
+    if same_model(given, recorded):
+        return given, "--model, the model named in the Phase 1 metadata"
+    if given == DEFAULT_MODEL:
+        return recorded, f"--model left at its default; the Phase 1 metadata names {recorded}, used instead"
+    from common.errors import PipelineError
+
+    raise PipelineError(
+        f"--model {given} is not the model that produced the Phase 1 activations ({recorded}); "
+        f"leave --model out or pass --model {recorded}"
+    )
+
+
 def _refuse_unknown(values: dict[str, Any]) -> None:
     unknown = sorted(set(values) - {f.name for f in dataclasses.fields(PipelineConfig)})
     if unknown:

@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from common.artifacts import PHASE2_METADATA, PHASE2_RESULTS, PHASE2_SCORES, PHASE2_TOP
-from common.config import DEFAULT_MODEL, PipelineConfig
+from common.config import PipelineConfig, model_of_phase1
 from common.errors import PipelineError
 from common.metadata import RunClock, build_metadata
 from common.models import resolve_device
@@ -94,27 +94,10 @@ def sae_source(cfg: PipelineConfig) -> SAESource:
 
 
 def corpus_model(cfg: PipelineConfig, data: SplitData) -> tuple[str, str]:
-    """The model whose residual stream the general filter reads, and why that one.
-
-    It must be the model that produced the Phase 1 activations: a user who
-    left ``--model`` at its default gets the model Phase 1's metadata names.
-    """
-    recorded = data.phase1_model
-    if recorded and cfg.model == DEFAULT_MODEL and recorded != DEFAULT_MODEL:
-        logger.info("general filter: --model left at its default; Phase 1 metadata names %s, using it", recorded)
-        return recorded, f"--model left at its default; the Phase 1 metadata names {recorded}, used instead"
-    if recorded and recorded != cfg.model:
-        logger.warning(
-            "general filter: --model %s differs from the model in the Phase 1 metadata (%s); using --model as given",
-            cfg.model, recorded,
-        )
-        return cfg.model, f"--model {cfg.model} as given (the Phase 1 metadata names {recorded})"
-    if recorded:
-        return cfg.model, "the model named in the Phase 1 metadata"
-    logger.warning(
-        "general filter: no Phase 1 metadata names the model that produced the activations; using --model %s", cfg.model
-    )
-    return cfg.model, "--model (no Phase 1 metadata names a model)"
+    """The model whose residual stream the general filter reads (Phase 1's), and why that one."""
+    model, note = model_of_phase1(cfg.model, data.phase1_model)
+    logger.info("general filter: model %s (%s)", model, note)
+    return model, note
 
 
 def _load_matrices(data: SplitData, layers: list[int], neighbours: dict[int, int | None]) -> dict[int, np.ndarray]:

@@ -49,3 +49,15 @@ def test_readme_flag_table_is_the_generated_one():
     readme = (REPO_ROOT / "README.md").read_text()
     table = readme.split("<!-- options:start -->\n", 1)[1].split("<!-- options:end -->", 1)[0]
     assert table == options_markdown(), "README flag table is stale: paste `python3 run.py options` between the markers"
+
+
+def test_phases_2_and_3_use_phase1s_model(tmp_path):
+    from common.config import DEFAULT_MODEL, model_of_phase1
+
+    assert model_of_phase1(DEFAULT_MODEL, "/models/tiny")[0] == "/models/tiny"  # default means Phase 1's
+    assert model_of_phase1("/models/tiny", "/models/tiny")[0] == "/models/tiny"
+    assert model_of_phase1("org/other", None)[0] == "org/other"  # nothing recorded: as given
+    (tmp_path / "m").mkdir()
+    assert model_of_phase1(str(tmp_path / "m" / ".." / "m"), str(tmp_path / "m"))[0]  # same folder, two spellings
+    with pytest.raises(PipelineError, match="not the model that produced the Phase 1 activations"):
+        model_of_phase1("org/other", "/models/tiny")
