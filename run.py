@@ -81,8 +81,8 @@ def _add_phase_options(parser: argparse.ArgumentParser) -> None:
 
     g = parser.add_argument_group("phases 1 and 1.2 (generation)")
     g.add_argument("--model", help=f"hub id or local model folder (default {DEFAULT_MODEL})")
-    g.add_argument("--start", type=int, help="first task position, inclusive (default 0)")
-    g.add_argument("--end", type=int, help="last task position, inclusive (default: last task)")
+    g.add_argument("--start", type=int, help="first task position, inclusive (default 0); positions count among ALL tasks sorted by task_id, in every phase (phase 1.2 runs the validation tasks inside start..end)")
+    g.add_argument("--end", type=int, help="last task position, inclusive (default: the last task); same counting as --start")
     g.add_argument("--layers", type=_int_list, help="layers to capture, e.g. 0,6,12 (default all)")
     g.add_argument("--batch-size", type=int, help="prompts per batch (default: from free GPU memory; 8 on CPU)")
     g.add_argument("--max-new-tokens", type=int, help="generation budget per solution (default 512)")

@@ -29,8 +29,10 @@ class PipelineConfig:
 
     # Phase 1.0 / 1.2: generation
     model: str = DEFAULT_MODEL
-    start: int | None = None
-    end: int | None = None
+    # --start/--end: inclusive positions among ALL tasks sorted by task_id, the same in every phase;
+    # each phase runs the tasks of its own set (Phase 1.2: the validation split) inside the range.
+    start: int | None = field(default=None, metadata={"help": "first task position among all tasks sorted by task_id, inclusive (default 0)"})
+    end: int | None = field(default=None, metadata={"help": "last task position among all tasks sorted by task_id, inclusive (default: the last)"})
     layers: list[int] | None = None
     batch_size: int | None = None
     max_new_tokens: int = 512

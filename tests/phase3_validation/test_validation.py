@@ -454,7 +454,13 @@ def test_runs_on_real_phase2_results(e2e, tmp_path):
     doc = json.loads(summary.with_name(summary.name.replace("summary_", "validation_").replace(".md", ".json")).read_text())
     assert doc["inputs"]["phase2_results"] == str(results)
     assert doc["inputs"]["phase1_dataset"] == str(next((data / "phase1_0").glob("dataset_*.parquet")))
-    raw = json.loads(results.read_text())
+    from common.artifacts import PHASE2_RESULTS, PHASE2_TOP, read_phase1_metadata
+
+    raw = PHASE2_RESULTS.read_json(results)  # every declared field is there
+    dataset = Path(raw["label_source"]["tables"][0])
+    assert raw["label_source"]["phase"] == "1" and dataset.is_file()
+    assert raw["phase1_model"] == read_phase1_metadata(dataset)["model"] == e2e["cfg"].model
+    PHASE2_TOP.read_table(raw["top_latents_path"])
     assert doc["phase2_top"]["correct"]["latent"] == raw["top_latents"]["correct"][0]["latent"]
     assert doc["steering"]["alpha0_check"]["passed"]
 
