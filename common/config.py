@@ -98,11 +98,12 @@ class PipelineConfig:
         scope=("1", "1.2", "2", "3", "test-gpu"), group="generation",
     )
     start: int | None = option(
-        None, help="first task position, inclusive, counted in the phase's own task list (default 0)",
+        None, help="first task position, inclusive: positions count among all tasks sorted by task_id, in every phase "
+        "(Phase 1.2 runs the validation tasks inside start..end) (default 0)",
         scope=GENERATING_PHASES, minimum=0, group="generation",
     )
     end: int | None = option(
-        None, help="last task position, inclusive (default: the last task)", scope=GENERATING_PHASES, minimum=0,
+        None, help="last task position, inclusive, counted as --start (default: the last task)", scope=GENERATING_PHASES, minimum=0,
         group="generation",
     )
     layers: list[int] | None = option(

@@ -69,8 +69,8 @@ def split_tasks(
     return pd.concat(parts).sort_values("task_id").reset_index(drop=True)
 
 
-def set_aside_other_splits(out_dir: Path, settings: dict[str, object]) -> Path | None:
-    """Move earlier splits made with other settings (or of unknown settings) to ``archive/``; return where."""
+def set_aside_other_splits(out_dir: Path, settings: dict[str, object]) -> RunRecord | None:
+    """The earlier run's record when its settings are these; else move its splits to ``archive/`` (None)."""
     meta_path = out_dir / SPLIT_METADATA.pattern
     names = [SPLIT.pattern.format(split=n) for n in SPLIT_NAMES] + [SPLIT_METADATA.pattern]
     if not any((out_dir / n).exists() for n in names):
@@ -81,7 +81,7 @@ def set_aside_other_splits(out_dir: Path, settings: dict[str, object]) -> Path |
     except PipelineError as exc:
         logger.warning("phase 0.1: earlier splits of unknown settings (%s)", exc)
     if earlier is not None and earlier.settings == settings:
-        return None  # the same settings give the same splits: rewriting them loses nothing
+        return earlier  # the same settings give the same splits: rewriting them loses nothing
     dest = archive(out_dir, names, earlier.run_id if earlier is not None else None)
     changed = sorted(k for k in settings if earlier is None or earlier.settings.get(k) != settings[k])
     logger.warning(
@@ -89,7 +89,7 @@ def set_aside_other_splits(out_dir: Path, settings: dict[str, object]) -> Path |
         "on them stay valid for those splits only: move the folder's files back to use them again",
         ", ".join(changed), dest,
     )
-    return dest
+    return None
 
 
 def run(cfg: PipelineConfig) -> Path:
@@ -112,8 +112,8 @@ def run(cfg: PipelineConfig) -> Path:
         "seed": cfg.seed, "split_fractions": list(cfg.split_fractions), "n_strata": cfg.n_strata,
         "difficulty_sha256": file_sha256(difficulty_path), "mbpp": mbpp_source_description(cfg.mbpp_path),
     }
-    record = RunRecord(run_id=timestamp(), settings=settings)
-    set_aside_other_splits(out_dir, settings)
+    same = set_aside_other_splits(out_dir, settings)
+    record = RunRecord(run_id=same.run_id if same is not None else timestamp(), settings=settings)
     outputs: dict[str, Path] = {}
     sizes: dict[str, int] = {}
     for name in SPLIT_NAMES:

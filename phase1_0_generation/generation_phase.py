@@ -67,11 +67,6 @@ def load_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path | None]:
     return tasks.sort_values("task_id").reset_index(drop=True), difficulty_path
 
 
-def task_count(cfg: PipelineConfig) -> int:
-    """How many tasks Phase 1.0 covers (for the launcher's default range)."""
-    return len(load_tasks(cfg)[0])
-
-
 def task_universe(cfg: PipelineConfig) -> tuple[list[int], list[int]]:
     """(every task id, the tasks Phase 1.0 runs: all of them) for the launcher's slicing."""
     ids = load_tasks(cfg)[0]["task_id"].astype(int).tolist()

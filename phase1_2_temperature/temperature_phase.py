@@ -177,10 +177,6 @@ def publish(
     return folder
 
 
-def task_count(cfg: PipelineConfig) -> int:
-    return len(load_validation_tasks(cfg)[0])
-
-
 def _check_temperatures(temperatures: list[float], samples: int) -> None:
     if not temperatures:
         raise PipelineError("--temperatures is empty")

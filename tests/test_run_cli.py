@@ -119,3 +119,15 @@ def test_environment_problems_are_one_line(tmp_path):
     out = run_cli("phase", "0", "--mbpp-path", str(tmp_path), data_dir=tmp_path / "d")
     assert out.returncode == 2
     assert "is a directory, not a file" in _one_error_line(out.stderr)
+
+
+def test_artifact_missing_a_column_is_one_line_and_writes_nothing(tmp_path):
+    import pandas as pd
+
+    bad = tmp_path / "difficulty_20260101_000000_000000.parquet"
+    pd.DataFrame({"task_id": [1, 2]}).to_parquet(bad)
+    out = run_cli("phase", "0.1", "--mbpp-path", str(DEMO_PROBLEMS), "--input", str(bad), data_dir=tmp_path)
+    assert out.returncode == 2
+    line = _one_error_line(out.stderr)
+    assert str(bad) in line and "missing cyclomatic_complexity" in line
+    assert not list((tmp_path / "phase0_1").glob("*_mbpp.parquet"))

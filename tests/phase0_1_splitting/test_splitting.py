@@ -9,7 +9,7 @@ import phase0_difficulty
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from phase0_1_splitting.splitting import SPLIT_NAMES, allocate, split_tasks
-from tests.paths import REAL_MBPP, requires_real_mbpp
+from tests.paths import DEMO_PROBLEMS, REAL_MBPP, requires_real_mbpp
 
 
 def _difficulty(n, seed=0):
@@ -65,3 +65,22 @@ def test_phase01_on_real_mbpp(tmp_path):
     for stratum in meta["strata"]:
         for name, frac in zip(SPLIT_NAMES, (0.5, 0.1, 0.4)):
             assert abs(stratum[name] - frac * stratum["n"]) < 1
+
+
+def test_rerun_with_another_seed_keeps_the_earlier_splits(tmp_path):
+    """Item 8: the same settings rewrite the same splits; another seed moves the earlier ones to archive/."""
+    import dataclasses
+
+    cfg = PipelineConfig(data_dir=str(tmp_path), mbpp_path=str(DEMO_PROBLEMS))
+    phase0_difficulty.run(cfg)
+    out = phase0_1_splitting.run(cfg)
+    before = pd.read_parquet(out / "validation_mbpp.parquet")
+    run_id = json.loads((out / "split_metadata.json").read_text())["run"]["run_id"]
+    phase0_1_splitting.run(cfg)
+    assert not (out / "archive").exists()
+    phase0_1_splitting.run(dataclasses.replace(cfg, seed=7))
+    kept = out / "archive" / run_id
+    pd.testing.assert_frame_equal(pd.read_parquet(kept / "validation_mbpp.parquet"), before)
+    assert json.loads((kept / "split_metadata.json").read_text())["seed"] == 42
+    assert json.loads((out / "split_metadata.json").read_text())["seed"] == 7
+    assert set(pd.read_parquet(out / "validation_mbpp.parquet")["task_id"]) != set(before["task_id"])

@@ -130,3 +130,30 @@ def test_sigkill_then_rerun_equals_uninterrupted(phase1_run, tiny_model_dir, tmp
             a = np.load(activation_path(data / "phase1_0" / "activations", row.task_id, layer, label))["activation"]
             b = np.load(activation_path(ref_acts, row.task_id, layer, label))["activation"]
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_slices_merge_and_other_settings_are_archived(tiny_model_dir, tmp_path):
+    """Item 8: a second slice gives a dataset with both; other settings move the earlier run aside whole."""
+    import dataclasses
+    import json
+
+    from common.artifacts import PHASE1_DATASET, metadata_path_of
+
+    cfg = _cfg(tmp_path, tiny_model_dir, start=0, end=2, max_new_tokens=4)
+    phase0_difficulty.run(cfg)
+    first = phase1_0_generation.run(cfg)
+    second = phase1_0_generation.run(dataclasses.replace(cfg, start=3, end=4))
+    assert first.is_file() and second != first  # the earlier dataset is kept under its own name
+    both = pd.read_parquet(second)
+    ids = sorted(pd.read_parquet(first)["task_id"])
+    assert len(both) == 5 and sorted(both["task_id"])[:3] == ids
+    pd.testing.assert_frame_equal(both[both["task_id"].isin(ids)].reset_index(drop=True), pd.read_parquet(first))
+    record = json.loads(metadata_path_of(second).read_text())["run"]
+    assert record["slices"] == [[0, 4]] and PHASE1_DATASET.newest(tmp_path) == second
+
+    third = phase1_0_generation.run(dataclasses.replace(cfg, max_new_tokens=5))
+    kept = tmp_path / "phase1_0" / "archive" / record["run_id"]
+    assert sorted(p.name for p in kept.glob("dataset_*.parquet")) == sorted([first.name, second.name])
+    assert len(list((kept / "activations").rglob("*_layer_0.npz"))) == 5
+    assert len(pd.read_parquet(third)) == 3
+    assert sorted(p.name for p in (tmp_path / "phase1_0").glob("dataset_*.parquet")) == [third.name]

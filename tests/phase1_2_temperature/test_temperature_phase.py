@@ -109,3 +109,38 @@ def test_sigkill_then_rerun_gives_the_same_samples(tmp_path, tiny_model_dir):
     want = pd.read_parquet(reference / "phase1_2" / "dataset_temp_0_9.parquet")
     cols = ["task_id", "sample_index", "generated_text", "passed", "outcome"]
     pd.testing.assert_frame_equal(got[cols], want[cols])
+
+
+def test_slices_merge_into_one_run_and_other_settings_are_archived(tmp_path, tiny_model_dir):
+    """Item 8: a second slice adds to the run's tables; a run with other temperatures sets the earlier one aside."""
+    import dataclasses
+    import json
+
+    from common.artifacts import load_temperature_run
+
+    cfg = _cfg(tmp_path, tiny_model_dir, start=0, end=8, temperatures=[0.7], samples_per_task=2, batch_size=4)
+    phase0_difficulty.run(cfg)
+    phase0_1_splitting.run(cfg)
+    first_ids = validation_ids_in_positions(tmp_path, 0, 8)
+    second_ids = validation_ids_in_positions(tmp_path, 9, 11)
+    assert first_ids and second_ids and not first_ids & second_ids
+    folder = phase1_2_temperature.run(cfg)
+    first = pd.read_parquet(folder / "dataset_temp_0_7.parquet")
+
+    phase1_2_temperature.run(dataclasses.replace(cfg, start=9, end=11))
+    merged = pd.read_parquet(folder / "dataset_temp_0_7.parquet")
+    assert set(merged["task_id"]) == first_ids | second_ids and len(merged) == 2 * len(first_ids | second_ids)
+    kept = merged[merged["task_id"].isin(first_ids)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, first)  # the first slice's rows are untouched
+    meta = json.loads((folder / "temperature_metadata.json").read_text())
+    assert meta["run"]["slices"] == [[0, 11]]
+    run_id = meta["run"]["run_id"]
+
+    phase1_2_temperature.run(dataclasses.replace(cfg, temperatures=[1.1]))
+    kept_dir = folder / "archive" / run_id
+    pd.testing.assert_frame_equal(pd.read_parquet(kept_dir / "dataset_temp_0_7.parquet"), merged)
+    assert (kept_dir / "temperature_metadata.json").is_file()
+    assert len(list((kept_dir / "activations").glob("*_layer_0.npz"))) == len(first_ids | second_ids)
+    assert load_temperature_run(kept_dir) is not None  # the archived run is still a readable run
+    now = load_temperature_run(folder)
+    assert now is not None and sorted(now.tables) == [1.1] and not (folder / "dataset_temp_0_7.parquet").exists()

@@ -454,6 +454,69 @@ def test_runs_on_real_phase2_results(e2e, tmp_path):
     doc = json.loads(summary.with_name(summary.name.replace("summary_", "validation_").replace(".md", ".json")).read_text())
     assert doc["inputs"]["phase2_results"] == str(results)
     assert doc["inputs"]["phase1_dataset"] == str(next((data / "phase1_0").glob("dataset_*.parquet")))
-    raw = json.loads(results.read_text())
+    from common.artifacts import PHASE2_RESULTS, PHASE2_TOP, read_phase1_metadata
+
+    raw = PHASE2_RESULTS.read_json(results)  # every declared field is there
+    dataset = Path(raw["label_source"]["tables"][0])
+    assert raw["label_source"]["phase"] == "1" and dataset.is_file()
+    assert raw["phase1_model"] == read_phase1_metadata(dataset)["model"] == e2e["cfg"].model
+    PHASE2_TOP.read_table(raw["top_latents_path"])
     assert doc["phase2_top"]["correct"]["latent"] == raw["top_latents"]["correct"][0]["latent"]
     assert doc["steering"]["alpha0_check"]["passed"]
+
+
+# --------------------------------------------------------------------------- bad input across runs
+
+
+def _val_samples(val_ids):
+    return pd.DataFrame([{"task_id": t, "sample_index": k, "passed": k == 0} for t in val_ids for k in range(2)])
+
+
+def test_phase12_tables_from_another_model_are_refused(planted_data):
+    data, val_ids, *_ = planted_data
+    write_temperature_run(data, {0.6: _val_samples(val_ids)}, model="other/model")
+    with pytest.raises(PipelineError, match=r"temperature_metadata\.json: the Phase 1\.2 tables are from model 'other/model' but the Phase 1\.0 dataset dataset_.*is from 'google/gemma-2-2b'"):
+        load_inputs(PipelineConfig(data_dir=str(data)))
+
+
+def test_phase2_results_from_another_model_are_refused(planted_data):
+    data, *_ = planted_data
+    results = next((data / "phase2").glob("results_sae_*.json"))
+    doc = json.loads(results.read_text())
+    doc["phase1_model"] = "other/model"
+    results.write_text(json.dumps(doc))
+    with pytest.raises(PipelineError, match=r"results_sae_.*\.json: Phase 2 read activations of model 'other/model' but the Phase 1\.0 dataset"):
+        load_inputs(PipelineConfig(data_dir=str(data)))
+
+
+def test_phase2_results_missing_a_field_name_it(planted_data):
+    data, *_ = planted_data
+    results = next((data / "phase2").glob("results_sae_*.json"))
+    doc = json.loads(results.read_text())
+    del doc["label_source"]
+    results.write_text(json.dumps(doc))
+    with pytest.raises(PipelineError, match=rf"{results.name}: missing label_source; a Phase 2 results file"):
+        load_inputs(PipelineConfig(data_dir=str(data)))
+
+
+def test_phase12_folder_with_two_runs_is_one_line_and_writes_nothing(planted_data):
+    """Through the CLI: a stray table of another run beside the run's own tables; exit 2, no Phase 3 output."""
+    import subprocess
+    import sys
+
+    from tests.paths import REPO_ROOT
+
+    data, val_ids, *_ = planted_data
+    folder = write_temperature_run(data, {0.6: _val_samples(val_ids)})
+    stray = folder / "dataset_temp_0_6.parquet"
+    stray.rename(folder / "dataset_temp_0_9.parquet")  # as if another run's table sat beside this run's
+    write_temperature_run(data, {0.6: _val_samples(val_ids)})
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run.py"), "phase", "3", "--data-dir", str(data), "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out.stderr
+    assert "dataset_temp_0_9.parquet is not part of the run" in errors[0] and "two runs" in errors[0]
+    assert sorted(p.name for p in (data / "phase3").iterdir() if not p.name.startswith(".")) == ["logs"]  # .lock aside
