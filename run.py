@@ -3,6 +3,7 @@
 
     python3 run.py phase 0|0.1|1|1.2|2|3 [options]
     python3 run.py check-mbpp [--workers N] [--timeout S] [--json PATH]
+    python3 run.py label --generations FILE [--output FILE] [--workers N] [--timeout S]
     python3 run.py test-gpu [--model M]
     python3 run.py demo [--data-dir D] [--retrain]
 
@@ -133,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", dest="json_path", help="write one result per task to this JSON file")
     _add_global_options(check)
 
+    label = sub.add_parser("label", help="extract, run and label existing generations (re-score a run)")
+    label.add_argument("--generations", required=True, help="jsonl or parquet file with task_id and generated_text")
+    label.add_argument("--output", dest="label_output", help="output .jsonl or .parquet (default: <input>_labelled.<ext>)")
+    label.add_argument("--workers", type=int, default=None, help="parallel test workers (default 4)")
+    label.add_argument("--timeout", dest="timeout_s", type=float, default=None, help="wall (and CPU) seconds per program (default 30)")
+    _add_global_options(label)
+
     gpu = sub.add_parser("test-gpu", help="devices, memory, dtypes, and a one-batch generation smoke test")
     gpu.add_argument("--model", help=f"hub id or local model folder (default {DEFAULT_MODEL})")
     gpu.add_argument("--batch-size", type=int, help="prompts in the smoke-test batch (default 2)")
@@ -171,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             from common.check_mbpp import check_mbpp_cli
 
             return check_mbpp_cli(cfg, json_path=args.json_path)
+        if args.command == "label":
+            from common.label_cli import label_cli
+
+            return label_cli(cfg, cfg.generations or "", cfg.label_output)
         if args.command == "test-gpu":
             from common.gpu_check import test_gpu_cli
 

@@ -49,6 +49,10 @@ class PipelineConfig:
     split_fractions: list[float] = field(default_factory=lambda: [0.5, 0.1, 0.4])
     n_strata: int = 4
 
+    # run.py label: re-score existing generations (jsonl/parquet with task_id, generated_text)
+    generations: str | None = field(default=None, metadata={"help": "jsonl or parquet file with task_id and generated_text to label"})
+    label_output: str | None = field(default=None, metadata={"help": "where run.py label writes its table (default: <input>_labelled.<ext>)"})
+
     # Phase 2: SAE analysis
     split: str = "sae"
     sae_release: str = "gemma-scope-2b-pt-res-canonical"

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from common.executor import ExecutionResult, Executor
 from common.generation import GenerationConfig, GenerationResult, generate_batches
-from common.prompts import extract_code
+from common.labelling import submit_generation
 from common.storage import RecordCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -139,8 +139,9 @@ def generate_and_execute(
                     job = batch[result.index]
                     if record_key(job.key, result.sample_index) in done:
                         continue
-                    code = extract_code(result.generated_text)
-                    future = executor.submit(job.task_id, code, job.test_setup_code, job.tests)
+                    code, future = submit_generation(
+                        executor, job.task_id, result.generated_text, job.test_setup_code, job.tests
+                    )
                     pending.append((job, result, code, future))
             drain(block=False)
         drain(block=True)
