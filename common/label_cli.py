@@ -95,13 +95,18 @@ def _check_output(generations: Path, output: Path) -> None:
         raise PipelineError(f"output {output} is a directory")
 
 
-def label_table(df: pd.DataFrame, problems: pd.DataFrame, executor: Executor, source: str) -> pd.DataFrame:
-    """One verdict per row of ``df`` (same order): the input columns plus the label columns."""
-    by_id = problems.set_index("task_id")
-    unknown = sorted(set(df["task_id"]) - set(by_id.index))
+def check_task_ids(df: pd.DataFrame, problems: pd.DataFrame, source: str) -> None:
+    """Every task id of the generations must be an MBPP task: its asserts are the test."""
+    unknown = sorted(set(df["task_id"]) - set(problems["task_id"]))
     if unknown:
         shown = ", ".join(str(t) for t in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise PipelineError(f"generations file {source}: task_id {shown} not in MBPP ({len(unknown)} unknown)")
+
+
+def label_table(df: pd.DataFrame, problems: pd.DataFrame, executor: Executor, source: str) -> pd.DataFrame:
+    """One verdict per row of ``df`` (same order): the input columns plus the label columns."""
+    check_task_ids(df, problems, source)
+    by_id = problems.set_index("task_id")
     from tqdm import tqdm
 
     pending: list[tuple[str, concurrent.futures.Future[ExecutionResult]]] = []
@@ -136,9 +141,10 @@ def label_cli(cfg: PipelineConfig, generations: str, output: str | None = None) 
     clock = RunClock()
     source = Path(generations)
     target = Path(output) if output else default_output(source)
-    _check_output(source, target)
     df = read_generations(source)
+    _check_output(source, target)
     problems = load_mbpp(cfg.mbpp_path)
+    check_task_ids(df, problems, str(source))  # before any worker starts
     with Executor(executor_config_for(cfg)) as executor:
         labelled = label_table(df, problems, executor, str(source))
         sandbox = executor.sandbox_info()
