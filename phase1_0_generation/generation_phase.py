@@ -28,7 +28,7 @@ from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, resolve_input, timestamp
-from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
+from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION, build_prompt
 from common.storage import RecordCheckpointer, write_json, write_parquet
 from common.tasks import model_slug, run_key, slice_bounds
 
@@ -118,6 +118,7 @@ def run(cfg: PipelineConfig) -> Path:
         records = generate_and_execute(
             model, tokenizer, jobs, gen_cfg, layers, executor, checkpointer, on_record, desc="phase 1"
         )
+        sandbox = executor.sandbox_info()
     dataset = pd.DataFrame(records)[DATASET_COLUMNS].sort_values("task_id").reset_index(drop=True)
 
     stamp = timestamp()
@@ -140,7 +141,8 @@ def run(cfg: PipelineConfig) -> Path:
             "capture_site": "blocks.{L}.hook_resid_post (output of decoder layer L, before the final norm), last prompt token",
             "prompt_template_version": PROMPT_TEMPLATE_VERSION,
             "generation": dataclasses.asdict(gen_cfg),
-            "executor": executor_config_for(cfg).to_dict(),
+            "executor": sandbox,  # limits, plus whether programs ran without network
+            "extraction_version": EXTRACTION_VERSION,
             "n_correct": n_pass,
             "n_incorrect": len(dataset) - n_pass,
             "pass_rate": n_pass / len(dataset),

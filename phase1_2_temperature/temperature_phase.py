@@ -28,7 +28,7 @@ from common.generation_loop import Job, generate_and_execute
 from common.metadata import RunClock, build_metadata
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, require_file
-from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
+from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION, build_prompt
 from common.storage import RecordCheckpointer, write_json, write_parquet
 from common.tasks import model_slug, run_key, slice_bounds
 
@@ -153,6 +153,7 @@ def run(cfg: PipelineConfig) -> Path:
                 "generation": dataclasses.asdict(gen_cfg),
             }
             logger.info("phase 1.2: T=%g pass rate %.3f over %d samples -> %s", temperature, table["passed"].mean(), len(table), path)
+        sandbox = executor.sandbox_info()
 
     meta = build_metadata(
         "1.2", cfg, clock,
@@ -168,7 +169,8 @@ def run(cfg: PipelineConfig) -> Path:
             "temperatures": summary,
             "activations_policy": "captured once per task at the last prompt token (they depend on the prompt only), not once per sample",
             "prompt_template_version": PROMPT_TEMPLATE_VERSION,
-            "executor": executor_cfg.to_dict(),
+            "executor": sandbox,  # limits, plus whether programs ran without network
+            "extraction_version": EXTRACTION_VERSION,
         },
     )
     write_json(out_dir / "temperature_metadata.json", meta)
