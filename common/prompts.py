@@ -33,7 +33,9 @@ to the metadata):
 1. The region: the generation up to the first fence line (the prompt opened
    the block, so a fence after code closes it). If nothing that binds a name
    comes before a fence and that fence names a language (```` ```python ````),
-   the model has opened a new block after some prose: the region is that block.
+   the model has opened a new block after some prose: the region is that block
+   (unless a stop line came first). Leading prose lines (lines that do not
+   parse, or parse only as a bare name) are skipped, never past a stop line.
 2. The longest prefix of the region that compiles, cut back to whole top-level
    statements: only prefixes that end right before an unindented line (or at
    the end of the text) are tried, and never before an ``else``/``elif``/
@@ -231,9 +233,41 @@ def _binds_a_name(statements: list[ast.stmt]) -> bool:
     return any(not isinstance(stmt, ast.Expr) for stmt in statements)
 
 
+def _is_stop_line(line: str) -> bool:
+    """True when generation would have stopped at this line (a stop sequence other than the fence starts it)."""
+    return any(line.startswith(stop[1:]) for stop in STOP_SEQUENCES if not stop.startswith("\n```"))
+
+
+def _is_prose_start(lines: list[str]) -> bool:
+    """True when ``lines`` do not start with code: the first line does not parse, or parses only as a bare name.
+
+    Why: an instruction-tuned model often writes a sentence ("Here is the
+    function:") before the code, without a fence. ``Solution`` alone parses as
+    an expression statement, but runs as a NameError.
+    """
+    _, statements = _parse_region(lines)
+    if not statements:
+        return True
+    first = statements[0]
+    return isinstance(first, ast.Expr) and not isinstance(first.value, (ast.Call, ast.Constant))
+
+
+def _skip_prose(lines: list[str]) -> list[str]:
+    """Drop leading lines that are prose, but never past a line where generation would have stopped."""
+    start = 0
+    while start < len(lines):
+        line = lines[start]
+        if line.strip() and (_is_stop_line(line) or not _is_prose_start(lines[start:])):
+            break
+        start += 1
+        while start < len(lines) and lines[start][:1] in (" ", "\t"):
+            start += 1  # an indented line continues the prose (or a block we cannot use)
+    return lines[start:]
+
+
 def _program(lines: list[str]) -> tuple[str, list[ast.stmt]]:
     """The solution cut out of ``lines`` (no fences inside), and its top-level statements."""
-    kept, statements = _parse_region(lines)
+    kept, statements = _parse_region(_skip_prose(lines))
     end = _solution_end(statements)
     statements = statements[:end]
     if not statements:
@@ -257,8 +291,9 @@ def extract_code(generated: str) -> str:
     if fence is None:
         return _program(lines)[0]
     before, statements = _program(lines[:fence])
-    if _binds_a_name(statements) or lines[fence].strip() == "```":
-        return before  # the fence closes the block the prompt opened
+    if _binds_a_name(statements) or lines[fence].strip() == "```" or any(map(_is_stop_line, lines[:fence])):
+        # The fence closes the block the prompt opened (or generation would have stopped before it).
+        return before
     block = lines[fence + 1 :]
     close = next((i for i, line in enumerate(block) if _is_fence(line)), None)
     return _program(block if close is None else block[:close])[0]

@@ -106,3 +106,25 @@ def test_labels_agree_with_running_the_program_by_hand(phase1_run, tmp_path: Pat
         script.write_text(build_program(row.extracted_code, problem["test_setup_code"], problem["test_list"]))
         by_hand = subprocess.run([sys.executable, script.name], cwd=tmp_path, capture_output=True, timeout=30)
         assert (by_hand.returncode == 0) == bool(row.passed), (row.task_id, row.outcome, by_hand.stderr[-300:])
+
+
+def test_stopping_early_never_changes_the_program_on_real_generations(phase1_run) -> None:
+    """Generate the same prompts with no stop sequence, then cut where generation would have stopped."""
+    from common.generation import GenerationConfig, generate_batches
+    from common.prompts import STOP_SEQUENCES, extract_code
+
+    cfg, df = phase1_run
+    model, tokenizer = load_model_and_tokenizer(cfg.model, torch.device("cpu"), torch.float32)
+    gen_cfg = GenerationConfig(max_new_tokens=MAX_NEW_TOKENS, batch_size=N_TASKS, stop_sequences=())
+    results = [r for batch in generate_batches(model, tokenizer, list(df["prompt"]), [], gen_cfg) for r in batch]
+    stopped = 0
+    for result in results:
+        full = result.generated_text
+        text = "\n" + full  # the prompt ends with a newline: a stop may start there
+        ends = [text.find(s) + len(s) for s in STOP_SEQUENCES if s in text]
+        if not ends:
+            continue
+        stopped += 1
+        truncated = text[1 : min(ends)]
+        assert extract_code(truncated) == extract_code(full), (result.index, full)
+    assert stopped >= N_TASKS // 2  # real output runs into a stop sequence most of the time

@@ -104,6 +104,16 @@ CASES: dict[str, tuple[str, str]] = {
         "import os\n",
     ),
     "top_level_return_does_not_compile": ("def f():\n    return 1\nreturn 2\n", "def f():\n    return 1\n"),
+    "prose_before_the_code_without_a_fence": (
+        "Here is a Python function that solves it:\n\ndef f(x):\n    return x\n\nThis returns x.\n",
+        "def f(x):\n    return x\n",
+    ),
+    "bare_name_then_code": ("Solution\ndef f(x):\n    return x\n", "def f(x):\n    return x\n"),
+    "print_first_is_not_skipped_as_prose": ("print(1)\ndef f(x):\n    return x\n", ""),
+    "prompt_repeated_before_any_code_then_a_new_block": (
+        "Write a function.\nYour code should pass these tests:\n\nassert g(1) == 1\n\n```python\ndef g(x):\n    return x\n",
+        "",
+    ),
     "asserts_name_prefix_is_not_a_stop": (
         "asserts = [1, 2]\n\ndef f():\n    return asserts\n",
         "asserts = [1, 2]\n\ndef f():\n    return asserts\n",
