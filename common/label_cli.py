@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from common.config import PipelineConfig
@@ -74,7 +75,8 @@ def read_generations(path: str | Path) -> pd.DataFrame:
     if missing:
         raise PipelineError(f"generations file {path} has no column {', '.join(missing)} (needs task_id and generated_text)")
     for position, (task_id, text) in enumerate(zip(df["task_id"], df["generated_text"], strict=True)):
-        if isinstance(task_id, bool) or not isinstance(task_id, (int, float)) or task_id != int(task_id):
+        integral = isinstance(task_id, (int, np.integer)) or (isinstance(task_id, float) and task_id.is_integer())
+        if isinstance(task_id, bool) or not integral:
             raise PipelineError(f"generations file {path}: row {position} has task_id {task_id!r}, not an integer")
         if not isinstance(text, str):
             raise PipelineError(f"generations file {path}: row {position} has generated_text {text!r:.40}, not a string")

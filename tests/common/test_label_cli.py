@@ -104,6 +104,9 @@ BAD_INPUTS = {
     "not_json": ("gens.jsonl", '{"task_id": 2, "generated_text": \n', "line 1 is not JSON"),
     "unreadable_parquet": ("gens.parquet", b"this is not parquet", "cannot be read"),
     "text_not_a_string": ("gens.jsonl", '{"task_id": 2, "generated_text": null}\n', "not a string"),
+    "task_id_missing_in_one_row": (
+        "gens.jsonl", '{"task_id": 2, "generated_text": "x"}\n{"generated_text": "y"}\n', "row 1 has task_id nan"
+    ),
     "wrong_suffix": ("gens.csv", "task_id,generated_text\n", "expected a .jsonl or .parquet"),
 }
 
