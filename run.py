@@ -3,6 +3,7 @@
 
     python3 run.py phase 0|0.1|1|1.2|2|3 [options]
     python3 run.py check-mbpp [--workers N] [--timeout S] [--json PATH]
+    python3 run.py label --generations FILE [--output FILE] [--workers N] [--timeout S]
     python3 run.py test-gpu [--model M]
     python3 run.py demo [--data-dir D] [--retrain]
 
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     check_he.add_argument("--json", dest="json_path", help="write one result per task to this JSON file")
     _add_config_options(check_he, "check-humaneval")
 
+    label = sub.add_parser("label", help="extract, run and label existing generations (re-score a run)")
+    _add_config_options(label, "label")
+
     gpu = sub.add_parser("test-gpu", help="devices, memory, dtypes, and a one-batch generation smoke test")
     _add_config_options(gpu, "test-gpu")
 
@@ -214,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
             from common.humaneval import check_humaneval_cli
 
             return check_humaneval_cli(cfg, json_path=args.json_path)
+        if args.command == "label":
+            from common.label_cli import label_cli
+
+            if not cfg.generations:
+                raise PipelineError("run.py label needs --generations FILE (jsonl or parquet with task_id and generated_text)")
+            return label_cli(cfg, cfg.generations, cfg.label_output)
         if args.command == "test-gpu":
             from common.gpu_check import test_gpu_cli
 

@@ -116,14 +116,14 @@ class PipelineConfig:
     )
     max_new_tokens: int = option(512, help="generation budget per solution", scope=("1", "1.2", "3"), minimum=1, group="generation")
     workers: int = option(
-        4, help="CPU workers that run the tests", scope=("1", "1.2", "3", "check-mbpp", "check-humaneval"), minimum=1, group="generation"
+        4, help="CPU workers that run the tests", scope=("1", "1.2", "3", "check-mbpp", "check-humaneval", "label"), minimum=1, group="generation"
     )
     timeout_s: float = option(
-        30.0, help="wall (and CPU) seconds per test program", scope=("1", "1.2", "3", "check-mbpp", "check-humaneval"), flag="--timeout",
+        30.0, help="wall (and CPU) seconds per test program", scope=("1", "1.2", "3", "check-mbpp", "check-humaneval", "label"), flag="--timeout",
         minimum=0.1, group="generation",
     )
     memory_mb: int = option(
-        4096, help="address-space limit per test program, MB", scope=("1", "1.2", "3", "check-mbpp", "check-humaneval"), minimum=64,
+        4096, help="address-space limit per test program, MB", scope=("1", "1.2", "3", "check-mbpp", "check-humaneval", "label"), minimum=64,
         group="generation",
     )
     temperatures: list[float] = option(
@@ -142,6 +142,15 @@ class PipelineConfig:
         100, help="records between full autosaves", scope=("1", "1.2", "3"), minimum=1, group="generation"
     )
     autosave_keep: int = option(3, help="autosaves kept (the newest)", scope=("1", "1.2", "3"), minimum=1, group="generation")
+
+    # run.py label: re-score existing generations (jsonl/parquet with task_id, generated_text)
+    generations: str | None = option(
+        None, help="jsonl or parquet file with task_id and generated_text to label (required)", scope="label", group="label"
+    )
+    label_output: str | None = option(
+        None, help="where run.py label writes its table (default: <input>_labelled.<ext>)", scope="label", flag="--output",
+        group="label",
+    )
 
     # Phase 2: SAE analysis
     split: str = option(

@@ -43,7 +43,17 @@ not determined attacks. Code that uses ``ctypes`` to call libc, or that digs
 the nonce out of the harness's frames (``sys._getframe``, ``gc``), can get
 around it; ``os.open(..., dir_fd=...)`` in write mode is judged by its path
 relative to the working directory, since the audit event does not carry the
-``dir_fd``; network access is not restricted.
+``dir_fd``.
+
+Network: each zygote moves itself into a new, empty network namespace before it
+serves any program (``unshare(CLONE_NEWNET)``; as an unprivileged user together
+with a new user namespace, ``CLONE_NEWUSER | CLONE_NEWNET``), so every program
+it forks has no network at all, not even a listener on 127.0.0.1 (the new
+namespace's loopback is down). Done once per zygote because a namespace costs
+10-20 ms to create here, more than most programs take to run. Where the kernel
+refuses both (user namespaces disabled, a seccomp profile), programs run with
+the machine's network: the executor says so once in the log and
+:meth:`Executor.sandbox_info` records it for the metadata.
 """
 
 from __future__ import annotations
@@ -658,6 +668,38 @@ def _run_job(
     }
 
 
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+NETWORK_ISOLATED = "isolated"
+
+
+def _isolate_network() -> str:
+    """Move this process into a new, empty network namespace; say how, or why not.
+
+    Plain ``CLONE_NEWNET`` first (root, or CAP_SYS_ADMIN): the process keeps
+    its identity. Otherwise a new user namespace too, with this user mapped to
+    itself so that ``os.getuid()`` inside reads the same (best effort: without
+    the map it reads 65534; file access is unchanged either way, the kernel
+    checks the real user).
+    """
+    import ctypes
+
+    uid, gid = os.getuid(), os.getgid()
+    if _LIBC.unshare(_CLONE_NEWNET) == 0:
+        return f"{NETWORK_ISOLATED}: new network namespace"
+    first = os.strerror(ctypes.get_errno())
+    if _LIBC.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
+        second = os.strerror(ctypes.get_errno())
+        return f"not isolated: unshare(CLONE_NEWNET) failed ({first}), with CLONE_NEWUSER too ({second})"
+    for name, text in (("uid_map", f"{uid} {uid} 1\n"), ("setgroups", "deny\n"), ("gid_map", f"{gid} {gid} 1\n")):
+        try:
+            with open(f"/proc/self/{name}", "w") as handle:
+                handle.write(text)
+        except OSError:
+            break
+    return f"{NETWORK_ISOLATED}: new user and network namespace"
+
+
 def _zygote_main(config_json: str, workdir: str) -> None:
     """Entry point of a zygote process: one job per line on stdin, one JSON line per event on stdout."""
     import ctypes
@@ -666,6 +708,7 @@ def _zygote_main(config_json: str, workdir: str) -> None:
 
     global _LIBC
     _LIBC = ctypes.CDLL(None, use_errno=True)
+    network = _isolate_network()  # before any program runs: every child inherits it
     settings = json.loads(config_json)
     nproc_limit = int(settings.pop("nproc_limit"))
     config = ExecutorConfig.from_dict(settings)
@@ -690,7 +733,7 @@ def _zygote_main(config_json: str, workdir: str) -> None:
     gc.collect()
     gc.freeze()  # keep the heap pages shared with the children instead of copied on first touch
     try:
-        send({"ready": os.getpid()})
+        send({"ready": os.getpid(), "network": network})
         for line in proto_in:  # EOF: the executor closed us, or the main process died
             job = json.loads(line)
             try:
@@ -763,6 +806,7 @@ class _Zygote:
         assert self.proc.stdout is not None
         self._poller.register(self.proc.stdout.fileno(), select.POLLIN)
         self.child_pid: int | None = None
+        self.network = "unknown"  # how the zygote isolated its network, from its ready message
 
     def _read_message(self, deadline: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -784,6 +828,7 @@ class _Zygote:
         message = self._read_message(time.monotonic() + timeout_s)
         if "ready" not in message:
             raise RuntimeError(f"executor worker sent {message!r} instead of 'ready'")
+        self.network = str(message.get("network", "unknown"))
 
     def run(self, job: dict[str, Any], backstop_s: float) -> dict[str, Any]:
         """Send one job and wait for its result; ``backstop_s`` only matters if the zygote hangs."""
@@ -898,6 +943,20 @@ class Executor:
         # a running Popen alive (subprocess._active), so the zygote would never see EOF.
         self._finalizer = weakref.finalize(self, _stop_zygotes, self._zygotes)
         logger.info("executor ready: %s", self.config.to_dict())
+        _warn_once_without_network_isolation(self._zygotes[0].network if self._zygotes else "unknown")
+
+    @property
+    def network_isolated(self) -> bool:
+        """True when every worker runs its programs without network."""
+        return all(z.network.startswith(NETWORK_ISOLATED) for z in self._zygotes)
+
+    def sandbox_info(self) -> dict[str, Any]:
+        """What the sandbox enforced, for metadata files: limits and network isolation."""
+        return {
+            **self.config.to_dict(),
+            "network_isolated": self.network_isolated,
+            "network": sorted({z.network for z in self._zygotes}),
+        }
 
     def __enter__(self) -> Executor:
         return self
@@ -1006,6 +1065,17 @@ class Executor:
             self._zygotes[self._zygotes.index(dead)] = fresh
         fresh.wait_ready()
         return fresh
+
+
+_warned_network: list[str] = []
+
+
+def _warn_once_without_network_isolation(network: str) -> None:
+    """One warning per process when programs run with the machine's network."""
+    if network.startswith(NETWORK_ISOLATED) or _warned_network:
+        return
+    _warned_network.append(network)
+    logger.warning("sandbox: programs run WITH network access: %s", network)
 
 
 def executor_config_for(cfg: Any) -> ExecutorConfig:

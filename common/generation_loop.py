@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from common.executor import ExecutionResult, Executor
 from common.generation import GenerationConfig, GenerationResult, generate_batches, plan_batches
-from common.prompts import extract_code
+from common.labelling import submit_generation
 from common.storage import RecordCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -137,8 +137,9 @@ def generate_and_execute(
                     job = batch[result.index]
                     if record_key(job.key, result.sample_index) in done:
                         continue
-                    code = extract_code(job.code_prefix + result.generated_text)
-                    future = executor.submit(job.task_id, code, job.test_setup_code, job.tests)
+                    code, future = submit_generation(
+                        executor, job.task_id, job.code_prefix + result.generated_text, job.test_setup_code, job.tests
+                    )
                     pending.append((job, result, code, future))
             drain(block=False)
         drain(block=True)

@@ -26,44 +26,80 @@ Why this template:
 - The prompt ends with a newline after the cue, so the last prompt token (where
   activations are read) is the same cue for every problem.
 
-``extract_code`` turns a generation into the program that is executed: it
-keeps imports, constants, helper functions and classes, and stops where the
-model starts writing tests (``assert``, top-level ``print(``, ``if __name__``,
-top-level calls), prose, a closing fence, a repeated prompt, or a second
-program (a function defined twice, or top-level code after the functions).
+``extract_code`` turns a generation into the program that is executed. It is
+built on Python's own parser, not on line patterns (EXTRACTION_VERSION goes
+to the metadata):
+
+1. The region: the generation up to the first fence line (the prompt opened
+   the block, so a fence after code closes it). If nothing that binds a name
+   comes before a fence and that fence names a language (```` ```python ````),
+   the model has opened a new block after some prose: the region is that block
+   (unless a stop line came first). Leading prose lines (lines that do not
+   parse, or parse only as a bare name) are skipped, never past a stop line.
+2. The longest prefix of the region that compiles, cut back to whole top-level
+   statements: only prefixes that end right before an unindented line (or at
+   the end of the text) are tried, and never before an ``else``/``elif``/
+   ``except``/``finally`` that continues the statement above. A function that
+   was cut off mid-body by the token budget is therefore dropped whole.
+3. The program is the longest run of top-level statements from the start that
+   defines the solution. Before the first function or class everything is
+   kept (imports, a module docstring, constants, configuration calls such as
+   ``sys.setrecursionlimit``). After it, definitions are kept: functions,
+   classes, decorators, imports, assignments (unless they call a function or
+   class the program defines: that is test set-up), docstrings, and ``if``/
+   ``try``/``with`` blocks that contain only such statements (``try: import x``
+   ``except ImportError: ...``). The first statement that tests or drives the
+   code ends the program: an ``assert``, a ``print(...)`` or an
+   ``if __name__`` block anywhere, and after the definitions any other call,
+   loop or statement.
+
+Why the program ends at the first such statement rather than skipping it: the
+stop sequences end generation at exactly those statements, so "stopping early
+never changes the extracted program" holds only if nothing after them is ever
+kept.
+
+A function defined twice with no test in between (two attempts written back to
+back) is kept as written: Python runs the program top to bottom, so the last
+definition is the one the asserts call, as with ``python solution.py``.
+Extraction never picks between attempts. A program that never defines the
+function the asserts call is not run: ``common.labelling`` gives it the
+outcome ``missing_entry_point``, and an empty program ``no_code``.
 """
 
 from __future__ import annotations
 
-import io
+import ast
 import re
-import tokenize
+import warnings
 
 PROMPT_TEMPLATE_VERSION = "mbpp-zero-shot-fenced-v1"
+# Bumped whenever extract_code can return a different program for the same text.
+EXTRACTION_VERSION = "ast-prefix-v2"
 
 TESTS_HEADER = "Your code should pass these tests:"
 CODE_CUE = "```python\n"
 
 # Strings that end a solution for certain when they appear in the generated text
 # (checked on the prompt's last characters + generated text, since the prompt ends
-# with a newline; a match must end inside the generated text). Each
-# is a top-level construct that extract_code would cut at anyway, so stopping
-# there early never changes the extracted program; it only saves GPU time.
-# Known limit: the check is textual, so an unindented "assert"/"print(" line inside
+# with a newline; a match must end inside the generated text). Each starts a
+# top-level line at which extract_code ends the program anyway (an assert, a
+# print call, a main guard, a closing fence, a repeated prompt header, which does
+# not parse), so stopping there early never changes the extracted program; it
+# only saves GPU time. "assert" is followed by a space or "(" so that a name such
+# as ``asserts = [...]`` does not stop generation.
+# Known limit: the check is textual, so an unindented "assert "/"print(" line inside
 # a multi-line string literal also stops generation (rare in model-written code).
 STOP_SEQUENCES: tuple[str, ...] = (
     "\n```\n",  # a closing fence (bare); "```python" after prose opens a new block and must not stop
-    "\nassert",
+    "\nassert ",
+    "\nassert(",
     "\nprint(",
     "\nif __name__",
     f"\n{TESTS_HEADER}",
 )
 
-_CODE_START = re.compile(r"^(def |async def |class |import |from |@)")
-_TEST_START = re.compile(r"^(assert\b|print\(|if __name__)")
-# A simple top-level assignment (constants like ``MOD = 10**9 + 7``, ``f = lambda x: x``).
-_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z_0-9]*(\s*,\s*[A-Za-z_][A-Za-z_0-9]*)*\s*(:[^=]+)?=(?!=)")
-_DEF_NAME = re.compile(r"^(?:async\s+)?(?:def|class)\s+([A-Za-z_][A-Za-z_0-9]*)")
+# An unindented line that continues the statement above rather than starting one.
+_CONTINUATION = re.compile(r"^(else|elif|except|finally)\b")
 
 
 def build_prompt(text: str, test_list: list[str]) -> str:
@@ -78,89 +114,248 @@ def build_prompt(text: str, test_list: list[str]) -> str:
     return f"{text.strip()}\n{TESTS_HEADER}\n\n{asserts}\n\n{CODE_CUE}"
 
 
-def _is_open_statement(code: str) -> bool:
-    """True when ``code`` ends inside a bracket, a string or a backslash continuation.
+def _compiles(source: str) -> bool:
+    """True when ``source`` is a valid module, including the checks ``ast.parse`` skips.
 
-    Why: a column-0 line such as ``]`` or the inside of a triple-quoted string is a
-    continuation of the statement above, not the start of a new top-level one.
+    ``compile`` also rejects ``return`` or ``break`` at the top level, which
+    ``ast.parse`` accepts; the program must be one Python would run.
     """
     try:
-        for _ in tokenize.generate_tokens(io.StringIO(code).readline):
-            pass
-    except tokenize.TokenError:
-        return True
-    except (IndentationError, SyntaxError):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "\d" in a regex string: a warning, not an error
+            compile(source, "<generation>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):  # ValueError: a null byte in the text
         return False
-    return False
+    return True
 
 
-def _strip_fences(lines: list[str]) -> list[str]:
-    """Apply the code-fence rules and return the lines that can hold the program.
+def _longest_parsing_prefix(lines: list[str]) -> int:
+    """How many of ``lines`` form the longest prefix that compiles and ends on a top-level boundary."""
+    for k in range(len(lines), 0, -1):
+        if k < len(lines):
+            nxt = lines[k]
+            if not nxt.strip() or nxt[0] in " \t" or _CONTINUATION.match(nxt):
+                continue  # the prefix would end inside a statement
+        if _compiles("\n".join(lines[:k]) + "\n"):
+            return k
+    return 0
 
-    The prompt opens a fence, so a bare ```` ``` ```` before any code closes it (empty
-    program). A ```` ```python ```` (or any fence with a language) that comes before any
-    code opens a new block: the code is what follows it. The first fence after code
-    closes the block.
+
+def _parse_region(lines: list[str]) -> tuple[list[str], list[ast.stmt]]:
+    """The lines of the longest parsing prefix and its top-level statements."""
+    k = _longest_parsing_prefix(lines)
+    kept = lines[:k]
+    return kept, ast.parse("\n".join(kept) + "\n").body if kept else []
+
+
+def _is_main_guard(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.If) and any(
+        isinstance(node, ast.Name) and node.id == "__name__" for node in ast.walk(stmt.test)
+    )
+
+
+def _is_test_statement(stmt: ast.stmt) -> bool:
+    """An assert, a ``print(...)`` call or a main guard: it tests the code wherever it stands."""
+    if isinstance(stmt, ast.Assert) or _is_main_guard(stmt):
+        return True
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Call)
+        and isinstance(stmt.value.func, ast.Name)
+        and stmt.value.func.id == "print"
+    )
+
+
+def _calls_any(node: ast.AST, names: set[str]) -> bool:
+    return any(
+        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in names for n in ast.walk(node)
+    )
+
+
+def _is_definition(stmt: ast.stmt, defined: set[str]) -> bool:
+    """True when ``stmt`` defines part of the solution rather than testing or driving it.
+
+    ``defined`` holds the functions and classes the program defined so far: an
+    assignment that calls one of them (``result = f(5)``) is test set-up.
     """
-    seen_code = False
-    for i, line in enumerate(lines):
-        stripped = line.strip()
-        if stripped.startswith("```"):
-            if seen_code or stripped == "```":
-                return lines[:i]
-            rest = lines[i + 1 :]
-            for j, inner in enumerate(rest):
-                if inner.strip().startswith("```"):
-                    return rest[:j]
-            return rest
-        if _CODE_START.match(line):
-            seen_code = True
-    return lines
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom)):
+        return True
+    if isinstance(stmt, (ast.Pass, ast.Global, ast.Nonlocal)):
+        return True
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+        return not _calls_any(stmt, defined)
+    if isinstance(stmt, ast.Expr):  # a docstring or another bare string
+        return isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
+    if _is_main_guard(stmt):
+        return False
+    blocks: list[list[ast.stmt]] = []
+    if isinstance(stmt, ast.If):
+        if _calls_any(stmt.test, defined):
+            return False
+        blocks = [stmt.body, stmt.orelse]
+    elif isinstance(stmt, (ast.Try, ast.TryStar)):
+        blocks = [stmt.body, stmt.orelse, stmt.finalbody, *[h.body for h in stmt.handlers]]
+    elif isinstance(stmt, ast.With):
+        if any(_calls_any(item, defined) for item in stmt.items):
+            return False
+        blocks = [stmt.body]
+    else:
+        return False
+    return all(_is_definition(inner, defined) for block in blocks for inner in block)
+
+
+def _defined_names(stmt: ast.stmt) -> set[str]:
+    """Functions and classes ``stmt`` defines at the top level (looking into if/try/with blocks)."""
+    names: set[str] = set()
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        names.add(stmt.name)
+    for field in ("body", "orelse", "finalbody", "handlers"):
+        if isinstance(stmt, (ast.If, ast.Try, ast.TryStar, ast.With, ast.ExceptHandler)):
+            for inner in getattr(stmt, field, []) or []:
+                names |= _defined_names(inner)
+    return names
+
+
+def _solution_end(statements: list[ast.stmt]) -> int:
+    """How many leading top-level statements make up the solution."""
+    defined: set[str] = set()
+    for index, stmt in enumerate(statements):
+        if _is_test_statement(stmt):
+            return index
+        if defined and not _is_definition(stmt, defined):
+            return index
+        defined |= _defined_names(stmt)
+    return len(statements)
+
+
+def _binds_a_name(statements: list[ast.stmt]) -> bool:
+    """True when some statement is more than a bare expression (prose like ``Solution`` parses as one)."""
+    return any(not isinstance(stmt, ast.Expr) for stmt in statements)
+
+
+def _is_stop_line(line: str) -> bool:
+    """True when generation would have stopped at this line (a stop sequence other than the fence starts it)."""
+    return any(line.startswith(stop[1:]) for stop in STOP_SEQUENCES if not stop.startswith("\n```"))
+
+
+def _is_prose_start(lines: list[str]) -> bool:
+    """True when ``lines`` do not start with code: the first line does not parse, or parses only as a bare name.
+
+    Why: an instruction-tuned model often writes a sentence ("Here is the
+    function:") before the code, without a fence. ``Solution`` alone parses as
+    an expression statement, but runs as a NameError.
+    """
+    _, statements = _parse_region(lines)
+    if not statements:
+        return True
+    first = statements[0]
+    return isinstance(first, ast.Expr) and not isinstance(first.value, (ast.Call, ast.Constant))
+
+
+def _skip_prose(lines: list[str]) -> list[str]:
+    """Drop leading lines that are prose, but never past a line where generation would have stopped."""
+    start = 0
+    while start < len(lines):
+        line = lines[start]
+        if line.strip() and (_is_stop_line(line) or not _is_prose_start(lines[start:])):
+            break
+        start += 1
+        while start < len(lines) and lines[start][:1] in (" ", "\t"):
+            start += 1  # an indented line continues the prose (or a block we cannot use)
+    return lines[start:]
+
+
+def _program(lines: list[str]) -> tuple[str, list[ast.stmt]]:
+    """The solution cut out of ``lines`` (no fences inside), and its top-level statements."""
+    kept, statements = _parse_region(_skip_prose(lines))
+    end = _solution_end(statements)
+    statements = statements[:end]
+    if not statements:
+        return "", []
+    last_line = max(getattr(node, "end_lineno", 0) or 0 for node in ast.walk(statements[-1]))
+    return "\n".join(kept[:last_line]).rstrip() + "\n", statements
+
+
+def _is_fence(line: str) -> bool:
+    return line.strip().startswith("```")
 
 
 def extract_code(generated: str) -> str:
-    """The program to execute, cut out of the model's generated text.
+    """The program to execute, cut out of the model's generated text (see the module docstring).
 
-    Returns the kept lines with trailing blank lines and trailing comments removed,
-    ending in one newline, or ``""`` when nothing looks like code. Indented lines
-    (function bodies) are always kept; each top-level line is judged on its own.
+    Returns source text exactly as the model wrote it (comments and layout
+    kept), ending in one newline, or ``""`` when no statement survives.
     """
-    lines = _strip_fences(generated.replace("\r\n", "\n").split("\n"))
-    kept: list[str] = []
-    defined: set[str] = set()
-    seen_def = False
-    for line in lines:
-        if not line.strip() or line[0] in " \t":
-            kept.append(line)
+    lines = generated.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    fence = next((i for i, line in enumerate(lines) if _is_fence(line)), None)
+    if fence is None:
+        return _program(lines)[0]
+    before, statements = _program(lines[:fence])
+    if _binds_a_name(statements) or lines[fence].strip() == "```" or any(map(_is_stop_line, lines[:fence])):
+        # The fence closes the block the prompt opened (or generation would have stopped before it).
+        return before
+    block = lines[fence + 1 :]
+    close = next((i for i, line in enumerate(block) if _is_fence(line)), None)
+    return _program(block if close is None else block[:close])[0]
+
+
+def called_names(test_list: list[str]) -> list[str]:
+    """Names the asserts call as plain functions (``f(...)``), most frequent first, builtins left out.
+
+    Why: the entry point of an MBPP task is the function its asserts call
+    (``assert set(similar_elements(a, b)) == ...`` calls ``similar_elements``;
+    ``set`` is a builtin). Asserts that do not parse contribute nothing.
+    """
+    import builtins
+    import collections
+
+    counts: collections.Counter[str] = collections.Counter()
+    first_seen: dict[str, int] = {}
+    for test in test_list:
+        try:
+            tree = ast.parse(test.replace("\r\n", "\n").strip())
+        except SyntaxError:
             continue
-        if kept and _is_open_statement("\n".join(kept) + "\n"):
-            kept.append(line)  # continuation of a bracket or a multi-line string
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                name = node.func.id
+                if hasattr(builtins, name):
+                    continue
+                counts[name] += 1
+                first_seen.setdefault(name, len(first_seen))
+    return sorted(counts, key=lambda n: (-counts[n], first_seen[n]))
+
+
+def module_bound_names(code: str) -> set[str] | None:
+    """Every name a module binds at its top level, or ``None`` when that cannot be known.
+
+    Top level includes the bodies of top-level ``if``/``try``/``with``/``for``/
+    ``while`` blocks (they run at import), but not function or class bodies.
+    ``None`` for code that does not parse or uses ``from x import *``.
+    """
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return None
+    names: set[str] = set()
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            todo.extend(node.decorator_list)
             continue
-        if _TEST_START.match(line) or line.startswith(TESTS_HEADER):
-            break
-        if line.startswith("#"):
-            # Neutral: "# Check if n is prime" may head a helper, "# Test cases" the tests;
-            # the next code line decides, and comments left at the end are dropped.
-            kept.append(line)
+        if isinstance(node, (ast.Lambda, ast.GeneratorExp, ast.ListComp, ast.SetComp, ast.DictComp)):
+            continue  # their own scope
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.add(alias.asname or alias.name.split(".")[0])
             continue
-        name_match = _DEF_NAME.match(line)
-        if name_match:
-            name = name_match.group(1)
-            if name in defined:
-                break  # the same function written again: a second attempt, not a helper
-            defined.add(name)
-            seen_def = True
-            kept.append(line)
-            continue
-        if _CODE_START.match(line):  # import, from, decorator
-            kept.append(line)
-            continue
-        if _ASSIGNMENT.match(line) and (not seen_def or "lambda" in line.split("=", 1)[1]):
-            kept.append(line)  # constants and lambdas; after the functions, assignments are test setup
-            continue
-        break  # prose, a call, a loop or other script code: the solution is over
-    while kept and (not kept[-1].strip() or kept[-1].startswith("#")):
-        kept.pop()  # trailing blank lines and top-level comments belong to whatever came next
-    if not any(line.strip() and not line.lstrip().startswith("#") for line in kept):
-        return ""
-    return "\n".join(kept).rstrip() + "\n"
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        todo.extend(ast.iter_child_nodes(node))
+    return names

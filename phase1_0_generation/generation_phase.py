@@ -37,7 +37,7 @@ from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, resolve_input, timestamp
-from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
+from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION, build_prompt
 from common.storage import RecordCheckpointer
 from common.tasks import model_slug, run_key, tasks_in_range
 
@@ -191,6 +191,7 @@ def run(cfg: PipelineConfig) -> Path:
         records = generate_and_execute(
             model, tokenizer, jobs, gen_cfg, layers, executor, checkpointer, on_record, desc="phase 1"
         )
+        sandbox = executor.sandbox_info()
     dataset = pd.DataFrame(records)[DATASET_COLUMNS].sort_values("task_id").reset_index(drop=True)
     extra = {
         "device": str(device),
@@ -202,7 +203,8 @@ def run(cfg: PipelineConfig) -> Path:
         "capture_site": "blocks.{L}.hook_resid_post (output of decoder layer L, before the final norm), last prompt token",
         "prompt_template_version": prompt_version(cfg),
         "generation": dataclasses.asdict(gen_cfg),
-        "executor": executor_config_for(cfg).to_dict(),
+        "executor": sandbox,  # limits, plus whether programs ran without network
+        "extraction_version": EXTRACTION_VERSION,
         "run_key": key,
     }
     inputs: dict[str, str | Path] = {

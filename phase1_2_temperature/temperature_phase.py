@@ -44,7 +44,7 @@ from common.generation_loop import Job, generate_and_execute
 from common.metadata import RunClock, build_metadata, file_sha256
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, require_file, timestamp
-from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
+from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION, build_prompt
 from common.seeding import derive_seed
 from common.storage import RecordCheckpointer
 from common.tasks import model_slug, run_key, tasks_in_range
@@ -259,6 +259,7 @@ def run(cfg: PipelineConfig) -> Path:
             tables[float(temperature)] = table
             per_temperature[f"{temperature:g}"] = {"seed": seed, "generation": dataclasses.asdict(gen_cfg)}
             logger.info("phase 1.2: T=%g pass rate %.3f over %d samples", temperature, table["passed"].mean(), len(table))
+        sandbox = executor.sandbox_info()
 
     extra = {
         "device": str(device),
@@ -270,7 +271,8 @@ def run(cfg: PipelineConfig) -> Path:
         "per_temperature": per_temperature,
         "activations_policy": "captured once per task at the last prompt token (they depend on the prompt only), not once per sample",
         "prompt_template_version": PROMPT_TEMPLATE_VERSION,
-        "executor": executor_cfg.to_dict(),
+        "executor": sandbox,  # limits, plus whether programs ran without network
+        "extraction_version": EXTRACTION_VERSION,
     }
     if cfg.shard_dir:
         folder = Path(cfg.shard_dir)

@@ -64,3 +64,11 @@ def tiny_model(tiny_model_dir: Path):
     from common.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer(str(tiny_model_dir), torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real pretrained model: SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576), converted once per session."""
+    from tests.helpers import smollm2_folder
+
+    return smollm2_folder(tmp_path_factory)

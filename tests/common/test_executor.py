@@ -363,3 +363,44 @@ def test_every_mbpp_reference_solution_passes():
     failed = [(r.task_id, r.outcome, r.detail) for r in results if not r.passed]
     assert failed == []
     assert [r.task_id for r in results] == problems["task_id"].tolist()
+
+
+def test_programs_cannot_reach_a_listener_on_this_machine(executor):
+    """A program that connects to a socket the test opens on 127.0.0.1 must fail: no network in the sandbox."""
+    import socket
+    import threading
+
+    if not executor.network_isolated:  # the documented fallback: the kernel refused every namespace
+        pytest.skip(f"this kernel allows no network namespace: {executor.sandbox_info()['network']}")
+    accepted: list[bool] = []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(3.0)
+        port = server.getsockname()[1]
+
+        def accept() -> None:
+            try:
+                conn, _ = server.accept()
+                conn.close()
+                accepted.append(True)
+            except OSError:
+                pass
+
+        waiter = threading.Thread(target=accept)
+        waiter.start()
+        code = (
+            "import socket\n"
+            "def reach():\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=1).close()\n"
+            "    return True\n"
+        )
+        result = executor.run(1, code, None, ["assert reach()"])
+        # The same connection from this (unsandboxed) process succeeds: the listener works.
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        waiter.join()
+    assert accepted == [True]  # only the test's own connection arrived
+    assert not result.passed and result.outcome == "OSError", result
+    assert "unreachable" in result.detail.lower()
+    info = executor.sandbox_info()
+    assert info["network_isolated"] is True and info["network"][0].startswith("isolated")

@@ -10,6 +10,7 @@ from common.prompts import (
     CODE_CUE,
     PROMPT_TEMPLATE_VERSION,
     STOP_SEQUENCES,
+    TESTS_HEADER,
     build_prompt,
     extract_code,
 )
@@ -66,9 +67,56 @@ CASES: dict[str, tuple[str, str]] = {
         "Your code should pass these tests:\n\nassert g([1, 2]) == 1\n\n```python\ndef g(l):\n    return min(l)\n",
         "def f(x):\n    return x * 2\n",
     ),
+    # Two attempts back to back are kept as written: Python runs the last one (documented decision).
     "second_attempt_same_name": (
         "def f(x):\n    return 1\n\ndef f(x):\n    return 2\n",
-        "def f(x):\n    return 1\n",
+        "def f(x):\n    return 1\n\ndef f(x):\n    return 2\n",
+    ),
+    "module_docstring_first": (
+        '"""Solution to the task."""\nimport re\n\ndef f(s):\n    return re.sub("a", "b", s)\n',
+        '"""Solution to the task."""\nimport re\n\ndef f(s):\n    return re.sub("a", "b", s)\n',
+    ),
+    "imports_inside_try_except": (
+        "try:\n    from math import gcd\nexcept ImportError:\n    from fractions import gcd\n\n"
+        "def f(a, b):\n    return gcd(a, b)\n\nf(4, 6)\n",
+        "try:\n    from math import gcd\nexcept ImportError:\n    from fractions import gcd\n\n"
+        "def f(a, b):\n    return gcd(a, b)\n",
+    ),
+    "constant_after_function": (
+        "def f(n):\n    return n % MOD\n\nMOD = 10**9 + 7\n\nprint(f(5))\n",
+        "def f(n):\n    return n % MOD\n\nMOD = 10**9 + 7\n",
+    ),
+    "config_call_before_def": (
+        "import sys\nsys.setrecursionlimit(10000)\n\ndef f(n):\n    return 1 if n == 0 else n * f(n - 1)\n",
+        "import sys\nsys.setrecursionlimit(10000)\n\ndef f(n):\n    return 1 if n == 0 else n * f(n - 1)\n",
+    ),
+    "import_inside_if_after_def": (
+        "def f(x):\n    return np.sum(x)\n\nif True:\n    import numpy as np\nelse:\n    np = None\n"
+        "for i in range(3):\n    f([i])\n",
+        "def f(x):\n    return np.sum(x)\n\nif True:\n    import numpy as np\nelse:\n    np = None\n",
+    ),
+    "function_cut_off_by_token_budget_is_dropped_whole": (
+        "import math\n\ndef f(x):\n    return math.sqrt(x)\n\ndef g(x):\n    y = [1,\n",
+        "import math\n\ndef f(x):\n    return math.sqrt(x)\n",
+    ),
+    "else_branch_with_a_syntax_error_drops_the_whole_if": (
+        "import os\nif os.name:\n    A = 1\nelse:\n    A = (\n",
+        "import os\n",
+    ),
+    "top_level_return_does_not_compile": ("def f():\n    return 1\nreturn 2\n", "def f():\n    return 1\n"),
+    "prose_before_the_code_without_a_fence": (
+        "Here is a Python function that solves it:\n\ndef f(x):\n    return x\n\nThis returns x.\n",
+        "def f(x):\n    return x\n",
+    ),
+    "bare_name_then_code": ("Solution\ndef f(x):\n    return x\n", "def f(x):\n    return x\n"),
+    "print_first_is_not_skipped_as_prose": ("print(1)\ndef f(x):\n    return x\n", ""),
+    "prompt_repeated_before_any_code_then_a_new_block": (
+        "Write a function.\nYour code should pass these tests:\n\nassert g(1) == 1\n\n```python\ndef g(x):\n    return x\n",
+        "",
+    ),
+    "asserts_name_prefix_is_not_a_stop": (
+        "asserts = [1, 2]\n\ndef f():\n    return asserts\n",
+        "asserts = [1, 2]\n\ndef f():\n    return asserts\n",
     ),
     "own_fence_after_prose": (
         "Here is the solution:\n```python\ndef f():\n    pass\n```\nExplanation: nothing happens.\n",
@@ -139,10 +187,37 @@ def test_stopping_early_never_changes_the_extracted_program(name: str) -> None:
     assert extract_code(_truncate_at_first_stop(generated)) == extract_code(generated)
 
 
+def _mbpp_rows() -> list[dict]:
+    return [json.loads(line) for line in MBPP_JSONL.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.skipif(not MBPP_JSONL.is_file(), reason="original MBPP file not present on this machine")
+def test_stopping_early_never_changes_the_program_over_mbpp_solutions_with_tests_appended() -> None:
+    """974 real programs followed by the ways models write tests: the stop point is always a cut point."""
+    tails = [
+        lambda r: "\n" + "\n".join(r["test_list"]) + "\n",
+        lambda r: "\n\nprint(" + r["test_list"][0][len("assert "):] + ")\n" + "\n".join(r["test_list"]),
+        lambda r: "\nif __name__ == '__main__':\n    " + r["test_list"][0] + "\n",
+        lambda r: "\n```\n\nThis solution works.\n",
+        lambda r: "\n\nWrite a function.\n" + TESTS_HEADER + "\n\n" + r["test_list"][0] + "\n",
+    ]
+    checked = 0
+    for row in _mbpp_rows():
+        code = row["code"].replace("\r\n", "\n").rstrip("\n")
+        for tail in tails:
+            generated = code + tail(row)
+            truncated = _truncate_at_first_stop(generated)
+            assert truncated != generated
+            assert extract_code(truncated) == extract_code(generated), row["task_id"]
+            assert extract_code(generated).strip() == code.strip(), row["task_id"]
+            checked += 1
+    assert checked == 5 * 974
+
+
 @pytest.mark.skipif(not MBPP_JSONL.is_file(), reason="original MBPP file not present on this machine")
 def test_extract_code_keeps_every_mbpp_reference_solution_whole() -> None:
     """Reference solutions contain no tests: extraction must not cut a single one of the 974."""
-    rows = [json.loads(line) for line in MBPP_JSONL.read_text().splitlines() if line.strip()]
+    rows = _mbpp_rows()
     assert len(rows) == 974
     for row in rows:
         code = row["code"].replace("\r\n", "\n")

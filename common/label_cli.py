@@ -1,0 +1,182 @@
+"""``run.py label``: extract, run and label generations that already exist.
+
+Why: labels depend on the extraction and the executor, both of which change.
+A user re-scores an old Phase 1 or 1.2 run after such a change without
+regenerating (hours of GPU), or scores another system's generations the same
+way the pipeline scores its own. Input is any jsonl or parquet table with
+``task_id`` and ``generated_text``; the problems come from ``--mbpp-path`` (or
+the hub). The output is the input table, row for row, with ``extracted_code``,
+``passed``, ``outcome``, ``detail`` and ``exec_time_s`` replaced or added.
+
+Only the table is written: Phase 1's activation files stay under the label
+they were saved with.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from common.config import PipelineConfig
+from common.errors import PipelineError
+from common.executor import ExecutionResult, Executor, executor_config_for
+from common.labelling import submit_generation
+from common.mbpp import load_mbpp, mbpp_source_description
+from common.metadata import RunClock, build_metadata
+from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION
+from common.storage import atomic_write_text, write_json, write_parquet
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("task_id", "generated_text")
+LABEL_COLUMNS = ("extracted_code", "passed", "outcome", "detail", "exec_time_s")
+FORMATS = (".jsonl", ".parquet")
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PipelineError(f"generations file {path}: line {number} is not JSON ({exc.msg})")
+            if not isinstance(row, dict):
+                raise PipelineError(f"generations file {path}: line {number} is not a JSON object")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def read_generations(path: str | Path) -> pd.DataFrame:
+    """The generations table, checked: the columns exist, task ids are integers, texts are strings."""
+    path = Path(path)
+    if path.suffix not in FORMATS:
+        raise PipelineError(f"generations file {path}: expected a .jsonl or .parquet file")
+    if not path.is_file():
+        raise PipelineError(f"generations file {path} does not exist")
+    try:
+        df = _read_jsonl(path) if path.suffix == ".jsonl" else pd.read_parquet(path)
+    except PipelineError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # pyarrow's errors are ValueErrors (ArrowInvalid)
+        raise PipelineError(f"generations file {path} cannot be read: {type(exc).__name__}: {exc}")
+    if df.empty:
+        raise PipelineError(f"generations file {path} holds no rows")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise PipelineError(f"generations file {path} has no column {', '.join(missing)} (needs task_id and generated_text)")
+    for position, (task_id, text) in enumerate(zip(df["task_id"], df["generated_text"], strict=True)):
+        integral = isinstance(task_id, (int, np.integer)) or (isinstance(task_id, float) and task_id.is_integer())
+        if isinstance(task_id, bool) or not integral:
+            raise PipelineError(f"generations file {path}: row {position} has task_id {task_id!r}, not an integer")
+        if not isinstance(text, str):
+            raise PipelineError(f"generations file {path}: row {position} has generated_text {text!r:.40}, not a string")
+    return df.assign(task_id=df["task_id"].astype("int64")).reset_index(drop=True)
+
+
+def default_output(generations: Path) -> Path:
+    """``run.jsonl`` -> ``run_labelled.jsonl``, beside the input."""
+    return generations.with_name(f"{generations.stem}_labelled{generations.suffix}")
+
+
+def _check_output(generations: Path, output: Path) -> None:
+    if output.suffix not in FORMATS:
+        raise PipelineError(f"output {output}: expected a .jsonl or .parquet name")
+    if output.resolve() == generations.resolve():
+        raise PipelineError(f"output {output} is the generations file itself; choose another --output")
+    if output.exists() and output.is_dir():
+        raise PipelineError(f"output {output} is a directory")
+
+
+def check_task_ids(df: pd.DataFrame, problems: pd.DataFrame, source: str) -> None:
+    """Every task id of the generations must be an MBPP task: its asserts are the test."""
+    unknown = sorted(set(df["task_id"]) - set(problems["task_id"]))
+    if unknown:
+        shown = ", ".join(str(t) for t in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise PipelineError(f"generations file {source}: task_id {shown} not in MBPP ({len(unknown)} unknown)")
+
+
+def label_table(df: pd.DataFrame, problems: pd.DataFrame, executor: Executor, source: str) -> pd.DataFrame:
+    """One verdict per row of ``df`` (same order): the input columns plus the label columns."""
+    check_task_ids(df, problems, source)
+    by_id = problems.set_index("task_id")
+    from tqdm import tqdm
+
+    pending: list[tuple[str, concurrent.futures.Future[ExecutionResult]]] = []
+    for task_id, text in zip(df["task_id"], df["generated_text"], strict=True):
+        problem = by_id.loc[int(task_id)]
+        pending.append(
+            submit_generation(executor, int(task_id), text, problem["test_setup_code"], list(problem["test_list"]))
+        )
+    for _ in tqdm(concurrent.futures.as_completed([f for _, f in pending]), total=len(pending), desc="labelling"):
+        pass
+    verdicts = [future.result() for _, future in pending]
+    out = df.drop(columns=[c for c in LABEL_COLUMNS if c in df.columns])
+    return out.assign(
+        extracted_code=[code for code, _ in pending],
+        passed=[bool(v.passed) for v in verdicts],
+        outcome=[v.outcome for v in verdicts],
+        detail=[v.detail for v in verdicts],
+        exec_time_s=[float(v.duration_s) for v in verdicts],
+    )
+
+
+def _write_table(df: pd.DataFrame, path: Path) -> None:
+    if path.suffix == ".parquet":
+        write_parquet(df, path)
+    else:
+        text = "".join(json.dumps(row, default=str) + "\n" for row in df.to_dict("records"))
+        atomic_write_text(path, text)
+
+
+def label_cli(cfg: PipelineConfig, generations: str, output: str | None = None) -> int:
+    """Label every row; print ``passed N/M`` and the count per outcome. Exit 0 whatever the pass rate."""
+    clock = RunClock()
+    source = Path(generations)
+    target = Path(output) if output else default_output(source)
+    df = read_generations(source)
+    _check_output(source, target)
+    problems = load_mbpp(cfg.mbpp_path)
+    check_task_ids(df, problems, str(source))  # before any worker starts
+    with Executor(executor_config_for(cfg)) as executor:
+        labelled = label_table(df, problems, executor, str(source))
+        sandbox = executor.sandbox_info()
+    counts = collections.Counter(labelled["outcome"])
+    n_passed = int(labelled["passed"].sum())
+    changed = None
+    if "passed" in df.columns:
+        changed = int((df["passed"].astype(bool).to_numpy() != labelled["passed"].to_numpy()).sum())
+    _write_table(labelled, target)
+    inputs: dict[str, str | Path] = {"generations": source}
+    if cfg.mbpp_path:
+        inputs["mbpp"] = cfg.mbpp_path
+    metadata_path = target.with_name(f"{target.stem}_metadata.json")
+    write_json(metadata_path, build_metadata(
+        "label", cfg, clock, inputs=inputs, outputs={"labels": target},
+        extra={
+            "mbpp": mbpp_source_description(cfg.mbpp_path),
+            "extraction_version": EXTRACTION_VERSION,
+            "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+            "sandbox": sandbox,
+            "n_rows": len(labelled), "n_passed": n_passed, "outcome_counts": dict(counts),
+            "labels_changed_vs_input": changed,
+        },
+    ))
+    print(f"passed {n_passed}/{len(labelled)}")
+    for outcome, count in counts.most_common():
+        print(f"  {outcome}: {count}")
+    if changed is not None:
+        print(f"labels changed vs. the input's passed column: {changed}")
+    if not sandbox["network_isolated"]:
+        print(f"note: programs ran with network access ({'; '.join(sandbox['network'])})")
+    print(f"labels written to {target} (metadata {metadata_path.name})")
+    return 0

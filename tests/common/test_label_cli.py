@@ -1,0 +1,132 @@
+"""``run.py label``: re-scoring existing generations, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from common.prompts import EXTRACTION_VERSION
+from run import main
+from tests.paths import REAL_MBPP, requires_real_mbpp
+
+pytestmark = requires_real_mbpp
+
+
+def _mbpp() -> dict[int, dict]:
+    rows = [json.loads(line) for line in REAL_MBPP.read_text().splitlines() if line.strip()]
+    return {r["task_id"]: r for r in rows}
+
+
+def _generations() -> list[dict]:
+    """Six generations for real tasks, written as a model would, with the outcome each must get."""
+    mbpp = _mbpp()
+    ref = {t: mbpp[t]["code"].replace("\r\n", "\n") for t in (2, 3, 4)}
+    return [
+        # The reference solution, followed by its own asserts and prose: passes.
+        {"task_id": 2, "generated_text": ref[2] + "\n" + "\n".join(mbpp[2]["test_list"]) + "\n```\nDone.", "want": "passed"},
+        # A module docstring and an import inside try/except before the reference: passes.
+        {"task_id": 3, "generated_text": '"""Not prime."""\ntry:\n    import math\nexcept ImportError:\n    math = None\n' + ref[3], "want": "passed"},
+        {"task_id": 4, "generated_text": ref[4] + "\nprint(heap_queue_largest([1, 2], 1))\n", "want": "passed"},
+        {"task_id": 2, "generated_text": "def similar_elements(a, b):\n    return ()\n", "want": "assertion"},
+        {"task_id": 3, "generated_text": "Sorry, I can't help with that.", "want": "no_code"},
+        {"task_id": 4, "generated_text": "def largest(nums, n):\n    return nums[:n]\n", "want": "missing_entry_point"},
+    ]
+
+
+@pytest.fixture(autouse=True)
+def fresh_console_log():
+    """run.py's console handler binds to sys.stderr once; each test captures a new stderr."""
+    root = logging.getLogger()
+    stale = [h for h in root.handlers if getattr(h, "_pva_console", False)]
+    for handler in stale:
+        root.removeHandler(handler)
+    yield
+    for handler in [h for h in root.handlers if getattr(h, "_pva_console", False)]:
+        root.removeHandler(handler)
+
+
+def _error_line(err: str) -> str:
+    """The one ``error:`` line of a failed run (INFO log lines may come before it), and no traceback."""
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0] and "Traceback" not in err, err
+    return errors[0]
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["label", "--mbpp-path", str(REAL_MBPP), "--workers", "2", "--timeout", "10", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_label_rescores_a_table_row_for_row(tmp_path, capsys, suffix) -> None:
+    rows = _generations()
+    df = pd.DataFrame(rows).assign(passed=False, outcome="NameError", extra_column=range(len(rows)))
+    source = tmp_path / f"gens{suffix}"
+    if suffix == ".jsonl":
+        source.write_text("".join(json.dumps(r) + "\n" for r in df.to_dict("records")))
+    else:
+        df.to_parquet(source)
+    code, out, err = _run(capsys, "--generations", str(source))
+    assert code == 0, err
+    target = tmp_path / f"gens_labelled{suffix}"
+    labelled = pd.read_json(target, lines=True) if suffix == ".jsonl" else pd.read_parquet(target)
+    assert list(labelled["task_id"]) == [r["task_id"] for r in rows]
+    assert list(labelled["outcome"]) == [r["want"] for r in rows]
+    assert list(labelled["passed"]) == [r["want"] == "passed" for r in rows]
+    assert list(labelled["extra_column"]) == list(range(len(rows)))  # input columns kept
+    assert labelled.loc[4, "extracted_code"] == ""
+    assert "passed 3/6" in out and "no_code: 1" in out and "missing_entry_point: 1" in out
+    assert "labels changed vs. the input's passed column: 3" in out
+    meta = json.loads((tmp_path / "gens_labelled_metadata.json").read_text())
+    assert meta["extraction_version"] == EXTRACTION_VERSION
+    assert meta["n_passed"] == 3 and meta["outcome_counts"]["passed"] == 3
+    assert meta["inputs"]["generations"]["sha256"]
+    assert "network_isolated" in meta["sandbox"]
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+BAD_INPUTS = {
+    "no_generated_text_column": ("gens.jsonl", '{"task_id": 2, "text": "x"}\n', "no column generated_text"),
+    "no_task_id_column": ("gens.jsonl", '{"generated_text": "x"}\n', "no column task_id"),
+    "task_id_not_in_mbpp": ("gens.jsonl", '{"task_id": 99999, "generated_text": "x"}\n', "task_id 99999 not in MBPP"),
+    "not_json": ("gens.jsonl", '{"task_id": 2, "generated_text": \n', "line 1 is not JSON"),
+    "unreadable_parquet": ("gens.parquet", b"this is not parquet", "cannot be read"),
+    "text_not_a_string": ("gens.jsonl", '{"task_id": 2, "generated_text": null}\n', "not a string"),
+    "task_id_missing_in_one_row": (
+        "gens.jsonl", '{"task_id": 2, "generated_text": "x"}\n{"generated_text": "y"}\n', "row 1 has task_id nan"
+    ),
+    "wrong_suffix": ("gens.csv", "task_id,generated_text\n", "expected a .jsonl or .parquet"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, capsys, name) -> None:
+    file_name, content, message = BAD_INPUTS[name]
+    source = _write(tmp_path / file_name, content)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = _run(capsys, "--generations", str(source))
+    assert code == 2
+    line = _error_line(err)
+    assert str(source) in line and message in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_missing_file_and_output_onto_the_input_are_refused(tmp_path, capsys) -> None:
+    code, _, err = _run(capsys, "--generations", str(tmp_path / "none.jsonl"))
+    assert code == 2 and "does not exist" in _error_line(err)
+    source = _write(tmp_path / "gens.jsonl", json.dumps({"task_id": 2, "generated_text": "x"}) + "\n")
+    code, _, err = _run(capsys, "--generations", str(source), "--output", str(source))
+    assert code == 2 and "generations file itself" in _error_line(err)
+    assert source.read_text() == json.dumps({"task_id": 2, "generated_text": "x"}) + "\n"

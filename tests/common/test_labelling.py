@@ -1,0 +1,133 @@
+"""Labels of realistic generations, checked by running them: extraction + entry-point check + executor.
+
+Each case is a generation the way a model writes it, and the verdict it must
+get when it is extracted and executed against the asserts. Asserting the
+verdict (not only the extracted text) is what makes a label trustworthy: a
+program that passes when run as written must pass here too.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.executor import ASSERTION, PASSED, Executor, ExecutorConfig
+from common.labelling import MISSING_ENTRY_POINT, NO_CODE, entry_point, precheck, submit_generation
+from common.prompts import extract_code
+from tests.paths import REAL_MBPP, requires_real_mbpp
+
+TESTS = ["assert fact(0) == 1", "assert fact(5) == 120", "assert fact(10) == 3628800"]
+
+# name -> (generation, outcome it must get)
+SHAPES: dict[str, tuple[str, str]] = {
+    "plain_function_then_closing_fence": ("def fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n```\n", PASSED),
+    "module_docstring_before_the_code": (
+        '"""Factorial, recursive."""\n\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n', PASSED
+    ),
+    "imports_inside_try_except_import_error": (
+        "try:\n    from math import factorial as _f\nexcept ImportError:\n    _f = None\n\n"
+        "def fact(n):\n    return _f(n)\n",
+        PASSED,
+    ),
+    "constant_defined_after_the_function": (
+        "def fact(n):\n    return TABLE[n]\n\nTABLE = [1]\nfor i in range(1, 11):\n    TABLE.append(TABLE[-1] * i)\n",
+        # The loop that fills TABLE is script code after the definitions: it is cut, so TABLE[5] fails.
+        "IndexError",
+    ),
+    "constant_after_function_then_prints": (
+        "def fact(n):\n    return 1 if n <= LIMIT else n * fact(n - 1)\n\nLIMIT = 1\n\nprint(fact(5))\n", PASSED
+    ),
+    "setrecursionlimit_before_the_def": (
+        "import sys\nsys.setrecursionlimit(5000)\n\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n", PASSED
+    ),
+    "main_guard_with_tests": (
+        "def fact(n):\n    r = 1\n    for i in range(2, n + 1):\n        r *= i\n    return r\n\n"
+        "if __name__ == '__main__':\n    assert fact(3) == 7\n",
+        PASSED,
+    ),
+    "wrong_answer": ("def fact(n):\n    return n\n", ASSERTION),
+    "defined_twice_last_one_runs_and_is_right": (
+        "def fact(n):\n    return n\n\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n", PASSED
+    ),
+    "defined_twice_last_one_runs_and_is_wrong": (
+        "def fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n\ndef fact(n):\n    return 0\n", ASSERTION
+    ),
+    "second_definition_after_a_print_is_not_kept": (
+        "def fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n\nprint(fact(3))\n\ndef fact(n):\n    return 0\n",
+        PASSED,
+    ),
+    "prose_only": ("I am sorry, I cannot write this function.\n", NO_CODE),
+    "immediately_closed_fence": ("```\nThe function is easy.\n", NO_CODE),
+    "only_asserts": ("assert fact(1) == 1\n", NO_CODE),
+    "other_function_name": ("def factorial(n):\n    return 1 if n == 0 else n * factorial(n - 1)\n", MISSING_ENTRY_POINT),
+    "entry_point_cut_off_by_the_token_budget": (
+        "import math\n\ndef helper(n):\n    return n\n\ndef fact(n):\n    return math.prod(range(1,\n", MISSING_ENTRY_POINT
+    ),
+    "entry_point_bound_by_assignment": ("import math\nfact = math.factorial\n", PASSED),
+    "entry_point_imported_under_its_name": ("from math import factorial as fact\n", PASSED),
+    "prose_then_own_python_fence": (
+        "Here is the code:\n```python\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n```\nDone.\n", PASSED
+    ),
+    "class_with_method_only": (
+        "class Solution:\n    def fact(self, n):\n        return 1 if n == 0 else n * self.fact(n - 1)\n",
+        MISSING_ENTRY_POINT,
+    ),
+    "script_reading_stdin_before_the_def": (
+        "n = int(input())\n\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n", "EOFError"
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def executor():
+    with Executor(ExecutorConfig(workers=2, timeout_s=5)) as ex:
+        yield ex
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_each_shape_gets_its_executed_verdict(executor, name: str) -> None:
+    generated, expected = SHAPES[name]
+    code, future = submit_generation(executor, 1, generated, None, TESTS)
+    verdict = future.result()
+    assert code == extract_code(generated)
+    assert verdict.outcome == expected, (code, verdict)
+    assert verdict.passed == (expected == PASSED)
+
+
+def test_the_extracted_program_is_the_models_own_text_up_to_the_cut() -> None:
+    """Extraction never rewrites code: a passing program is a prefix of what the model wrote."""
+    for name, (generated, expected) in SHAPES.items():
+        if expected != PASSED:
+            continue
+        code = extract_code(generated)
+        body = generated.split("```python\n", 1)[-1] if "```python\n" in generated else generated
+        assert body.startswith(code.rstrip("\n")), name
+
+
+def test_no_code_and_missing_entry_point_are_not_executed(executor) -> None:
+    assert precheck(1, "", TESTS).outcome == NO_CODE
+    missing = precheck(1, "def g():\n    pass\n", TESTS)
+    assert missing.outcome == MISSING_ENTRY_POINT and "fact" in missing.detail and missing.duration_s == 0.0
+    assert precheck(1, "def fact(n):\n    return n\n", TESTS) is None
+
+
+def test_entry_point_skips_builtins_and_names_from_the_setup_code() -> None:
+    assert entry_point(["assert set(similar_elements((3, 4), (5, 4))) == set((4,))"]) == "similar_elements"
+    assert entry_point(["assert is_tree_balanced(root) == False"], "class Node:\n    pass\nroot = Node()\n") == (
+        "is_tree_balanced"
+    )
+    assert entry_point(["assert sum(10, 15) == 6"]) is None  # MBPP task 126 shadows a builtin: not checked
+    assert entry_point(["assert math.isclose(area(1), 3.14, rel_tol=0.01)"]) == "area"
+
+
+@requires_real_mbpp
+def test_every_mbpp_reference_solution_defines_its_entry_point() -> None:
+    """Over the 974 real tasks, the static check never rejects a reference solution (no false missing_entry_point)."""
+    rows = [json.loads(line) for line in REAL_MBPP.read_text().splitlines() if line.strip()]
+    checked = 0
+    for row in rows:
+        code = row["code"].replace("\r\n", "\n")
+        assert precheck(row["task_id"], extract_code(code), row["test_list"], row["test_setup_code"]) is None
+        checked += entry_point(row["test_list"], row["test_setup_code"]) is not None
+    assert checked == 973  # all but task 126, whose asserts call only the shadowed builtin sum
