@@ -1,0 +1,70 @@
+"""The demo's second problem set: its own problems rewritten in HumanEval's format.
+
+Why: the demo must show the transfer path (latents, probes, thresholds and
+coefficients chosen on the MBPP-format problems, applied unchanged to a second
+benchmark) without the hub. Its tiny model can only solve problems it has
+memorised, so a set of new problems would be all-incorrect and no transfer
+number could be computed. Rewriting the same problems in HumanEval's format (a
+signature and a docstring to complete, one ``check(candidate)`` function)
+keeps both classes and tests what transfer tests on a real model: whether a
+latent chosen on one prompt format still reads correctness under another.
+Because the problems are the same, the demo's transfer numbers say nothing
+about transfer across problem content; the README says so.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from common.errors import PipelineError
+from common.labelling import entry_point
+
+
+class _RenameEntry(ast.NodeTransformer):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return ast.copy_location(ast.Name(id="candidate", ctx=node.ctx), node) if node.id == self.name else node
+
+
+def humaneval_row(problem: dict[str, Any]) -> dict[str, str]:
+    """One MBPP-format problem as a HumanEval-format row (prompt up to the body, body as the solution)."""
+    tests = list(problem["test_list"])
+    name = entry_point(tests, problem["test_setup_code"])
+    code = str(problem["code"]).replace("\r\n", "\n")
+    function = next(
+        (n for n in ast.parse(code).body if isinstance(n, ast.FunctionDef) and n.name == name), None
+    )
+    if name is None or function is None:
+        raise PipelineError(f"demo problem {problem['task_id']}: no top-level function called by its asserts")
+    lines = code.split("\n")
+    body_start = function.body[0].lineno - 1
+    indent = lines[body_start][: len(lines[body_start]) - len(lines[body_start].lstrip())]
+    prompt = "\n".join(lines[:body_start]) + f'\n{indent}"""{problem["text"]}\n{indent}"""\n'
+    checks = [ast.unparse(_RenameEntry(name).visit(ast.parse(t.strip()))) for t in tests]
+    test = (problem["test_setup_code"] or "") + "\n\ndef check(candidate):\n" + "".join(f"    {c}\n" for c in checks)
+    return {
+        "task_id": f"Demo/{int(problem['task_id'])}",
+        "prompt": prompt,
+        "canonical_solution": "\n".join(lines[body_start:]) + "\n",
+        "test": test,
+        "entry_point": name,
+    }
+
+
+def write_humaneval_view(problems: pd.DataFrame, path: Path) -> Path:
+    """Write every problem in HumanEval's format as a gzipped jsonl that ``--humaneval-path`` reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as handle:
+        for problem in problems.to_dict("records"):
+            handle.write(json.dumps(humaneval_row(problem)) + "\n")
+    tmp.replace(path)
+    return path
