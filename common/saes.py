@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from common.errors import PipelineError
+from common.hooks import hook_name
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -84,7 +85,7 @@ class SAESource:
 
 def expected_hook_name(layer: int) -> str:
     """The site the pipeline captures for ``layer``, and the one GemmaScope's ``layer_L`` was trained on (rule 1)."""
-    return f"blocks.{layer}.hook_resid_post"
+    return hook_name(layer, "resid_post")
 
 
 def sae_hook_name(sae: SAE) -> str | None:
