@@ -5,6 +5,8 @@
     python3 run.py check-mbpp [--workers N] [--timeout S] [--json PATH]
     python3 run.py test-gpu [--model M]
     python3 run.py demo [--data-dir D] [--retrain]
+    python3 run.py models
+    python3 run.py train-saes --model M --output DIR [--layers ...] [--corpus FILE] [--width N] [--tokens N]
 
 Every user-facing error is one line on stderr and exit code 2 (DESIGN section 7).
 """
@@ -80,7 +82,7 @@ def _add_phase_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n-strata", type=int, help="difficulty strata, quantiles of complexity (default 4)")
 
     g = parser.add_argument_group("phases 1 and 1.2 (generation)")
-    g.add_argument("--model", help=f"hub id or local model folder (default {DEFAULT_MODEL})")
+    g.add_argument("--model", help=f"preset (see `run.py models`), hub id or local model folder (default {DEFAULT_MODEL})")
     g.add_argument("--start", type=int, help="first task position, inclusive (default 0)")
     g.add_argument("--end", type=int, help="last task position, inclusive (default: last task)")
     g.add_argument("--layers", type=_int_list, help="layers to capture, e.g. 0,6,12 (default all)")
@@ -142,11 +144,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--retrain", action="store_true", help="retrain the demo model and SAEs even if cached")
     demo.add_argument("--size", choices=["demo", "test"], default="demo", help="demo (default) or the smaller test size")
     _add_global_options(demo)
+
+    sub.add_parser("models", help="list the model presets, their SAE layers and download sizes")
+    train = sub.add_parser("train-saes", help="train one SAE per layer on resid_post with SAE Lens (for --sae-path)")
+    train.add_argument("--model", help="preset, hub id or local model folder")
+    train.add_argument("--output", dest="train_output", help="folder for the layer_{L} SAE folders (required)")
+    train.add_argument("--layers", type=_int_list, help="layers to train SAEs for (default all)")
+    train.add_argument("--corpus", dest="train_corpus", type=_path_list, help="local .txt/.jsonl files, comma separated (default: pile-10k from the hub plus MBPP prompts with code)")
+    train.add_argument("--width", dest="train_width", type=int, help="latents per SAE (default 4 x d_model)")
+    train.add_argument("--tokens", dest="train_tokens", type=int, help="training tokens per SAE (default 2,000,000)")
+    _add_global_options(train)
     return parser
 
 
+def _path_list(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
 def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    return PipelineConfig.from_overrides(vars(args))
+    from common.model_presets import resolve_model
+
+    values = vars(args)
+    cfg = PipelineConfig.from_overrides(values)
+    return resolve_model(cfg, {key for key, value in values.items() if value is not None})
 
 
 def _load_entry(spec: str) -> Callable[..., Any]:
@@ -179,6 +199,15 @@ def main(argv: list[str] | None = None) -> int:
             from demo.pipeline import run_demo_cli
 
             return run_demo_cli(cfg, retrain=args.retrain, size=args.size)
+        if args.command == "models":
+            from common.model_presets import presets_table
+
+            print(presets_table())
+            return 0
+        if args.command == "train-saes":
+            from common.sae_training_cli import train_saes_cli
+
+            return train_saes_cli(cfg)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

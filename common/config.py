@@ -75,6 +75,14 @@ class PipelineConfig:
     top_latents_validated: int = 5
     steering_max_new_tokens: int | None = None
 
+    # Model presets and SAE training (issue 12; common/model_presets.py, common/sae_training.py)
+    model_preset: str | None = field(default=None, metadata={"help": "set from --model PRESET: the preset that chose model, SAEs and layers"})
+    prompt_format: str = field(default="plain", metadata={"help": "plain or chat (the tokenizer's chat template); a preset sets it"})
+    train_output: str | None = field(default=None, metadata={"help": "train-saes: folder for the layer_{L} SAE folders (what --sae-path reads)"})
+    train_corpus: list[str] | None = field(default=None, metadata={"help": "train-saes: local .txt/.jsonl files (default: pile-10k from the hub plus MBPP prompts with code)"})
+    train_width: int | None = field(default=None, metadata={"help": "train-saes: latents per SAE (default 4 x d_model)"})
+    train_tokens: int = field(default=2_000_000, metadata={"help": "train-saes: training tokens per SAE; the corpus is read up to this many and cycled if shorter"})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
