@@ -58,6 +58,11 @@ class ModelPreset:
     prompt_format: str = "plain"
     sae_dtype: str = "float32"
     sae_note: str = ""
+    sae_trained_on: str | None = None  # hub id of the model the SAEs were trained on, when not this one
+
+    @property
+    def sae_model(self) -> str:
+        return self.sae_trained_on or self.hub_id
 
     def sae_id(self, layer: int) -> str:
         return self.sae_id_template.format(layer=layer, width=self.sae_width)
@@ -90,6 +95,7 @@ PRESETS: dict[str, ModelPreset] = {
         _GEMMA2_2B,
         dataclasses.replace(
             _GEMMA2_2B, name="gemma-2-2b-it", hub_id="google/gemma-2-2b-it", prompt_format="chat",
+            sae_trained_on="google/gemma-2-2b",
             sae_note="the base model's Gemma Scope SAEs, read on the chat model (Phase 2 reports FVU per layer)",
         ),
         ModelPreset(
