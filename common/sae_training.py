@@ -309,7 +309,7 @@ def train_saes(
     n_held = max(1, round(cfg.holdout_fraction * len(encoded))) if len(encoded) > 1 else 0
     held_texts = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(cfg.seed))[:n_held]
     report: dict[str, Any] = {
-        **(extra or {}), "model": model_name, "config": cfg.to_dict(), "n_texts": len(encoded),
+        **(extra or {}), "model": model_name, "sae_training": cfg.to_dict(), "n_texts": len(encoded),
         "n_heldout_texts": n_held, "layers": {},
     }
     n_tokens = sum(len(ids) for ids in encoded)
