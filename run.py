@@ -94,6 +94,7 @@ def _add_phase_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--samples-per-task", type=int, help="phase 1.2 samples per task and temperature (default 5)")
     g.add_argument("--checkpoint-every", type=int, help="records between checkpoints (default 50)")
     g.add_argument("--autosave-every", type=int, help="records between full autosaves, 3 newest kept (default 100)")
+    g.add_argument("--prompt-format", choices=["plain", "chat"], help="plain prompt, or one user turn of the model's chat template (a preset sets it; default plain)")
     g.add_argument("--shard-dir", help="(set by multi_gpu_launcher.py) write this slice's table here")
 
     g = parser.add_argument_group("phase 2 (SAE analysis)")
@@ -226,6 +227,8 @@ def _run_phase(number: str, cfg: PipelineConfig) -> int:
         import torch  # a CPU worker of the launcher: one thread each, or they fight for the cores
 
         torch.set_num_threads(int(threads))
+    if number == "3" and cfg.prompt_format != "plain":
+        raise PipelineError("Phase 3 does not build chat-format prompts yet: its steered prompts must equal Phase 1's (use --prompt-format plain)")
     entry = _load_entry(PHASES[number])
     log_path = phase_dir(cfg.data_dir, number) / "logs" / f"phase{number}_{timestamp()}.log"
     handler = add_file_log(log_path)

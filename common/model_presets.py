@@ -257,3 +257,24 @@ def presets_table() -> str:
     rows.append("* estimates: weights = parameters x bytes of the checkpoint dtype; SAEs = layers x 2 x d_model x d_sae x bytes.")
     rows.append("Any other model: --model HUB_ID_OR_FOLDER with --sae-release/--sae-id-template, or --sae-path from `run.py train-saes`.")
     return "\n".join(rows)
+
+
+def apply_prompt_format(tokenizer: Any, prompt: str, prompt_format: str) -> str:
+    """The text the model is given for ``prompt``: as is (``plain``), or as one user turn of its chat template.
+
+    Why strip a leading BOS: the chat template writes ``<bos>`` into the text,
+    and the pipeline's tokenizer call adds BOS again; a doubled BOS changes
+    every activation that follows it.
+    """
+    if prompt_format == "plain":
+        return prompt
+    if prompt_format != "chat":
+        raise PipelineError(f"prompt format must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+    if not getattr(tokenizer, "chat_template", None):
+        raise PipelineError("--prompt-format chat, but the model's tokenizer has no chat template: use --prompt-format plain")
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    adds_bos = tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    if bos and adds_bos and text.startswith(bos):
+        text = text[len(bos):]
+    return text

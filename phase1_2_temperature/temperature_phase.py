@@ -26,6 +26,7 @@ from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
 from common.generation_loop import Job, generate_and_execute
 from common.metadata import RunClock, build_metadata
+from common.model_presets import apply_prompt_format
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, require_file
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
@@ -130,7 +131,7 @@ def run(cfg: PipelineConfig) -> Path:
                 Job(
                     key=f"{int(row.task_id)}@T{temperature:g}",
                     task_id=int(row.task_id),
-                    prompt=build_prompt(row.text, list(row.test_list)),
+                    prompt=apply_prompt_format(tokenizer, build_prompt(row.text, list(row.test_list)), cfg.prompt_format),
                     test_setup_code=row.test_setup_code,
                     tests=list(row.test_list),
                     extra={"temperature": float(temperature)},

@@ -100,3 +100,28 @@ def test_models_command_and_unknown_preset_cli():
     bad = _run("phase", "2", "--model", "gemma-9")
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "unknown model preset 'gemma-9'" in bad.stderr
+
+
+_GEMMA_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def test_chat_prompt_format_wraps_once_with_a_single_bos(tiny_model):
+    import copy
+
+    from common.model_presets import apply_prompt_format
+
+    tokenizer = copy.deepcopy(tiny_model[1])
+    prompt = "Write a function to add two numbers.\nassert add(1, 2) == 3\n"
+    assert apply_prompt_format(tokenizer, prompt, "plain") == prompt
+    with pytest.raises(PipelineError, match="no chat template"):
+        apply_prompt_format(tokenizer, prompt, "chat")
+    tokenizer.chat_template = _GEMMA_STYLE_TEMPLATE
+    text = apply_prompt_format(tokenizer, prompt, "chat")
+    assert text == f"<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n"
+    ids = tokenizer(text)["input_ids"]
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+    with pytest.raises(PipelineError, match="prompt format must be one of"):
+        apply_prompt_format(tokenizer, prompt, "markdown")
