@@ -24,6 +24,7 @@ from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
 from common.generation_loop import Job, generate_and_execute
+from common.hooks import check_layers
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
 from common.model_presets import apply_prompt_format
@@ -67,10 +68,7 @@ def task_count(cfg: PipelineConfig) -> int:
 def resolve_layers(requested: list[int] | None, n_layers: int) -> list[int]:
     if requested is None:
         return list(range(n_layers))
-    bad = [l for l in requested if not 0 <= l < n_layers]
-    if bad:
-        raise PipelineError(f"--layers {bad} out of range: the model has layers 0..{n_layers - 1}")
-    return sorted(set(requested))
+    return check_layers(requested, n_layers, "--layers")
 
 
 def run(cfg: PipelineConfig) -> Path:
