@@ -167,7 +167,10 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
 
     values = vars(args)
     cfg = PipelineConfig.from_overrides(values)
-    return resolve_model(cfg, {key for key, value in values.items() if value is not None})
+    resolved = resolve_model(cfg, {key for key, value in values.items() if value is not None})
+    if args.command == "train-saes" and values.get("layers") is None:
+        resolved.layers = None  # own SAEs: every layer by default, not only those the preset's release covers
+    return resolved
 
 
 def _load_entry(spec: str) -> Callable[..., Any]:
