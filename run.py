@@ -6,6 +6,8 @@
     python3 run.py label --generations FILE [--output FILE] [--workers N] [--timeout S]
     python3 run.py test-gpu [--model M]
     python3 run.py demo [--data-dir D] [--retrain]
+    python3 run.py models
+    python3 run.py train-saes --model M --output DIR [--layers ...] [--corpus FILE] [--width N] [--tokens N]
 
 Every user-facing error is one line on stderr and exit code 2 (DESIGN section 7).
 """
@@ -76,6 +78,10 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected integers separated by commas, got {text!r}")
 
 
+def _str_list(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
 def _checked(parse: Callable[[str], Any], minimum: float | None) -> Callable[[str], Any]:
     """``parse`` plus the field's rules: lists not empty, numbers at least ``minimum``."""
 
@@ -97,7 +103,7 @@ def _parser_of(hint: Any) -> Callable[[str], Any]:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is list:
-        return {int: _int_list, float: _float_list}[typing.get_args(hint)[0]]
+        return {int: _int_list, float: _float_list, str: _str_list}[typing.get_args(hint)[0]]
     return {int: int, float: float, str: str}[hint]
 
 
@@ -169,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--retrain", action="store_true", help="retrain the demo model and SAEs even if cached")
     demo.add_argument("--size", choices=["demo", "test"], default="demo", help="demo (default) or the smaller test size")
     _add_config_options(demo, "demo")
+
+    models = sub.add_parser("models", help="list the model presets, their SAE layers and download sizes")
+    _add_config_options(models, "models")
+    train = sub.add_parser("train-saes", help="train one SAE per layer on resid_post with SAE Lens (for --sae-path)")
+    _add_config_options(train, "train-saes")
     return parser
 
 
@@ -183,8 +194,15 @@ def _refuse_foreign_options(parser: argparse.ArgumentParser, args: argparse.Name
 
 
 def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """Defaults < environment < the options given; then ``--model PRESET`` expanded (given options win)."""
+    from common.model_presets import resolve_model
+
     config_keys = {f.name for f in option_fields()}
-    return PipelineConfig.from_overrides({k: v for k, v in vars(args).items() if k in config_keys})
+    given = {k: v for k, v in vars(args).items() if k in config_keys}
+    resolved = resolve_model(PipelineConfig.from_overrides(given), set(given))
+    if args.command == "train-saes" and "layers" not in given:
+        resolved.layers = None  # own SAEs: every layer by default, not only those the preset's release covers
+    return resolved
 
 
 def _load_entry(spec: str) -> Callable[..., Any]:
@@ -232,6 +250,15 @@ def main(argv: list[str] | None = None) -> int:
             from demo.pipeline import run_demo_cli
 
             return run_demo_cli(cfg, retrain=args.retrain, size=args.size)
+        if args.command == "models":
+            from common.model_presets import presets_table
+
+            print(presets_table())
+            return 0
+        if args.command == "train-saes":
+            from common.sae_training_cli import train_saes_cli
+
+            return train_saes_cli(cfg)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -256,6 +283,8 @@ def _run_phase(number: str, cfg: PipelineConfig) -> int:
         torch.set_num_threads(int(threads))
     from common.locking import exclusive
 
+    if number == "3" and cfg.prompt_format != "plain":
+        raise PipelineError("Phase 3 does not build chat-format prompts yet: its steered prompts must equal Phase 1's (use --prompt-format plain)")
     entry = _load_entry(PHASES[number])
     # One run per phase folder; a launcher worker locks its own shard folder (the launcher holds the phase's).
     lock_dir = cfg.shard_dir or phase_dir(cfg.data_dir, number)

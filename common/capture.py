@@ -22,24 +22,15 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import Any
 
 import numpy as np
 import torch
 
-from common.errors import PipelineError
-from common.models import decoder_layers
+from common.hooks import hidden_from_output, model_layers, read_hook, remove_all
 
 logger = logging.getLogger(__name__)
 
-
-def hidden_from_output(output: Any) -> torch.Tensor:
-    """A decoder layer returns a tensor (transformers 5) or a tuple whose first item is the hidden states."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(f"unexpected decoder layer output type {type(output).__name__}")
+__all__ = ["LastTokenCapture", "hidden_from_output"]
 
 
 class LastTokenCapture:
@@ -56,20 +47,15 @@ class LastTokenCapture:
     """
 
     def __init__(self, model: torch.nn.Module, layers: list[int] | None = None) -> None:
-        self._decoder_layers = decoder_layers(model)
-        n = len(self._decoder_layers)
-        self.layers: list[int] = list(range(n)) if layers is None else sorted(set(layers))
-        bad = [layer for layer in self.layers if not 0 <= layer < n]
-        if bad:
-            raise PipelineError(f"layers {bad} out of range: the model has layers 0..{n - 1}")
+        self._model = model
+        self.layers: list[int] = model_layers(model, layers)
         self._captured: dict[int, np.ndarray] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _make_hook(self, layer: int):
-        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        def hook(hidden: torch.Tensor) -> None:
             if layer in self._captured:
                 return  # a decode step: the prompt's vector was recorded in the prefill
-            hidden = hidden_from_output(output)
             self._captured[layer] = hidden[:, -1, :].detach().to(torch.float32).cpu().numpy()
 
         return hook
@@ -77,7 +63,7 @@ class LastTokenCapture:
     def __enter__(self) -> LastTokenCapture:
         self.reset()
         for layer in self.layers:
-            self._handles.append(self._decoder_layers[layer].register_forward_hook(self._make_hook(layer)))
+            self._handles.append(read_hook(self._model, layer, self._make_hook(layer)))
         return self
 
     def __exit__(
@@ -86,9 +72,7 @@ class LastTokenCapture:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        remove_all(self._handles)
 
     def reset(self) -> None:
         """Forget what was recorded, so the next forward pass counts as a prefill again."""

@@ -94,8 +94,8 @@ class PipelineConfig:
     # Phases 1.0 / 1.2: generation (and Phase 3's steered generation)
     model: str = option(
         DEFAULT_MODEL,
-        help="hub id or local model folder (Phases 2 and 3: Phase 1's model when left at the default)",
-        scope=("1", "1.2", "2", "3", "test-gpu"), group="generation",
+        help="preset (see run.py models), hub id or local model folder (Phases 2 and 3: Phase 1's model when left at the default)",
+        scope=("1", "1.2", "2", "3", "test-gpu", "train-saes"), group="generation",
     )
     start: int | None = option(
         None, help="first task position, inclusive: positions count among all tasks sorted by task_id, in every phase "
@@ -107,7 +107,8 @@ class PipelineConfig:
         group="generation",
     )
     layers: list[int] | None = option(
-        None, help="layers to capture or analyse, e.g. 0,6,12 (default: all)", scope=("1", "1.2", "2"), minimum=0,
+        None, help="layers to capture, analyse or train SAEs for, e.g. 0,6,12 (default: all, or a preset's SAE layers)",
+        scope=("1", "1.2", "2", "train-saes"), minimum=0,
         group="generation",
     )
     batch_size: int | None = option(
@@ -221,6 +222,30 @@ class PipelineConfig:
     steering_max_new_tokens: int | None = option(
         None, help="generation budget of steered runs (default: Phase 1's)", scope="3", minimum=1,
         group="phase 3 (validation)",
+    )
+
+    # Model presets and SAE training (common/model_presets.py, common/sae_training.py)
+    model_preset: str | None = option(
+        None, help="(derived, not an option) the preset --model named, which chose model, SAEs and layers", scope=(),
+    )
+    prompt_format: str = option(
+        "plain", help="plain prompt, or one user turn of the tokenizer's chat template (a preset sets it)",
+        scope=GENERATING_PHASES, choices=("plain", "chat"), group="generation",
+    )
+    train_output: str | None = option(
+        None, help="folder for the layer_{L} SAE folders that --sae-path reads (required)", scope="train-saes",
+        flag="--output", group="train-saes",
+    )
+    train_corpus: list[str] | None = option(
+        None, help="local .txt/.jsonl files, comma separated (default: pile-10k from the hub plus MBPP prompts with code)",
+        scope="train-saes", flag="--corpus", group="train-saes",
+    )
+    train_width: int | None = option(
+        None, help="latents per SAE (default 4 x d_model)", scope="train-saes", flag="--width", minimum=1, group="train-saes"
+    )
+    train_tokens: int = option(
+        2_000_000, help="training tokens per SAE; the corpus is read up to this many and cycled if shorter",
+        scope="train-saes", flag="--tokens", minimum=1, group="train-saes",
     )
 
     def to_dict(self) -> dict[str, Any]:

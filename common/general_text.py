@@ -28,9 +28,8 @@ from typing import Any
 
 import torch
 
-from common.capture import hidden_from_output
 from common.errors import PipelineError
-from common.models import decoder_layers
+from common.hooks import model_layers, read_hook, remove_all
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +96,7 @@ def collect_resid_post_all_tokens(
     Rows are in document order, positions in order within a document.
     Documents are batched longest first, which keeps padding small.
     """
-    blocks = decoder_layers(model)
-    n = len(blocks)
-    bad = [layer for layer in layers if not 0 <= layer < n]
-    if bad:
-        raise PipelineError(f"layers {bad} out of range: the model has layers 0..{n - 1}")
+    model_layers(model, layers)
     if batch_size < 1:
         raise PipelineError(f"batch size must be >= 1, got {batch_size}")
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
@@ -112,8 +107,7 @@ def collect_resid_post_all_tokens(
     current: dict[str, Any] = {}
 
     def make_hook(layer: int):
-        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
-            hidden = hidden_from_output(output)
+        def hook(hidden: torch.Tensor) -> None:
             # (kept positions of the batch, d_model) in batch order; one device-to-host copy per batch.
             kept = hidden[current["keep"]].detach().to("cpu")
             for doc_index, (lo, hi) in zip(current["docs"], current["spans"]):
@@ -121,7 +115,7 @@ def collect_resid_post_all_tokens(
 
         return hook
 
-    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
+    handles = [read_hook(model, layer, make_hook(layer)) for layer in layers]
     try:
         for start in range(0, len(order), batch_size):
             batch_docs = order[start : start + batch_size]
@@ -142,8 +136,7 @@ def collect_resid_post_all_tokens(
             current.update(keep=keep.to(device), docs=batch_docs, spans=spans)
             decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False)
     finally:
-        for handle in handles:
-            handle.remove()
+        remove_all(handles)
 
     out: dict[int, torch.Tensor] = {}
     for layer in layers:  # one layer at a time, so the copy made by cat never doubles the whole group

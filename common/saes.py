@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from common.errors import PipelineError
+from common.hooks import hook_name
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -84,7 +85,7 @@ class SAESource:
 
 def expected_hook_name(layer: int) -> str:
     """The site the pipeline captures for ``layer``, and the one GemmaScope's ``layer_L`` was trained on (rule 1)."""
-    return f"blocks.{layer}.hook_resid_post"
+    return hook_name(layer, "resid_post")
 
 
 def sae_hook_name(sae: SAE) -> str | None:
@@ -131,16 +132,55 @@ def load_sae(source: SAESource, layer: int, device: str = "cpu") -> SAE:
             release or id, an unreachable hub (naming what was asked for and
             ``--sae-path``), access denied, or an SAE trained on another site.
     """
+    origin = json.dumps(source.describe(layer))
     if source.local_path is not None:
         sae = _load_local(source, layer, device)
+        _fold_input_normalisation(sae, _recorded_norm_factor(source.layer_folder(layer)), origin)
     else:
         sae = _load_from_sae_lens(source, layer, device)
-    origin = json.dumps(source.describe(layer))
+        # SAE Lens folds the yaml's norm_scaling_factor in from_pretrained; one it could not fold is refused.
+        _fold_input_normalisation(sae, None, origin)
     check_hook_name(sae, layer, origin)
     sae.eval()
     sae.requires_grad_(False)
     logger.info("loaded SAE for layer %d: %s (d_in=%d, d_sae=%d)", layer, origin, sae.cfg.d_in, sae.cfg.d_sae)
     return sae
+
+
+NORM_FACTOR_KEY = "norm_scaling_factor"
+
+
+def _recorded_norm_factor(folder: Path) -> float | None:
+    """The input normalisation factor a local SAE folder records in its cfg.json (``norm_scaling_factor``)."""
+    try:
+        value = json.loads((folder / SAE_CFG_FILENAME).read_text(encoding="utf-8")).get(NORM_FACTOR_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if value is not None else None
+
+
+def _fold_input_normalisation(sae: SAE, factor: float | None, origin: str) -> None:
+    """Make an SAE trained on scaled inputs take raw residual vectors, as SAE Lens does for Llama Scope.
+
+    Why: Llama Scope SAEs were trained on x * f (f = sqrt(d_in) / mean ||x||);
+    their cfg says ``normalize_activations = "expected_average_only_in"``, which
+    SAE Lens does *not* apply at run time: ``SAE.from_pretrained`` folds f into
+    the weights (``fold_activation_norm_scaling_factor``: W_enc * f, W_dec / f,
+    b_dec / f) from the yaml's ``norm_scaling_factor``; ``load_from_disk`` does
+    not. Unfolded, the SAE silently reads raw vectors as if scaled, and its
+    reconstructions are wrong by orders of magnitude. So a local folder must
+    record f in its cfg.json (``norm_scaling_factor``), and an SAE still
+    marked unfolded is refused.
+    """
+    if sae.cfg.normalize_activations != "expected_average_only_in":
+        return
+    if factor is None:
+        raise PipelineError(
+            f"SAE {origin} expects inputs scaled to an average norm of sqrt(d_in) (normalize_activations "
+            f"expected_average_only_in) but records no factor: add \"{NORM_FACTOR_KEY}\" to its {SAE_CFG_FILENAME}"
+        )
+    sae.fold_activation_norm_scaling_factor(factor)
+    logger.info("SAE %s: folded input normalisation factor %.6g into its weights", origin, factor)
 
 
 def _load_local(source: SAESource, layer: int, device: str) -> SAE:

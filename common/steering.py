@@ -1,4 +1,4 @@
-"""Adding a vector to the residual stream of a transformers Gemma-2 model, at TransformerLens's sites.
+"""Adding a vector to the residual stream of a transformers model, at TransformerLens's sites.
 
 Why this module: Phase 3 steers the model along an SAE latent's decoder
 direction while it *generates* (batched, KV-cached ``model.generate``), which
@@ -8,25 +8,10 @@ hook names (DESIGN section 9): ``steer(model, L, v, "resid_X")`` adds ``v`` to
 exactly the tensor that ``blocks.L.hook_resid_X`` sees (tested against
 ``HookedTransformer.run_with_hooks``).
 
-Where each site is in ``Gemma2DecoderLayer.forward`` (transformers 5.23)::
-
-    residual = hidden_states                              # resid_pre(L): the layer's input
-    h = post_attention_layernorm(self_attn(input_layernorm(hidden_states)))
-    hidden_states = residual + h                          # resid_mid(L)
-    ... hidden_states = residual + post_feedforward_layernorm(mlp(...))
-    return hidden_states                                  # resid_post(L): the layer's output
-
-- ``resid_pre``: a forward pre-hook on decoder layer L (``hidden_states`` comes
-  positionally from ``Gemma2Model.forward``, but a keyword is handled too).
-  Adding to the input changes both the residual and what attention reads, as
-  TransformerLens's ``hook_resid_pre`` does.
-- ``resid_mid``: resid_mid = residual + post_attention_layernorm(attn_out), so
-  adding ``v`` to the output of ``post_attention_layernorm`` adds exactly ``v``
-  to resid_mid (TransformerLens: ``hook_resid_mid(resid_pre + ln1_post(attn_out))``),
-  and the MLP then reads the steered value, as in TransformerLens.
-- ``resid_post``: a forward hook on decoder layer L (tensor output in
-  transformers 5, tuple in older versions), the site GemmaScope ``layer_L``
-  was trained on (rule 1).
+Where each site is, for Gemma 2, Gemma 3 and Llama decoder layers, is
+``common/hooks.py``'s business: this module only decides *what* to add and
+*when* (the position policy) and installs it with ``hooks.add_hook``.
+``resid_post`` is the site GemmaScope ``layer_L`` was trained on (rule 1).
 
 Position policy: ``"prompt"`` steers only the prefill forward pass (sequence
 length > 1: every prompt position, padding included, which attention masks
@@ -40,22 +25,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
 from common.errors import PipelineError
+from common.hooks import HOOK_POINTS, add_hook, check_hook_point, model_layers
+from common.hooks import hook_name as transformer_lens_hook_name
 from common.models import decoder_layers
 
 logger = logging.getLogger(__name__)
 
-HOOK_POINTS: tuple[str, ...] = ("resid_pre", "resid_mid", "resid_post")
+__all__ = ["HOOK_POINTS", "POSITION_POLICIES", "steer", "transformer_lens_hook_name"]
+
 POSITION_POLICIES: tuple[str, ...] = ("prompt", "all")
-
-
-def transformer_lens_hook_name(layer: int, hook_point: str) -> str:
-    """The TransformerLens name of the site ``steer`` adds to, for metadata and tests."""
-    return f"blocks.{layer}.hook_{hook_point}"
 
 
 class _Adder:
@@ -70,12 +52,15 @@ class _Adder:
     def active(self, hidden: torch.Tensor) -> bool:
         return self.positions == "all" or hidden.shape[1] > 1
 
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The vector to add to ``hidden`` (cast to its dtype and device), or None when this pass is not steered."""
+        if not self.active(hidden):
+            return None
         key = (hidden.dtype, hidden.device)
         if key not in self._cast:
             self._cast[key] = self.vector.to(dtype=hidden.dtype, device=hidden.device)
         self.calls += 1
-        return hidden + self._cast[key]
+        return self._cast[key]
 
 
 @contextlib.contextmanager
@@ -94,46 +79,17 @@ def steer(
     alpha = 0 check relies on. Yields the adder, whose ``calls`` counts how
     many forward passes were steered.
     """
-    if hook_point not in HOOK_POINTS:
-        raise PipelineError(f"hook point must be one of {', '.join(HOOK_POINTS)}, got {hook_point!r}")
+    check_hook_point(hook_point)
     if positions not in POSITION_POLICIES:
         raise PipelineError(f"steering positions must be one of {', '.join(POSITION_POLICIES)}, got {positions!r}")
-    layers = decoder_layers(model)
-    if not 0 <= layer < len(layers):
-        raise PipelineError(f"steering layer {layer} out of range: the model has layers 0..{len(layers) - 1}")
+    model_layers(model, [layer], "steering layer")
     vector = torch.as_tensor(vector)
-    d_model = layers[layer].hidden_size if hasattr(layers[layer], "hidden_size") else None
+    layer_module = decoder_layers(model)[layer]
+    d_model = layer_module.hidden_size if hasattr(layer_module, "hidden_size") else None
     if vector.ndim != 1 or (d_model is not None and vector.shape[0] != d_model):
         raise PipelineError(f"steering vector must have shape ({d_model},), got {tuple(vector.shape)}")
     adder = _Adder(vector, positions)
-    decoder_layer = layers[layer]
-
-    if hook_point == "resid_pre":
-
-        def pre_hook(_module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict] | None:
-            if args:
-                if not adder.active(args[0]):
-                    return None
-                return (adder(args[0]), *args[1:]), kwargs
-            hidden = kwargs["hidden_states"]
-            if not adder.active(hidden):
-                return None
-            return args, {**kwargs, "hidden_states": adder(hidden)}
-
-        handle = decoder_layer.register_forward_pre_hook(pre_hook, with_kwargs=True)
-    else:
-        target = decoder_layer.post_attention_layernorm if hook_point == "resid_mid" else decoder_layer
-
-        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> Any:
-            if isinstance(output, torch.Tensor):
-                return adder(output) if adder.active(output) else None
-            if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-                if not adder.active(output[0]):
-                    return None
-                return type(output)((adder(output[0]), *output[1:]))
-            raise TypeError(f"unexpected output type {type(output).__name__} at {hook_point}")
-
-        handle = target.register_forward_hook(hook)
+    handle = add_hook(model, layer, adder, hook_point)
     logger.debug("steering %s (positions %s, |v| = %.4g)", transformer_lens_hook_name(layer, hook_point),
                  positions, float(vector.float().norm()))
     try:

@@ -32,9 +32,11 @@ from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
 from common.generation_loop import Job, generate_and_execute
+from common.hooks import check_layers
 from common.humaneval import HUMANEVAL_PROMPT_VERSION, humaneval_job, humaneval_source_description, humaneval_tasks
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
+from common.model_presets import apply_prompt_format
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, resolve_input, timestamp
 from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION, build_prompt
@@ -83,15 +85,17 @@ def source_description(cfg: PipelineConfig) -> str:
     return mbpp_source_description(cfg.mbpp_path)
 
 
-def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame) -> list[Job]:
+def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame, tokenizer: Any) -> list[Job]:
     """One greedy generation job per task, with the tests its program must pass."""
     if cfg.dataset == "humaneval":
+        if cfg.prompt_format != "plain":
+            raise PipelineError("--dataset humaneval completes the release's own prompt: use a plain (not chat) prompt format")
         return [humaneval_job(row) for row in sliced.to_dict("records")]
     return [
         Job(
             key=str(int(row.task_id)),
             task_id=int(row.task_id),
-            prompt=build_prompt(row.text, list(row.test_list)),
+            prompt=apply_prompt_format(tokenizer, build_prompt(row.text, list(row.test_list)), cfg.prompt_format),
             test_setup_code=row.test_setup_code,
             tests=list(row.test_list),
             extra={"cyclomatic_complexity": int(row.cyclomatic_complexity)},
@@ -141,10 +145,7 @@ def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> tuple[Path, RunR
 def resolve_layers(requested: list[int] | None, n_layers: int) -> list[int]:
     if requested is None:
         return list(range(n_layers))
-    bad = [l for l in requested if not 0 <= l < n_layers]
-    if bad:
-        raise PipelineError(f"--layers {bad} out of range: the model has layers 0..{n_layers - 1}")
-    return sorted(set(requested))
+    return check_layers(requested, n_layers, "--layers")
 
 
 def run(cfg: PipelineConfig) -> Path:
@@ -180,7 +181,7 @@ def run(cfg: PipelineConfig) -> Path:
         out_root / "checkpoints" / f"{model_slug(cfg.model)}_{start}-{end}_{key}",
         cfg.checkpoint_every, cfg.autosave_every, cfg.autosave_keep,
     )
-    jobs = build_jobs(cfg, sliced)
+    jobs = build_jobs(cfg, sliced, tokenizer)
 
     def on_record(job: Job, result: GenerationResult, verdict: ExecutionResult, record: dict[str, Any]) -> None:
         label = "correct" if verdict.passed else "incorrect"

@@ -41,7 +41,9 @@ from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
 from common.generation_loop import Job, generate_and_execute
+from common.hooks import check_layers
 from common.metadata import RunClock, build_metadata, file_sha256
+from common.model_presets import apply_prompt_format
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, require_file, timestamp
 from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION, build_prompt
@@ -197,9 +199,7 @@ def run(cfg: PipelineConfig) -> Path:
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))
     n_layers = num_layers(model)
-    layers = list(range(n_layers)) if cfg.layers is None else sorted(set(cfg.layers))
-    if any(not 0 <= l < n_layers for l in layers):
-        raise PipelineError(f"--layers out of range: the model has layers 0..{n_layers - 1}")
+    layers = list(range(n_layers)) if cfg.layers is None else check_layers(cfg.layers, n_layers, "--layers")
     k = cfg.samples_per_task
     batch_size = cfg.batch_size or auto_batch_size(model, device)
     batch_size = max(batch_size, k)  # one prompt's samples always share a batch
@@ -244,7 +244,7 @@ def run(cfg: PipelineConfig) -> Path:
                 Job(
                     key=f"{int(row.task_id)}@T{temperature:g}",
                     task_id=int(row.task_id),
-                    prompt=build_prompt(row.text, list(row.test_list)),
+                    prompt=apply_prompt_format(tokenizer, build_prompt(row.text, list(row.test_list)), cfg.prompt_format),
                     test_setup_code=row.test_setup_code,
                     tests=list(row.test_list),
                     extra={"temperature": float(temperature)},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from common.neuronpedia import latent_markdown
 from phase3_validation.statistical import BASELINE_NOTES
 
 
@@ -62,6 +63,12 @@ def _null_section(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _latent(doc: dict[str, Any], lat: dict[str, Any]) -> str:
+    """The latent, linked to its Neuronpedia dashboard when its SAE is a public one (common/neuronpedia.py)."""
+    desc = doc["configuration"].get("sae_ids", {}).get(str(lat["layer"]), {})
+    return latent_markdown(desc, lat["layer"], lat["latent"])
+
+
 def _stat_section(doc: dict[str, Any]) -> list[str]:
     stat = doc["statistical"]
     lines = ["## 2. Statistical validation (validation split, temperature 0)", "",
@@ -73,7 +80,7 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
     for lat in stat["latents"]:
         row = next(r for r in lat["rows"] if r["split"] == "validation" and r["temperature"] == 0.0)
         lines.append(
-            f"| {lat['direction']} | {lat['rank']} | L{lat['layer']}/{lat['latent']} | "
+            f"| {lat['direction']} | {lat['rank']} | {_latent(doc, lat)} | "
             f"{_f(row['auroc'])} {_ci(row['auroc_ci_lo'], row['auroc_ci_hi'])} | "
             f"{_f(row['f1'])} ({_f(row['f1_baseline_always_positive'])}) | "
             f"{_f(row['precision'])} ({_f(row['precision_baseline_base_rate'])}) | "

@@ -1,0 +1,109 @@
+"""``run.py train-saes``: SAEs for any causal LM, written as folders ``--sae-path`` reads.
+
+Why a default corpus of general text *and* code: the study reads the residual
+stream at the last token of code prompts, so an SAE that has only seen prose
+would reconstruct those vectors poorly. The default interleaves pile-10k
+documents (from the hub) with MBPP prompts followed by their reference code
+(MBPP is unlabelled text to the SAE: no pass/fail label is used). Offline, a
+local corpus is required: ``--corpus demo/general_text.txt,PATH/mbpp.jsonl``
+(an MBPP jsonl row counts as prompt + code).
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.config import PipelineConfig
+from common.errors import PipelineError
+from common.metadata import RunClock, build_metadata
+from common.sae_training import REPORT_FILENAME, SAETrainingConfig, read_corpus_file, train_saes
+
+logger = logging.getLogger(__name__)
+
+HUB_CORPUS = "NeelNanda/pile-10k"
+
+
+def _hub_texts(n_docs: int) -> list[str]:
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(HUB_CORPUS, split="train")
+        return [str(t) for t in rows.select(range(min(n_docs, len(rows))))["text"]]
+    except Exception as exc:  # datasets raises ConnectionError, OSError, DatasetNotFoundError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(
+            f"no --corpus given and {HUB_CORPUS} cannot be loaded from the hub ({first}); offline, pass "
+            "--corpus FILE[,FILE] (.txt or .jsonl; e.g. demo/general_text.txt and an MBPP jsonl for code)"
+        ) from exc
+
+
+def _mbpp_texts(mbpp_path: str | None) -> list[str]:
+    from common.mbpp import load_mbpp
+    from common.prompts import build_prompt
+
+    problems = load_mbpp(mbpp_path)
+    return [build_prompt(r.text, list(r.test_list)) + "\n" + r.code for r in problems.itertuples(index=False)]
+
+
+def corpus_texts(cfg: PipelineConfig) -> tuple[list[str], dict[str, str]]:
+    """The training texts and the files they came from (for the metadata)."""
+    if cfg.train_corpus:
+        texts: list[str] = []
+        for path in cfg.train_corpus:
+            texts.extend(read_corpus_file(path))
+        return texts, {f"corpus_{i}": path for i, path in enumerate(cfg.train_corpus)}
+    general = _hub_texts(10_000)
+    code = _mbpp_texts(cfg.mbpp_path)
+    # Interleaved, so that a token budget smaller than the corpus still takes both kinds.
+    mixed = [t for pair in zip_longest(general, code) for t in pair if t]
+    inputs = {"mbpp": cfg.mbpp_path} if cfg.mbpp_path else {}
+    return mixed, inputs
+
+
+def train_saes_cli(cfg: PipelineConfig) -> int:
+    """Load the model, read the corpus, train one SAE per layer, print held-out FVU and L0 per layer."""
+    from common.models import default_dtype, load_model_and_tokenizer, resolve_device
+
+    if not cfg.train_output:
+        raise PipelineError("train-saes needs --output DIR (the folder --sae-path will read)")
+    out = Path(cfg.train_output)
+    if (out / REPORT_FILENAME).exists():
+        raise PipelineError(f"{out} already holds trained SAEs ({REPORT_FILENAME}); choose another --output")
+    if out.exists() and not out.is_dir():
+        raise PipelineError(f"--output {out} is a file, not a folder")
+    if cfg.train_tokens < 1:
+        raise PipelineError(f"--tokens must be >= 1, got {cfg.train_tokens}")
+    if cfg.train_width is not None and cfg.train_width < 1:
+        raise PipelineError(f"--width must be >= 1, got {cfg.train_width}")
+    clock = RunClock()
+    texts, inputs = corpus_texts(cfg)
+    device = resolve_device(cfg.device)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))
+    layers = cfg.layers if cfg.layers is not None else list(range(len(_layers(model))))
+    training = SAETrainingConfig(
+        d_sae=cfg.train_width, training_tokens=cfg.train_tokens, corpus_tokens=cfg.train_tokens, seed=cfg.seed,
+    )
+    extra = build_metadata("train-saes", cfg, clock, inputs=inputs, extra={"n_corpus_texts": len(texts)})
+    train_saes(model, tokenizer, texts, layers, out, training, model_name=cfg.model, extra=extra)
+    from common.storage import read_json
+
+    report: dict[str, Any] = read_json(out / REPORT_FILENAME)
+    print(f"trained {len(report['layers'])} SAEs in {out} ({report['n_train_tokens']} training tokens, "
+          f"{report['n_heldout_tokens']} held out)")
+    for layer, entry in report["layers"].items():
+        fvu, l0 = entry["heldout_fvu"], entry["heldout_l0"]
+        shown = "n/a (no held-out text)" if fvu is None else f"held-out FVU {fvu:.3f}, L0 {l0:.1f}"
+        print(f"  layer {layer}: d_sae {entry['d_sae']}, {shown}")
+    print(f"use them with: --model {cfg.model} --sae-path {out}")
+    return 0
+
+
+def _layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    from common.models import decoder_layers
+
+    return decoder_layers(model)
