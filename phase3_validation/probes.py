@@ -38,7 +38,7 @@ from sklearn.preprocessing import StandardScaler
 
 from common.errors import PipelineError
 from phase3_validation.inputs import Phase3Inputs, temperature_activations
-from phase3_validation.statistical import LatentEvaluation, evaluate_scores
+from phase3_validation.statistical import LatentEvaluation, evaluate_scores, split_too_small
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +51,6 @@ PROBE_RULES = {
                 f"{{{', '.join(f'{c:g}' for c in C_GRID)}}} by stratified k-fold CV (log-loss) on the sae split",
     "diff_means": "projection on the unit difference of class means (correct - incorrect) of the sae split",
 }
-
-
-def too_small(correct: np.ndarray, split: str, minimum: int, what: str) -> str | None:
-    """One line naming the split and its class counts when a class has fewer than ``minimum`` tasks, else None."""
-    correct = np.asarray(correct, dtype=bool)
-    n_c, n_i = int(correct.sum()), int((~correct).sum())
-    if min(n_c, n_i) >= minimum:
-        return None
-    return (f"the {split} split is too small to {what}: {n_c} correct and {n_i} incorrect tasks "
-            f"(at least {minimum} of each needed)")
 
 
 def diff_of_means_direction(x: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -119,12 +109,13 @@ class ProbeResults:
     best: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> positive class -> layer
     chosen_c: dict[int, float] = field(default_factory=dict)
     note: str | None = None
+    small_note: str | None = None  # the one line when the sae split is too small (the phase logs and flags it)
     directions: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> diff-of-means unit direction
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "rules": PROBE_RULES, "best_layer_rule": "highest hyperparams AUROC (ties: lowest layer)",
-            "note": self.note, "best_layer": self.best, "chosen_c": {str(k): v for k, v in self.chosen_c.items()},
+            "note": self.note, "small_note": self.small_note, "best_layer": self.best, "chosen_c": {str(k): v for k, v in self.chosen_c.items()},
             "probes": [{"probe": ev.rows[0]["probe"], "layer": ev.rows[0]["layer"],
                         "positive_class": ev.rows[0]["positive_class"], "threshold": ev.threshold,
                         "threshold_note": ev.threshold_note, "rows": ev.rows} for ev in self.evaluations],
@@ -174,10 +165,9 @@ def evaluate_probes(inputs: Phase3Inputs, n_bootstrap: int, seed: int) -> ProbeR
     """Fit and score both probes at every saved layer; a missing or too-small sae split gives a note, not an error."""
     if inputs.sae is None:
         return ProbeResults(note=inputs.sae_note or "no sae split: probe baselines skipped")
-    small = too_small(inputs.sae.correct, "sae", MIN_PROBE_CLASS, "fit a probe")
+    small = split_too_small(inputs.sae.correct, "sae", MIN_PROBE_CLASS, "fit a probe")
     if small:
-        logger.warning(small)
-        return ProbeResults(note=small + "; probe baselines skipped")
+        return ProbeResults(note=small + "; probe baselines skipped", small_note=small)
     layers = inputs.saved_layers()
     if not layers:
         return ProbeResults(note="no saved Phase 1.0 activation layers found: probe baselines skipped")

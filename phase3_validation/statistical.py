@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 NO_THRESHOLD = "no informative threshold"
 # Fewer tasks than this in a class of the hyperparams split: no threshold is chosen (one line says so).
-MIN_THRESHOLD_CLASS = 2
+MIN_THRESHOLD_CLASS = 3
 
 BASELINE_NOTES: dict[str, str] = {
     "auroc": "0.5 (score unrelated to the label)",
@@ -192,20 +192,28 @@ class LatentEvaluation:
 def choose_threshold(y_hp: np.ndarray, hp_scores: np.ndarray, what: str) -> tuple[float | None, float, str]:
     """(threshold, hyperparams F1, note): the best informative F1 threshold, or None and the reason.
 
-    A class with fewer than :data:`MIN_THRESHOLD_CLASS` hyperparams tasks is
-    logged as one line naming the split and its counts; the caller goes on.
+    A class with fewer than :data:`MIN_THRESHOLD_CLASS` hyperparams tasks
+    gets no threshold; the phase says so once for the split
+    (:func:`split_too_small`), not once per latent.
     """
     y_hp = np.asarray(y_hp, dtype=bool)
     n_pos, n_neg = int(y_hp.sum()), int((~y_hp).sum())
     if min(n_pos, n_neg) < MIN_THRESHOLD_CLASS:
-        note = (f"{NO_THRESHOLD}: the hyperparams split has {n_pos} positive and {n_neg} negative tasks for {what} "
-                f"(a threshold needs at least {MIN_THRESHOLD_CLASS} of each)")
-        logger.warning(note)
-        return None, float("nan"), note
+        return None, float("nan"), f"{NO_THRESHOLD}: hyperparams split too small ({n_pos} positive, {n_neg} negative)"
     threshold, f1 = best_f1_threshold(y_hp, hp_scores)
     if threshold is None:
         return None, f1, f"{NO_THRESHOLD}: the score of {what} is constant on the hyperparams split"
     return threshold, f1, ""
+
+
+def split_too_small(correct: np.ndarray, split: str, minimum: int, what: str) -> str | None:
+    """One line naming the split and its class counts when a class has fewer than ``minimum`` tasks, else None."""
+    correct = np.asarray(correct, dtype=bool)
+    n_c, n_i = int(correct.sum()), int((~correct).sum())
+    if min(n_c, n_i) >= minimum:
+        return None
+    return (f"the {split} split is too small to {what}: {n_c} correct and {n_i} incorrect tasks "
+            f"(at least {minimum} of each needed)")
 
 
 def evaluate_scores(

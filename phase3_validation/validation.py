@@ -46,8 +46,14 @@ from common.storage import RecordCheckpointer, atomic_write_bytes, atomic_write_
 from common.tasks import model_slug
 from phase3_validation import plots
 from phase3_validation.inputs import Phase3Inputs, SplitTasks, load_inputs
-from phase3_validation.probes import MIN_PROBE_CLASS, ProbeResults, evaluate_probes, fit_layer, too_small
-from phase3_validation.statistical import BASELINE_NOTES, LatentEvaluation, validate_latents
+from phase3_validation.probes import MIN_PROBE_CLASS, ProbeResults, evaluate_probes, fit_layer
+from phase3_validation.statistical import (
+    BASELINE_NOTES,
+    MIN_THRESHOLD_CLASS,
+    LatentEvaluation,
+    split_too_small,
+    validate_latents,
+)
 from phase3_validation.steering_eval import (
     OPPOSITE_RULE,
     SCALE_SOURCE,
@@ -159,10 +165,9 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
         if info["grid_hyperparams"] and max(r["excess_effect"] for r in info["grid_hyperparams"]) <= 0:
             flags.append(f"No alpha > 0 gave the {direction}-preferring latent an effect above its controls on "
                          "hyperparams: its steering numbers are the least-bad alpha, not an effect.")
-    for split, note in doc.get("small_split_notes", {}).items():
-        flags.append(f"{note} ({split}).")
+    flags += [f"{note.capitalize()}." for note in doc.get("small_split_notes", [])]
     probes = doc["statistical"].get("probes") or {}
-    if probes.get("note"):
+    if probes.get("note") and not probes.get("small_note"):
         flags.append(f"Probe baselines: {probes['note']}.")
     return flags
 
@@ -175,7 +180,7 @@ def _diff_means_for(inputs: Phase3Inputs, probes: ProbeResults, direction: str, 
         return probes.directions[layer], None
     if inputs.sae is None:
         return None, inputs.sae_note
-    small = too_small(inputs.sae.correct, "sae", MIN_PROBE_CLASS, "fit a difference-of-means direction")
+    small = split_too_small(inputs.sae.correct, "sae", MIN_PROBE_CLASS, "fit a difference-of-means direction")
     if small:
         return None, small
     return fit_layer(inputs, layer, seed).diff_means, None
@@ -224,8 +229,10 @@ def run(cfg: PipelineConfig) -> Path:
         scale_layer(inputs.results.top[direction][0].layer, cfg.hook_point, saved)  # refuse before any work
     evaluations = validate_latents(inputs, cfg.top_latents_validated, cfg.bootstrap, cfg.seed)
     probes = evaluate_probes(inputs, cfg.bootstrap, cfg.seed)
-    small_notes = sorted({ev.threshold_note for ev in evaluations + probes.evaluations
-                          if "at least" in ev.threshold_note})
+    small_notes = [note for note in (split_too_small(hp.correct, "hyperparams", MIN_THRESHOLD_CLASS,
+                                               "choose a threshold"), probes.small_note) if note]
+    for note in small_notes:
+        logger.warning("%s; everything else is still computed", note)
 
     # ---- steering ------------------------------------------------------------------------------
     phase1_gen = inputs.phase1_meta.get("generation") or {}
@@ -322,7 +329,7 @@ def run(cfg: PipelineConfig) -> Path:
             "latents": [_latent_entry(ev) for ev in evaluations],
             "probes": probes.to_dict(),
         },
-        "small_split_notes": {"hyperparams": "; ".join(small_notes)} if small_notes else {},
+        "small_split_notes": small_notes,
         "steering": {
             "selection_rule": SELECTION_RULE,
             "opposite_sign_rule": OPPOSITE_RULE,

@@ -10,7 +10,8 @@ from sklearn.metrics import roc_auc_score
 from common.config import PipelineConfig
 from common.storage import write_parquet
 from phase3_validation.inputs import load_inputs
-from phase3_validation.probes import diff_of_means_direction, evaluate_probes, fit_logistic_probe, too_small
+from phase3_validation.probes import diff_of_means_direction, evaluate_probes, fit_logistic_probe
+from phase3_validation.statistical import split_too_small
 from tests.phase3_validation.conftest import (
     latent_item,
     make_sae,
@@ -99,4 +100,4 @@ def test_too_small_sae_split_gives_one_line_and_no_probes(tmp_path):
     probes = evaluate_probes(inputs, n_bootstrap=50, seed=0)
     assert probes.evaluations == [] and probes.note.startswith("the sae split is too small to fit a probe")
     assert f"{counts[0]} correct and {counts[1]} incorrect" in probes.note
-    assert too_small(np.array([1, 1, 1, 0, 0, 0], bool), "x", 3, "y") is None
+    assert split_too_small(np.array([1, 1, 1, 0, 0, 0], bool), "x", 3, "y") is None

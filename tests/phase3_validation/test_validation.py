@@ -514,6 +514,12 @@ def test_summary_reports_null_intervals_baselines_and_config(e2e):
     assert "against the hypothesis (alpha < 0" in text and "Split: sae" in text
     assert "(1 + number of shuffles whose maximum is at or above" in text and "1/51" in text
     assert "Probe baselines: no sae split" in text
+    # Bad input: 2 + 2 hyperparams tasks are too few for a threshold; one line says so and the rest is computed.
+    assert text.count("The hyperparams split is too small to choose a threshold: 2 correct and 2 incorrect tasks") == 1
+    metrics = pd.read_parquet(_output(e2e, "metrics", ".parquet"))
+    assert not metrics["informative_threshold"].any() and metrics["f1"].isna().all()
+    assert metrics.loc[metrics["split"] == "validation", "auroc"].between(0, 1).all()
+    assert "| no informative threshold |" in text
     flipped = _output(e2e, "flipped_examples", ".md").read_text()
     assert "correct-preferring latent L1/3" in flipped
 
