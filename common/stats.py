@@ -426,34 +426,18 @@ def fisher_exact_2x2(a: int, b: int, c: int, d: int, alternative: str = "two-sid
     return float(sps.fisher_exact([[a, b], [c, d]], alternative=alternative).pvalue)
 
 
-def paired_flip_test(target_flips: np.ndarray, control_flips: np.ndarray) -> dict[str, Any]:
-    """Exact McNemar test of two runs' flips on the same tasks (e.g. target vs one control latent).
-
-    ``target_flips`` and ``control_flips`` say, per task of one denominator
-    (e.g. the initially incorrect tasks for corrections), whether that run
-    flipped it. Only discordant tasks carry evidence: ``b`` = flipped by the
-    target only, ``c`` = by the control only; p is the two-sided exact
-    binomial test of b vs c (:func:`mcnemar_exact`). Why paired: target and
-    control run on the very same tasks, so their outcomes are not independent
-    samples and pooling tasks across runs would overstate the evidence.
-    """
-    t = np.asarray(target_flips, dtype=bool)
-    c = np.asarray(control_flips, dtype=bool)
-    if t.shape != c.shape or t.ndim != 1:
-        raise PipelineError(f"paired flips must be aligned vectors, got {t.shape} and {c.shape}")
-    b, cc = int((t & ~c).sum()), int((~t & c).sum())
-    return {"n": int(t.size), "target_only": b, "control_only": cc, "p": mcnemar_exact(b, cc)}
-
-
 def paired_sign_test(target_flips: np.ndarray, control_flips: list[np.ndarray]) -> dict[str, Any]:
-    """Exact sign test of the target's flips against the *mean* control flip on each task.
+    """Exact sign test of the target's per-task outcome against the *mean* control outcome on each task.
 
-    Why: the controls run on the same tasks as the target, so they are not
-    independent trials; each task contributes one paired difference,
-    d = target flip - mean control flip, and the test is the two-sided exact
-    binomial test of #(d > 0) vs #(d < 0). Identical controls give the mean of
-    one control, hence exactly one control's p (more controls only sharpen
-    each task's control estimate, never add tasks).
+    Outcomes are numbers per task (a flip as 0/1, or +1/0/-1 for a move the
+    predicted / no / the other way). Why: the controls run on the same tasks
+    as the target, so they are not independent trials; each task contributes
+    one paired difference, d = target - mean control, and the test is the
+    two-sided exact binomial test of #(d > 0) vs #(d < 0). With one control
+    and 0/1 flips this is the exact McNemar test on the discordant tasks.
+    Identical controls give the mean of one control, hence exactly one
+    control's p (more controls only sharpen each task's control estimate,
+    never add tasks).
     """
     t = np.asarray(target_flips, dtype=np.float64)
     if not control_flips:
@@ -464,5 +448,5 @@ def paired_sign_test(target_flips: np.ndarray, control_flips: list[np.ndarray]) 
     d = t - controls.mean(axis=0)
     above, below = int((d > 1e-12).sum()), int((d < -1e-12).sum())
     return {"n": int(t.size), "n_target_above": above, "n_target_below": below,
-            "mean_control_rate": float(controls.mean()) if t.size else float("nan"),
+            "mean_control": float(controls.mean()) if t.size else float("nan"),
             "p": mcnemar_exact(above, below)}

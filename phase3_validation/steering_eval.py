@@ -27,10 +27,11 @@ For the rank-1 latent of each direction:
    preservation rates with Clopper-Pearson intervals and the exact McNemar
    test against the alpha = 0 rerun;
 5. controls (rule 8): random latents of the same layer whose separation score
-   is near zero, steered at the same alpha and norm on the same tasks. The
-   target is compared with each control by an exact McNemar test on the
-   tasks where exactly one of the two flipped, and with all controls at once
-   by an exact sign test of (target flip - mean control flip) per task: the
+   is near zero, steered at the same alpha and norm on the same tasks. Each
+   task scores +1 if a run moved it the predicted way, -1 the other way, 0
+   if unchanged; the target is compared with each control by an exact sign
+   test of (target - control) over the tasks where they differ, and with all
+   controls at once by an exact sign test of (target - mean control) per task: the
    controls share the target's tasks, so pooling their runs as independent
    trials would overstate the evidence (three identical controls give one
    control's p). Each control's rate and how many the target beats are shown;
@@ -65,7 +66,7 @@ from common.generation import GenerationConfig
 from common.generation_loop import Job, generate_and_execute
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
 from common.saes import load_sae
-from common.stats import clopper_pearson, mcnemar_exact, paired_flip_test, paired_sign_test
+from common.stats import clopper_pearson, mcnemar_exact, paired_sign_test
 from common.steering import steer, transformer_lens_hook_name
 from common.storage import RecordCheckpointer
 from common.tasks import run_key
@@ -179,56 +180,58 @@ def predicted_effect(rates: dict[str, Any], direction: str) -> float:
     raise PipelineError(f"direction must be 'correct' or 'incorrect', got {direction!r}")
 
 
-def flips(baseline_correct: np.ndarray, steered_correct: np.ndarray, kind: str) -> np.ndarray:
-    """Per task of the kind's denominator: corrected (among initially incorrect) or corrupted (initially correct)."""
+def task_effects(baseline_correct: np.ndarray, steered_correct: np.ndarray, direction: str) -> np.ndarray:
+    """Per task: +1 if steering moved it the way the direction predicts, -1 the other way, 0 unchanged.
+
+    Correct-preferring: corrected +1, corrupted -1; incorrect-preferring: the
+    reverse. Why per task: the paired tests compare target and control on the
+    very same tasks, and both kinds of flip make up the predicted effect.
+    """
     before = np.asarray(baseline_correct, dtype=bool)
     after = np.asarray(steered_correct, dtype=bool)
-    if kind == "correction":
-        return after[~before]
-    if kind == "corruption":
-        return ~after[before]
-    raise PipelineError(f"flip kind must be correction or corruption, got {kind!r}")
+    if direction not in ("correct", "incorrect"):
+        raise PipelineError(f"direction must be 'correct' or 'incorrect', got {direction!r}")
+    effect = (~before & after).astype(np.int64) - (before & ~after).astype(np.int64)
+    return effect if direction == "correct" else -effect
 
 
 def control_comparison(baseline_correct: np.ndarray, target_correct: np.ndarray,
                        controls_correct: list[np.ndarray], direction: str) -> dict[str, Any]:
     """The target against each control and against all controls, paired by task (see the module docstring).
 
-    For each kind (correction, corruption): per control an exact McNemar test
-    on the tasks that exactly one of target and control flipped, and one exact
-    sign test of target flip - mean control flip over the controls. ``beaten``
-    counts the controls whose predicted effect is strictly below the
+    Per task, :func:`task_effects` of target and control. Per control: an
+    exact sign test of target effect - control effect over the tasks where
+    they differ (McNemar's test when only one kind of flip occurs). Over all
+    controls: an exact sign test of target effect - mean control effect per
+    task, so identical controls give one control's p. ``n_beaten`` counts the
+    controls whose predicted effect (rate difference) is strictly below the
     target's; ``mean_control_effect`` is what the alpha choice subtracts.
     """
     if not controls_correct:
         raise PipelineError("no control runs to compare the steered latent with")
     target_rates = steering_rates(baseline_correct, target_correct)
     target_effect = predicted_effect(target_rates, direction)
+    target_tasks = task_effects(baseline_correct, target_correct, direction)
     per_control = []
     for control in controls_correct:
         rates = steering_rates(baseline_correct, control)
         entry = {k: rates[k] for k in ("n_corrected", "n_initially_incorrect", "correction_rate",
                                        "n_corrupted", "n_initially_correct", "corruption_rate")}
         entry["predicted_effect"] = predicted_effect(rates, direction)
-        for kind in ("correction", "corruption"):
-            test = paired_flip_test(flips(baseline_correct, target_correct, kind), flips(baseline_correct, control, kind))
-            entry[f"{kind}_target_only"], entry[f"{kind}_control_only"] = test["target_only"], test["control_only"]
-            entry[f"{kind}_mcnemar_p"] = test["p"]
+        test = paired_sign_test(target_tasks, [task_effects(baseline_correct, control, direction)])
+        entry.update(tasks_target_ahead=test["n_target_above"], tasks_control_ahead=test["n_target_below"],
+                     paired_p=test["p"])
         per_control.append(entry)
+    sign = paired_sign_test(target_tasks, [task_effects(baseline_correct, c, direction) for c in controls_correct])
     out: dict[str, Any] = {
         "n_controls": len(controls_correct), "per_control": per_control,
         "target_effect": target_effect,
         "mean_control_effect": float(np.mean([c["predicted_effect"] for c in per_control])),
         "n_beaten": int(sum(target_effect > c["predicted_effect"] for c in per_control)),
+        "sign_test": {k: v for k, v in sign.items() if k != "mean_control"},
+        "p_vs_controls": sign["p"],
     }
     out["excess_effect"] = target_effect - out["mean_control_effect"]
-    for kind in ("correction", "corruption"):
-        sign = paired_sign_test(flips(baseline_correct, target_correct, kind),
-                                [flips(baseline_correct, c, kind) for c in controls_correct])
-        out[f"{kind}_sign_test"] = sign
-        out[f"{kind}_mean_control_rate"] = sign["mean_control_rate"]
-    out["expected_kind"] = "correction" if direction == "correct" else "corruption"
-    out["p_vs_controls"] = out[f"{out['expected_kind']}_sign_test"]["p"]
     return out
 
 

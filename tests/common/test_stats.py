@@ -24,7 +24,6 @@ from common.stats import (
     fisher_exact_2x2,
     latent_scores,
     mcnemar_exact,
-    paired_flip_test,
     paired_sign_test,
     permutation_null,
 )
@@ -335,12 +334,12 @@ def test_constant_scores_have_no_informative_threshold():
     assert threshold is None and np.isnan(f1)
 
 
-def test_paired_flip_test_counts_discordant_tasks_only():
+def test_sign_test_with_one_control_is_mcnemar_on_discordant_tasks():
     target = np.array([1, 1, 1, 1, 1, 0, 0, 0], dtype=bool)
     control = np.array([1, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
-    out = paired_flip_test(target, control)
-    assert (out["target_only"], out["control_only"], out["n"]) == (4, 1, 8)
-    assert out["p"] == pytest.approx(binomtest(4, 5, 0.5).pvalue)
+    out = paired_sign_test(target, [control])
+    assert (out["n_target_above"], out["n_target_below"], out["n"]) == (4, 1, 8)
+    assert out["p"] == pytest.approx(binomtest(4, 5, 0.5).pvalue) == pytest.approx(mcnemar_exact(4, 1))
 
 
 def test_three_identical_controls_give_one_controls_p():
@@ -350,7 +349,7 @@ def test_three_identical_controls_give_one_controls_p():
     one = paired_sign_test(target, [control])
     three = paired_sign_test(target, [control, control, control])
     assert one["p"] == three["p"] and one["n_target_above"] == three["n_target_above"]
-    assert one["p"] == pytest.approx(paired_flip_test(target, control)["p"])
+    assert one["p"] == pytest.approx(mcnemar_exact(int((target & ~control).sum()), int((~target & control).sum())))
     # Pooling the three copies as independent trials (what Fisher on summed counts did) is more "significant".
     pooled = fisher_exact_2x2(int(target.sum()), int((~target).sum()), 3 * int(control.sum()), 3 * int((~control).sum()))
     single = fisher_exact_2x2(int(target.sum()), int((~target).sum()), int(control.sum()), int((~control).sum()))

@@ -131,20 +131,27 @@ def test_selection_searches_the_hypothesis_sign_only():
 
 def test_controls_are_compared_paired_by_task():
     base = np.array([0] * 10 + [1] * 10, dtype=bool)
-    target = _run(6, 1)
-    control = _run(1, 2)
+    target = _run(6, 1)  # corrects tasks 0-5, corrupts task 10
+    control = _run(1, 2)  # corrects task 0, corrupts tasks 10-11
     one = control_comparison(base, target, [control], "correct")
     three = control_comparison(base, target, [control, control, control], "correct")
     assert one["p_vs_controls"] == three["p_vs_controls"]  # repeated controls add no evidence
-    assert one["p_vs_controls"] == pytest.approx(sps.binomtest(5, 5, 0.5).pvalue)  # 5 tasks corrected by target only
+    # Per task (+1 corrected, -1 corrupted): the target is ahead on tasks 1-5 and 11, behind on none.
     c = one["per_control"][0]
-    assert (c["correction_target_only"], c["correction_control_only"]) == (5, 0)
-    assert c["correction_mcnemar_p"] == pytest.approx(sps.binomtest(5, 5, 0.5).pvalue)
+    assert (c["tasks_target_ahead"], c["tasks_control_ahead"]) == (6, 0)
+    assert c["paired_p"] == pytest.approx(sps.binomtest(6, 6, 0.5).pvalue) == one["p_vs_controls"]
     assert c["correction_rate"] == pytest.approx(0.1) and c["predicted_effect"] == pytest.approx(0.1 - 0.2)
     assert one["n_beaten"] == 1 and three["n_beaten"] == 3
     assert one["excess_effect"] == pytest.approx((0.6 - 0.1) - (0.1 - 0.2))
+    # The same runs read for an incorrect-preferring direction: the target is now behind.
+    rev = control_comparison(base, target, [control], "incorrect")
+    assert (rev["per_control"][0]["tasks_target_ahead"], rev["per_control"][0]["tasks_control_ahead"]) == (0, 6)
+    assert rev["n_beaten"] == 0
     better = control_comparison(base, target, [control, _run(9, 0)], "correct")
     assert better["n_beaten"] == 1 and better["n_controls"] == 2
+    # Against the mean of two different controls: task 0 ties (all correct it); ahead on 1-5 and 11, behind on 6-8, 10.
+    assert (better["sign_test"]["n_target_above"], better["sign_test"]["n_target_below"]) == (6, 4)
+    assert better["p_vs_controls"] == pytest.approx(sps.binomtest(6, 10, 0.5).pvalue)
 
 
 def test_scale_is_read_where_the_vector_is_added():
