@@ -196,11 +196,13 @@ class PipelineConfig:
 
     # Phase 3: validation
     coefficients: list[float] = option(
-        help="steering coefficients in units of the mean residual norm", scope="3", group="phase 3 (validation)",
+        help="steering coefficients in units of the mean residual norm; alpha > 0 is searched, alpha < 0 is the separate "
+        "opposite-sign experiment; at least one alpha > 0", scope="3", group="phase 3 (validation)",
         default_factory=lambda: [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0],
     )
     hook_point: str = option(
-        "resid_post", help="where the steering vector is added", scope="3",
+        "resid_post", help="where the steering vector is added; alpha is scaled by the norm measured there (resid_pre of layer L "
+        "= saved layer L-1); resid_mid is refused (no saved activations to scale by)", scope="3",
         choices=("resid_pre", "resid_mid", "resid_post"), group="phase 3 (validation)",
     )
     steer_positions: str = option(
@@ -350,6 +352,8 @@ def options_markdown() -> str:
     rows = ["| flag | commands | meaning (default) |", "| --- | --- | --- |"]
     for f in option_fields():
         scope = f.metadata["scope"]
+        if not scope:
+            continue  # derived fields are not options
         where = "all" if EVERY_COMMAND in scope else ", ".join(scope)
         default = default_of(f)
         if isinstance(default, list):

@@ -22,6 +22,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import stats as sps
@@ -337,20 +338,32 @@ def bootstrap_aurocs(y_true: np.ndarray, scores: np.ndarray, n_bootstrap: int, s
     return u / (n_pos * (y.size - n_pos))
 
 
-def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """The threshold t maximising F1 of the rule ``predict positive iff score >= t``.
+def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray) -> tuple[float | None, float]:
+    """The threshold t maximising F1 of the rule ``predict positive iff score >= t``, among informative ones.
 
     Why a function of its own: thresholds are chosen on the hyperparams split
     and only applied to validation (rule 6). Uses sklearn's
     ``precision_recall_curve``, whose thresholds are the distinct scores; on a
     tie in F1 the lowest such threshold wins.
+
+    Only thresholds that *split* the tasks are candidates: the lowest distinct
+    score flags every task positive, and a rule that predicts one class for
+    all tasks has F1, precision and recall equal to their trivial baselines
+    by construction (for a sparse latent, "fires at >= 0"). When no threshold
+    splits the tasks (all scores equal) the result is ``(None, nan)``: "no
+    informative threshold", which callers must report as such.
     """
     y = _two_classes(y_true)
     s = np.asarray(scores, dtype=np.float64)
     precision, recall, thresholds = precision_recall_curve(y, s)
     precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    n_flagged = (s[None, :] >= thresholds[:, None]).sum(axis=1)
+    informative = (n_flagged > 0) & (n_flagged < s.size)
+    if not informative.any():
+        return None, float("nan")
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    f1 = np.where(informative, f1, -1.0)
     best = int(np.argmax(f1))
     return float(thresholds[best]), float(f1[best])
 
@@ -411,3 +424,29 @@ def fisher_exact_2x2(a: int, b: int, c: int, d: int, alternative: str = "two-sid
     if min(a, b, c, d) < 0:
         raise PipelineError(f"2x2 table counts must be >= 0, got {[a, b, c, d]}")
     return float(sps.fisher_exact([[a, b], [c, d]], alternative=alternative).pvalue)
+
+
+def paired_sign_test(target_flips: np.ndarray, control_flips: list[np.ndarray]) -> dict[str, Any]:
+    """Exact sign test of the target's per-task outcome against the *mean* control outcome on each task.
+
+    Outcomes are numbers per task (a flip as 0/1, or +1/0/-1 for a move the
+    predicted / no / the other way). Why: the controls run on the same tasks
+    as the target, so they are not independent trials; each task contributes
+    one paired difference, d = target - mean control, and the test is the
+    two-sided exact binomial test of #(d > 0) vs #(d < 0). With one control
+    and 0/1 flips this is the exact McNemar test on the discordant tasks.
+    Identical controls give the mean of one control, hence exactly one
+    control's p (more controls only sharpen each task's control estimate,
+    never add tasks).
+    """
+    t = np.asarray(target_flips, dtype=np.float64)
+    if not control_flips:
+        raise PipelineError("no control runs to compare the target with")
+    controls = np.stack([np.asarray(c, dtype=np.float64) for c in control_flips])
+    if controls.shape[1:] != t.shape or t.ndim != 1:
+        raise PipelineError(f"paired flips must be aligned vectors, got {t.shape} and {controls.shape[1:]}")
+    d = t - controls.mean(axis=0)
+    above, below = int((d > 1e-12).sum()), int((d < -1e-12).sum())
+    return {"n": int(t.size), "n_target_above": above, "n_target_below": below,
+            "mean_control": float(controls.mean()) if t.size else float("nan"),
+            "p": mcnemar_exact(above, below)}

@@ -146,6 +146,15 @@ class Phase3Inputs:
     phase1_meta: dict[str, Any]
     activation_dir: Path
     temperature: TemperatureData
+    # The sae split (Phase 0.1) with its Phase 1.0 labels: what the probe baselines are fitted on; None if absent.
+    sae: SplitTasks | None = None
+    sae_note: str | None = None
+
+    def saved_layers(self) -> list[int]:
+        """Layers Phase 1.0 saved activations for (read from the first hyperparams task's files)."""
+        task, label = self.hyperparams.task_ids[0], self.hyperparams.label_folders[0]
+        found = (self.activation_dir / label).glob(f"{task}_layer_*.npz")
+        return sorted(int(p.stem.rsplit("_", 1)[1]) for p in found)
 
     def activations(self, split: SplitTasks, layer: int) -> np.ndarray:
         """(n_tasks, d_model) float32 Phase 1.0 activations of ``layer`` for a split, in task order."""
@@ -334,4 +343,21 @@ def load_inputs(cfg: PipelineConfig) -> Phase3Inputs:
         # The activations beside the dataset: a Phase 1 run with other settings moves both to an archive together.
         activation_dir=dataset_path.parent / "activations",
         temperature=_load_temperatures(cfg.data_dir, validation, phase1_model, dataset_path),
+        **_load_sae_split(cfg.data_dir, dataset, dataset_path, hyperparams, validation),
     )
+
+
+def _load_sae_split(data_dir: str, dataset: pd.DataFrame, dataset_path: Path,
+                    hyperparams: SplitTasks, validation: SplitTasks) -> dict[str, Any]:
+    """The sae split for the probe baselines, or a note saying why there is none (Phase 3 goes on without)."""
+    path = phase_dir(data_dir, "0.1", create=False) / "sae_mbpp.parquet"
+    if not path.is_file():
+        note = f"no sae split ({path}): the probe baselines, which are fitted on it, are skipped"
+        logger.warning(note)
+        return {"sae": None, "sae_note": note}
+    sae = _load_split(data_dir, "sae", dataset, dataset_path)
+    overlap = set(sae.task_ids) & (set(hyperparams.task_ids) | set(validation.task_ids))
+    if overlap:
+        raise PipelineError(f"{len(overlap)} task(s) of the sae split are also in hyperparams or validation "
+                            f"(e.g. {min(overlap)}): probes fitted on them would be scored on their own tasks")
+    return {"sae": sae, "sae_note": None}

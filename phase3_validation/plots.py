@@ -91,10 +91,14 @@ def metrics_by_temperature(metrics: pd.DataFrame) -> bytes:
 
 
 def steering_grid(directions: dict[str, dict[str, Any]]) -> bytes:
-    """Correction and corruption rates (exact 95% CI) over the hyperparams coefficient grid, chosen alpha marked."""
+    """Rates (exact 95% CI) and the excess effect over controls across the hyperparams grid, chosen alpha marked.
+
+    alpha < 0 points are the opposite-sign experiment (never chosen); every
+    rate is against the hyperparams split's alpha = 0 rerun.
+    """
     fig, axes = plt.subplots(1, max(1, len(directions)), figsize=(11, 4.5), squeeze=False)
     for ax, (direction, info) in zip(axes[0], directions.items()):
-        grid = sorted(info["grid_hyperparams"], key=lambda r: r["alpha"])
+        grid = sorted(info["grid_hyperparams"] + info["opposite_sign"]["grid_hyperparams"], key=lambda r: r["alpha"])
         alphas = np.array([r["alpha"] for r in grid])
         # A small horizontal offset keeps the two rates' interval bars apart.
         offset = 0.01 * max(float(np.ptp(alphas)), 1e-6)
@@ -103,12 +107,16 @@ def steering_grid(directions: dict[str, dict[str, Any]]) -> bytes:
             err = np.vstack([rate - [r[f"{what}_ci_lo"] for r in grid], [r[f"{what}_ci_hi"] for r in grid] - rate])
             ax.errorbar(alphas + sign * offset, rate, yerr=err, marker="o", capsize=3, color=color,
                         label=f"{what} rate (95% CI)")
-        ax.axvline(info["chosen_alpha"], ls=":", color="black", label=f"chosen alpha {info['chosen_alpha']:g}")
+        ax.plot(alphas, [r["excess_effect"] for r in grid], ls="--", marker="s", color="black",
+                label="predicted effect - mean control effect")
+        ax.axhline(0.0, color="grey", lw=0.8)
+        ax.axvline(0.0, color="grey", lw=0.8, ls=":")
+        ax.axvline(info["chosen_alpha"], ls=":", color="tab:blue", label=f"chosen alpha {info['chosen_alpha']:g}")
         target = info["target"]
-        ax.set_title(f"{direction}-preferring L{target['layer']}/{target['latent']}")
-        ax.set_xlabel("alpha (x mean residual norm)")
-        ax.set_ylabel("rate vs Phase 1.0 baseline")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
+        ax.set_title(f"{direction}-preferring L{target['layer']}/{target['latent']} (alpha < 0: opposite sign)")
+        ax.set_xlabel("alpha (x mean residual norm at the hook point)")
+        ax.set_ylabel("vs the alpha = 0 rerun")
+        ax.set_ylim(-1.02, 1.02)
+        ax.legend(fontsize=7)
     fig.suptitle("Steering coefficient selection on the hyperparams split")
     return _png(fig)

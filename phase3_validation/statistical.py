@@ -7,7 +7,12 @@ direction:
   residual vector at the last prompt token; the positive class is "correct"
   for a correct-preferring latent and "incorrect" for an incorrect-preferring
   one, so a higher score always predicts the positive class;
-- the threshold maximising F1 is chosen on the hyperparams split only;
+- the threshold maximising F1 is chosen on the hyperparams split only, among
+  thresholds that split its tasks (a rule predicting one class for all tasks
+  scores its metrics' trivial baselines by construction); when none splits
+  them, or the split has fewer than :data:`MIN_THRESHOLD_CLASS` tasks in a
+  class, the row says "no informative threshold" and carries no F1,
+  precision, recall or accuracy (the AUROC, which needs no threshold, stays);
 - on the validation split (temperature 0, and each Phase 1.2 temperature) the
   AUROC with a bootstrap 95% CI, and at that fixed threshold F1, precision,
   recall and accuracy, each beside its trivial baseline.
@@ -43,6 +48,10 @@ from common.stats import auroc_with_ci, best_f1_threshold, classification_metric
 from phase3_validation.inputs import LatentRef, Phase3Inputs, temperature_activations
 
 logger = logging.getLogger(__name__)
+
+NO_THRESHOLD = "no informative threshold"
+# Fewer tasks than this in a class of the hyperparams split: no threshold is chosen (one line says so).
+MIN_THRESHOLD_CLASS = 3
 
 BASELINE_NOTES: dict[str, str] = {
     "auroc": "0.5 (score unrelated to the label)",
@@ -113,64 +122,140 @@ def auroc_interval(
 def evaluate_at_threshold(
     y: np.ndarray,
     scores: np.ndarray,
-    threshold: float,
+    threshold: float | None,
     n_bootstrap: int,
     seed: int,
     groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Every metric of one latent on one evaluation set, each beside its baseline (rule 7).
+    """Every metric of one score on one evaluation set, each beside its baseline (rule 7).
 
     ``threshold`` was chosen elsewhere (on hyperparams); the rule is
-    ``predict positive iff score >= threshold``. With one class only the
+    ``predict positive iff score >= threshold``. ``None`` means no informative
+    threshold exists: the threshold metrics are NaN, never the trivial
+    classifier's numbers dressed up as a result. With one class only the
     AUROC is undefined: it is NaN and ``note`` says why (a temperature at
     which nothing passes must not stop the phase).
     """
     y = np.asarray(y, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
-    pred = scores >= threshold
+    informative = threshold is not None
+    pred = scores >= threshold if informative else np.zeros_like(y)
     metrics = classification_metrics(y, pred)
     b = metrics["base_rate"]
+    notes = [] if informative else [NO_THRESHOLD]
     row: dict[str, Any] = {
-        "threshold": float(threshold),
+        "threshold": float(threshold) if informative else float("nan"),
+        "informative_threshold": informative,
         "n": metrics["n"],
         "n_tasks": int(np.unique(groups).size) if groups is not None else metrics["n"],
         "n_positive": metrics["n_positive"],
         "base_rate": b,
         "firing_rate": float((scores > 0).mean()),
-        "note": "",
     }
     if y.all() or not y.any():
-        row.update(auroc=float("nan"), auroc_ci_lo=float("nan"), auroc_ci_hi=float("nan"),
-                   auroc_ci_method="", note="one class only: AUROC undefined")
+        row.update(auroc=float("nan"), auroc_ci_lo=float("nan"), auroc_ci_hi=float("nan"), auroc_ci_method="")
+        notes.append("one class only: AUROC undefined")
     else:
         auroc, lo, hi, method = auroc_interval(y, scores, n_bootstrap, seed, groups)
         row.update(auroc=auroc, auroc_ci_lo=lo, auroc_ci_hi=hi, auroc_ci_method=method)
-    predicted_positive_rate = float(pred.mean())
+    row["note"] = "; ".join(notes)
+    predicted_positive_rate = float(pred.mean()) if informative else float("nan")
+    nan = float("nan")
     row.update(
         auroc_baseline=0.5,
-        f1=metrics["f1"],
+        f1=metrics["f1"] if informative else nan,
         f1_baseline_always_positive=metrics["always_positive_f1"],
-        precision=metrics["precision"],
+        precision=metrics["precision"] if informative else nan,
         precision_baseline_base_rate=b,
-        recall=metrics["recall"],
+        recall=metrics["recall"] if informative else nan,
         recall_baseline_random=predicted_positive_rate,
-        accuracy=metrics["accuracy"],
+        accuracy=metrics["accuracy"] if informative else nan,
         accuracy_baseline_majority=max(b, 1.0 - b),
         predicted_positive_rate=predicted_positive_rate,
-        tp=metrics["tp"], fp=metrics["fp"], fn=metrics["fn"], tn=metrics["tn"],
+        **({k: metrics[k] for k in ("tp", "fp", "fn", "tn")} if informative else dict(tp=-1, fp=-1, fn=-1, tn=-1)),
     )
     return row
 
 
 @dataclass
 class LatentEvaluation:
-    """One latent's scores on every evaluation set, and the metric rows computed from them."""
+    """One score's (SAE latent or probe) metric rows on every evaluation set, and its threshold."""
 
-    ref: LatentRef
-    threshold: float
+    ref: LatentRef | None
+    threshold: float | None
     hyperparams_f1: float
     rows: list[dict[str, Any]] = field(default_factory=list)
     roc_data: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # eval set -> (y, scores)
+    threshold_note: str = ""
+
+
+def choose_threshold(y_hp: np.ndarray, hp_scores: np.ndarray, what: str) -> tuple[float | None, float, str]:
+    """(threshold, hyperparams F1, note): the best informative F1 threshold, or None and the reason.
+
+    A class with fewer than :data:`MIN_THRESHOLD_CLASS` hyperparams tasks
+    gets no threshold; the phase says so once for the split
+    (:func:`split_too_small`), not once per latent.
+    """
+    y_hp = np.asarray(y_hp, dtype=bool)
+    n_pos, n_neg = int(y_hp.sum()), int((~y_hp).sum())
+    if min(n_pos, n_neg) < MIN_THRESHOLD_CLASS:
+        return None, float("nan"), f"{NO_THRESHOLD}: hyperparams split too small ({n_pos} positive, {n_neg} negative)"
+    threshold, f1 = best_f1_threshold(y_hp, hp_scores)
+    if threshold is None:
+        return None, f1, f"{NO_THRESHOLD}: the score of {what} is constant on the hyperparams split"
+    return threshold, f1, ""
+
+
+def split_too_small(correct: np.ndarray, split: str, minimum: int, what: str) -> str | None:
+    """One line naming the split and its class counts when a class has fewer than ``minimum`` tasks, else None."""
+    correct = np.asarray(correct, dtype=bool)
+    n_c, n_i = int(correct.sum()), int((~correct).sum())
+    if min(n_c, n_i) >= minimum:
+        return None
+    return (f"the {split} split is too small to {what}: {n_c} correct and {n_i} incorrect tasks "
+            f"(at least {minimum} of each needed)")
+
+
+def evaluate_scores(
+    identity: dict[str, Any],
+    positive: str,
+    hp_correct: np.ndarray,
+    hp_scores: np.ndarray,
+    eval_sets: list[dict[str, Any]],
+    n_bootstrap: int,
+    seed: int,
+    ref: LatentRef | None = None,
+) -> LatentEvaluation:
+    """Choose the threshold on hyperparams, then apply it to each evaluation set.
+
+    ``identity`` goes into every row (which latent or probe); ``positive`` is
+    the positive class ("correct" or "incorrect"; a higher score predicts it).
+    ``eval_sets``: dicts with ``split``, ``temperature``, ``correct`` (bool per
+    row), ``scores`` (per row) and optional ``groups`` (task id per row).
+    The hyperparams split itself is also reported (``split = hyperparams``,
+    in-sample: the threshold was chosen there), so over-fitting of the
+    threshold is visible beside the validation numbers.
+    """
+    y_hp = positive_labels(hp_correct, positive)
+    what = identity.get("name") or f"L{identity.get('layer')}/{identity.get('latent')}"
+    threshold, hp_f1, note = choose_threshold(y_hp, hp_scores, f"{what} ({positive} positive)")
+    evaluation = LatentEvaluation(ref=ref, threshold=threshold, hyperparams_f1=hp_f1, threshold_note=note)
+    all_sets = [{"split": "hyperparams", "temperature": 0.0, "correct": hp_correct, "scores": hp_scores}, *eval_sets]
+    for eval_set in all_sets:
+        y = positive_labels(eval_set["correct"], positive)
+        metrics = evaluate_at_threshold(y, eval_set["scores"], threshold, n_bootstrap, seed, eval_set.get("groups"))
+        if note:
+            metrics["note"] = "; ".join(x for x in (note, metrics["note"].replace(NO_THRESHOLD, "").strip("; ")) if x)
+        evaluation.rows.append({
+            **identity,
+            "positive_class": positive,
+            "split": eval_set["split"],
+            "temperature": float(eval_set["temperature"]),
+            "threshold_source": "hyperparams (best F1 among thresholds that split the tasks)",
+            **metrics,
+        })
+        evaluation.roc_data[f"{eval_set['split']}@T{eval_set['temperature']:g}"] = (y, np.asarray(eval_set["scores"]))
+    return evaluation
 
 
 def evaluate_latent(
@@ -181,31 +266,8 @@ def evaluate_latent(
     n_bootstrap: int,
     seed: int,
 ) -> LatentEvaluation:
-    """Choose the threshold on hyperparams, then apply it to each evaluation set.
-
-    ``eval_sets``: dicts with ``split``, ``temperature``, ``correct`` (bool per
-    row), ``scores`` (per row) and optional ``groups`` (task id per row).
-    The hyperparams split itself is also reported (``split = hyperparams``,
-    in-sample: the threshold was chosen there), so over-fitting of the
-    threshold is visible beside the validation numbers.
-    """
-    y_hp = positive_labels(hp_correct, ref.direction)
-    threshold, hp_f1 = best_f1_threshold(y_hp, hp_scores)
-    evaluation = LatentEvaluation(ref=ref, threshold=threshold, hyperparams_f1=hp_f1)
-    all_sets = [{"split": "hyperparams", "temperature": 0.0, "correct": hp_correct, "scores": hp_scores}, *eval_sets]
-    for eval_set in all_sets:
-        y = positive_labels(eval_set["correct"], ref.direction)
-        metrics = evaluate_at_threshold(y, eval_set["scores"], threshold, n_bootstrap, seed, eval_set.get("groups"))
-        evaluation.rows.append({
-            **ref.to_dict(),
-            "positive_class": ref.direction,
-            "split": eval_set["split"],
-            "temperature": float(eval_set["temperature"]),
-            "threshold_source": "hyperparams (best F1)",
-            **metrics,
-        })
-        evaluation.roc_data[f"{eval_set['split']}@T{eval_set['temperature']:g}"] = (y, np.asarray(eval_set["scores"]))
-    return evaluation
+    """:func:`evaluate_scores` for an SAE latent, whose positive class is its direction."""
+    return evaluate_scores(ref.to_dict(), ref.direction, hp_correct, hp_scores, eval_sets, n_bootstrap, seed, ref=ref)
 
 
 def _check_latent_range(ref: LatentRef, d_sae: int, where: str) -> None:
@@ -260,8 +322,9 @@ def validate_latents(inputs: Phase3Inputs, top_n: int, n_bootstrap: int, seed: i
             evaluations.append(evaluation)
             v0 = evaluation.rows[1]
             logger.info(
-                "%s-preferring %s: threshold %.4g (hyperparams F1 %.3f); validation AUROC %.3f [%.3f, %.3f], F1 %.3f (always-positive %.3f)",
-                ref.direction, ref.name, evaluation.threshold, evaluation.hyperparams_f1,
+                "%s-preferring %s: threshold %s (hyperparams F1 %.3f); validation AUROC %.3f [%.3f, %.3f], F1 %.3f (always-positive %.3f)",
+                ref.direction, ref.name,
+                NO_THRESHOLD if evaluation.threshold is None else f"{evaluation.threshold:.4g}", evaluation.hyperparams_f1,
                 v0["auroc"], v0["auroc_ci_lo"], v0["auroc_ci_hi"], v0["f1"], v0["f1_baseline_always_positive"],
             )
     evaluations.sort(key=lambda e: refs.index(e.ref))  # direction, then Phase 2 rank

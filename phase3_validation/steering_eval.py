@@ -3,27 +3,41 @@
 For the rank-1 latent of each direction:
 
 1. the vector is its SAE decoder row (``W_dec[latent]``, unit norm) at its
-   layer, times alpha x the mean L2 norm of the residual stream at that layer
-   (measured on the hyperparams split's saved activations), so alpha is in
-   units of a typical residual vector and a grid of -1 .. 1 means the same
-   thing at every layer;
-2. alpha is chosen on the hyperparams split only (rule 6), by the net effect
-   the latent's direction predicts: correction minus corruption for a
-   correct-preferring latent, corruption minus correction for an
-   incorrect-preferring one; ties go to the smallest |alpha|, then to the
-   positive one;
-3. on the validation split, with that alpha: correction rate (initially
-   incorrect -> correct), corruption rate (initially correct -> incorrect),
-   preservation = 1 - corruption, with Clopper-Pearson intervals, and an exact
-   McNemar test on the discordant pairs against the Phase 1.0 baseline
-   (paired: same problems);
-4. controls (rule 8): random latents of the same layer whose separation score
-   is near zero, steered with the same alpha and the same norm; their flips
-   are pooled and the target's counts are compared with the pool by Fisher's
-   exact test (never against a rate of 0);
-5. an alpha = 0 rerun through the same code path (the hooks stay in place and
-   add a zero vector): greedy decoding must reproduce the Phase 1 programs
-   exactly, so every difference is reported and flagged.
+   layer, times alpha x the mean L2 norm of the residual stream *at the hook
+   point used* (measured on the hyperparams split's saved activations:
+   ``resid_post`` of layer L is saved layer L, ``resid_pre`` of layer L is
+   saved layer L - 1; ``resid_mid`` is not saved and is refused), so alpha is
+   in units of a typical residual vector there;
+2. every rate is measured against the **alpha = 0 rerun of the same split**,
+   made through the same code path with exactly the same batches as the
+   steered runs (a zero vector is added), because greedy bf16 decoding is not
+   batch-invariant: Phase 1.0 batched other neighbours and other padding, so
+   comparing with its labels would count batching flips as steering. The
+   comparison with Phase 1.0's labels is reported beside, as is the number of
+   programs in which the rerun and Phase 1.0 differ, for both splits;
+3. the hypothesis fixes the sign: adding a correct-preferring latent's
+   direction should correct programs, adding an incorrect-preferring one
+   should corrupt them, so only alpha > 0 is searched; alpha < 0 is a
+   separate, labelled experiment on hyperparams (never chosen). Alpha is
+   chosen on the hyperparams split (rule 6) by the predicted effect *in
+   excess of the matched controls at the same alpha* (correction - corruption
+   for a correct-preferring latent, the reverse otherwise), so damage that
+   any direction does at large |alpha| does not count as the latent's effect;
+4. on the validation split, at that alpha: correction, corruption and
+   preservation rates with Clopper-Pearson intervals and the exact McNemar
+   test against the alpha = 0 rerun;
+5. controls (rule 8): random latents of the same layer whose separation score
+   is near zero, steered at the same alpha and norm on the same tasks. Each
+   task scores +1 if a run moved it the predicted way, -1 the other way, 0
+   if unchanged; the target is compared with each control by an exact sign
+   test of (target - control) over the tasks where they differ, and with all
+   controls at once by an exact sign test of (target - mean control) per task: the
+   controls share the target's tasks, so pooling their runs as independent
+   trials would overstate the evidence (three identical controls give one
+   control's p). Each control's rate and how many the target beats are shown;
+6. the difference-of-class-means direction of the latent's layer (sae split,
+   ``probes.py``) is steered the same way, with the same controls, as the
+   simplest baseline an SAE latent must beat.
 
 Generation reuses ``common.generation_loop.generate_and_execute`` (batched,
 executed on CPU workers while the GPU generates, checkpointed): each steered
@@ -52,7 +66,7 @@ from common.generation import GenerationConfig
 from common.generation_loop import Job, generate_and_execute
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
 from common.saes import load_sae
-from common.stats import clopper_pearson, fisher_exact_2x2, mcnemar_exact
+from common.stats import clopper_pearson, mcnemar_exact, paired_sign_test
 from common.steering import steer, transformer_lens_hook_name
 from common.storage import RecordCheckpointer
 from common.tasks import run_key
@@ -60,17 +74,25 @@ from phase3_validation.inputs import LatentRef, Phase2Results, Phase3Inputs, Spl
 
 logger = logging.getLogger(__name__)
 
+HYPOTHESIS = {
+    "correct": "adding the correct-preferring direction (alpha > 0) should correct programs",
+    "incorrect": "adding the incorrect-preferring direction (alpha > 0) should corrupt programs",
+}
 SELECTION_RULE = (
-    "alpha maximising the net effect the latent's direction predicts on the hyperparams split "
-    "(correct-preferring: correction rate - corruption rate; incorrect-preferring: corruption rate - "
-    "correction rate), both against the Phase 1.0 greedy labels; ties: smallest |alpha|, then positive alpha"
+    "among alpha > 0 (the sign the hypothesis predicts), the alpha maximising on the hyperparams split the "
+    "predicted effect minus the mean predicted effect of the control latents at the same alpha (predicted effect: "
+    "correction rate - corruption rate for a correct-preferring direction, the reverse for an incorrect-preferring "
+    "one; rates against the alpha = 0 rerun); ties: smallest alpha"
 )
+OPPOSITE_RULE = ("alpha < 0 (against the hypothesis): the same grid, rates and controls on the hyperparams split, "
+                 "reported as a separate experiment; never chosen, never run on validation")
 CONTROL_RULE = (
     "latents of the target's layer with |separation_correct| <= {max_sep} in Phase 2's scores, the target "
     "excluded, as are latents Phase 2's general-text filter flagged (the target was chosen among unflagged ones); "
     "latents that fire on some sae-split task (f_correct + f_incorrect > 0) are preferred; "
     "drawn without replacement with numpy default_rng([seed, layer, latent])"
 )
+SCALE_SOURCE = {"resid_post": 0, "resid_pre": -1}  # hook point -> offset of the saved layer that holds its vectors
 
 
 # --------------------------------------------------------------------------- pure rate arithmetic
@@ -92,25 +114,30 @@ def transition_counts(baseline_correct: np.ndarray, steered_correct: np.ndarray)
 
 
 def _rate(k: int, n: int) -> tuple[float, float, float]:
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
     lo, hi = clopper_pearson(k, n)
     return k / n, lo, hi
 
 
-def steering_rates(baseline_correct: np.ndarray, steered_correct: np.ndarray, what: str = "") -> dict[str, Any]:
+def steering_rates(baseline_correct: np.ndarray, steered_correct: np.ndarray, what: str = "",
+                   require_both: bool = True) -> dict[str, Any]:
     """Correction, corruption and preservation rates with exact intervals, and the paired McNemar p.
 
-    Raises a PipelineError when a rate has no denominator: a split with no
-    initially-incorrect problems has no correction rate, one with no
-    initially-correct problems no corruption rate.
+    Raises a PipelineError when a rate has no denominator and
+    ``require_both``: a split with no initially-incorrect problems has no
+    correction rate, one with no initially-correct problems no corruption
+    rate. Without ``require_both`` (the Phase 1.0 comparison shown beside the
+    primary one) such a rate is NaN.
     """
     counts = transition_counts(baseline_correct, steered_correct)
     where = f" ({what})" if what else ""
-    if counts["n_initially_incorrect"] == 0:
+    if require_both and counts["n_initially_incorrect"] == 0:
         raise PipelineError(
             f"no initially-incorrect problems{where}: the correction rate is undefined "
             f"(all {counts['n_tasks']} baseline solutions pass)"
         )
-    if counts["n_initially_correct"] == 0:
+    if require_both and counts["n_initially_correct"] == 0:
         raise PipelineError(
             f"no initially-correct problems{where}: the corruption rate is undefined "
             f"(none of {counts['n_tasks']} baseline solutions passes)"
@@ -127,6 +154,23 @@ def steering_rates(baseline_correct: np.ndarray, steered_correct: np.ndarray, wh
     }
 
 
+PHASE1_KEYS = ("n_initially_incorrect", "n_corrected", "n_initially_correct", "n_corrupted",
+               "correction_rate", "corruption_rate", "mcnemar_p")
+
+
+def rates_with_baselines(rerun_correct: np.ndarray, phase1_correct: np.ndarray, steered_correct: np.ndarray,
+                         what: str = "") -> dict[str, Any]:
+    """Primary rates against the alpha = 0 rerun, and the same rates against Phase 1.0 as ``phase1_*`` beside them.
+
+    Why both: the rerun has the steered runs' exact batches, so only steering
+    differs; Phase 1.0 had other batches, so a task that batching alone flips
+    would count as a correction or corruption there.
+    """
+    primary = steering_rates(rerun_correct, steered_correct, what)
+    versus = steering_rates(phase1_correct, steered_correct, what, require_both=False)
+    return {**primary, "baseline": "alpha = 0 rerun", **{f"phase1_{k}": versus[k] for k in PHASE1_KEYS}}
+
+
 def predicted_effect(rates: dict[str, Any], direction: str) -> float:
     """The effect a latent's direction predicts: more corrections (correct) or more corruptions (incorrect)."""
     if direction == "correct":
@@ -136,37 +180,87 @@ def predicted_effect(rates: dict[str, Any], direction: str) -> float:
     raise PipelineError(f"direction must be 'correct' or 'incorrect', got {direction!r}")
 
 
-def select_coefficient(grid: list[dict[str, Any]], direction: str) -> float:
-    """The alpha of ``grid`` (rows with ``alpha`` and rates) by :data:`SELECTION_RULE`."""
-    if not grid:
-        raise PipelineError("the steering coefficient grid is empty (--coefficients)")
-    best = max(predicted_effect(row, direction) for row in grid)
-    tied = [row["alpha"] for row in grid if predicted_effect(row, direction) >= best - 1e-12]
-    return float(min(tied, key=lambda a: (abs(a), -a)))
+def task_effects(baseline_correct: np.ndarray, steered_correct: np.ndarray, direction: str) -> np.ndarray:
+    """Per task: +1 if steering moved it the way the direction predicts, -1 the other way, 0 unchanged.
+
+    Correct-preferring: corrected +1, corrupted -1; incorrect-preferring: the
+    reverse. Why per task: the paired tests compare target and control on the
+    very same tasks, and both kinds of flip make up the predicted effect.
+    """
+    before = np.asarray(baseline_correct, dtype=bool)
+    after = np.asarray(steered_correct, dtype=bool)
+    if direction not in ("correct", "incorrect"):
+        raise PipelineError(f"direction must be 'correct' or 'incorrect', got {direction!r}")
+    effect = (~before & after).astype(np.int64) - (before & ~after).astype(np.int64)
+    return effect if direction == "correct" else -effect
 
 
-def control_comparison(target: dict[str, Any], controls: list[dict[str, Any]]) -> dict[str, Any]:
-    """Pool the controls' flips and compare the target's with them (two-sided Fisher exact tests)."""
-    if not controls:
+def control_comparison(baseline_correct: np.ndarray, target_correct: np.ndarray,
+                       controls_correct: list[np.ndarray], direction: str) -> dict[str, Any]:
+    """The target against each control and against all controls, paired by task (see the module docstring).
+
+    Per task, :func:`task_effects` of target and control. Per control: an
+    exact sign test of target effect - control effect over the tasks where
+    they differ (McNemar's test when only one kind of flip occurs). Over all
+    controls: an exact sign test of target effect - mean control effect per
+    task, so identical controls give one control's p. ``n_beaten`` counts the
+    controls whose predicted effect (rate difference) is strictly below the
+    target's; ``mean_control_effect`` is what the alpha choice subtracts.
+    """
+    if not controls_correct:
         raise PipelineError("no control runs to compare the steered latent with")
-    pooled = {
-        key: int(sum(c[key] for c in controls))
-        for key in ("n_initially_incorrect", "n_corrected", "n_initially_correct", "n_corrupted")
+    target_rates = steering_rates(baseline_correct, target_correct)
+    target_effect = predicted_effect(target_rates, direction)
+    target_tasks = task_effects(baseline_correct, target_correct, direction)
+    per_control = []
+    for control in controls_correct:
+        rates = steering_rates(baseline_correct, control)
+        entry = {k: rates[k] for k in ("n_corrected", "n_initially_incorrect", "correction_rate",
+                                       "n_corrupted", "n_initially_correct", "corruption_rate")}
+        entry["predicted_effect"] = predicted_effect(rates, direction)
+        test = paired_sign_test(target_tasks, [task_effects(baseline_correct, control, direction)])
+        entry.update(tasks_target_ahead=test["n_target_above"], tasks_control_ahead=test["n_target_below"],
+                     paired_p=test["p"])
+        per_control.append(entry)
+    sign = paired_sign_test(target_tasks, [task_effects(baseline_correct, c, direction) for c in controls_correct])
+    out: dict[str, Any] = {
+        "n_controls": len(controls_correct), "per_control": per_control,
+        "target_effect": target_effect,
+        "mean_control_effect": float(np.mean([c["predicted_effect"] for c in per_control])),
+        "n_beaten": int(sum(target_effect > c["predicted_effect"] for c in per_control)),
+        "sign_test": {k: v for k, v in sign.items() if k != "mean_control"},
+        "p_vs_controls": sign["p"],
     }
-    pooled["correction_rate"] = pooled["n_corrected"] / pooled["n_initially_incorrect"]
-    pooled["correction_ci_lo"], pooled["correction_ci_hi"] = clopper_pearson(pooled["n_corrected"], pooled["n_initially_incorrect"])
-    pooled["corruption_rate"] = pooled["n_corrupted"] / pooled["n_initially_correct"]
-    pooled["corruption_ci_lo"], pooled["corruption_ci_hi"] = clopper_pearson(pooled["n_corrupted"], pooled["n_initially_correct"])
-    fisher_correction = fisher_exact_2x2(
-        target["n_corrected"], target["n_initially_incorrect"] - target["n_corrected"],
-        pooled["n_corrected"], pooled["n_initially_incorrect"] - pooled["n_corrected"],
-    )
-    fisher_corruption = fisher_exact_2x2(
-        target["n_corrupted"], target["n_initially_correct"] - target["n_corrupted"],
-        pooled["n_corrupted"], pooled["n_initially_correct"] - pooled["n_corrupted"],
-    )
-    return {"n_controls": len(controls), "pooled": pooled,
-            "fisher_p_correction": fisher_correction, "fisher_p_corruption": fisher_corruption}
+    out["excess_effect"] = target_effect - out["mean_control_effect"]
+    return out
+
+
+def select_coefficient(grid: list[dict[str, Any]]) -> float:
+    """The alpha of ``grid`` (rows with ``alpha`` and ``excess_effect``) by :data:`SELECTION_RULE`."""
+    candidates = [row for row in grid if row["alpha"] > 0]
+    if not candidates:
+        raise PipelineError("the coefficient grid has no alpha > 0, the sign the hypothesis predicts (--coefficients)")
+    best = max(row["excess_effect"] for row in candidates)
+    tied = [row["alpha"] for row in candidates if row["excess_effect"] >= best - 1e-12]
+    return float(min(tied))
+
+
+def scale_layer(layer: int, hook_point: str, saved_layers: list[int]) -> int:
+    """The saved layer whose vectors are the residual stream at ``blocks.{layer}.hook_{hook_point}``.
+
+    ``resid_post`` of layer L is what Phase 1.0 saved as layer L; ``resid_pre``
+    of layer L is the output of layer L - 1. ``resid_mid`` is never saved, so
+    its norm cannot be measured and it is refused rather than scaled by
+    another site's norm.
+    """
+    if hook_point not in SCALE_SOURCE:
+        raise PipelineError(f"--hook-point {hook_point}: Phase 1.0 saved no {hook_point} activations, so alpha "
+                            f"cannot be scaled by the residual norm there; use resid_post or resid_pre")
+    source = layer + SCALE_SOURCE[hook_point]
+    if source not in saved_layers:
+        raise PipelineError(f"--hook-point {hook_point} at layer {layer} is scaled by saved layer {source}'s "
+                            f"activations, which Phase 1.0 did not save (saved: {saved_layers})")
+    return source
 
 
 def choose_control_latents(
@@ -248,6 +342,9 @@ class SteeringContext:
     autosave_every: int = 100
     autosave_keep: int = 3
     folders: set[Path] = field(default_factory=set)
+    # Runs already made in this process, by checkpoint folder: a control at an alpha shared by several
+    # experiments (latent, diff of means) is generated once.
+    runs: dict[Path, SteeredRun] = field(default_factory=dict)
 
 
 @dataclass
@@ -309,6 +406,8 @@ def steered_generation(
         identity.update(layer=layer, hook_point=ctx.hook_point, positions=ctx.positions, vector=_vector_digest(vector))
         folder_name = f"{split.name}_{label}_{run_key(identity)}"
     folder = ctx.checkpoint_root / folder_name
+    if folder in ctx.runs:
+        return ctx.runs[folder]
     checkpointer = RecordCheckpointer(folder, ctx.checkpoint_every, ctx.autosave_every, ctx.autosave_keep)
     n_resumed = len({r["key"] for r in checkpointer.load()})
     ctx.folders.add(folder)
@@ -321,67 +420,136 @@ def steered_generation(
     table = pd.DataFrame(records)
     table["task_id"] = table["task_id"].astype(int)
     table = table.set_index("task_id").loc[split.task_ids].reset_index()
-    return SteeredRun(label=label, records=table, n_resumed=n_resumed, checkpoint=folder)
+    ctx.runs[folder] = SteeredRun(label=label, records=table, n_resumed=n_resumed, checkpoint=folder)
+    return ctx.runs[folder]
 
 
-def program_changes(split: SplitTasks, run: SteeredRun) -> dict[str, Any]:
-    """How the run's programs and labels differ from the Phase 1.0 baseline, task by task."""
-    before_code = split.baseline["extracted_code"].fillna("").to_numpy()
+def program_changes(before: pd.DataFrame, task_ids: list[int], run: SteeredRun) -> dict[str, Any]:
+    """How the run's programs and labels differ from ``before`` (rows aligned with ``task_ids``), task by task."""
+    before_code = before["extracted_code"].fillna("").to_numpy()
     after_code = run.records["extracted_code"].fillna("").to_numpy()
     code_changed = before_code != after_code
-    text_changed = split.baseline["generated_text"].fillna("").to_numpy() != run.records["generated_text"].fillna("").to_numpy()
-    label_flip = split.correct != run.correct
+    text_changed = before["generated_text"].fillna("").to_numpy() != run.records["generated_text"].fillna("").to_numpy()
+    label_flip = before["passed"].to_numpy(dtype=bool) != run.correct
     return {
         "n_programs_changed": int(code_changed.sum()),
         "n_generations_changed": int(text_changed.sum()),
         "n_label_flips": int(label_flip.sum()),
         "n_label_flips_same_program": int((label_flip & ~code_changed).sum()),
-        "changed_task_ids": [int(t) for t in np.asarray(split.task_ids)[code_changed | label_flip]],
+        "changed_task_ids": [int(t) for t in np.asarray(task_ids)[code_changed | label_flip]],
     }
 
 
-# --------------------------------------------------------------------------- one direction, end to end
+# --------------------------------------------------------------------------- experiments
 
 
 @dataclass
-class DirectionSteering:
-    """Everything measured for one steered latent: scale, grid, chosen alpha, validation and controls."""
+class SplitBaseline:
+    """One split's alpha = 0 rerun (the primary baseline) and how it differs from Phase 1.0."""
 
-    target: LatentRef
-    hook_name: str
-    residual_norm: float
-    grid: list[dict[str, Any]]
-    chosen_alpha: float
-    validation: dict[str, Any]
-    controls: list[dict[str, Any]]
-    control_info: dict[str, Any]
-    control_test: dict[str, Any]
-    flipped: dict[str, list[dict[str, Any]]]
+    split: SplitTasks
+    rerun: SteeredRun
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "target": self.target.to_dict(), "hook_name": self.hook_name, "residual_norm": self.residual_norm,
-            "selection_rule": SELECTION_RULE,
-            "grid_hyperparams": self.grid, "chosen_alpha": self.chosen_alpha, "validation": self.validation,
-            "controls": self.controls, "control_selection": self.control_info, "control_test": self.control_test,
-            "flipped_example_task_ids": {kind: [e["task_id"] for e in examples] for kind, examples in self.flipped.items()},
-        }
+    @property
+    def correct(self) -> np.ndarray:
+        return self.rerun.correct
+
+    def versus_phase1(self) -> dict[str, Any]:
+        return {**program_changes(self.split.baseline, self.split.task_ids, self.rerun), "n_tasks": len(self.split)}
 
 
-def steering_row(role: str, direction: str, layer: int, latent: int | None, alpha: float, split: str,
-                 rates: dict[str, Any], changes: dict[str, Any], run: SteeredRun) -> dict[str, Any]:
-    """One row of ``steering_<ts>.parquet``: which run (role: target, control, alpha0), its rates and changes."""
+def steering_row(role: str, direction: str, vector: str, layer: int, latent: int | None, alpha: float,
+                 split: str, rates: dict[str, Any], changes: dict[str, Any], run: SteeredRun) -> dict[str, Any]:
+    """One row of ``steering_<ts>.parquet``: which run, its rates and program changes.
+
+    ``role``: ``grid`` (hyperparams, alpha > 0), ``validation`` (chosen alpha),
+    ``opposite`` (hyperparams, alpha < 0), ``control_<that>`` for the control
+    latents of each, ``alpha0`` for the reruns; ``vector``: ``sae_latent``,
+    ``diff_means`` or ``zero``.
+    """
     return {
-        "direction": direction, "role": role, "layer": layer, "latent": latent, "alpha": float(alpha), "split": split,
+        "direction": direction, "role": role, "vector": vector, "layer": layer, "latent": latent,
+        "alpha": float(alpha), "split": split,
         **rates, **{k: v for k, v in changes.items() if k != "changed_task_ids"},
         "n_resumed": run.n_resumed,
     }
 
 
-def flipped_examples(split: SplitTasks, run: SteeredRun, limit: int = 3) -> dict[str, list[dict[str, Any]]]:
-    """A few tasks that flipped each way under steering, with the program before and after."""
+@dataclass
+class Steerable:
+    """A direction to steer along: its unit vector, layer and the label of its runs."""
+
+    vector: str  # "sae_latent" or "diff_means"
+    layer: int
+    latent: int | None
+    unit: torch.Tensor
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}_{self.latent}" if self.vector == "sae_latent" else f"L{self.layer}_diffmeans"
+
+
+def measure_at_alpha(ctx: SteeringContext, base: SplitBaseline, target: Steerable, controls: list[Steerable],
+                     alpha: float, scale: float, direction: str, role: str, rows: list[dict[str, Any]]
+                     ) -> tuple[dict[str, Any], dict[str, Any], SteeredRun]:
+    """Target and every control at one alpha on one split: (target row, control comparison, target run)."""
+    split = base.split
+    run = steered_generation(ctx, split, target.layer, alpha * scale * target.unit,
+                             f"{direction}_{target.label}_a{alpha:g}")
+    what = f"{split.name} split, {target.label}, alpha {alpha:g}"
+    rates = rates_with_baselines(base.correct, split.correct, run.correct, what)
+    row = steering_row(role, direction, target.vector, target.layer, target.latent, alpha, split.name, rates,
+                       program_changes(base.rerun.records, split.task_ids, run), run)
+    control_runs = []
+    for control in controls:
+        c_run = steered_generation(ctx, split, control.layer, alpha * scale * control.unit,
+                                   f"control_{control.label}_a{alpha:g}")
+        control_runs.append(c_run)
+        c_rates = rates_with_baselines(base.correct, split.correct, c_run.correct, f"{split.name}, control {control.label}")
+        c_row = steering_row(f"control_{role}", direction, "sae_latent", control.layer, control.latent, alpha,
+                             split.name, c_rates, program_changes(base.rerun.records, split.task_ids, c_run), c_run)
+        c_row["predicted_effect"] = predicted_effect(c_rates, direction)
+        c_row["experiment"] = target.vector  # whose controls (the same runs serve both experiments at one alpha)
+        rows.append(c_row)
+    test = control_comparison(base.correct, run.correct, [c.correct for c in control_runs], direction)
+    row.update(predicted_effect=test["target_effect"], mean_control_effect=test["mean_control_effect"],
+               excess_effect=test["excess_effect"], n_controls_beaten=test["n_beaten"],
+               n_controls=test["n_controls"], p_vs_controls=test["p_vs_controls"], experiment=target.vector)
+    rows.append(row)
+    return row, test, run
+
+
+def hypothesis_experiment(ctx: SteeringContext, inputs: Phase3Inputs, bases: dict[str, SplitBaseline],
+                          target: Steerable, controls: list[Steerable], coefficients: list[float], scale: float,
+                          direction: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Grid over alpha > 0 on hyperparams, choice by excess over controls, then validation at that alpha."""
+    grid = [measure_at_alpha(ctx, bases["hyperparams"], target, controls, a, scale, direction,
+                             "grid", rows)[0]
+            for a in sorted(a for a in coefficients if a > 0)]
+    alpha = select_coefficient(grid)
+    logger.info("%s-preferring %s: alpha %g chosen on hyperparams (excess over controls: %s)", direction, target.label,
+                alpha, ", ".join(f"{r['alpha']:g}: {r['excess_effect']:+.3f}" for r in grid))
+    row, test, run = measure_at_alpha(ctx, bases["validation"], target, controls, alpha, scale, direction,
+                                      "validation", rows)
+    return {"vector": target.vector, "layer": target.layer, "latent": target.latent, "grid_hyperparams": grid,
+            "chosen_alpha": alpha, "validation": row, "control_test": test, "run": run}
+
+
+def opposite_sign_experiment(ctx: SteeringContext, bases: dict[str, SplitBaseline], target: Steerable,
+                             controls: list[Steerable], coefficients: list[float], scale: float, direction: str,
+                             rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """alpha < 0 on hyperparams only, against the same controls: reported, never chosen (:data:`OPPOSITE_RULE`)."""
+    grid = [measure_at_alpha(ctx, bases["hyperparams"], target, controls, a, scale, direction,
+                             "opposite", rows)[0]
+            for a in sorted((a for a in coefficients if a < 0), reverse=True)]
+    return {"rule": OPPOSITE_RULE, "grid_hyperparams": grid}
+
+
+def flipped_examples(base: SplitBaseline, run: SteeredRun, limit: int = 3) -> dict[str, list[dict[str, Any]]]:
+    """A few tasks that flipped each way under steering, with the alpha = 0 rerun's program and the steered one."""
     out: dict[str, list[dict[str, Any]]] = {"corrected": [], "corrupted": []}
-    before, after = split.correct, run.correct
+    split = base.split
+    before, after = base.correct, run.correct
     for i, task_id in enumerate(split.task_ids):
         kind = "corrected" if (not before[i] and after[i]) else "corrupted" if (before[i] and not after[i]) else None
         if kind is None or len(out[kind]) >= limit:
@@ -389,26 +557,64 @@ def flipped_examples(split: SplitTasks, run: SteeredRun, limit: int = 3) -> dict
         out[kind].append({
             "task_id": task_id,
             "text": str(split.tasks.iloc[i]["text"]),
-            "before_code": str(split.baseline.iloc[i]["extracted_code"] or ""),
-            "before_outcome": str(split.baseline.iloc[i].get("outcome", "")),
+            "before_code": str(base.rerun.records.iloc[i]["extracted_code"] or ""),
+            "before_outcome": str(base.rerun.records.iloc[i]["outcome"]),
             "after_code": str(run.records.iloc[i]["extracted_code"] or ""),
             "after_outcome": str(run.records.iloc[i]["outcome"]),
         })
     return out
 
 
+@dataclass
+class DirectionSteering:
+    """Everything measured for one direction: the SAE latent, its opposite sign, the diff-of-means baseline."""
+
+    target: LatentRef
+    hook_name: str
+    residual_norm: float
+    scale_layer: int
+    latent: dict[str, Any]
+    opposite: dict[str, Any]
+    diff_means: dict[str, Any] | None
+    diff_means_note: str | None
+    control_info: dict[str, Any]
+    flipped: dict[str, list[dict[str, Any]]]
+
+    def to_dict(self) -> dict[str, Any]:
+        def strip(exp: dict[str, Any] | None) -> dict[str, Any] | None:
+            return None if exp is None else {k: v for k, v in exp.items() if k != "run"}
+
+        return {
+            "target": self.target.to_dict(), "hypothesis": HYPOTHESIS[self.target.direction],
+            "hook_name": self.hook_name, "residual_norm": self.residual_norm, "scale_layer": self.scale_layer,
+            "selection_rule": SELECTION_RULE, "chosen_alpha": self.latent["chosen_alpha"],
+            "grid_hyperparams": self.latent["grid_hyperparams"], "validation": self.latent["validation"],
+            "control_test": self.latent["control_test"], "opposite_sign": self.opposite,
+            "diff_means": strip(self.diff_means), "diff_means_note": self.diff_means_note,
+            "control_selection": self.control_info,
+            "flipped_example_task_ids": {kind: [e["task_id"] for e in examples] for kind, examples in self.flipped.items()},
+        }
+
+
 def steer_direction(
     ctx: SteeringContext,
     inputs: Phase3Inputs,
+    bases: dict[str, SplitBaseline],
     direction: str,
     coefficients: list[float],
     n_controls: int,
     control_max_separation: float,
     seed: int,
+    diff_means_direction: np.ndarray | None = None,
+    diff_means_note: str | None = None,
 ) -> tuple[DirectionSteering, list[dict[str, Any]]]:
-    """Select alpha on hyperparams, then measure the rank-1 ``direction`` latent and its controls on validation."""
-    if not coefficients:
-        raise PipelineError("the steering coefficient grid is empty (--coefficients)")
+    """The rank-1 ``direction`` latent, its opposite sign and the diff-of-means baseline, with their controls.
+
+    ``diff_means_direction``: the unit correct-minus-incorrect mean direction
+    of the latent's layer (sae split); it is negated for the
+    incorrect-preferring direction, so alpha > 0 again means "towards the
+    direction's class". None skips that baseline (``diff_means_note`` says why).
+    """
     results: Phase2Results = inputs.results
     if not results.top[direction]:
         raise PipelineError(f"{results.path} lists no {direction}-preferring latents: nothing to steer")
@@ -425,56 +631,25 @@ def steer_direction(
         results.scores(layer), layer, target.latent, n_controls, control_max_separation, seed, d_sae
     )
     with torch.no_grad():
-        target_dir = unit_direction(sae.W_dec[target.latent])
-        control_dirs = [unit_direction(sae.W_dec[c]) for c in control_latents]
+        latent = Steerable("sae_latent", layer, target.latent, unit_direction(sae.W_dec[target.latent]))
+        controls = [Steerable("sae_latent", layer, c, unit_direction(sae.W_dec[c])) for c in control_latents]
     del sae
-    scale = mean_residual_norm(inputs.activations(inputs.hyperparams, layer))
+    source = scale_layer(layer, ctx.hook_point, inputs.saved_layers())
+    scale = mean_residual_norm(inputs.activations(inputs.hyperparams, source))
     hook_name = transformer_lens_hook_name(layer, ctx.hook_point)
-    logger.info("steering %s-preferring %s at %s: mean residual norm %.4g (alpha = 1 adds a vector of that norm)",
-                direction, target.name, hook_name, scale)
+    logger.info("steering %s-preferring %s at %s: mean residual norm %.4g there (saved layer %d)",
+                direction, target.name, hook_name, scale, source)
     rows: list[dict[str, Any]] = []
-
-    grid = []
-    for alpha in coefficients:
-        run = steered_generation(ctx, inputs.hyperparams, layer, alpha * scale * target_dir,
-                                 f"{direction}_L{layer}_{target.latent}_a{alpha:g}")
-        rates = steering_rates(inputs.hyperparams.correct, run.correct, f"hyperparams split, alpha {alpha:g}")
-        changes = program_changes(inputs.hyperparams, run)
-        row = steering_row("target", direction, layer, target.latent, alpha, "hyperparams", rates, changes, run)
-        row["predicted_effect"] = predicted_effect(rates, direction)
-        grid.append(row)
-        rows.append(row)
-    alpha = select_coefficient(grid, direction)
-    logger.info("%s-preferring %s: alpha %g chosen on hyperparams (%s)", direction, target.name, alpha,
-                ", ".join(f"{r['alpha']:g}: {r['predicted_effect']:+.3f}" for r in grid))
-
-    val = inputs.validation
-    run = steered_generation(ctx, val, layer, alpha * scale * target_dir, f"{direction}_L{layer}_{target.latent}_a{alpha:g}")
-    target_rates = steering_rates(val.correct, run.correct, f"validation split, alpha {alpha:g}")
-    target_row = steering_row("target", direction, layer, target.latent, alpha, "validation", target_rates,
-                               program_changes(val, run), run)
-    target_row["predicted_effect"] = predicted_effect(target_rates, direction)
-    rows.append(target_row)
-    flipped = flipped_examples(val, run)
-
-    controls = []
-    for latent, unit in zip(control_latents, control_dirs):
-        c_run = steered_generation(ctx, val, layer, alpha * scale * unit, f"control_L{layer}_{latent}_a{alpha:g}")
-        c_rates = steering_rates(val.correct, c_run.correct, f"validation split, control latent {latent}")
-        c_row = steering_row("control", direction, layer, latent, alpha, "validation", c_rates,
-                              program_changes(val, c_run), c_run)
-        c_row["predicted_effect"] = predicted_effect(c_rates, direction)
-        controls.append(c_row)
-        rows.append(c_row)
-    test = control_comparison(target_rates, controls)
-    pooled_row = {"direction": direction, "role": "control_pooled", "layer": layer, "latent": None,
-                  "alpha": float(alpha), "split": "validation", **test["pooled"],
-                  "fisher_p_correction": test["fisher_p_correction"], "fisher_p_corruption": test["fisher_p_corruption"]}
-    rows.append(pooled_row)
-    target_row.update(fisher_p_correction=test["fisher_p_correction"], fisher_p_corruption=test["fisher_p_corruption"])
-
+    main = hypothesis_experiment(ctx, inputs, bases, latent, controls, coefficients, scale, direction, rows)
+    opposite = opposite_sign_experiment(ctx, bases, latent, controls, coefficients, scale, direction, rows)
+    diff_means = None
+    if diff_means_direction is not None:
+        sign = 1.0 if direction == "correct" else -1.0
+        dm = Steerable("diff_means", layer, None, unit_direction(sign * np.asarray(diff_means_direction)))
+        diff_means = hypothesis_experiment(ctx, inputs, bases, dm, controls, coefficients, scale, direction, rows)
     result = DirectionSteering(
-        target=target, hook_name=hook_name, residual_norm=scale, grid=grid, chosen_alpha=alpha,
-        validation=target_row, controls=controls, control_info=control_info, control_test=test, flipped=flipped,
+        target=target, hook_name=hook_name, residual_norm=scale, scale_layer=source, latent=main, opposite=opposite,
+        diff_means=diff_means, diff_means_note=diff_means_note, control_info=control_info,
+        flipped=flipped_examples(bases["validation"], main["run"]),
     )
     return result, rows

@@ -72,3 +72,19 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.helpers import smollm2_folder
 
     return smollm2_folder(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def demo_trained_model(tmp_path_factory: pytest.TempPathFactory):
+    """The "test" size demo model (hidden 64, 2 layers) trained on the bundled problems, once per session.
+
+    It solves the problems it was trained on and none of the others, so tests
+    that need both labels from a real model (not a random one) get them. Its
+    training report is returned; ``report.model_dir`` is the model folder.
+    """
+    from common.mbpp import load_mbpp
+    from demo.training import DemoModelConfig, train_demo_model
+    from tests.helpers import DEMO_PROBLEMS
+
+    root = tmp_path_factory.mktemp("demo_model")
+    return train_demo_model(load_mbpp(DEMO_PROBLEMS), root / "model", DemoModelConfig.for_size("test"))

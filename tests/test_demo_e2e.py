@@ -53,7 +53,12 @@ def test_phase2_and_phase3_results_are_valid(demo_run):
     metrics = pd.read_parquet(next((data / "phase3").glob("metrics_*.parquet")))
     assert metrics["auroc"].dropna().between(0, 1).all() and metrics["f1"].dropna().between(0, 1).all()
     steering = pd.read_parquet(next((data / "phase3").glob("steering_*.parquet")))
-    assert {"target", "control_pooled", "alpha0"} <= set(steering["role"])
+    assert {"grid", "validation", "control_validation", "opposite", "alpha0"} <= set(steering["role"])
+    assert {"sae_latent", "diff_means"} <= set(steering["vector"])  # the diff-of-means steering baseline ran
+    assert set(steering.loc[steering["role"] == "alpha0", "split"]) == {"hyperparams", "validation"}
+    probes = pd.read_parquet(next((data / "phase3").glob("probe_metrics_*.parquet")))
+    assert set(probes["probe"]) == {"logistic", "diff_means"} and probes["auroc"].dropna().between(0, 1).all()
     summary = (data / "phase3" / "summary.md").read_text()
     assert "AUROC" in summary and "null" in summary.lower()
+    assert "logistic probe, best layer" in summary and "diff_means probe, best layer" in summary
     assert list((data / "phase3").glob("*.png"))

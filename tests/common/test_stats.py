@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import stats as sps
+from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from common.errors import PipelineError
@@ -23,6 +24,7 @@ from common.stats import (
     fisher_exact_2x2,
     latent_scores,
     mcnemar_exact,
+    paired_sign_test,
     permutation_null,
 )
 
@@ -298,7 +300,7 @@ def test_best_f1_threshold_matches_a_scan():
     y = rng.random(60) < 0.3
     s = np.round(y * 0.5 + rng.normal(size=60), 1)  # rounded: many ties
     threshold, f1 = best_f1_threshold(y, s)
-    scan = {t: f1_score(y, s >= t) for t in np.unique(s)}
+    scan = {t: f1_score(y, s >= t) for t in np.unique(s)[1:]}  # the lowest score flags every task
     best = max(scan.values())
     assert f1 == pytest.approx(best)
     assert threshold == min(t for t, v in scan.items() if np.isclose(v, best))
@@ -310,6 +312,48 @@ def test_best_f1_threshold_literal():
     s = np.array([0.1, 0.4, 0.35, 0.8])
     # >=0.35 -> P=2/3, R=1, F1=0.8; >=0.8 -> F1=2/3; >=0.1 -> F1=2/3.
     assert best_f1_threshold(y, s) == (pytest.approx(0.35), pytest.approx(0.8))
+
+
+def test_best_f1_threshold_never_flags_every_task():
+    """A sparse latent: "fires at >= 0" flags everything and has F1 = 2b/(1+b), the trivial baseline.
+
+    With base rate 0.8 that trivial rule (F1 0.889) beats every splitting
+    threshold, so an unrestricted search would pick it; the informative
+    search must not.
+    """
+    y = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0, 0], dtype=bool)
+    s = np.array([0, 0, 0, 0, 0, 0, 0, 1.0, 0, 2.0])
+    assert f1_score(y, s >= 0) == pytest.approx(2 * 0.8 / 1.8)
+    threshold, f1 = best_f1_threshold(y, s)
+    assert threshold is not None and 0 < (s >= threshold).sum() < s.size
+    assert f1 == pytest.approx(f1_score(y, s >= threshold)) and f1 < 2 * 0.8 / 1.8
+
+
+def test_constant_scores_have_no_informative_threshold():
+    threshold, f1 = best_f1_threshold(np.array([1, 0, 1, 0]), np.zeros(4))
+    assert threshold is None and np.isnan(f1)
+
+
+def test_sign_test_with_one_control_is_mcnemar_on_discordant_tasks():
+    target = np.array([1, 1, 1, 1, 1, 0, 0, 0], dtype=bool)
+    control = np.array([1, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    out = paired_sign_test(target, [control])
+    assert (out["n_target_above"], out["n_target_below"], out["n"]) == (4, 1, 8)
+    assert out["p"] == pytest.approx(binomtest(4, 5, 0.5).pvalue) == pytest.approx(mcnemar_exact(4, 1))
+
+
+def test_three_identical_controls_give_one_controls_p():
+    rng = np.random.default_rng(3)
+    target = rng.random(40) < 0.4
+    control = rng.random(40) < 0.15
+    one = paired_sign_test(target, [control])
+    three = paired_sign_test(target, [control, control, control])
+    assert one["p"] == three["p"] and one["n_target_above"] == three["n_target_above"]
+    assert one["p"] == pytest.approx(mcnemar_exact(int((target & ~control).sum()), int((~target & control).sum())))
+    # Pooling the three copies as independent trials (what Fisher on summed counts did) is more "significant".
+    pooled = fisher_exact_2x2(int(target.sum()), int((~target).sum()), 3 * int(control.sum()), 3 * int((~control).sum()))
+    single = fisher_exact_2x2(int(target.sum()), int((~target).sum()), int(control.sum()), int((~control).sum()))
+    assert pooled < single
 
 
 def test_classification_metrics_vs_sklearn_and_baselines():

@@ -36,16 +36,16 @@ def demo_problems() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="session")
-def demo_trained(demo_problems: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
-    """The "test" size demo model trained on the bundled problems, and its SAEs (one per layer)."""
+def demo_trained(
+    demo_problems: pd.DataFrame, demo_trained_model: TrainingReport, tmp_path_factory: pytest.TempPathFactory
+) -> TrainedDemo:
+    """The "test" size demo model (tests/conftest.py, trained once per session) and its SAEs (one per layer)."""
     from demo.sae_training import DemoSAEConfig, demo_sae_texts, train_demo_saes
-    from demo.training import DemoModelConfig, train_demo_model
 
     root = tmp_path_factory.mktemp("demo_trained")
-    cfg = DemoModelConfig.for_size("test")
-    report = train_demo_model(demo_problems, root / "model", cfg)
+    report = demo_trained_model
     folders = train_demo_saes(
-        root / "model", demo_sae_texts(demo_problems), list(range(cfg.num_hidden_layers)), root / "saes",
-        DemoSAEConfig.for_size("test"),
+        Path(report.model_dir), demo_sae_texts(demo_problems), list(range(int(report.config["num_hidden_layers"]))),
+        root / "saes", DemoSAEConfig.for_size("test"),
     )
     return TrainedDemo(report=report, model_dir=Path(report.model_dir), sae_dir=root / "saes", sae_folders=folders)

@@ -24,12 +24,15 @@ from phase3_validation.inputs import load_inputs
 from phase3_validation.statistical import (
     auroc_interval,
     evaluate_at_threshold,
+    evaluate_scores,
     validate_latents,
 )
 from phase3_validation.steering_eval import (
     choose_control_latents,
     control_comparison,
     mean_residual_norm,
+    rates_with_baselines,
+    scale_layer,
     select_coefficient,
     steering_rates,
     transition_counts,
@@ -75,32 +78,90 @@ def test_rates_need_both_initial_classes():
         steering_rates(np.zeros(4, bool), np.ones(4, bool))
 
 
-def test_coefficient_selection_rule():
-    grid = [
-        {"alpha": -1.0, "correction_rate": 0.1, "corruption_rate": 0.5},
-        {"alpha": -0.5, "correction_rate": 0.3, "corruption_rate": 0.1},
-        {"alpha": 0.5, "correction_rate": 0.3, "corruption_rate": 0.1},
-        {"alpha": 1.0, "correction_rate": 0.4, "corruption_rate": 0.2},
-        {"alpha": 0.0, "correction_rate": 0.0, "corruption_rate": 0.0},
-    ]
-    # correct-preferring: net +0.2 at -0.5, 0.5 and 1.0: smallest |alpha|, then the positive one.
-    assert select_coefficient(grid, "correct") == 0.5
-    # incorrect-preferring: corruption - correction is largest (+0.4) at -1.0.
-    assert select_coefficient(grid, "incorrect") == -1.0
-    with pytest.raises(PipelineError, match="empty"):
-        select_coefficient([], "correct")
+def test_batch_dependent_baseline_is_not_a_correction():
+    """Task 2 fails in Phase 1.0 but passes in the alpha = 0 rerun (other batch neighbours): batching, not steering.
+
+    Steering leaves it passing; against Phase 1.0 that would be a "correction",
+    against the rerun (the primary baseline) it is not. Task 0 is a real
+    correction (fails in both baselines, passes steered).
+    """
+    phase1 = np.array([0, 0, 0, 1, 1, 1], dtype=bool)
+    rerun = np.array([0, 0, 1, 1, 1, 1], dtype=bool)
+    steered = np.array([1, 0, 1, 1, 1, 1], dtype=bool)
+    rates = rates_with_baselines(rerun, phase1, steered)
+    assert rates["n_corrected"] == 1 and rates["n_initially_incorrect"] == 2 and rates["correction_rate"] == 0.5
+    assert rates["phase1_n_corrected"] == 2 and rates["phase1_n_initially_incorrect"] == 3
+    assert rates["baseline"] == "alpha = 0 rerun"
 
 
-def test_control_comparison_is_fisher_on_pooled_counts():
-    target = {"n_initially_incorrect": 10, "n_corrected": 6, "n_initially_correct": 8, "n_corrupted": 1}
-    controls = [
-        {"n_initially_incorrect": 10, "n_corrected": 1, "n_initially_correct": 8, "n_corrupted": 2},
-        {"n_initially_incorrect": 10, "n_corrected": 0, "n_initially_correct": 8, "n_corrupted": 1},
-    ]
-    test = control_comparison(target, controls)
-    assert test["pooled"]["n_corrected"] == 1 and test["pooled"]["n_initially_incorrect"] == 20
-    assert test["fisher_p_correction"] == pytest.approx(sps.fisher_exact([[6, 4], [1, 19]]).pvalue)
-    assert test["fisher_p_corruption"] == pytest.approx(sps.fisher_exact([[1, 7], [3, 13]]).pvalue)
+def _grid_row(alpha, target, controls, direction="incorrect"):
+    """A grid row built the way the phase builds it: rates of target and controls against one baseline."""
+    base = np.array([0] * 10 + [1] * 10, dtype=bool)
+    test = control_comparison(base, target, controls, direction)
+    return {"alpha": alpha, "excess_effect": test["excess_effect"], "predicted_effect": test["target_effect"]}
+
+
+def _run(n_corrected, n_corrupted):
+    """Labels after steering a baseline of 10 failing then 10 passing tasks."""
+    after = np.array([0] * 10 + [1] * 10, dtype=bool)
+    after[:n_corrected] = True
+    after[10:10 + n_corrupted] = False
+    return after
+
+
+def test_pure_damage_at_large_alpha_is_not_selected():
+    """An incorrect-preferring latent: at alpha 4 everything breaks, for the controls as much as for the target.
+
+    Its raw predicted effect (corruption - correction) is largest at 4, so the
+    old raw-rate rule picked 4; in excess of the controls the real effect is
+    at 0.5 (3 corruptions where controls make none).
+    """
+    small = _grid_row(0.5, _run(0, 3), [_run(0, 0), _run(0, 0)])
+    large = _grid_row(4.0, _run(0, 9), [_run(0, 9), _run(0, 10)])
+    assert large["predicted_effect"] > small["predicted_effect"]
+    assert select_coefficient([small, large]) == 0.5
+
+
+def test_selection_searches_the_hypothesis_sign_only():
+    grid = [{"alpha": -1.0, "excess_effect": 0.9}, {"alpha": 0.5, "excess_effect": 0.1},
+            {"alpha": 1.0, "excess_effect": 0.1}, {"alpha": 0.0, "excess_effect": 0.0}]
+    assert select_coefficient(grid) == 0.5  # the negative alpha's larger effect is never chosen; ties: smallest
+    with pytest.raises(PipelineError, match="no alpha > 0"):
+        select_coefficient([{"alpha": -1.0, "excess_effect": 0.9}])
+
+
+def test_controls_are_compared_paired_by_task():
+    base = np.array([0] * 10 + [1] * 10, dtype=bool)
+    target = _run(6, 1)  # corrects tasks 0-5, corrupts task 10
+    control = _run(1, 2)  # corrects task 0, corrupts tasks 10-11
+    one = control_comparison(base, target, [control], "correct")
+    three = control_comparison(base, target, [control, control, control], "correct")
+    assert one["p_vs_controls"] == three["p_vs_controls"]  # repeated controls add no evidence
+    # Per task (+1 corrected, -1 corrupted): the target is ahead on tasks 1-5 and 11, behind on none.
+    c = one["per_control"][0]
+    assert (c["tasks_target_ahead"], c["tasks_control_ahead"]) == (6, 0)
+    assert c["paired_p"] == pytest.approx(sps.binomtest(6, 6, 0.5).pvalue) == one["p_vs_controls"]
+    assert c["correction_rate"] == pytest.approx(0.1) and c["predicted_effect"] == pytest.approx(0.1 - 0.2)
+    assert one["n_beaten"] == 1 and three["n_beaten"] == 3
+    assert one["excess_effect"] == pytest.approx((0.6 - 0.1) - (0.1 - 0.2))
+    # The same runs read for an incorrect-preferring direction: the target is now behind.
+    rev = control_comparison(base, target, [control], "incorrect")
+    assert (rev["per_control"][0]["tasks_target_ahead"], rev["per_control"][0]["tasks_control_ahead"]) == (0, 6)
+    assert rev["n_beaten"] == 0
+    better = control_comparison(base, target, [control, _run(9, 0)], "correct")
+    assert better["n_beaten"] == 1 and better["n_controls"] == 2
+    # Against the mean of two different controls: task 0 ties (all correct it); ahead on 1-5 and 11, behind on 6-8, 10.
+    assert (better["sign_test"]["n_target_above"], better["sign_test"]["n_target_below"]) == (6, 4)
+    assert better["p_vs_controls"] == pytest.approx(sps.binomtest(6, 10, 0.5).pvalue)
+
+
+def test_scale_is_read_where_the_vector_is_added():
+    assert scale_layer(3, "resid_post", [0, 1, 2, 3]) == 3
+    assert scale_layer(3, "resid_pre", [0, 1, 2, 3]) == 2
+    with pytest.raises(PipelineError, match="saved no resid_mid"):
+        scale_layer(3, "resid_mid", [0, 1, 2, 3])
+    with pytest.raises(PipelineError, match="did not save"):
+        scale_layer(0, "resid_pre", [0, 1, 2, 3])
 
 
 def test_control_latents_near_zero_seeded_prefer_firing():
@@ -151,6 +212,24 @@ def test_metrics_at_threshold_match_sklearn():
     assert row["auroc_baseline"] == 0.5
     one_class = evaluate_at_threshold(np.zeros(5, bool), np.arange(5.0), 1.0, 50, 0)
     assert np.isnan(one_class["auroc"]) and "one class" in one_class["note"]
+
+
+def test_unrelated_latent_gets_no_informative_threshold_or_no_better_f1():
+    """A sparse latent that ignores the label: silent on hyperparams -> no threshold; random firing -> no F1 gain."""
+    rng = np.random.default_rng(5)
+    hp_y, val_y = rng.random(200) < 0.5, rng.random(400) < 0.5
+    silent = evaluate_scores({"name": "silent"}, "correct", hp_y, np.zeros(200),
+                             [{"split": "validation", "temperature": 0.0, "correct": val_y, "scores": np.zeros(400)}], 50, 0)
+    assert silent.threshold is None and "no informative threshold" in silent.threshold_note
+    row = next(r for r in silent.rows if r["split"] == "validation")
+    assert not row["informative_threshold"] and np.isnan(row["f1"]) and row["auroc"] == pytest.approx(0.5)
+    hp_s = np.where(rng.random(200) < 0.1, rng.random(200), 0.0)
+    val_s = np.where(rng.random(400) < 0.1, rng.random(400), 0.0)
+    noise = evaluate_scores({"name": "noise"}, "correct", hp_y, hp_s,
+                            [{"split": "validation", "temperature": 0.0, "correct": val_y, "scores": val_s}], 50, 0)
+    assert noise.threshold is not None and 0 < (hp_s >= noise.threshold).sum() < 200
+    row = next(r for r in noise.rows if r["split"] == "validation")
+    assert row["f1"] <= row["f1_baseline_always_positive"]
 
 
 def test_task_clustered_interval_is_wider_than_row_bootstrap():
@@ -284,28 +363,22 @@ def test_empty_coefficient_grid_is_an_error(tmp_path):
 # --------------------------------------------------------------------------- end to end on the tiny model
 
 N_PROBLEMS = 20
-ALWAYS_TRUE = ["assert 1 == 1", "assert 2 == 2", "assert 3 == 3"]
 
 
 def _tiny_problems(path: Path) -> Path:
-    """Bundled problem texts with asserts that hold whatever function is defined, so both classes occur.
+    """The first bundled problems, as they are: the trained demo model solves those it saw, so both classes occur.
 
-    The random tiny model writes junk: when it extracts to an empty program the
-    task passes, when it extracts to broken code (e.g. an indented line) the
-    task fails. Steering changes the junk, so labels can flip both ways.
+    Steering a model that really solves problems breaks some of them, so labels flip.
     """
-    source = load_mbpp(str(DEMO_PROBLEMS)).head(N_PROBLEMS)
-    lines = []
-    for row in source.itertuples():
-        lines.append(json.dumps(mbpp_row(int(row.task_id), row.text, ALWAYS_TRUE)))
+    lines = DEMO_PROBLEMS.read_text().splitlines()[:N_PROBLEMS]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def _cfg(data: Path, problems: Path, model_dir: Path, **over) -> PipelineConfig:
     base = dict(
-        data_dir=str(data), mbpp_path=str(problems), model=str(model_dir), device="cpu", max_new_tokens=10,
-        batch_size=4, workers=2, coefficients=[0.0, 3.0], n_random_controls=2, bootstrap=200,
+        data_dir=str(data), mbpp_path=str(problems), model=str(model_dir), device="cpu", max_new_tokens=48,
+        batch_size=4, workers=2, coefficients=[-3.0, 0.0, 3.0], n_random_controls=2, bootstrap=200,
         top_latents_validated=2, checkpoint_every=2, autosave_every=4,
     )
     base.update(over)
@@ -313,12 +386,12 @@ def _cfg(data: Path, problems: Path, model_dir: Path, **over) -> PipelineConfig:
 
 
 @pytest.fixture(scope="module")
-def e2e(tiny_model_dir, tmp_path_factory):
-    """Phases 0 and 1 on the tiny model, synthetic splits and Phase 2 results, then Phase 3 killed and rerun."""
+def e2e(demo_trained_model, tmp_path_factory):
+    """Phases 0 and 1 on the trained demo model, synthetic splits and Phase 2 results, then Phase 3 killed and rerun."""
     root = tmp_path_factory.mktemp("p3e2e")
     data = root / "data"
     problems = _tiny_problems(root / "problems.jsonl")
-    cfg = _cfg(data, problems, tiny_model_dir)
+    cfg = _cfg(data, problems, Path(demo_trained_model.model_dir))
     phase0_difficulty.run(cfg)
     dataset_path = phase1_0_generation.run(cfg)
     dataset = pd.read_parquet(dataset_path)
@@ -327,6 +400,13 @@ def e2e(tiny_model_dir, tmp_path_factory):
     assert len(correct) >= 5 and len(incorrect) >= 5, dataset[["task_id", "passed", "extracted_code"]]
     hp_ids = correct[:2] + incorrect[:2]
     val_ids = correct[2:5] + incorrect[2:5]
+    # A batch-dependent baseline: Phase 1.0 "failed" validation task `noisy` (another program), which the alpha = 0
+    # rerun reproduces as passing. Steering that leaves it passing must not count as a correction.
+    noisy = correct[2]
+    dataset.loc[dataset["task_id"] == noisy, ["passed", "extracted_code"]] = [False, "def batch_noise(:"]
+    dataset.to_parquet(dataset_path)
+    for src in (data / "phase1_0" / "activations" / "correct").glob(f"{noisy}_layer_*.npz"):
+        src.rename(data / "phase1_0" / "activations" / "incorrect" / src.name)
     rows = [r._asdict() for r in load_mbpp(str(problems)).itertuples(index=False)]
     write_splits(data, rows, hp_ids, val_ids)
     sae_dir = root / "saes"
@@ -347,7 +427,7 @@ def e2e(tiny_model_dir, tmp_path_factory):
     assert not [p for p in (data / "phase3").iterdir() if p.is_file()]  # no partial outputs
     checkpoints = [p for p in (data / "phase3" / "checkpoints").rglob("*.parquet")]
     summary = phase3_validation.run(cfg)
-    return {"cfg": cfg, "data": data, "summary": summary, "dataset": dataset, "hp_ids": hp_ids,
+    return {"cfg": cfg, "data": data, "summary": summary, "dataset": dataset, "hp_ids": hp_ids, "noisy": noisy,
             "val_ids": val_ids, "checkpoints_after_crash": checkpoints, "problems": problems}
 
 
@@ -363,41 +443,62 @@ def test_outputs_written(e2e):
     stamp = summary.stem.removeprefix("summary_")
     for name in (f"validation_{stamp}.json", f"metrics_{stamp}.parquet", f"steering_{stamp}.parquet",
                  f"roc_{stamp}.png", f"metrics_by_temperature_{stamp}.png", f"steering_grid_{stamp}.png",
-                 f"flipped_examples_{stamp}.md", f"validation_{stamp}_metadata.json", "summary.md"):
+                 f"flipped_examples_{stamp}.md", f"validation_{stamp}_metadata.json", "summary.md",
+                 f"probe_metrics_{stamp}.parquet"):
         assert (out / name).is_file(), name
     assert (out / "summary.md").read_text() == summary.read_text()
     assert not (out / "checkpoints").exists()  # removed once the outputs are written
     metrics = pd.read_parquet(out / f"metrics_{stamp}.parquet")
     assert len(metrics) == 4 * 2  # 4 latents x (hyperparams, validation@T0); no Phase 1.2 here
     meta = json.loads((out / f"validation_{stamp}_metadata.json").read_text())
-    assert meta["phase"] == "3" and meta["coefficients"] == [0.0, 3.0] and "phase2_results" in meta["inputs"]
+    assert meta["phase"] == "3" and meta["coefficients"] == [-3.0, 0.0, 3.0] and "phase2_results" in meta["inputs"]
 
 
-def test_alpha_zero_rerun_reproduces_phase1_exactly(e2e):
+def test_rates_use_the_alpha_zero_rerun_and_report_phase1_beside(e2e):
     doc = json.loads(_output(e2e, "validation", ".json").read_text())
     check = doc["steering"]["alpha0_check"]
-    assert check["passed"] and check["n_programs_changed"] == 0 and check["n_label_flips"] == 0
+    assert check["hyperparams"]["n_programs_changed"] == 0 and check["hyperparams"]["n_label_flips"] == 0
+    # The only difference on validation is the planted batch-dependent task.
+    assert check["validation"]["changed_task_ids"] == [e2e["noisy"]]
+    assert check["validation"]["n_programs_changed"] == 1 and check["validation"]["n_label_flips"] == 1
     steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
-    grid_zero = steering[(steering["split"] == "hyperparams") & (steering["alpha"] == 0.0)]
-    assert len(grid_zero) == 2 and (grid_zero["n_generations_changed"] == 0).all()
+    zero = steering[steering["role"] == "alpha0"].set_index("split")
+    assert set(zero.index) == {"hyperparams", "validation"}
+    assert zero.loc["validation", "n_initially_incorrect"] == 3  # the rerun: the noisy task passes
+    assert zero.loc["validation", "phase1_n_initially_incorrect"] == 4  # Phase 1.0: it failed
+    for direction in ("correct", "incorrect"):
+        v = doc["steering"]["directions"][direction]["validation"]
+        assert v["n_initially_incorrect"] == 3 and v["phase1_n_initially_incorrect"] == 4
+        assert v["baseline"] == "alpha = 0 rerun"
+        assert v["n_corrected"] <= v["phase1_n_corrected"]
+    assert any("differs from Phase 1.0 in 1 program" in f for f in doc["flags"])
 
 
-def test_large_alpha_changes_programs(e2e):
+def test_grid_controls_and_opposite_sign(e2e):
     steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
-    big = steering[(steering["split"] == "hyperparams") & (steering["alpha"] == 3.0)]
-    assert len(big) == 2 and (big["n_generations_changed"] > 0).all()
-    assert set(steering["role"]) == {"target", "control", "control_pooled", "alpha0"}
-    controls = steering[steering["role"] == "control"]
-    assert len(controls) == 2 * 2  # two controls per direction
-    pooled = steering[steering["role"] == "control_pooled"]
-    assert (pooled["n_initially_incorrect"] == 2 * 3).all()
-    assert steering["fisher_p_correction"].notna().sum() == 4  # target + pooled rows of both directions
+    grid = steering[steering["role"] == "grid"]
+    assert len(grid) == 2 and (grid["alpha"] == 3.0).all() and (grid["split"] == "hyperparams").all()
+    assert (grid["n_generations_changed"] > 0).all()  # alpha 3 changes the tiny model's programs
+    opposite = steering[steering["role"] == "opposite"]
+    assert len(opposite) == 2 and (opposite["alpha"] == -3.0).all() and (opposite["split"] == "hyperparams").all()
+    # Every grid point, opposite-sign point and validation run has its two controls at the same alpha.
+    for role in ("grid", "opposite", "validation"):
+        assert len(steering[steering["role"] == f"control_{role}"]) == 2 * len(steering[steering["role"] == role])
+    val = steering[steering["role"] == "validation"]
+    assert (val["n_controls"] == 2).all() and val["p_vs_controls"].between(0, 1).all()
+    assert (val["excess_effect"] == val["predicted_effect"] - val["mean_control_effect"]).all()
+    doc = json.loads(_output(e2e, "validation", ".json").read_text())
+    for direction in ("correct", "incorrect"):
+        info = doc["steering"]["directions"][direction]
+        assert info["chosen_alpha"] == 3.0 and info["opposite_sign"]["grid_hyperparams"][0]["alpha"] == -3.0
+        assert len(info["control_test"]["per_control"]) == 2
+        assert info["diff_means"] is None and info["diff_means_note"]  # no sae split in this fixture
 
 
 def test_rerun_resumed_from_steering_checkpoints(e2e):
     assert e2e["checkpoints_after_crash"], "the crashed run left no checkpoints"
     steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
-    runs = steering[steering["role"] != "control_pooled"]
+    runs = steering
     expected = np.where(runs["split"] == "hyperparams", len(e2e["hp_ids"]), len(e2e["val_ids"]))
     assert (runs["n_resumed"].to_numpy() == expected).all()
 
@@ -407,28 +508,42 @@ def test_summary_reports_null_intervals_baselines_and_config(e2e):
     assert "No correct-preferring latent beat the shuffled-label null" in text
     assert "beat Phase 2's permutation null" in text
     assert "AUROC [95% CI] (0.5)" in text and "always-positive" in text and "base rate" in text
-    assert "Clopper-Pearson" in text and "McNemar" in text and "Fisher" in text
-    assert "alpha = 0 check" in text and "Passed: all 6 validation programs" in text
+    assert "Clopper-Pearson" in text and "McNemar" in text and "sign test" in text and "beats **" in text
+    assert "alpha = 0 rerun against Phase 1.0" in text and "| validation | 1 | 1 (0) | 6 |" in text
+    assert "| hyperparams | 0 | 0 (0) | 4 |" in text
     assert "hook point: `resid_post`" in text and "position policy: `all`" in text
-    assert "coefficient grid: 0, 3" in text and "git commit" in text
+    assert "coefficient grid: -3, 0, 3" in text and "git commit" in text
+    assert "against the hypothesis (alpha < 0" in text and "Split: sae" in text
+    assert "(1 + number of shuffles whose maximum is at or above" in text and "1/51" in text
+    assert "Probe baselines: no sae split" in text
+    # Bad input: 2 + 2 hyperparams tasks are too few for a threshold; one line says so and the rest is computed.
+    assert text.count("The hyperparams split is too small to choose a threshold: 2 correct and 2 incorrect tasks") == 1
+    metrics = pd.read_parquet(_output(e2e, "metrics", ".parquet"))
+    assert not metrics["informative_threshold"].any() and metrics["f1"].isna().all()
+    assert metrics.loc[metrics["split"] == "validation", "auroc"].between(0, 1).all()
+    assert "| no informative threshold |" in text
     flipped = _output(e2e, "flipped_examples", ".md").read_text()
     assert "correct-preferring latent L1/3" in flipped
 
 
 def test_model_mismatch_with_phase1_is_an_error(e2e, tmp_path):
     cfg = _cfg(e2e["data"], e2e["problems"], tmp_path / "another_model")
-    with pytest.raises(PipelineError, match="same model"):
+    with pytest.raises(PipelineError, match="not the model that produced the Phase 1 activations"):
         phase3_validation.run(cfg)
 
 
-def test_prompt_position_policy_runs(e2e, tiny_model_dir, caplog):
+def test_prompt_position_policy_runs(e2e, caplog):
     """--steer-positions prompt goes through the same path (and is recorded)."""
-    cfg = _cfg(e2e["data"], e2e["problems"], tiny_model_dir, steer_positions="prompt", hook_point="resid_mid",
+    model_dir = Path(e2e["cfg"].model)
+    cfg = _cfg(e2e["data"], e2e["problems"], model_dir, steer_positions="prompt", hook_point="resid_pre",
                n_random_controls=1, top_latents_validated=1)
     with caplog.at_level(logging.INFO):
         summary = phase3_validation.run(cfg)
     text = summary.read_text()
-    assert "position policy: `prompt`" in text and "hook point: `resid_mid`" in text
+    assert "position policy: `prompt`" in text and "hook point: `resid_pre`" in text
+    assert "(saved layer 0)" in text  # resid_pre of layer 1 is scaled by saved layer 0's norm
+    with pytest.raises(PipelineError, match="saves no resid_mid"):
+        phase3_validation.run(_cfg(e2e["data"], e2e["problems"], model_dir, hook_point="resid_mid"))
 
 
 def test_runs_on_real_phase2_results(e2e, tmp_path):
@@ -462,7 +577,9 @@ def test_runs_on_real_phase2_results(e2e, tmp_path):
     assert raw["phase1_model"] == read_phase1_metadata(dataset)["model"] == e2e["cfg"].model
     PHASE2_TOP.read_table(raw["top_latents_path"])
     assert doc["phase2_top"]["correct"]["latent"] == raw["top_latents"]["correct"][0]["latent"]
-    assert doc["steering"]["alpha0_check"]["passed"]
+    assert doc["steering"]["alpha0_check"]["hyperparams"]["n_programs_changed"] == 0
+    # The real Phase 2 run wrote an sae split: the probe rows and the diff-of-means steering baseline are there.
+    assert doc["statistical"]["probes"]["best_layer"] or doc["statistical"]["probes"]["note"]
 
 
 # --------------------------------------------------------------------------- bad input across runs
