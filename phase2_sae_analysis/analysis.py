@@ -307,7 +307,7 @@ def run(cfg: PipelineConfig) -> Path:
             stability = compute_stability(
                 reference, source.to_dict(), {l: r.arrays for l, r in results.items()}, top
             )
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, PipelineError) as exc:
             stability = {"available": False, "reference": str(reference), "reason": f"cannot read the sae-split results: {exc}"}
 
     phase_dir(cfg.data_dir, "2")  # created here, so a read-only data dir fails before the writes

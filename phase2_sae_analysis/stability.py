@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from common.artifacts import newest_phase2_results
+from common.artifacts import PHASE2_RESULTS, newest_phase2_results
 from common.errors import PipelineError
 from common.stats import DIRECTIONS
-from common.storage import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def compute_stability(
     """
     if reference_path is None:
         return {"available": False, "reason": "no sae-split results found in the Phase 2 folder; run `python3 run.py phase 2 --split sae` first to get stability"}
-    reference = read_json(reference_path)
+    reference = PHASE2_RESULTS.read_json(reference_path, needed=("sae", "scores_dir", "layers"))
     base = {"available": False, "reference": str(reference_path)}
     ref_source = {k: v for k, v in reference.get("sae", {}).items() if k != "layers"}
     if ref_source != sae_source:

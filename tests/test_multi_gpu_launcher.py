@@ -68,3 +68,11 @@ def test_phase12_slices_merge_per_temperature(tmp_path, tiny_model_dir):
         assert len(df) == 8 and set(df["task_id"]) == expected
         assert not df.duplicated(["task_id", "sample_index"]).any()
     assert len(list((data / "phase1_2" / "activations").glob("*_layer_0.npz"))) == 4
+
+
+def test_misspelt_worker_option_is_named_before_any_worker(tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    out = _launch(data, tiny_model_dir, "--batch-sise", "3")
+    assert out.returncode == 2
+    assert "unrecognized arguments: --batch-sise 3" in out.stderr and "Traceback" not in out.stderr
+    assert not (data / "phase1_0" / "logs").exists()  # no worker was started
