@@ -71,13 +71,13 @@ def _phase_module(phase: str):
 
 def _worker_config(args: argparse.Namespace, passthrough: list[str]) -> PipelineConfig:
     """The config every worker will run with, parsed by run.py's own parser (a bad option fails here, once)."""
-    from run import build_parser
+    from run import config_for
 
     argv = ["phase", args.phase, "--model", args.model, *passthrough]
     for flag, value in (("--data-dir", args.data_dir), ("--mbpp-path", args.mbpp_path), ("--input", args.input)):
         if value:
             argv += [flag, value]
-    return PipelineConfig.from_overrides(vars(build_parser().parse_args(argv)))
+    return config_for(argv)
 
 
 def _tables(phase: str, shard: Path) -> dict[str, Path]:

@@ -205,6 +205,18 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return resolved
 
 
+def config_for(argv: list[str]) -> PipelineConfig:
+    """The config a ``run.py`` command line would run with; a bad option exits with run.py's one-line error.
+
+    For the launcher and the sweep: they check their workers' options with this
+    before starting any worker.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _refuse_foreign_options(parser, args)
+    return _config_from_args(args)
+
+
 def _load_entry(spec: str) -> Callable[..., Any]:
     module_name, func_name = spec.split(":")
     module = importlib.import_module(module_name)
