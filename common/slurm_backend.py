@@ -194,10 +194,17 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
 def job_outcome(job: Any, state: str | None) -> str:
     """``done``, ``failed``, ``running`` or ``pending`` for one submitit job.
 
-    The result file submitit writes at the end of the job decides success, so a
-    COMPLETED job whose Python raised counts as failed. A job gone from the queue
-    without a result file was killed (scancel, node failure, out of memory).
+    While SLURM still lists the job as active (COMPLETING included) it is not
+    over: resubmitting then could put two processes on one slice's checkpoints.
+    Once it is over, the result file submitit writes at the end of the job
+    decides success, so a COMPLETED job whose command failed counts as failed. A
+    job that ended without a result file was killed (scancel, node failure,
+    out of memory).
     """
+    if state in PENDING_STATES:
+        return "pending"
+    if state in ACTIVE_STATES:
+        return "running"
     result_file = Path(job.paths.result_pickle)
     if result_file.is_file():
         from submitit.core.utils import pickle_load
@@ -207,10 +214,6 @@ def job_outcome(job: Any, state: str | None) -> str:
         except Exception:  # a result file still being written: look again next poll
             return "running"
         return "done" if outcome == "success" and value == 0 else "failed"
-    if state in PENDING_STATES:
-        return "pending"
-    if state in ACTIVE_STATES:
-        return "running"
     return "failed"
 
 
