@@ -5,6 +5,7 @@
     python3 run.py check-mbpp [--workers N] [--timeout S] [--json PATH]
     python3 run.py test-gpu [--model M]
     python3 run.py demo [--data-dir D] [--retrain]
+    python3 run.py sweep --models A,B [--backend local|slurm] [phase options]
 
 Every user-facing error is one line on stderr and exit code 2 (DESIGN section 7).
 """
@@ -142,7 +143,49 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--retrain", action="store_true", help="retrain the demo model and SAEs even if cached")
     demo.add_argument("--size", choices=["demo", "test"], default="demo", help="demo (default) or the smaller test size")
     _add_global_options(demo)
+    _add_sweep_parser(sub)
     return parser
+
+
+def _add_sweep_parser(sub: Any) -> None:
+    """``run.py sweep``: its own options come from PipelineConfig's field help; other options go to every phase."""
+    import dataclasses
+
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(PipelineConfig)}
+    sweep = sub.add_parser("sweep", allow_abbrev=False, help="Phases 0-3 for several models, locally or as SLURM jobs, and a comparison table")
+    sweep.add_argument("--models", required=True, type=lambda t: [m.strip() for m in t.split(",") if m.strip()], help=helps["models"])
+    sweep.add_argument("--backend", choices=["local", "slurm"], help=helps["backend"])
+    sweep.add_argument("--sae-path", help="local SAE folder per model; {model} is replaced by each model's short name")
+    for name in ("partition", "account", "mem"):
+        sweep.add_argument(f"--{name}", help=helps[name])
+    sweep.add_argument("--time", dest="slurm_time", help=helps["slurm_time"])
+    sweep.add_argument("--gpus-per-task", type=int, help=helps["gpus_per_task"])
+    sweep.add_argument("--cpus-per-task", type=int, help=helps["cpus_per_task"])
+    sweep.add_argument("--slurm-extra", action="append", metavar="KEY=VALUE", help=helps["slurm_extra"])
+    sweep.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
+    sweep.add_argument("--data-dir", help="data directory: shared Phases 0/0.1 here, each model under models/<name>/")
+    sweep.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+# The sweep sets these per model and step; a user passing them would silently be overridden.
+_SWEEP_OWNED = ("--model", "--input", "--split", "--start", "--end", "--shard-dir", "--data-dir", "--sae-path")
+
+
+def _sweep_passthrough(extra: list[str]) -> list[str]:
+    """Options for every phase of the sweep, checked against the phase parser before anything runs."""
+    owned = [a for a in extra if a.split("=")[0] in _SWEEP_OWNED]
+    if owned:
+        raise PipelineError(f"run.py sweep sets {owned[0].split('=')[0]} itself for each model and step; drop it")
+    phase = OneLineParser(prog="run.py sweep", add_help=False)
+    _add_phase_options(phase)
+    _add_global_options(phase)
+
+    def refuse(message: str) -> None:
+        raise PipelineError(f"run.py sweep: {message} (phase options are passed to every step)")
+
+    phase.error = refuse  # type: ignore[method-assign]
+    phase.parse_args(["0", *extra])
+    return extra
 
 
 def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -159,12 +202,19 @@ def _load_entry(spec: str) -> Callable[..., Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "sweep":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from common.logging_utils import setup_logging
 
     setup_logging(getattr(args, "verbose", False))
     try:
         cfg = _config_from_args(args)
+        if args.command == "sweep":
+            from sweep.runner import run_sweep
+
+            return run_sweep(cfg, _sweep_passthrough(extra), poll=args.poll)
         if args.command == "phase":
             return _run_phase(args.number, cfg)
         if args.command == "check-mbpp":

@@ -75,6 +75,18 @@ class PipelineConfig:
     top_latents_validated: int = 5
     steering_max_new_tokens: int | None = None
 
+    # Cluster: `run.py sweep` (multi_gpu_launcher.py has the same flags of its own).
+    models: list[str] | None = field(default=None, metadata={"help": "sweep: models, comma-separated: presets, model folders or hub ids"})
+    backend: str = field(default="local", metadata={"help": "sweep: local (steps in sequence here) or slurm (dependent jobs through submitit)"})
+    partition: str | None = field(default=None, metadata={"help": "SLURM partition (default: the cluster's default)"})
+    account: str | None = field(default=None, metadata={"help": "SLURM account to charge"})
+    slurm_time: str | None = field(default=None, metadata={"help": "SLURM time limit per job, e.g. 12:00:00 (default 1-00:00:00)"})
+    mem: str | None = field(default=None, metadata={"help": "SLURM memory per job, e.g. 64G"})
+    gpus_per_task: int | None = field(default=None, metadata={"help": "SLURM GPUs per job (default 0: CPU jobs)"})
+    cpus_per_task: int | None = field(default=None, metadata={"help": "SLURM CPU cores per job"})
+    slurm_extra: list[str] | None = field(default=None, metadata={"help": "any other sbatch option as KEY=VALUE (repeatable)"})
+    max_retries: int = field(default=2, metadata={"help": "launcher: resubmissions of a failed or preempted slice"})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -265,6 +265,24 @@ def python_command(*args: str) -> list[str]:
     return [sys.executable, str(REPO_ROOT / "run.py"), *args]
 
 
+def refuse_if_still_queued(jobs_file: Path) -> None:
+    """Refuse to submit while jobs recorded in ``jobs_file`` by an earlier launch are still queued or running.
+
+    Why: two jobs on one slice would write the same checkpoints.
+    """
+    import json
+
+    if not jobs_file.is_file():
+        return
+    earlier = json.loads(jobs_file.read_text())
+    states = job_states([job_id for ids in earlier.values() for job_id in ids])
+    active = {job_id: s for job_id, s in states.items() if s in ACTIVE_STATES}
+    if active:
+        listing = ", ".join(f"{j} ({s})" for j, s in sorted(active.items()))
+        raise PipelineError(f"jobs of an earlier launch are still queued or running: {listing}; "
+                            f"wait for them or scancel them, then rerun")
+
+
 class SliceWatcher:
     """Submits keyed commands (slices, sweep steps) as one job array and sees each to an end.
 
@@ -283,18 +301,7 @@ class SliceWatcher:
         self.attempts: dict[Any, int] = {}
 
     def refuse_if_still_queued(self) -> None:
-        import json
-
-        if not self.jobs_file.is_file():
-            return
-        earlier = json.loads(self.jobs_file.read_text())
-        ids = [job_id for ids in earlier.values() for job_id in ids]
-        states = job_states(ids)
-        active = {job_id: s for job_id, s in states.items() if s in ACTIVE_STATES}
-        if active:
-            listing = ", ".join(f"{j} ({s})" for j, s in sorted(active.items()))
-            raise PipelineError(f"jobs of an earlier launch are still queued or running: {listing}; "
-                                f"wait for them or scancel them, then rerun")
+        refuse_if_still_queued(self.jobs_file)
 
     def _save(self) -> None:
         from common.storage import write_json

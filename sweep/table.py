@@ -1,0 +1,108 @@
+"""The sweep's comparison table, read from each model's newest Phase 3 ``validation_<ts>.json``.
+
+Why read the JSON and not recompute: the table must show exactly the numbers
+Phase 3 reported (chosen on sae/hyperparams, measured on validation). A field
+Phase 3 did not write (a probe, when no probe was run; a model whose chain
+failed) shows as "n/a" rather than stopping the table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from common.errors import PipelineError
+from common.paths import find_newest
+
+DIRECTIONS = ("correct", "incorrect")
+NA = "n/a"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _with_interval(value: Any, lo: Any, hi: Any) -> str:
+    v = _number(value)
+    if v is None:
+        return NA
+    low, high = _number(lo), _number(hi)
+    return f"{v:.3f} [{low:.3f}, {high:.3f}]" if low is not None and high is not None else f"{v:.3f} [interval n/a]"
+
+
+def _latent_auroc(doc: dict[str, Any], top: dict[str, Any]) -> str:
+    """AUROC of Phase 2's rank-1 latent on the validation split at temperature 0, with its bootstrap interval."""
+    for entry in doc.get("statistical", {}).get("latents", []) or []:
+        if entry.get("layer") == top.get("layer") and entry.get("latent") == top.get("latent") \
+                and entry.get("direction", top.get("direction")) == top.get("direction"):
+            for row in entry.get("rows", []) or []:
+                if row.get("split") == "validation" and _number(row.get("temperature")) == 0.0:
+                    return _with_interval(row.get("auroc"), row.get("auroc_ci_lo"), row.get("auroc_ci_hi"))
+    return NA
+
+
+def _probe_auroc(doc: dict[str, Any]) -> str:
+    """A linear probe's validation AUROC, if Phase 3 wrote one (``probe`` at the top or under ``baselines``)."""
+    for probe in (doc.get("probe"), (doc.get("baselines") or {}).get("probe") if isinstance(doc.get("baselines"), dict) else None):
+        if isinstance(probe, dict):
+            validation = probe.get("validation") if isinstance(probe.get("validation"), dict) else probe
+            return _with_interval(validation.get("auroc"), validation.get("auroc_ci_lo"), validation.get("auroc_ci_hi"))
+    return NA
+
+
+def _steering(doc: dict[str, Any], direction: str) -> tuple[str, str]:
+    """(chosen alpha, effect on validation with its interval): correction rate for "correct", corruption for "incorrect"."""
+    steer = ((doc.get("steering") or {}).get("directions") or {}).get(direction)
+    if not isinstance(steer, dict):
+        return NA, NA
+    alpha = _number(steer.get("chosen_alpha"))
+    val = steer.get("validation") or {}
+    kind = "correction" if direction == "correct" else "corruption"
+    effect = _with_interval(val.get(f"{kind}_rate"), val.get(f"{kind}_ci_lo"), val.get(f"{kind}_ci_hi"))
+    return (NA if alpha is None else f"{alpha:g}"), (effect if effect == NA else f"{kind} {effect}")
+
+
+def model_rows(name: str, data_dir: Path) -> list[dict[str, Any]]:
+    """The table rows of one model (one per direction), all "n/a" when it has no Phase 3 result."""
+    try:
+        path = find_newest(data_dir, "3", "validation_*.json")
+        doc = json.loads(path.read_text())
+    except (PipelineError, OSError, json.JSONDecodeError):
+        return [{"model": name, "direction": d, "best_layer": NA, "latent": NA, "latent_auroc": NA, "probe_auroc": NA,
+                 "alpha": NA, "steering_effect": NA, "source": None} for d in DIRECTIONS]
+    rows = []
+    for direction in DIRECTIONS:
+        top = (doc.get("phase2_top") or {}).get(direction) or {}
+        alpha, effect = _steering(doc, direction)
+        rows.append({
+            "model": name, "direction": direction,
+            "best_layer": top.get("layer", NA), "latent": top.get("latent", NA),
+            "latent_auroc": _latent_auroc(doc, top) if top else NA, "probe_auroc": _probe_auroc(doc),
+            "alpha": alpha, "steering_effect": effect, "source": str(path),
+        })
+    return rows
+
+
+def comparison_rows(models: list[tuple[str, Path]]) -> list[dict[str, Any]]:
+    return [row for name, data_dir in models for row in model_rows(name, data_dir)]
+
+
+COLUMNS = (
+    ("model", "model"), ("direction", "direction"), ("best_layer", "best layer"), ("latent", "latent"),
+    ("latent_auroc", "latent AUROC [95% CI]"), ("probe_auroc", "probe AUROC [95% CI]"),
+    ("alpha", "steering alpha"), ("steering_effect", "steering effect [95% CI]"),
+)
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table (readable in a terminal too); AUROCs are on the validation split at temperature 0."""
+    head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
+    rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    body = ["| " + " | ".join(str(row.get(key, NA)) for key, _ in COLUMNS) + " |" for row in rows]
+    note = ("AUROC: Phase 2's rank-1 latent per direction, validation split, temperature 0. Steering: coefficient "
+            "chosen on hyperparams; correction rate (correct direction) or corruption rate (incorrect) on validation.")
+    return "\n".join([head, rule, *body, "", note])
