@@ -45,6 +45,12 @@ def _latent_auroc(doc: dict[str, Any], top: dict[str, Any]) -> str:
     return NA
 
 
+def _beats_null(doc: dict[str, Any], direction: str) -> str:
+    """Whether Phase 2's rank-1 latent beat its permutation null: without it, the row is exploratory."""
+    verdict = ((doc.get("phase2_null") or {}).get("beats_null") or {}).get(direction)
+    return NA if verdict is None else ("yes" if verdict else "no")
+
+
 def _probe_auroc(doc: dict[str, Any]) -> str:
     """A linear probe's validation AUROC, if Phase 3 wrote one (``probe`` at the top or under ``baselines``)."""
     for probe in (doc.get("probe"), (doc.get("baselines") or {}).get("probe") if isinstance(doc.get("baselines"), dict) else None):
@@ -73,7 +79,7 @@ def model_rows(name: str, data_dir: Path) -> list[dict[str, Any]]:
         doc = json.loads(path.read_text())
     except (PipelineError, OSError, json.JSONDecodeError):
         return [{"model": name, "direction": d, "best_layer": NA, "latent": NA, "latent_auroc": NA, "probe_auroc": NA,
-                 "alpha": NA, "steering_effect": NA, "source": None} for d in DIRECTIONS]
+                 "alpha": NA, "steering_effect": NA, "beats_null": NA, "source": None} for d in DIRECTIONS]
     rows = []
     for direction in DIRECTIONS:
         top = (doc.get("phase2_top") or {}).get(direction) or {}
@@ -81,6 +87,7 @@ def model_rows(name: str, data_dir: Path) -> list[dict[str, Any]]:
         rows.append({
             "model": name, "direction": direction,
             "best_layer": top.get("layer", NA), "latent": top.get("latent", NA),
+            "beats_null": _beats_null(doc, direction),
             "latent_auroc": _latent_auroc(doc, top) if top else NA, "probe_auroc": _probe_auroc(doc),
             "alpha": alpha, "steering_effect": effect, "source": str(path),
         })
@@ -92,7 +99,7 @@ def comparison_rows(models: list[tuple[str, Path]]) -> list[dict[str, Any]]:
 
 
 COLUMNS = (
-    ("model", "model"), ("direction", "direction"), ("best_layer", "best layer"), ("latent", "latent"),
+    ("model", "model"), ("direction", "direction"), ("best_layer", "best layer"), ("latent", "latent"), ("beats_null", "beats null"),
     ("latent_auroc", "latent AUROC [95% CI]"), ("probe_auroc", "probe AUROC [95% CI]"),
     ("alpha", "steering alpha"), ("steering_effect", "steering effect [95% CI]"),
 )
