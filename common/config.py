@@ -85,7 +85,6 @@ class PipelineConfig:
     gpus_per_task: int | None = field(default=None, metadata={"help": "SLURM GPUs per job (default 0: CPU jobs)"})
     cpus_per_task: int | None = field(default=None, metadata={"help": "SLURM CPU cores per job"})
     slurm_extra: list[str] | None = field(default=None, metadata={"help": "any other sbatch option as KEY=VALUE (repeatable)"})
-    max_retries: int = field(default=2, metadata={"help": "launcher: resubmissions of a failed or preempted slice"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

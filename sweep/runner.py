@@ -45,9 +45,11 @@ class SweepRun:
 
 
 def slurm_options(cfg: PipelineConfig) -> SlurmOptions:
+    """The sweep's SLURM options. A failed step is not resubmitted (its chain is cancelled; a rerun resumes);
+    a preempted or timed-out one is requeued by submitit up to ``max_retries`` times."""
     return SlurmOptions(
         partition=cfg.partition, account=cfg.account, time=cfg.slurm_time, mem=cfg.mem, gpus_per_task=cfg.gpus_per_task,
-        cpus_per_task=cfg.cpus_per_task, extra=parse_extra(cfg.slurm_extra), max_retries=cfg.max_retries,
+        cpus_per_task=cfg.cpus_per_task, extra=parse_extra(cfg.slurm_extra), max_retries=2,
     )
 
 

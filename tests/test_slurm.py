@@ -118,3 +118,16 @@ def test_bad_slurm_options_submit_nothing(tmp_path, tiny_model_dir, extra, messa
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"error: {out.stderr.strip()[7:]}"] and message in out.stderr
     assert not data.exists() and _user_jobs() == before
+
+
+def test_sweep_on_unknown_partition_submits_nothing(tmp_path, tiny_model_dir):
+    data = tmp_path / "data"
+    before = _user_jobs()
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run.py"), "sweep", "--models", str(tiny_model_dir), "--backend", "slurm",
+         "--partition", "nosuch", "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: unknown partition 'nosuch': SLURM has cpu, restricted"
+    assert not data.exists() and _user_jobs() == before
