@@ -84,7 +84,8 @@ def run_sweep(cfg: PipelineConfig, passthrough: list[str], poll: float = 2.0) ->
     atomic_write_text(root / f"comparison_{stamp}.md", table + "\n")
     outputs = {"table_md": root / f"comparison_{stamp}.md", "table_json": root / f"comparison_{stamp}.json"}
     write_json(outputs["table_json"], {"rows": rows, "failed_steps": failed})
-    meta = build_metadata("sweep", cfg, clock, outputs=outputs, extra={
+    sources = {f"{row['model']}_phase3": row["source"] for row in rows if row["source"]}
+    meta = build_metadata("sweep", cfg, clock, inputs=sources, outputs=outputs, extra={
         "models": [{"spec": m.spec, "name": m.name, "data_dir": str(m.data_dir), "sae_path": m.sae_path} for m in models],
         "steps": [{"name": s.name, "args": s.args, "after": s.after, "log": str(s.log)} for s in run.steps],
         "passthrough": passthrough, "backend": cfg.backend, "failed_steps": failed,

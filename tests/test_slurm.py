@@ -78,7 +78,7 @@ def test_two_slice_array_merges_and_rerun_submits_nothing(tmp_path, tiny_model_d
 
 def test_scancelled_slice_is_resubmitted_and_resumes(tmp_path, tiny_model_dir):
     data = _phase0(tmp_path)
-    args = ("--start", "0", "--end", "59", "--gpus", "1", "--max-new-tokens", "24", "--batch-size", "2",
+    args = ("--start", "0", "--end", "79", "--gpus", "1", "--max-new-tokens", "32", "--batch-size", "2",
             "--checkpoint-every", "2", "--max-retries", "1")
     proc = subprocess.Popen(_cmd(data, tiny_model_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -87,6 +87,9 @@ def test_scancelled_slice_is_resubmitted_and_resumes(tmp_path, tiny_model_dir):
         checkpoints = data / "phase1_0" / "checkpoints"
         wait_for(lambda: len(list(checkpoints.rglob("chunk_*.parquet"))) >= 3, 180, "three checkpoint chunks", poll=0.2)
         assert squeue_state(job_id) == "RUNNING"
+        # the same command while its job still runs must not put a second job on the slice
+        twin = subprocess.run(_cmd(data, tiny_model_dir, *args), capture_output=True, text=True, timeout=120)
+        assert twin.returncode == 2 and f"still queued or running: {job_id} (RUNNING)" in twin.stderr, twin.stderr
         subprocess.run(["scancel", job_id], check=True, timeout=60)
         stdout, _ = proc.communicate(timeout=400)
     finally:
@@ -99,7 +102,7 @@ def test_scancelled_slice_is_resubmitted_and_resumes(tmp_path, tiny_model_dir):
     resumed = re.search(r"resuming: (\d+) record\(s\) already checkpointed", log)
     assert resumed and int(resumed.group(1)) > 0, log[-2000:]
     merged = pd.read_parquet(next((data / "phase1_0").glob("dataset_*.parquet")))
-    assert merged["task_id"].tolist() == _problem_ids()[:60]
+    assert merged["task_id"].tolist() == _problem_ids()[:80]
 
 
 @pytest.mark.parametrize(

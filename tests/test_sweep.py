@@ -89,7 +89,8 @@ def test_local_two_model_sweep_and_rerun(study, tmp_path):
     assert not (data / "phase1_0").exists()  # generation happens only in the models' own folders
     _check_table(out.stdout, data, names)
     meta = next((data / "sweep").glob("sweep_*/comparison_*_metadata.json"))
-    assert json.loads(meta.read_text())["failed_steps"] == []
+    meta = json.loads(meta.read_text())
+    assert meta["failed_steps"] == [] and set(meta["inputs"]) == {f"{n}_phase3" for n in names}
 
     again = _sweep(study, data, models)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
