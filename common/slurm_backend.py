@@ -151,7 +151,10 @@ def make_executor(folder: Path, opts: SlurmOptions, job_name: str) -> Any:
     """A submitit SlurmExecutor whose job logs go to ``folder`` and whose Python finds this repo."""
     submitit = require_submitit()
     folder.mkdir(parents=True, exist_ok=True)
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max(opts.max_retries, 0))
+    try:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=max(opts.max_retries, 0))
+    except RuntimeError as exc:  # submitit's "Could not detect srun"
+        raise PipelineError(f"cannot submit to SLURM: {exc}") from None
     params: dict[str, Any] = {
         "job_name": job_name,
         "setup": [f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"],
