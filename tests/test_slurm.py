@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 
@@ -78,8 +79,8 @@ def test_two_slice_array_merges_and_rerun_submits_nothing(tmp_path, tiny_model_d
 
 def test_scancelled_slice_is_resubmitted_and_resumes(tmp_path, tiny_model_dir):
     data = _phase0(tmp_path)
-    args = ("--start", "0", "--end", "79", "--gpus", "1", "--max-new-tokens", "32", "--batch-size", "2",
-            "--checkpoint-every", "2", "--max-retries", "1")
+    args = ("--start", "0", "--end", "59", "--gpus", "1", "--max-new-tokens", "24", "--batch-size", "1",
+            "--checkpoint-every", "1", "--max-retries", "1")
     proc = subprocess.Popen(_cmd(data, tiny_model_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         jobs_file = wait_for(lambda: next((data / "phase1_0" / "logs").glob("launcher_*/slurm_jobs.json"), None), 120, "submission")
@@ -87,9 +88,7 @@ def test_scancelled_slice_is_resubmitted_and_resumes(tmp_path, tiny_model_dir):
         checkpoints = data / "phase1_0" / "checkpoints"
         wait_for(lambda: len(list(checkpoints.rglob("chunk_*.parquet"))) >= 3, 180, "three checkpoint chunks", poll=0.2)
         assert squeue_state(job_id) == "RUNNING"
-        # the same command while its job still runs must not put a second job on the slice
-        twin = subprocess.run(_cmd(data, tiny_model_dir, *args), capture_output=True, text=True, timeout=120)
-        assert twin.returncode == 2 and f"still queued or running: {job_id} (RUNNING)" in twin.stderr, twin.stderr
+        assert not list((data / "phase1_0" / "shards").rglob("dataset_*.parquet"))  # killed mid-slice, not after
         subprocess.run(["scancel", job_id], check=True, timeout=60)
         stdout, _ = proc.communicate(timeout=400)
     finally:
@@ -102,7 +101,27 @@ def test_scancelled_slice_is_resubmitted_and_resumes(tmp_path, tiny_model_dir):
     resumed = re.search(r"resuming: (\d+) record\(s\) already checkpointed", log)
     assert resumed and int(resumed.group(1)) > 0, log[-2000:]
     merged = pd.read_parquet(next((data / "phase1_0").glob("dataset_*.parquet")))
-    assert merged["task_id"].tolist() == _problem_ids()[:80]
+    assert merged["task_id"].tolist() == _problem_ids()[:60]
+
+
+def test_rerun_refused_while_jobs_queued_and_ctrl_c_cancels_them(tmp_path, tiny_model_dir):
+    """A job held back by --begin stays PENDING: the same command is refused; SIGINT cancels the job."""
+    data = _phase0(tmp_path)
+    args = ("--start", "0", "--end", "3", "--max-new-tokens", "4", "--slurm-extra", "begin=now+600")
+    proc = subprocess.Popen(_cmd(data, tiny_model_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        jobs_file = wait_for(lambda: next((data / "phase1_0" / "logs").glob("launcher_*/slurm_jobs.json"), None), 120, "submission")
+        job_id = json.loads(jobs_file.read_text())["0"][0]
+        assert squeue_state(job_id) == "PENDING"
+        twin = subprocess.run(_cmd(data, tiny_model_dir, *args), capture_output=True, text=True, timeout=120)
+        assert twin.returncode == 2 and f"still queued or running: {job_id} (PENDING)" in twin.stderr, twin.stderr
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "SLURM jobs cancelled" in stderr
+    wait_for(lambda: squeue_state(job_id) in (None, "CANCELLED"), 60, f"job {job_id} to be cancelled")
 
 
 @pytest.mark.parametrize(
