@@ -9,6 +9,7 @@
 #   cpu        default, every account allowed
 #   restricted only account "pva" may submit (so tests can see SLURM refuse an account)
 # Idempotent: when the cluster already answers, it only checks it (about 1 s).
+# PVA_SLURM_NO_INSTALL=1: start an installed SLURM, never install one.
 # Exit 0 when `srun hostname` works; non-zero with one line on stderr otherwise.
 set -uo pipefail
 
@@ -31,6 +32,8 @@ fi
 
 [ "$(id -u)" -eq 0 ] || fail "needs root to install and start SLURM"
 if ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; then
+  # The tests set PVA_SLURM_NO_INSTALL=1: a test run starts a cluster but never installs packages.
+  [ "${PVA_SLURM_NO_INSTALL:-0}" = 1 ] && fail "slurm-wlm and munge are not installed (run .ci/start_slurm.sh as root)"
   command -v apt-get >/dev/null 2>&1 || fail "no apt-get: install slurm-wlm and munge by hand"
   export DEBIAN_FRONTEND=noninteractive
   { apt-get update -q && apt-get install -y -q slurm-wlm munge; } >/tmp/start_slurm_apt.log 2>&1 \

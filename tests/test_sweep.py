@@ -163,3 +163,21 @@ def test_bad_sweep_input_is_one_line_and_runs_nothing(study, tmp_path, models, e
 def test_missing_sae_folder_for_a_model_is_refused(study, tmp_path):
     with pytest.raises(PipelineError, match="is not a folder"):
         resolve_models([str(study["models"]["a"])], tmp_path, str(tmp_path / "nosaes" / "{model}"))
+
+
+def test_slurm_sweep_without_submitit_is_one_line_and_writes_nothing(study, tmp_path):
+    """submitit shadowed by a package that raises ImportError: refused before any check or write."""
+    import os
+
+    shadow = tmp_path / "shadow" / "submitit"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named submitit')\n")
+    data = tmp_path / "data"
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run.py"), "sweep", "--models", str(study["models"]["a"]), "--backend", "slurm",
+         "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(shadow.parent)},
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: the SLURM backend needs submitit: pip install submitit==1.5.4"
+    assert not data.exists()
