@@ -16,9 +16,9 @@ from typing import Any
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.metadata import RunClock, build_metadata
-from common.paths import timestamp
+from common.paths import find_newest, timestamp
 from common.slurm_backend import SlurmOptions, parse_extra
-from common.storage import atomic_write_text, write_json
+from common.storage import atomic_write_text, read_json, write_json
 from common.tasks import run_key
 from sweep.plan import Step, SweepModel, link_shared_phases, plan_steps, resolve_models
 from sweep.table import comparison_rows, render_table
@@ -41,7 +41,24 @@ class SweepRun:
         return self.marker(step).is_file()
 
     def mark_done(self, step: Step, how: str) -> None:
-        write_json(self.marker(step), {"step": step.name, "args": step.args, "finished": timestamp(), "how": how})
+        """Record a finished step; for Phase 3, also the result it wrote (the table reads exactly that file)."""
+        record: dict[str, Any] = {"step": step.name, "args": step.args, "finished": timestamp(), "how": how}
+        if step.args[1] == "3":
+            data_dir = Path(step.args[step.args.index("--data-dir") + 1])
+            record["result"] = str(find_newest(data_dir, "3", "validation_*.json"))
+        write_json(self.marker(step), record)
+
+    def phase3_result(self, model: SweepModel) -> Path | None:
+        """The Phase 3 JSON this sweep's own Phase 3 step wrote for ``model`` (None when it has not finished).
+
+        Why not the newest file in the folder: a model's folder is shared by
+        sweeps with other options; the table must show this sweep's numbers.
+        """
+        step = next(s for s in self.steps if s.model == model.name and s.args[1] == "3")
+        if not self.is_done(step):
+            return None
+        result = read_json(self.marker(step)).get("result")
+        return Path(result) if result else None
 
 
 def slurm_options(cfg: PipelineConfig) -> SlurmOptions:
@@ -78,7 +95,7 @@ def run_sweep(cfg: PipelineConfig, passthrough: list[str], poll: float = 2.0) ->
         failed = _run_local(run, todo)
     else:
         failed = _run_slurm(run, todo, opts, poll)
-    rows = comparison_rows([(m.name, m.data_dir) for m in models])
+    rows = comparison_rows([(m.name, run.phase3_result(m)) for m in models])
     table = render_table(rows)
     stamp = timestamp()
     atomic_write_text(root / f"comparison_{stamp}.md", table + "\n")

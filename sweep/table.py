@@ -1,4 +1,4 @@
-"""The sweep's comparison table, read from each model's newest Phase 3 ``validation_<ts>.json``.
+"""The sweep's comparison table, read from the Phase 3 ``validation_<ts>.json`` each model's step wrote.
 
 Why read the JSON and not recompute: the table must show exactly the numbers
 Phase 3 reported (chosen on sae/hyperparams, measured on validation). A field
@@ -12,9 +12,6 @@ import json
 import math
 from pathlib import Path
 from typing import Any
-
-from common.errors import PipelineError
-from common.paths import find_newest
 
 DIRECTIONS = ("correct", "incorrect")
 NA = "n/a"
@@ -72,12 +69,13 @@ def _steering(doc: dict[str, Any], direction: str) -> tuple[str, str]:
     return (NA if alpha is None else f"{alpha:g}"), (effect if effect == NA else f"{kind} {effect}")
 
 
-def model_rows(name: str, data_dir: Path) -> list[dict[str, Any]]:
-    """The table rows of one model (one per direction), all "n/a" when it has no Phase 3 result."""
+def model_rows(name: str, path: Path | None) -> list[dict[str, Any]]:
+    """The table rows of one model (one per direction) from its Phase 3 JSON; all "n/a" without one."""
     try:
-        path = find_newest(data_dir, "3", "validation_*.json")
-        doc = json.loads(path.read_text())
-    except (PipelineError, OSError, json.JSONDecodeError):
+        if path is None:
+            raise FileNotFoundError("no Phase 3 result")
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
         return [{"model": name, "direction": d, "best_layer": NA, "latent": NA, "latent_auroc": NA, "probe_auroc": NA,
                  "alpha": NA, "steering_effect": NA, "beats_null": NA, "source": None} for d in DIRECTIONS]
     rows = []
@@ -94,8 +92,9 @@ def model_rows(name: str, data_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def comparison_rows(models: list[tuple[str, Path]]) -> list[dict[str, Any]]:
-    return [row for name, data_dir in models for row in model_rows(name, data_dir)]
+def comparison_rows(models: list[tuple[str, Path | None]]) -> list[dict[str, Any]]:
+    """Rows of every model, in the order given: (name, its Phase 3 ``validation_<ts>.json`` or None)."""
+    return [row for name, path in models for row in model_rows(name, path)]
 
 
 COLUMNS = (

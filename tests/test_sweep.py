@@ -95,6 +95,7 @@ def test_local_two_model_sweep_and_rerun(study, tmp_path):
     again = _sweep(study, data, models)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "12 steps, 12 done earlier" in again.stdout and ": running" not in again.stdout
+    _check_table(again.stdout, data, names)  # the table of a rerun still reads this sweep's own Phase 3 results
 
 
 @pytest.mark.slow
@@ -134,8 +135,8 @@ def test_plan_shares_phase0_and_chains_each_model(study, tmp_path):
 
 
 def test_table_without_phase3_output_shows_na(tmp_path):
-    rows = comparison_rows([("m", tmp_path / "nothing")])
-    assert len(rows) == 2 and all(r["latent_auroc"] == "n/a" and r["best_layer"] == "n/a" for r in rows)
+    rows = comparison_rows([("m", tmp_path / "nothing.json"), ("u", None)])
+    assert len(rows) == 4 and all(r["latent_auroc"] == "n/a" and r["best_layer"] == "n/a" for r in rows)
     assert "| m | correct | n/a |" in render_table(rows)
 
 
