@@ -60,7 +60,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--start", type=int, help="first task position, inclusive (default 0)")
     parser.add_argument("--end", type=int, help="last task position, inclusive (default: the last task)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local model folder (default {DEFAULT_MODEL})")
-    parser.add_argument("--gpus", type=int, help="number of workers (default: every visible GPU, or 1 CPU worker)")
+    parser.add_argument("--gpus", type=int, help="number of workers (default: every visible GPU, or 1 CPU worker); with --backend slurm: array tasks (default 1)")
     parser.add_argument("--data-dir", help="data directory (default ./data, env PVA_DATA_DIR)")
     parser.add_argument("--mbpp-path", help="local MBPP file (env PVA_MBPP_PATH)")
     parser.add_argument("--input", help="earlier-phase output to use instead of the newest")

@@ -59,11 +59,12 @@ def _known_presets() -> list[str] | None:
     if importlib.util.find_spec("common.model_presets") is None:
         return None
     module = importlib.import_module("common.model_presets")
-    for attr in ("PRESETS", "MODEL_PRESETS", "REGISTRY"):
+    # The registry is being written in parallel (issue 12); these are the names it may use for its table.
+    for attr in ("PRESETS", "MODEL_PRESETS", "REGISTRY", "MODELS"):
         table = getattr(module, attr, None)
         if isinstance(table, dict):
             return sorted(table)
-    for attr in ("preset_names", "list_presets"):
+    for attr in ("preset_names", "list_presets", "names"):
         func = getattr(module, attr, None)
         if callable(func):
             return sorted(func())
