@@ -182,3 +182,26 @@ def test_slurm_sweep_without_submitit_is_one_line_and_writes_nothing(study, tmp_
     assert out.returncode == 2
     assert out.stderr.strip() == "error: the SLURM backend needs submitit: pip install submitit==1.5.4"
     assert not data.exists()
+
+
+def test_preset_names_are_checked_against_the_registry_when_it_exists(tmp_path, monkeypatch):
+    """A stand-in ``common/model_presets.py`` (the real one is issue 12's): presets pass, others list them."""
+    import sys as _sys
+
+    import common
+
+    (tmp_path / "model_presets.py").write_text("PRESETS = {'gemma-2-2b': {}, 'llama-3.1-8b': {}}\n")
+    monkeypatch.setattr(common, "__path__", [*common.__path__, str(tmp_path)])
+    original = _sys.modules.pop("common.model_presets", None)
+    try:
+        models = resolve_models(["gemma-2-2b", "google/gemma-2-9b"], tmp_path, None)
+        assert [(m.spec, m.name) for m in models] == [("gemma-2-2b", "gemma-2-2b"), ("google/gemma-2-9b", "google__gemma-2-9b")]
+        with pytest.raises(PipelineError, match="unknown model 'gemma-3-1b'.*presets: gemma-2-2b, llama-3.1-8b"):
+            resolve_models(["gemma-3-1b"], tmp_path, None)
+    finally:  # the stand-in must not outlive this test
+        _sys.modules.pop("common.model_presets", None)
+        if original is not None:
+            _sys.modules["common.model_presets"] = original
+            common.model_presets = original
+        elif hasattr(common, "model_presets"):
+            delattr(common, "model_presets")
