@@ -8,6 +8,7 @@
     python3 run.py demo [--data-dir D] [--retrain]
     python3 run.py models
     python3 run.py train-saes --model M --output DIR [--layers ...] [--corpus FILE] [--width N] [--tokens N]
+    python3 run.py sweep --models A,B [--backend local|slurm] [phase options]
 
 Every user-facing error is one line on stderr and exit code 2 (DESIGN section 7).
 """
@@ -114,6 +115,9 @@ def _add_option(group: Any, f: dataclasses.Field) -> None:
     if isinstance(default, bool):
         group.add_argument(flag_of(f), dest=f.name, action="store_const", const=not default, default=argparse.SUPPRESS, help=meta["help"])
         return
+    if meta.get("repeatable"):
+        group.add_argument(flag_of(f), dest=f.name, action="append", metavar="VALUE", default=argparse.SUPPRESS, help=meta["help"])
+        return
     shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, list) else default
     help_text = meta["help"] + (f" (default {shown})" if default is not None else "")
     group.add_argument(
@@ -180,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(models, "models")
     train = sub.add_parser("train-saes", help="train one SAE per layer on resid_post with SAE Lens (for --sae-path)")
     _add_config_options(train, "train-saes")
+
+    sweep = sub.add_parser(
+        "sweep", allow_abbrev=False,
+        help="Phases 0-3 for several models, locally or as SLURM jobs, and a comparison table",
+        description="Phases 0-3 for several models. Any phase option given here goes to every phase it applies to.",
+    )
+    _add_config_options(sweep, "sweep")
+    sweep.add_argument("--poll", type=float, default=5.0, help=argparse.SUPPRESS)
     return parser
 
 
@@ -191,6 +203,43 @@ def _refuse_foreign_options(parser: argparse.ArgumentParser, args: argparse.Name
         if f.name in vars(args) and not applies_to(f, args.number):
             scope = ", ".join(f.metadata["scope"])
             parser.error(f"{flag_of(f)} does not apply to phase {args.number} (it is an option of phase {scope})")
+
+
+# The sweep sets these per model and step; a user passing them would silently be overridden.
+_SWEEP_OWNED = ("model", "input", "split", "start", "end", "shard_dir", "data_dir", "sae_path")
+
+
+def _as_tokens(f: dataclasses.Field, value: Any) -> list[str]:
+    """A parsed option value back as command-line words (for the sweep's per-phase commands)."""
+    if isinstance(value, bool):
+        return [flag_of(f)]
+    if isinstance(value, list):
+        return [flag_of(f), ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
+    return [flag_of(f), f"{value:g}" if isinstance(value, float) else str(value)]
+
+
+def _sweep_passthrough(extra: list[str], args: argparse.Namespace) -> dict[str, list[str]]:
+    """The sweep's phase options, checked by the phase parser before anything runs, sorted to the phases they apply to.
+
+    Global options given to the sweep itself (``--seed``, ``--device``, ``--mbpp-path``) go to every phase too.
+    """
+    phase = OneLineParser(prog="run.py sweep", add_help=False)
+    phase.add_argument("number")
+    _add_config_options(phase, "phase", phases=True)
+
+    def refuse(message: str) -> None:
+        raise PipelineError(f"run.py sweep: {message} (phase options are passed to every phase they apply to)")
+
+    phase.error = refuse  # type: ignore[method-assign]
+    given = vars(phase.parse_args(["0", *extra]))
+    for f in option_fields():
+        if EVERY_COMMAND in f.metadata["scope"] and f.name in vars(args) and f.name != "data_dir":
+            given[f.name] = getattr(args, f.name)
+    fields = [f for f in option_fields() if f.name in given and f.name != "verbose"]
+    owned = [f for f in fields if f.name in _SWEEP_OWNED]
+    if owned:
+        raise PipelineError(f"run.py sweep sets {flag_of(owned[0])} itself for each model and step; drop it")
+    return {number: [w for f in fields if applies_to(f, number) for w in _as_tokens(f, given[f.name])] for number in PHASES}
 
 
 def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
@@ -228,13 +277,19 @@ def _load_entry(spec: str) -> Callable[..., Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "sweep":  # the sweep hands other options on to the phases
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _refuse_foreign_options(parser, args)
     from common.logging_utils import setup_logging
 
     setup_logging(getattr(args, "verbose", False))
     try:
         cfg = _config_from_args(args)
+        if args.command == "sweep":
+            from sweep.runner import run_sweep
+
+            return run_sweep(cfg, _sweep_passthrough(extra, args), poll=args.poll)
         if args.command == "phase":
             return _run_phase(args.number, cfg)
         if args.command == "options":

@@ -38,13 +38,15 @@ def option(
     minimum: float | None = None,
     group: str = "",
     default_factory: Callable[[], Any] | None = None,
+    repeatable: bool = False,
 ) -> Any:
     """A config field that is also a command-line option.
 
     ``scope`` names the commands (phase numbers, tool names, or ``"*"``) where the
     option means something; anywhere else run.py refuses it. ``minimum`` is the
     smallest accepted value of a number (or of each number in a list); lists must
-    not be empty. ``flag`` overrides the default ``--field-name``.
+    not be empty. ``flag`` overrides the default ``--field-name``. A
+    ``repeatable`` option of a list type is given once per value.
     """
     metadata = {
         "help": help,
@@ -53,6 +55,7 @@ def option(
         "choices": choices,
         "minimum": minimum,
         "group": group,
+        "repeatable": repeatable,
     }
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
@@ -167,8 +170,9 @@ class PipelineConfig:
     )
     sae_width: str = option("16k", help="SAE width in the id", scope="2", group="phase 2 (SAE analysis)")
     sae_path: str | None = option(
-        None, help="local folder with one SAE Lens folder per layer, named layer_{L} (Phase 3: a local copy of the SAEs Phase 2 used)",
-        scope=("2", "3"),
+        None, help="local folder with one SAE Lens folder per layer, named layer_{L} (Phase 3: a local copy of the SAEs "
+        "Phase 2 used; sweep: {model} is replaced by each model's short name)",
+        scope=("2", "3", "sweep"),
         group="phase 2 (SAE analysis)",
     )
     top_k: int = option(20, help="latents ranked per direction", scope="2", minimum=1, group="phase 2 (SAE analysis)")
@@ -248,6 +252,28 @@ class PipelineConfig:
     train_tokens: int = option(
         2_000_000, help="training tokens per SAE; the corpus is read up to this many and cycled if shorter",
         scope="train-saes", flag="--tokens", minimum=1, group="train-saes",
+    )
+
+    # Cluster: `run.py sweep` (multi_gpu_launcher.py has the same SLURM flags of its own).
+    models: list[str] | None = option(
+        None, help="models, comma-separated: presets, model folders or hub ids (required)", scope="sweep", group="sweep"
+    )
+    backend: str = option(
+        "local", help="local (steps in sequence here) or slurm (dependent jobs through submitit)", scope="sweep",
+        choices=("local", "slurm"), group="sweep",
+    )
+    partition: str | None = option(None, help="SLURM partition (default: the cluster's default)", scope="sweep", group="sweep")
+    account: str | None = option(None, help="SLURM account to charge", scope="sweep", group="sweep")
+    slurm_time: str | None = option(
+        None, help="SLURM time limit per job, e.g. 12:00:00 (default 1-00:00:00)", scope="sweep", flag="--time", group="sweep"
+    )
+    mem: str | None = option(None, help="SLURM memory per job, e.g. 64G", scope="sweep", group="sweep")
+    gpus_per_task: int | None = option(
+        None, help="SLURM GPUs per job (default 0: CPU jobs)", scope="sweep", minimum=0, group="sweep"
+    )
+    cpus_per_task: int | None = option(None, help="SLURM CPU cores per job", scope="sweep", minimum=1, group="sweep")
+    slurm_extra: list[str] | None = option(
+        None, help="any other sbatch option as KEY=VALUE (repeatable)", scope="sweep", repeatable=True, group="sweep"
     )
 
     def to_dict(self) -> dict[str, Any]:

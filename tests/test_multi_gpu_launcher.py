@@ -1,5 +1,6 @@
 """The launcher with CPU workers: slices, per-worker logs, merge check, failure exit, resume."""
 
+import os
 import subprocess
 import sys
 
@@ -76,3 +77,19 @@ def test_misspelt_worker_option_is_named_before_any_worker(tmp_path, tiny_model_
     assert out.returncode == 2
     assert "unrecognized arguments: --batch-sise 3" in out.stderr and "Traceback" not in out.stderr
     assert not (data / "phase1_0" / "logs").exists()  # no worker was started
+
+
+def test_slurm_backend_without_submitit_is_one_line_and_writes_nothing(tmp_path, tiny_model_dir):
+    """submitit made unimportable (a shadowing package that raises ImportError): refused before anything runs."""
+    shadow = tmp_path / "shadow" / "submitit"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named submitit')\n")
+    data = tmp_path / "data"
+    out = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "multi_gpu_launcher.py"), "--phase", "1", "--backend", "slurm",
+         "--model", str(tiny_model_dir), "--data-dir", str(data), "--mbpp-path", str(DEMO_PROBLEMS)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(shadow.parent)},
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: the SLURM backend needs submitit: pip install submitit==1.5.4"
+    assert not data.exists()

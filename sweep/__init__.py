@@ -1,0 +1,1 @@
+"""``run.py sweep``: the whole study for several models, locally or on SLURM, and one comparison table."""
