@@ -44,7 +44,8 @@ def delete(entry: Path) -> None:
         shutil.rmtree(entry)
 
 
-def _human(n: int) -> str:
+def _human(n_bytes: int) -> str:
+    n = float(n_bytes)
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024:
             return f"{n:.0f} {unit}"

@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 REPO_ROOT = Path(__file__).resolve().parent
 if str(REPO_ROOT) not in sys.path:
@@ -84,12 +84,15 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _phase_module(phase: str):
+def _phase_module(phase: str) -> Any:
+    """The phase module whose task list, run settings and publish the launcher uses."""
     if phase == "1":
-        from phase1_0_generation import generation_phase as module
-    else:
-        from phase1_2_temperature import temperature_phase as module
-    return module
+        from phase1_0_generation import generation_phase
+
+        return generation_phase
+    from phase1_2_temperature import temperature_phase
+
+    return temperature_phase
 
 
 def _worker_config(args: argparse.Namespace, passthrough: list[str]) -> PipelineConfig:
@@ -111,7 +114,7 @@ def _tables(phase: str, shard: Path) -> dict[str, Path]:
     return {p.name: p for p in sorted(shard.glob("dataset_temp_*.parquet"))}
 
 
-def _merge(phase: str, shards: list[Path], expected_ids: list[int], samples: int) -> dict[str, object]:
+def _merge(phase: str, shards: list[Path], expected_ids: list[int], samples: int) -> dict[str, Any]:
     import pandas as pd
 
     names = sorted({name for s in shards for name in _tables(phase, s)})

@@ -368,8 +368,8 @@ def applies_to(f: dataclasses.Field, command: str) -> bool:
 
 
 def default_of(f: dataclasses.Field) -> Any:
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
     return f.default
 
 

@@ -350,7 +350,8 @@ def generate_batches(
             prompt_acts = {layer: a[b * k].copy() for layer, a in acts.items()}
             for s in range(k):
                 row = b * k + s
-                n = stopper.lengths[row] if stopper.lengths[row] is not None else len(generated[row])
+                stopped_at = stopper.lengths[row]
+                n = stopped_at if stopped_at is not None else len(generated[row])
                 results.append(
                     GenerationResult(
                         index=prompt_index,

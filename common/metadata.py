@@ -12,6 +12,7 @@ import importlib.metadata
 import platform
 import subprocess
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,8 @@ def build_metadata(
     phase: str,
     cfg: PipelineConfig,
     clock: RunClock,
-    inputs: dict[str, str | Path] | None = None,
-    outputs: dict[str, str | Path] | None = None,
+    inputs: Mapping[str, str | Path] | None = None,
+    outputs: Mapping[str, str | Path] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {

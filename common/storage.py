@@ -104,7 +104,7 @@ def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:
     return Path(path)
 
 
-def save_npz(path: str | Path, **arrays: np.ndarray) -> Path:
+def save_npz(path: str | Path, **arrays: Any) -> Path:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return atomic_write_bytes(path, buffer.getvalue())

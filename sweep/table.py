@@ -48,12 +48,21 @@ def _beats_null(doc: dict[str, Any], direction: str) -> str:
     return NA if verdict is None else ("yes" if verdict else "no")
 
 
-def _probe_auroc(doc: dict[str, Any]) -> str:
-    """A linear probe's validation AUROC, if Phase 3 wrote one (``probe`` at the top or under ``baselines``)."""
-    for probe in (doc.get("probe"), (doc.get("baselines") or {}).get("probe") if isinstance(doc.get("baselines"), dict) else None):
-        if isinstance(probe, dict):
-            validation = probe.get("validation") if isinstance(probe.get("validation"), dict) else probe
-            return _with_interval(validation.get("auroc"), validation.get("auroc_ci_lo"), validation.get("auroc_ci_hi"))
+def _probe_auroc(doc: dict[str, Any], direction: str) -> str:
+    """The logistic probe's validation AUROC (temperature 0) at its best layer for this direction's class.
+
+    Phase 3 writes ``statistical.probes``: ``best_layer[kind][class]`` (chosen on
+    hyperparams) and one entry per probe, layer and class with its metric rows.
+    """
+    probes = (doc.get("statistical") or {}).get("probes") or {}
+    layer = ((probes.get("best_layer") or {}).get("logistic") or {}).get(direction)
+    if layer is None:
+        return NA
+    for entry in probes.get("probes") or []:
+        if entry.get("probe") == "logistic" and entry.get("positive_class") == direction and entry.get("layer") == layer:
+            for row in entry.get("rows") or []:
+                if row.get("split") == "validation" and row.get("temperature") == 0.0:
+                    return f"L{layer} " + _with_interval(row.get("auroc"), row.get("auroc_ci_lo"), row.get("auroc_ci_hi"))
     return NA
 
 
@@ -86,7 +95,7 @@ def model_rows(name: str, path: Path | None) -> list[dict[str, Any]]:
             "model": name, "direction": direction,
             "best_layer": top.get("layer", NA), "latent": top.get("latent", NA),
             "beats_null": _beats_null(doc, direction),
-            "latent_auroc": _latent_auroc(doc, top) if top else NA, "probe_auroc": _probe_auroc(doc),
+            "latent_auroc": _latent_auroc(doc, top) if top else NA, "probe_auroc": _probe_auroc(doc, direction),
             "alpha": alpha, "steering_effect": effect, "source": str(path),
         })
     return rows

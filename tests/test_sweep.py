@@ -74,7 +74,13 @@ def _check_table(stdout: str, data: Path, names: list[str]) -> None:
             auroc = f"{row['auroc']:.3f} [{row['auroc_ci_lo']:.3f}, {row['auroc_ci_hi']:.3f}]"
             line = f"| {name} | {direction} | {top['layer']} | {top['latent']} |"
             assert line in stdout and auroc in stdout.split(line)[1].splitlines()[0], stdout
-    assert "| n/a | " in stdout  # no probe in Phase 3's output: shown as n/a, not an error
+            probes = doc["statistical"]["probes"]
+            layer = (probes.get("best_layer") or {}).get("logistic", {}).get(direction)
+            if layer is not None:  # the probe cell is the logistic probe's own validation AUROC at its best layer
+                probe = next(p for p in probes["probes"] if p["probe"] == "logistic" and p["positive_class"] == direction
+                             and p["layer"] == layer)
+                prow = next(r for r in probe["rows"] if r["split"] == "validation" and r["temperature"] == 0.0)
+                assert f"L{layer} {prow['auroc']:.3f}" in stdout.split(line)[1].splitlines()[0], stdout
 
 
 @pytest.mark.slow
