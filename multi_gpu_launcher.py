@@ -341,3 +341,7 @@ def _run_slurm(
     for k, outcome in outcomes.items():
         fates[k] = outcome
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
