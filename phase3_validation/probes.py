@@ -143,15 +143,33 @@ def fit_layer(inputs: Phase3Inputs, layer: int, seed: int) -> LayerProbes:
                        diff_means=diff_of_means_direction(x, inputs.sae.correct))
 
 
-def _eval_sets(inputs: Phase3Inputs, probes: LayerProbes, kind: str, sign: float) -> list[dict[str, Any]]:
+@dataclass
+class EvalVectors:
+    """One layer's validation vectors, read once: T = 0 rows (task order) and Phase 1.2's per-task vectors."""
+
+    x_val: np.ndarray
+    temp_task_ids: list[int]
+    x_temp: np.ndarray | None
+
+
+def read_eval_vectors(inputs: Phase3Inputs, layer: int) -> EvalVectors:
+    x_val = inputs.activations(inputs.validation, layer)
+    temps = inputs.temperature
+    if temps.samples is None:
+        return EvalVectors(x_val, [], None)
+    task_ids = sorted(int(t) for t in temps.samples["task_id"].unique())
+    acts = temperature_activations(temps, task_ids, layer)
+    return EvalVectors(x_val, task_ids, np.stack([acts[t] for t in task_ids]))
+
+
+def _eval_sets(inputs: Phase3Inputs, probes: LayerProbes, vectors: EvalVectors, kind: str, sign: float
+               ) -> list[dict[str, Any]]:
     val = inputs.validation
     sets: list[dict[str, Any]] = [{"split": "validation", "temperature": 0.0, "correct": val.correct,
-                                   "scores": sign * probes.scores(kind, inputs.activations(val, probes.layer))}]
+                                   "scores": sign * probes.scores(kind, vectors.x_val)}]
     temps = inputs.temperature
-    if temps.samples is not None:
-        task_ids = sorted(temps.samples["task_id"].unique().tolist())
-        acts = temperature_activations(temps, task_ids, probes.layer)
-        by_task = dict(zip(task_ids, sign * probes.scores(kind, np.stack([acts[t] for t in task_ids]))))
+    if temps.samples is not None and vectors.x_temp is not None:
+        by_task = dict(zip(vectors.temp_task_ids, sign * probes.scores(kind, vectors.x_temp)))
         for temperature in temps.temperatures:
             rows = temps.samples[temps.samples["temperature"] == temperature]
             sets.append({"split": "validation", "temperature": temperature,
@@ -178,12 +196,13 @@ def evaluate_probes(inputs: Phase3Inputs, n_bootstrap: int, seed: int) -> ProbeR
         out.chosen_c[layer] = probes.chosen_c
         out.directions[layer] = probes.diff_means
         x_hp = inputs.activations(hp, layer)
+        vectors = read_eval_vectors(inputs, layer)
         for kind in PROBE_KINDS:
             base_hp = probes.scores(kind, x_hp)
             for positive, sign in (("correct", 1.0), ("incorrect", -1.0)):
                 identity = {"probe": kind, "layer": layer, "name": f"{kind} probe L{layer}"}
                 ev = evaluate_scores(identity, positive, hp.correct, sign * base_hp,
-                                     _eval_sets(inputs, probes, kind, sign), n_bootstrap, seed)
+                                     _eval_sets(inputs, probes, vectors, kind, sign), n_bootstrap, seed)
                 out.evaluations.append(ev)
     for kind in PROBE_KINDS:
         out.best[kind] = {}

@@ -150,6 +150,10 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
         if v["mcnemar_p"] >= 0.05:
             flags.append(f"The {direction}-preferring latent's steering effect on validation is not significant against "
                          f"its alpha = 0 rerun (McNemar p = {v['mcnemar_p']:.3g}).")
+        if v["predicted_effect"] < 0:
+            flags.append(f"The {direction}-preferring latent's steering on validation goes against the hypothesis "
+                         f"(predicted effect {v['predicted_effect']:+.3f}: {v['n_corrected']} corrected, "
+                         f"{v['n_corrupted']} corrupted); a small McNemar p here is evidence against it, not for it.")
         test = info["control_test"]
         if test["p_vs_controls"] >= 0.05 or test["n_beaten"] < test["n_controls"]:
             flags.append(f"The {direction}-preferring latent's effect on validation beats {test['n_beaten']} of "

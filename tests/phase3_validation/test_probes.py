@@ -101,3 +101,21 @@ def test_too_small_sae_split_gives_one_line_and_no_probes(tmp_path):
     assert probes.evaluations == [] and probes.note.startswith("the sae split is too small to fit a probe")
     assert f"{counts[0]} correct and {counts[1]} incorrect" in probes.note
     assert split_too_small(np.array([1, 1, 1, 0, 0, 0], bool), "x", 3, "y") is None
+
+
+def test_probe_rows_at_each_phase1_2_temperature(tmp_path):
+    from common.activations import save_task_activations
+
+    data, signal, passed, acts, val_ids = _write(tmp_path)
+    rng = np.random.default_rng(4)
+    rows = [{"task_id": t, "temperature": 0.7, "sample_index": k, "passed": bool(rng.random() < (0.9 if passed[t] else 0.1))}
+            for t in val_ids for k in range(2)]
+    (data / "phase1_2").mkdir()
+    pd.DataFrame(rows).to_parquet(data / "phase1_2" / "dataset_temp_0_7.parquet")
+    for t in val_ids:
+        save_task_activations(data / "phase1_2" / "activations", t, acts[t])
+    probes = evaluate_probes(load_inputs(PipelineConfig(data_dir=str(data))), n_bootstrap=100, seed=0)
+    ev = probes.find("logistic", "correct", SIGNAL_LAYER)
+    (hot,) = [r for r in ev.rows if r["temperature"] == 0.7]
+    assert hot["split"] == "validation" and hot["n"] == 2 * len(val_ids) and hot["n_tasks"] == len(val_ids)
+    assert hot["auroc"] > 0.75 and "task" in hot["auroc_ci_method"]

@@ -472,6 +472,10 @@ def test_rates_use_the_alpha_zero_rerun_and_report_phase1_beside(e2e):
         assert v["baseline"] == "alpha = 0 rerun"
         assert v["n_corrected"] <= v["phase1_n_corrected"]
     assert any("differs from Phase 1.0 in 1 program" in f for f in doc["flags"])
+    for direction in ("correct", "incorrect"):
+        v = doc["steering"]["directions"][direction]["validation"]
+        against = any(f.startswith(f"The {direction}-preferring latent's steering on validation goes against") for f in doc["flags"])
+        assert against == (v["predicted_effect"] < 0)
 
 
 def test_grid_controls_and_opposite_sign(e2e):
