@@ -29,7 +29,7 @@ import pandas as pd
 
 from common.errors import PipelineError
 from common.metadata import file_sha256
-from common.paths import PHASE_COMMANDS, PHASE_DIRS, find_newest, phase_dir, timestamp
+from common.paths import PHASE_COMMANDS, PHASE_DIRS, find_newest, timestamp
 from common.storage import read_json, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
@@ -356,7 +356,3 @@ def read_phase1_metadata(dataset_path: Path) -> dict[str, Any]:
             f"rerun `{PHASE_COMMANDS['1']}`"
         )
     return PHASE1_METADATA.read_json(meta_path, needed=("model",))
-
-
-def phase_folder(data_dir: str | Path, artifact: Artifact, create: bool = False) -> Path:
-    return phase_dir(data_dir, artifact.phase, create=create)

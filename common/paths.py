@@ -51,11 +51,6 @@ def phase_dir(data_dir: str | Path, phase: str, create: bool = True) -> Path:
     return path
 
 
-def timestamped_name(prefix: str, suffix: str, stamp: str | None = None) -> str:
-    """``prefix_<timestamp><suffix>``, e.g. ``difficulty_20261126_221500_000001.parquet``."""
-    return f"{prefix}_{stamp or timestamp()}{suffix}"
-
-
 def name_timestamp(path: Path) -> str | None:
     match = _TIMESTAMP_RE.search(path.name)
     return match.group(1) if match else None

@@ -419,13 +419,6 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(sps.binomtest(int(b), int(b + c), 0.5, alternative="two-sided").pvalue)
 
 
-def fisher_exact_2x2(a: int, b: int, c: int, d: int, alternative: str = "two-sided") -> float:
-    """Fisher's exact test on [[a, b], [c, d]] (e.g. flipped / not flipped, steered vs control)."""
-    if min(a, b, c, d) < 0:
-        raise PipelineError(f"2x2 table counts must be >= 0, got {[a, b, c, d]}")
-    return float(sps.fisher_exact([[a, b], [c, d]], alternative=alternative).pvalue)
-
-
 def paired_sign_test(target_flips: np.ndarray, control_flips: list[np.ndarray]) -> dict[str, Any]:
     """Exact sign test of the target's per-task outcome against the *mean* control outcome on each task.
 
