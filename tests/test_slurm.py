@@ -134,23 +134,44 @@ def test_requeued_slice_resumes_in_the_same_job(tmp_path, tiny_model_dir):
 
 
 def test_rerun_refused_while_jobs_queued_and_ctrl_c_cancels_them(tmp_path, tiny_model_dir):
-    """A job held back by --begin stays PENDING: the same command is refused; SIGINT cancels the job."""
+    """A job held back by --begin stays PENDING.
+
+    While its launcher lives, the same command is refused by the phase lock; once
+    the launcher is killed (SIGKILL: it cancels nothing), by the still-queued job;
+    and SIGINT to a launcher cancels its jobs.
+    """
     data = _phase0(tmp_path)
     args = ("--start", "0", "--end", "3", "--max-new-tokens", "4", "--slurm-extra", "begin=now+600")
+    jobs_glob = "launcher_*/slurm_jobs.json"
     proc = subprocess.Popen(_cmd(data, tiny_model_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        jobs_file = wait_for(lambda: next((data / "phase1_0" / "logs").glob("launcher_*/slurm_jobs.json"), None), 120, "submission")
+        jobs_file = wait_for(lambda: next((data / "phase1_0" / "logs").glob(jobs_glob), None), 120, "submission")
         job_id = json.loads(jobs_file.read_text())["0"][0]
         assert squeue_state(job_id) == "PENDING"
         twin = subprocess.run(_cmd(data, tiny_model_dir, *args), capture_output=True, text=True, timeout=120)
-        assert twin.returncode == 2 and f"still queued or running: {job_id} (PENDING)" in twin.stderr, twin.stderr
+        assert twin.returncode == 2 and "phase 1 is already running" in twin.stderr, twin.stderr
+        proc.kill()
+        proc.communicate(timeout=60)
+        orphan = subprocess.run(_cmd(data, tiny_model_dir, *args), capture_output=True, text=True, timeout=120)
+        assert orphan.returncode == 2 and f"still queued or running: {job_id} (PENDING)" in orphan.stderr, orphan.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    subprocess.run(["scancel", str(job_id)], capture_output=True, check=True)
+    wait_for(lambda: squeue_state(job_id) in (None, "CANCELLED"), 60, f"job {job_id} to be cancelled")
+
+    jobs_file.unlink()
+    proc = subprocess.Popen(_cmd(data, tiny_model_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        jobs_file = wait_for(lambda: next((data / "phase1_0" / "logs").glob(jobs_glob), None), 120, "second submission")
+        second = json.loads(jobs_file.read_text())["0"][0]
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130 and "SLURM jobs cancelled" in stderr
-    wait_for(lambda: squeue_state(job_id) in (None, "CANCELLED"), 60, f"job {job_id} to be cancelled")
+    wait_for(lambda: squeue_state(second) in (None, "CANCELLED"), 60, f"job {second} to be cancelled")
 
 
 @pytest.mark.parametrize(
