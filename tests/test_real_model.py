@@ -106,6 +106,13 @@ def test_labels_agree_with_running_the_program_by_hand(phase1_run, tmp_path: Pat
         script.write_text(build_program(row.extracted_code, problem["test_setup_code"], problem["test_list"]))
         by_hand = subprocess.run([sys.executable, script.name], cwd=tmp_path, capture_output=True, timeout=30)
         assert (by_hand.returncode == 0) == bool(row.passed), (row.task_id, row.outcome, by_hand.stderr[-300:])
+        # The raw generation up to its closing fence, run as the model wrote it (its own prints and
+        # asserts included): if that passes the task's asserts, extraction must not have lost the pass.
+        raw = row.generated_text.split("\n```", 1)[0]
+        script.write_text(build_program(raw, problem["test_setup_code"], problem["test_list"]))
+        as_written = subprocess.run([sys.executable, script.name], cwd=tmp_path, capture_output=True, timeout=30)
+        if as_written.returncode == 0:
+            assert row.passed, (row.task_id, row.outcome, row.generated_text)
 
 
 def test_stopping_early_never_changes_the_program_on_real_generations(phase1_run) -> None:

@@ -76,6 +76,32 @@ SHAPES: dict[str, tuple[str, str]] = {
     "script_reading_stdin_before_the_def": (
         "n = int(input())\n\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n", "EOFError"
     ),
+    # Shapes seen in SmolLM2-135M-Instruct's output on MBPP tasks 1-48 (greedy, 200 tokens).
+    "smollm2_comment_first_then_variants_of_the_function": (
+        "# Test the function\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n\n"
+        "# Test the function with a list\ndef fact_list(lst):\n    return [fact(x) for x in lst]\n```\n",
+        PASSED,
+    ),
+    "smollm2_call_after_the_def_then_assert_cut_by_the_stop": (
+        "def fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n\n# Test the function\nn = 5\nfact(n)\nassert ",
+        PASSED,
+    ),
+    "smollm2_result_bound_to_the_entry_point_name": (
+        "def compute(n):\n    return 1 if n == 0 else n * compute(n - 1)\n\nfact = compute(5)\nassert ",
+        MISSING_ENTRY_POINT,
+    ),
+    "smollm2_docstring_only_body": ('def fact(n):\n    """\n    Computes n!.\n    """\n```\n', ASSERTION),
+    "smollm2_mutual_recursion": (
+        "def fact(n):\n    return fact_helper(n)\n\ndef fact_helper(n):\n    return fact(n)\n```\n", "RecursionError"
+    ),
+    "smollm2_eos_right_after_the_fence": ("def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)\n```", PASSED),
+    "smollm2_print_cut_mid_call": (
+        "def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)\n\nlst = [1, 2, 3]\nprint(", PASSED
+    ),
+    "smollm2_helper_never_defined": (
+        "def fact(n):\n    return fact_iter(n, 1)\n\ndef fact_iter(n, acc):\n    return fact_tail(n, acc)\n```\n",
+        "NameError",
+    ),
 }
 
 
