@@ -41,6 +41,21 @@ SHAPES: dict[str, tuple[str, str]] = {
     "setrecursionlimit_before_the_def": (
         "import sys\nsys.setrecursionlimit(5000)\n\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n", PASSED
     ),
+    "decorator_on_the_entry_point": (
+        "from functools import lru_cache\n\n@lru_cache(maxsize=None)\ndef fact(n):\n"
+        "    return 1 if n == 0 else n * fact(n - 1)\n",
+        PASSED,
+    ),
+    "class_used_by_the_entry_point": (
+        "class Multiplier:\n    def run(self, n):\n        r = 1\n        for i in range(2, n + 1):\n            r *= i\n"
+        "        return r\n\ndef fact(n):\n    return Multiplier().run(n)\n",
+        PASSED,
+    ),
+    "imports_inside_an_if_block": (
+        "import sys\nif sys.version_info >= (3, 8):\n    from math import prod\nelse:\n    prod = None\n\n"
+        "def fact(n):\n    return prod(range(1, n + 1))\n",
+        PASSED,
+    ),
     "main_guard_with_tests": (
         "def fact(n):\n    r = 1\n    for i in range(2, n + 1):\n        r *= i\n    return r\n\n"
         "if __name__ == '__main__':\n    assert fact(3) == 7\n",
