@@ -135,3 +135,21 @@ def test_stopping_early_never_changes_the_program_on_real_generations(phase1_run
         truncated = text[1 : min(ends)]
         assert extract_code(truncated) == extract_code(full), (result.index, full)
     assert stopped >= N_TASKS // 2  # real output runs into a stop sequence most of the time
+
+
+def test_converted_folder_computes_what_the_gguf_model_computes(smollm2_dir: Path) -> None:
+    """The saved folder is the GGUF model, not a re-initialised one: same logits on an MBPP prompt."""
+    import transformers
+
+    from common.gguf_convert import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    model, tokenizer = load_model_and_tokenizer(str(smollm2_dir), torch.device("cpu"), torch.float32)
+    ids = tokenizer("def add(a, b):\n    return", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected, got = reference(ids).logits, model(ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert tokenizer.decode(got[0, -1].argmax()) == tokenizer.decode(expected[0, -1].argmax())
