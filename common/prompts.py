@@ -69,6 +69,7 @@ outcome ``missing_entry_point``, and an empty program ``no_code``.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import warnings
 
@@ -114,6 +115,7 @@ def build_prompt(text: str, test_list: list[str]) -> str:
     return f"{text.strip()}\n{TESTS_HEADER}\n\n{asserts}\n\n{CODE_CUE}"
 
 
+@functools.lru_cache(maxsize=512)
 def _compiles(source: str) -> bool:
     """True when ``source`` is a valid module, including the checks ``ast.parse`` skips.
 
@@ -145,7 +147,13 @@ def _parse_region(lines: list[str]) -> tuple[list[str], list[ast.stmt]]:
     """The lines of the longest parsing prefix and its top-level statements."""
     k = _longest_parsing_prefix(lines)
     kept = lines[:k]
-    return kept, ast.parse("\n".join(kept) + "\n").body if kept else []
+    return kept, _parse("\n".join(kept) + "\n").body if kept else []
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(source: str) -> ast.Module:
+    """``ast.parse``, remembered: extraction looks at the same prefix several times. Callers never mutate the tree."""
+    return ast.parse(source)
 
 
 def _is_main_guard(stmt: ast.stmt) -> bool:
@@ -272,7 +280,7 @@ def _program(lines: list[str]) -> tuple[str, list[ast.stmt]]:
     statements = statements[:end]
     if not statements:
         return "", []
-    last_line = max(getattr(node, "end_lineno", 0) or 0 for node in ast.walk(statements[-1]))
+    last_line = statements[-1].end_lineno or len(kept)
     return "\n".join(kept[:last_line]).rstrip() + "\n", statements
 
 
