@@ -160,6 +160,10 @@ def test_entry_point_skips_builtins_and_names_from_the_setup_code() -> None:
     )
     assert entry_point(["assert sum(10, 15) == 6"]) is None  # MBPP task 126 shadows a builtin: not checked
     assert entry_point(["assert math.isclose(area(1), 3.14, rel_tol=0.01)"]) == "area"
+    # MBPP task 601: the class is called more often than the function, but not in more asserts.
+    assert entry_point(["assert max_chain_length([Pair(5, 24), Pair(15, 25), Pair(27, 40)], 3) == 3"]) == (
+        "max_chain_length"
+    )
 
 
 @requires_real_mbpp
