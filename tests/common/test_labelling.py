@@ -146,11 +146,20 @@ def test_the_extracted_program_is_the_models_own_text_up_to_the_cut() -> None:
         assert body.startswith(code.rstrip("\n")), name
 
 
-def test_no_code_and_missing_entry_point_are_not_executed(executor) -> None:
-    assert precheck(1, "", TESTS).outcome == NO_CODE
+def test_missing_entry_point_is_not_executed_and_no_code_is(executor) -> None:
+    assert precheck(1, "", TESTS) is None  # run: the label must be what execution says
     missing = precheck(1, "def g():\n    pass\n", TESTS)
     assert missing.outcome == MISSING_ENTRY_POINT and "fact" in missing.detail and missing.duration_s == 0.0
     assert precheck(1, "def fact(n):\n    return n\n", TESTS) is None
+
+
+def test_no_code_keeps_the_executed_label(executor) -> None:
+    """No program: MBPP asserts fail (NameError, reported as no_code); asserts that test nothing pass."""
+    _, future = submit_generation(executor, 1, "Sorry, no code.", None, TESTS)
+    verdict = future.result()
+    assert verdict.outcome == NO_CODE and not verdict.passed and "NameError" in verdict.detail
+    _, future = submit_generation(executor, 1, "Sorry, no code.", None, ["assert 1 == 1"])
+    assert future.result().passed and future.result().outcome == PASSED
 
 
 def test_entry_point_skips_builtins_and_names_from_the_setup_code() -> None:
