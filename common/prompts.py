@@ -63,7 +63,7 @@ back) is kept as written: Python runs the program top to bottom, so the last
 definition is the one the asserts call, as with ``python solution.py``.
 Extraction never picks between attempts. A program that never defines the
 function the asserts call is not run: ``common.labelling`` gives it the
-outcome ``missing_entry_point``, and an empty program ``no_code``.
+outcome ``missing_entry_point``; an empty program whose asserts fail gets ``no_code``.
 """
 
 from __future__ import annotations
