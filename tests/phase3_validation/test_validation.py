@@ -284,19 +284,22 @@ def test_empty_coefficient_grid_is_an_error(tmp_path):
 
 N_PROBLEMS = 20
 ALWAYS_TRUE = ["assert 1 == 1", "assert 2 == 2", "assert 3 == 3"]
+ALWAYS_FALSE = ["assert 1 == 2", "assert 2 == 2", "assert 3 == 3"]
 
 
 def _tiny_problems(path: Path) -> Path:
-    """Bundled problem texts with asserts that hold whatever function is defined, so both classes occur.
+    """Bundled problem texts with asserts that test no function, true for half the tasks, false for the rest.
 
-    The random tiny model writes junk: when it extracts to an empty program the
-    task passes, when it extracts to broken code (e.g. an indented line) the
-    task fails. Steering changes the junk, so labels can flip both ways.
+    The random tiny model writes junk that the parser-based extraction turns
+    into an empty program (issue 10), so the label is the asserts' own verdict:
+    both classes occur, whatever the junk. The asserts are still run on the
+    empty program, so Phase 3's alpha = 0 rerun reproduces Phase 1's labels.
     """
     source = load_mbpp(str(DEMO_PROBLEMS)).head(N_PROBLEMS)
     lines = []
-    for row in source.itertuples():
-        lines.append(json.dumps(mbpp_row(int(row.task_id), row.text, ALWAYS_TRUE)))
+    for index, row in enumerate(source.itertuples()):
+        tests = ALWAYS_TRUE if index % 2 == 0 else ALWAYS_FALSE
+        lines.append(json.dumps(mbpp_row(int(row.task_id), row.text, tests)))
     path.write_text("\n".join(lines) + "\n")
     return path
 
