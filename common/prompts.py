@@ -116,30 +116,46 @@ def build_prompt(text: str, test_list: list[str]) -> str:
 
 
 @functools.lru_cache(maxsize=512)
-def _compiles(source: str) -> bool:
-    """True when ``source`` is a valid module, including the checks ``ast.parse`` skips.
+def _syntax_error_line(source: str) -> int | None:
+    """``None`` when ``source`` compiles, else the line of the error (1-based; 0 when unknown).
 
-    ``compile`` also rejects ``return`` or ``break`` at the top level, which
-    ``ast.parse`` accepts; the program must be one Python would run.
+    ``compile``, not only ``ast.parse``: it also rejects ``return`` or ``break``
+    at the top level, which ``ast.parse`` accepts; the program must be one
+    Python would run.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "\d" in a regex string: a warning, not an error
             compile(source, "<generation>", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError):  # ValueError: a null byte in the text
-        return False
-    return True
+    except SyntaxError as exc:
+        return exc.lineno or 0
+    except ValueError:  # a null byte in the text
+        return 0
+    return None
 
 
 def _longest_parsing_prefix(lines: list[str]) -> int:
-    """How many of ``lines`` form the longest prefix that compiles and ends on a top-level boundary."""
+    """How many of ``lines`` form the longest prefix that compiles and ends on a top-level boundary.
+
+    Prefixes are tried longest first. When one fails with an error on line L
+    inside it, every longer-than-L prefix holds the same line and fails too
+    (an unclosed bracket or string is reported where it opens, and a shorter
+    prefix cannot close it), so the search jumps below L: prose of n lines
+    costs about n compiles, not n squared.
+    """
+    limit = len(lines)
     for k in range(len(lines), 0, -1):
+        if k > limit:
+            continue
         if k < len(lines):
             nxt = lines[k]
             if not nxt.strip() or nxt[0] in " \t" or _CONTINUATION.match(nxt):
                 continue  # the prefix would end inside a statement
-        if _compiles("\n".join(lines[:k]) + "\n"):
+        error_line = _syntax_error_line("\n".join(lines[:k]) + "\n")
+        if error_line is None:
             return k
+        if 0 < error_line <= k:
+            limit = error_line - 1
     return 0
 
 
