@@ -181,7 +181,8 @@ class ExecutionResult:
     ``killed`` (a signal, a resource limit, or the process ended without the
     harness reporting that every assert ran, e.g. ``sys.exit``/``os._exit``),
     or otherwise the name of the exception type raised (``NameError``, ...).
-    ``detail`` is a short human-readable reason.
+    ``common.labelling`` adds ``missing_entry_point`` (a program it does not
+    run) and ``no_code`` (an empty program whose asserts failed). ``detail`` is a short human-readable reason.
     """
 
     task_id: int

@@ -31,7 +31,7 @@ from common.labelling import submit_generation
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
 from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION
-from common.storage import atomic_write_text, write_json, write_parquet
+from common.storage import atomic_write_text, json_safe, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,8 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
     if path.suffix == ".parquet":
         write_parquet(df, path)
     else:
-        text = "".join(json.dumps(row, default=str) + "\n" for row in df.to_dict("records"))
+        # json_safe: numpy scalars and arrays (a parquet list column) to JSON, NaN to null.
+        text = "".join(json.dumps(json_safe(row), default=str) + "\n" for row in df.to_dict("records"))
         atomic_write_text(path, text)
 
 

@@ -5,8 +5,11 @@ Why one module: every later number rests on these labels, and Phases 1, 1.2,
 generation is decided here, in this order:
 
 * ``no_code``: extraction found no program at all (prose, an immediately
-  closed fence, only asserts). Not executed: an empty program would otherwise
-  fail with a ``NameError`` that says nothing about what happened.
+  closed fence, only asserts), and the asserts failed without one. The asserts
+  are still run, so the label stays what execution says (asserts that test
+  nothing, as in some synthetic test problems, pass); only the outcome changes
+  from the ``NameError`` an MBPP assert raises, which says nothing about what
+  happened, to ``no_code``.
 * ``missing_entry_point``: the program never binds the function the asserts
   call (found by parsing the asserts, ``common.prompts.called_names``). Not
   executed either: the asserts could only raise ``NameError``.
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from common.executor import ExecutionResult, Executor
 from common.prompts import called_names, extract_code, module_bound_names
@@ -69,9 +72,12 @@ def _handed_to_setup(test_list: list[str], from_setup: set[str]) -> str | None:
 def precheck(
     task_id: int, code: str, test_list: Iterable[str], test_setup_code: str | None = None
 ) -> ExecutionResult | None:
-    """The verdict for a program that need not run (``no_code``, ``missing_entry_point``), else ``None``."""
+    """The verdict for a program that need not run (``missing_entry_point``), else ``None``.
+
+    An empty program is run (see the module docstring); :func:`no_code_verdict` names its failure.
+    """
     if not code.strip():
-        return ExecutionResult(task_id, False, NO_CODE, "the generation holds no program", 0.0)
+        return None
     name = entry_point(test_list, test_setup_code)
     if name is None:
         return None
@@ -81,6 +87,30 @@ def precheck(
             task_id, False, MISSING_ENTRY_POINT, f"the program never defines {name}, which the asserts call", 0.0
         )
     return None
+
+
+def no_code_verdict(verdict: ExecutionResult) -> ExecutionResult:
+    """The executor's verdict on an empty program: a failure becomes ``no_code``, a pass stays a pass."""
+    if verdict.passed:
+        return verdict
+    detail = f"the generation holds no program (the asserts alone: {verdict.outcome})"
+    return ExecutionResult(verdict.task_id, False, NO_CODE, detail, verdict.duration_s)
+
+
+def _mapped(
+    source: concurrent.futures.Future[ExecutionResult], func: Callable[[ExecutionResult], ExecutionResult]
+) -> concurrent.futures.Future[ExecutionResult]:
+    """A future that resolves to ``func(source.result())`` (or to the same exception)."""
+    target: concurrent.futures.Future[ExecutionResult] = concurrent.futures.Future()
+
+    def forward(done: concurrent.futures.Future[ExecutionResult]) -> None:
+        try:
+            target.set_result(func(done.result()))
+        except BaseException as exc:  # an executor failure reaches the caller unchanged
+            target.set_exception(exc)
+
+    source.add_done_callback(forward)
+    return target
 
 
 def submit_generation(
@@ -98,4 +128,5 @@ def submit_generation(
         future: concurrent.futures.Future[ExecutionResult] = concurrent.futures.Future()
         future.set_result(verdict)
         return code, future
-    return code, executor.submit(task_id, code, test_setup_code, tests)
+    future = executor.submit(task_id, code, test_setup_code, tests)
+    return code, (_mapped(future, no_code_verdict) if not code.strip() else future)

@@ -63,12 +63,13 @@ back) is kept as written: Python runs the program top to bottom, so the last
 definition is the one the asserts call, as with ``python solution.py``.
 Extraction never picks between attempts. A program that never defines the
 function the asserts call is not run: ``common.labelling`` gives it the
-outcome ``missing_entry_point``, and an empty program ``no_code``.
+outcome ``missing_entry_point``; an empty program whose asserts fail gets ``no_code``.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 import warnings
 
@@ -114,30 +115,47 @@ def build_prompt(text: str, test_list: list[str]) -> str:
     return f"{text.strip()}\n{TESTS_HEADER}\n\n{asserts}\n\n{CODE_CUE}"
 
 
-def _compiles(source: str) -> bool:
-    """True when ``source`` is a valid module, including the checks ``ast.parse`` skips.
+@functools.lru_cache(maxsize=512)
+def _syntax_error_line(source: str) -> int | None:
+    """``None`` when ``source`` compiles, else the line of the error (1-based; 0 when unknown).
 
-    ``compile`` also rejects ``return`` or ``break`` at the top level, which
-    ``ast.parse`` accepts; the program must be one Python would run.
+    ``compile``, not only ``ast.parse``: it also rejects ``return`` or ``break``
+    at the top level, which ``ast.parse`` accepts; the program must be one
+    Python would run.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "\d" in a regex string: a warning, not an error
             compile(source, "<generation>", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError):  # ValueError: a null byte in the text
-        return False
-    return True
+    except SyntaxError as exc:
+        return exc.lineno or 0
+    except ValueError:  # a null byte in the text
+        return 0
+    return None
 
 
 def _longest_parsing_prefix(lines: list[str]) -> int:
-    """How many of ``lines`` form the longest prefix that compiles and ends on a top-level boundary."""
+    """How many of ``lines`` form the longest prefix that compiles and ends on a top-level boundary.
+
+    Prefixes are tried longest first. When one fails with an error on line L
+    inside it, every longer-than-L prefix holds the same line and fails too
+    (an unclosed bracket or string is reported where it opens, and a shorter
+    prefix cannot close it), so the search jumps below L: prose of n lines
+    costs about n compiles, not n squared.
+    """
+    limit = len(lines)
     for k in range(len(lines), 0, -1):
+        if k > limit:
+            continue
         if k < len(lines):
             nxt = lines[k]
             if not nxt.strip() or nxt[0] in " \t" or _CONTINUATION.match(nxt):
                 continue  # the prefix would end inside a statement
-        if _compiles("\n".join(lines[:k]) + "\n"):
+        error_line = _syntax_error_line("\n".join(lines[:k]) + "\n")
+        if error_line is None:
             return k
+        if 0 < error_line <= k:
+            limit = error_line - 1
     return 0
 
 
@@ -145,7 +163,13 @@ def _parse_region(lines: list[str]) -> tuple[list[str], list[ast.stmt]]:
     """The lines of the longest parsing prefix and its top-level statements."""
     k = _longest_parsing_prefix(lines)
     kept = lines[:k]
-    return kept, ast.parse("\n".join(kept) + "\n").body if kept else []
+    return kept, _parse("\n".join(kept) + "\n").body if kept else []
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(source: str) -> ast.Module:
+    """``ast.parse``, remembered: extraction looks at the same prefix several times. Callers never mutate the tree."""
+    return ast.parse(source)
 
 
 def _is_main_guard(stmt: ast.stmt) -> bool:
@@ -272,7 +296,7 @@ def _program(lines: list[str]) -> tuple[str, list[ast.stmt]]:
     statements = statements[:end]
     if not statements:
         return "", []
-    last_line = max(getattr(node, "end_lineno", 0) or 0 for node in ast.walk(statements[-1]))
+    last_line = statements[-1].end_lineno or len(kept)
     return "\n".join(kept[:last_line]).rstrip() + "\n", statements
 
 
@@ -300,11 +324,16 @@ def extract_code(generated: str) -> str:
 
 
 def called_names(test_list: list[str]) -> list[str]:
-    """Names the asserts call as plain functions (``f(...)``), most frequent first, builtins left out.
+    """Names the asserts call as plain functions (``f(...)``), builtins left out.
 
-    Why: the entry point of an MBPP task is the function its asserts call
-    (``assert set(similar_elements(a, b)) == ...`` calls ``similar_elements``;
-    ``set`` is a builtin). Asserts that do not parse contribute nothing.
+    Ordered by the number of asserts that call the name, then by where it is
+    first called (outermost call first), so that in
+    ``assert max_chain_length([Pair(5, 24), Pair(15, 25)], 2) == 1`` the entry
+    point ``max_chain_length`` comes before ``Pair``, which is called more
+    often. Why: the entry point of an MBPP task is the function its asserts
+    call (``assert set(similar_elements(a, b)) == ...`` calls
+    ``similar_elements``; ``set`` is a builtin). Asserts that do not parse
+    contribute nothing.
     """
     import builtins
     import collections
@@ -316,11 +345,13 @@ def called_names(test_list: list[str]) -> list[str]:
             tree = ast.parse(test.replace("\r\n", "\n").strip())
         except SyntaxError:
             continue
-        for node in ast.walk(tree):
+        in_this_assert: set[str] = set()
+        for node in ast.walk(tree):  # breadth first: outer calls before the calls in their arguments
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 name = node.func.id
-                if hasattr(builtins, name):
+                if hasattr(builtins, name) or name in in_this_assert:
                     continue
+                in_this_assert.add(name)
                 counts[name] += 1
                 first_seen.setdefault(name, len(first_seen))
     return sorted(counts, key=lambda n: (-counts[n], first_seen[n]))

@@ -106,6 +106,13 @@ def test_labels_agree_with_running_the_program_by_hand(phase1_run, tmp_path: Pat
         script.write_text(build_program(row.extracted_code, problem["test_setup_code"], problem["test_list"]))
         by_hand = subprocess.run([sys.executable, script.name], cwd=tmp_path, capture_output=True, timeout=30)
         assert (by_hand.returncode == 0) == bool(row.passed), (row.task_id, row.outcome, by_hand.stderr[-300:])
+        # The raw generation up to its closing fence, run as the model wrote it (its own prints and
+        # asserts included): if that passes the task's asserts, extraction must not have lost the pass.
+        raw = row.generated_text.split("\n```", 1)[0]
+        script.write_text(build_program(raw, problem["test_setup_code"], problem["test_list"]))
+        as_written = subprocess.run([sys.executable, script.name], cwd=tmp_path, capture_output=True, timeout=30)
+        if as_written.returncode == 0:
+            assert row.passed, (row.task_id, row.outcome, row.generated_text)
 
 
 def test_stopping_early_never_changes_the_program_on_real_generations(phase1_run) -> None:
@@ -128,3 +135,21 @@ def test_stopping_early_never_changes_the_program_on_real_generations(phase1_run
         truncated = text[1 : min(ends)]
         assert extract_code(truncated) == extract_code(full), (result.index, full)
     assert stopped >= N_TASKS // 2  # real output runs into a stop sequence most of the time
+
+
+def test_converted_folder_computes_what_the_gguf_model_computes(smollm2_dir: Path) -> None:
+    """The saved folder is the GGUF model, not a re-initialised one: same logits on an MBPP prompt."""
+    import transformers
+
+    from common.gguf_convert import find_smollm2_gguf
+
+    gguf = find_smollm2_gguf()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    model, tokenizer = load_model_and_tokenizer(str(smollm2_dir), torch.device("cpu"), torch.float32)
+    ids = tokenizer("def add(a, b):\n    return", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        expected, got = reference(ids).logits, model(ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert tokenizer.decode(got[0, -1].argmax()) == tokenizer.decode(expected[0, -1].argmax())

@@ -41,6 +41,21 @@ SHAPES: dict[str, tuple[str, str]] = {
     "setrecursionlimit_before_the_def": (
         "import sys\nsys.setrecursionlimit(5000)\n\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n", PASSED
     ),
+    "decorator_on_the_entry_point": (
+        "from functools import lru_cache\n\n@lru_cache(maxsize=None)\ndef fact(n):\n"
+        "    return 1 if n == 0 else n * fact(n - 1)\n",
+        PASSED,
+    ),
+    "class_used_by_the_entry_point": (
+        "class Multiplier:\n    def run(self, n):\n        r = 1\n        for i in range(2, n + 1):\n            r *= i\n"
+        "        return r\n\ndef fact(n):\n    return Multiplier().run(n)\n",
+        PASSED,
+    ),
+    "imports_inside_an_if_block": (
+        "import sys\nif sys.version_info >= (3, 8):\n    from math import prod\nelse:\n    prod = None\n\n"
+        "def fact(n):\n    return prod(range(1, n + 1))\n",
+        PASSED,
+    ),
     "main_guard_with_tests": (
         "def fact(n):\n    r = 1\n    for i in range(2, n + 1):\n        r *= i\n    return r\n\n"
         "if __name__ == '__main__':\n    assert fact(3) == 7\n",
@@ -76,6 +91,32 @@ SHAPES: dict[str, tuple[str, str]] = {
     "script_reading_stdin_before_the_def": (
         "n = int(input())\n\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n", "EOFError"
     ),
+    # Shapes seen in SmolLM2-135M-Instruct's output on MBPP tasks 1-48 (greedy, 200 tokens).
+    "smollm2_comment_first_then_variants_of_the_function": (
+        "# Test the function\ndef fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n\n"
+        "# Test the function with a list\ndef fact_list(lst):\n    return [fact(x) for x in lst]\n```\n",
+        PASSED,
+    ),
+    "smollm2_call_after_the_def_then_assert_cut_by_the_stop": (
+        "def fact(n):\n    return 1 if n == 0 else n * fact(n - 1)\n\n# Test the function\nn = 5\nfact(n)\nassert ",
+        PASSED,
+    ),
+    "smollm2_result_bound_to_the_entry_point_name": (
+        "def compute(n):\n    return 1 if n == 0 else n * compute(n - 1)\n\nfact = compute(5)\nassert ",
+        MISSING_ENTRY_POINT,
+    ),
+    "smollm2_docstring_only_body": ('def fact(n):\n    """\n    Computes n!.\n    """\n```\n', ASSERTION),
+    "smollm2_mutual_recursion": (
+        "def fact(n):\n    return fact_helper(n)\n\ndef fact_helper(n):\n    return fact(n)\n```\n", "RecursionError"
+    ),
+    "smollm2_eos_right_after_the_fence": ("def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)\n```", PASSED),
+    "smollm2_print_cut_mid_call": (
+        "def fact(n):\n    return 1 if n < 2 else n * fact(n - 1)\n\nlst = [1, 2, 3]\nprint(", PASSED
+    ),
+    "smollm2_helper_never_defined": (
+        "def fact(n):\n    return fact_iter(n, 1)\n\ndef fact_iter(n, acc):\n    return fact_tail(n, acc)\n```\n",
+        "NameError",
+    ),
 }
 
 
@@ -105,11 +146,20 @@ def test_the_extracted_program_is_the_models_own_text_up_to_the_cut() -> None:
         assert body.startswith(code.rstrip("\n")), name
 
 
-def test_no_code_and_missing_entry_point_are_not_executed(executor) -> None:
-    assert precheck(1, "", TESTS).outcome == NO_CODE
+def test_missing_entry_point_is_not_executed_and_no_code_is(executor) -> None:
+    assert precheck(1, "", TESTS) is None  # run: the label must be what execution says
     missing = precheck(1, "def g():\n    pass\n", TESTS)
     assert missing.outcome == MISSING_ENTRY_POINT and "fact" in missing.detail and missing.duration_s == 0.0
     assert precheck(1, "def fact(n):\n    return n\n", TESTS) is None
+
+
+def test_no_code_keeps_the_executed_label(executor) -> None:
+    """No program: MBPP asserts fail (NameError, reported as no_code); asserts that test nothing pass."""
+    _, future = submit_generation(executor, 1, "Sorry, no code.", None, TESTS)
+    verdict = future.result()
+    assert verdict.outcome == NO_CODE and not verdict.passed and "NameError" in verdict.detail
+    _, future = submit_generation(executor, 1, "Sorry, no code.", None, ["assert 1 == 1"])
+    assert future.result().passed and future.result().outcome == PASSED
 
 
 def test_entry_point_skips_builtins_and_names_from_the_setup_code() -> None:
@@ -119,6 +169,10 @@ def test_entry_point_skips_builtins_and_names_from_the_setup_code() -> None:
     )
     assert entry_point(["assert sum(10, 15) == 6"]) is None  # MBPP task 126 shadows a builtin: not checked
     assert entry_point(["assert math.isclose(area(1), 3.14, rel_tol=0.01)"]) == "area"
+    # MBPP task 601: the class is called more often than the function, but not in more asserts.
+    assert entry_point(["assert max_chain_length([Pair(5, 24), Pair(15, 25), Pair(27, 40)], 3) == 3"]) == (
+        "max_chain_length"
+    )
 
 
 @requires_real_mbpp
