@@ -10,6 +10,7 @@ moved by hand still says what it is.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def load_activation(path: Path) -> np.ndarray:
 
 
 def load_layer_matrix(
-    folder: str | Path, task_ids: list[int], layer: int, labels: list[str | None] | None = None
+    folder: str | Path, task_ids: list[int], layer: int, labels: Sequence[str | None] | None = None
 ) -> np.ndarray:
     """Stack the vectors of ``task_ids`` for one layer, in that order (n, d_model) float32.
 

@@ -389,7 +389,7 @@ def _harness(prelude: str, tests: list[str], result_fd: int, nonce: str) -> None
             return KILLED, f"the program raised SystemExit({message}) {where}"
         name = _type(exc).__name__
         if _isinstance(exc, _syntax_error):
-            message = f"{exc.msg} (line {exc.lineno})"
+            message = f"{exc.msg} (line {exc.lineno})"  # type: ignore[attr-defined]  # narrowed through a saved isinstance
         return name, f"{name} {where}: {message}" if message else f"{name} {where}"
 
     main = types.ModuleType("__main__")  # a real module, so pickle/dataclasses find the program's classes
@@ -564,7 +564,7 @@ def _classify(
         return False, KILLED, "all asserts ran but the process did not exit cleanly" + tail
     if os.WIFSIGNALED(wait_status):
         number = os.WTERMSIG(wait_status)
-        why = {signal.SIGXCPU: " (CPU time limit)", signal.SIGXFSZ: " (file size limit)"}.get(number, "")
+        why = {int(signal.SIGXCPU): " (CPU time limit)", int(signal.SIGXFSZ): " (file size limit)"}.get(number, "")
         return False, KILLED, f"killed by {_signal_name(number)}{why}" + tail
     code = os.WEXITSTATUS(wait_status) if os.WIFEXITED(wait_status) else -1
     return False, KILLED, f"exited with code {code} before the harness reported (sys.exit/os._exit?)" + tail
@@ -604,8 +604,9 @@ def _run_job(
     for fd in caps:
         poller.register(fd, select.POLLIN)
     try:
-        pidfd: int | None = os.pidfd_open(pid)
-        poller.register(pidfd, select.POLLIN)
+        opened = os.pidfd_open(pid)
+        poller.register(opened, select.POLLIN)
+        pidfd: int | None = opened
     except (AttributeError, OSError):  # kernel < 5.3: poll the child's state every 10 ms instead
         pidfd = None
     open_fds = set(caps)

@@ -184,7 +184,8 @@ def check_layers_have_saes(layers: list[int], available: list[int] | tuple[int, 
 def _ranges(values: list[int]) -> str:
     """[0, 1, 2, 5] -> '0-2, 5'."""
     parts: list[str] = []
-    start = prev = None
+    start: int | None = None
+    prev = -2
     for value in values:
         if start is None:
             start = prev = value

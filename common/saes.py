@@ -187,7 +187,7 @@ def _load_local(source: SAESource, layer: int, device: str) -> SAE:
     from sae_lens import SAE
 
     folder = source.layer_folder(layer)
-    if not Path(source.local_path).is_dir():
+    if source.local_path is None or not Path(source.local_path).is_dir():
         raise PipelineError(f"--sae-path {source.local_path} is not a directory")
     missing = [name for name in (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME) if not (folder / name).is_file()]
     if missing:

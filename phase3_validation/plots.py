@@ -40,13 +40,13 @@ def roc_curves(evaluations: list[LatentEvaluation], key: str = "validation@T0") 
     fig, axes = plt.subplots(1, 2, figsize=(11, 5), squeeze=False)
     for ax, direction in zip(axes[0], DIRECTIONS):
         ax.plot([0, 1], [0, 1], ls="--", color="grey", label="chance (AUROC 0.5)")
-        for ev in (e for e in evaluations if e.ref.direction == direction):
+        for ev in (e for e in evaluations if e.latent.direction == direction):
             y, scores = ev.roc_data[key]
             if y.all() or not y.any():
                 continue
             fpr, tpr, _ = roc_curve(y, scores)
             auroc = next(r["auroc"] for r in ev.rows if r["split"] == "validation" and r["temperature"] == 0.0)
-            ax.plot(fpr, tpr, label=f"#{ev.ref.rank} {ev.ref.name} (AUROC {auroc:.3f})")
+            ax.plot(fpr, tpr, label=f"#{ev.latent.rank} {ev.latent.name} (AUROC {auroc:.3f})")
         ax.set_title(f"{direction}-preferring latents (positive = {direction})")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")

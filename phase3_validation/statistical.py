@@ -144,7 +144,7 @@ def evaluate_at_threshold(
     b = metrics["base_rate"]
     notes = [] if informative else [NO_THRESHOLD]
     row: dict[str, Any] = {
-        "threshold": float(threshold) if informative else float("nan"),
+        "threshold": float(threshold) if informative and threshold is not None else float("nan"),
         "informative_threshold": informative,
         "n": metrics["n"],
         "n_tasks": int(np.unique(groups).size) if groups is not None else metrics["n"],
@@ -187,6 +187,13 @@ class LatentEvaluation:
     rows: list[dict[str, Any]] = field(default_factory=list)
     roc_data: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # eval set -> (y, scores)
     threshold_note: str = ""
+
+    @property
+    def latent(self) -> LatentRef:
+        """The SAE latent evaluated; a probe's evaluation has none."""
+        if self.ref is None:
+            raise ValueError("a probe evaluation has no SAE latent")
+        return self.ref
 
 
 def choose_threshold(y_hp: np.ndarray, hp_scores: np.ndarray, what: str) -> tuple[float | None, float, str]:
@@ -298,8 +305,9 @@ def validate_latents(inputs: Phase3Inputs, top_n: int, n_bootstrap: int, seed: i
         hp = encode(sae, inputs.activations(inputs.hyperparams, layer))[:, columns]
         val = encode(sae, inputs.activations(inputs.validation, layer))[:, columns]
         temp_scores = None
-        if temps.samples is not None:
-            task_ids = sorted(temps.samples["task_id"].unique().tolist())
+        samples = temps.samples
+        if samples is not None:
+            task_ids = sorted(samples["task_id"].unique().tolist())
             acts = temperature_activations(temps, task_ids, layer)
             encoded = encode(sae, np.stack([acts[t] for t in task_ids]))[:, columns]
             temp_scores = {t: encoded[i] for i, t in enumerate(task_ids)}
@@ -309,9 +317,9 @@ def validate_latents(inputs: Phase3Inputs, top_n: int, n_bootstrap: int, seed: i
                 "split": "validation", "temperature": 0.0,
                 "correct": inputs.validation.correct, "scores": val[:, j],
             }]
-            if temp_scores is not None:
+            if temp_scores is not None and samples is not None:
                 for temperature in temps.temperatures:
-                    rows = temps.samples[temps.samples["temperature"] == temperature]
+                    rows = samples[samples["temperature"] == temperature]
                     eval_sets.append({
                         "split": "validation", "temperature": temperature,
                         "correct": rows["passed"].to_numpy(dtype=bool),
@@ -327,5 +335,5 @@ def validate_latents(inputs: Phase3Inputs, top_n: int, n_bootstrap: int, seed: i
                 NO_THRESHOLD if evaluation.threshold is None else f"{evaluation.threshold:.4g}", evaluation.hyperparams_f1,
                 v0["auroc"], v0["auroc_ci_lo"], v0["auroc_ci_hi"], v0["f1"], v0["f1_baseline_always_positive"],
             )
-    evaluations.sort(key=lambda e: refs.index(e.ref))  # direction, then Phase 2 rank
+    evaluations.sort(key=lambda e: refs.index(e.latent))  # direction, then Phase 2 rank
     return evaluations

@@ -281,7 +281,8 @@ def _alpha0_section(doc: dict[str, Any]) -> list[str]:
         if check["changed_task_ids"]:
             lines.append(f"{split}: differing tasks {', '.join(map(str, check['changed_task_ids'][:20]))}.")
     differ = any(c["n_programs_changed"] or c["n_label_flips"] for c in checks.values())
-    notes = next(iter(checks.values()), {}).get("notes", []) if differ else []
+    first: dict[str, Any] = next(iter(checks.values()), {})
+    notes = first.get("notes", []) if differ else []
     for note in notes:
         lines.append(f"Note: {note}")
     return lines + [""]

@@ -119,7 +119,7 @@ def _require_both_classes(split: SplitTasks) -> None:
 
 
 def _latent_entry(ev: LatentEvaluation) -> dict[str, Any]:
-    return {**ev.ref.to_dict(), "threshold": ev.threshold, "hyperparams_f1": ev.hyperparams_f1, "rows": ev.rows}
+    return {**ev.latent.to_dict(), "threshold": ev.threshold, "hyperparams_f1": ev.hyperparams_f1, "rows": ev.rows}
 
 
 def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
@@ -293,7 +293,7 @@ def run(cfg: PipelineConfig) -> Path:
         "summary_latest": out_dir / "summary.md",
         "metadata": out_dir / f"validation_{stamp}_metadata.json",
     }
-    layers = sorted({ev.ref.layer for ev in evaluations} | {inputs.results.top[d][0].layer for d in DIRECTIONS})
+    layers = sorted({ev.latent.layer for ev in evaluations} | {inputs.results.top[d][0].layer for d in DIRECTIONS})
     configuration = {
         "model": cfg.model, "model_choice": model_note, "phase1_model": phase1_model, "device": str(device), "dtype": str(dtype),
         "sae_source": inputs.results.sae_source.to_dict(),

@@ -12,6 +12,7 @@ from common.storage import write_parquet
 from phase3_validation.inputs import load_inputs
 from phase3_validation.probes import diff_of_means_direction, evaluate_probes, fit_logistic_probe
 from phase3_validation.statistical import split_too_small
+from tests.artifact_builders import write_temperature_run
 from tests.phase3_validation.conftest import (
     latent_item,
     make_sae,
@@ -108,10 +109,9 @@ def test_probe_rows_at_each_phase1_2_temperature(tmp_path):
 
     data, signal, passed, acts, val_ids = _write(tmp_path)
     rng = np.random.default_rng(4)
-    rows = [{"task_id": t, "temperature": 0.7, "sample_index": k, "passed": bool(rng.random() < (0.9 if passed[t] else 0.1))}
+    rows = [{"task_id": t, "sample_index": k, "passed": bool(rng.random() < (0.9 if passed[t] else 0.1))}
             for t in val_ids for k in range(2)]
-    (data / "phase1_2").mkdir()
-    pd.DataFrame(rows).to_parquet(data / "phase1_2" / "dataset_temp_0_7.parquet")
+    write_temperature_run(data, {0.7: pd.DataFrame(rows)})
     for t in val_ids:
         save_task_activations(data / "phase1_2" / "activations", t, acts[t])
     probes = evaluate_probes(load_inputs(PipelineConfig(data_dir=str(data))), n_bootstrap=100, seed=0)
