@@ -159,19 +159,21 @@ def _launch(args: argparse.Namespace, passthrough: list[str]) -> int:
     from common.locking import exclusive
 
     cfg = _worker_config(args, passthrough)
-    # The launcher holds the phase's lock for the whole run; each worker locks only its own shard folder.
-    with exclusive(phase_dir(cfg.data_dir, args.phase), f"phase {args.phase}"):
-        return _launch_locked(args, passthrough, cfg)
-
-
-def _launch_locked(args: argparse.Namespace, passthrough: list[str], cfg: PipelineConfig) -> int:
-    clock = RunClock()
     slurm_opts = _slurm_options(args) if args.backend == "slurm" else None
     if slurm_opts is not None:  # every refusal comes before anything is written or submitted
         from common.slurm_backend import check_slurm, require_submitit
 
         require_submitit()
         check_slurm(slurm_opts)
+    # The launcher holds the phase's lock for the whole run; each worker locks only its own shard folder.
+    with exclusive(phase_dir(cfg.data_dir, args.phase), f"phase {args.phase}"):
+        return _launch_locked(args, passthrough, cfg, slurm_opts)
+
+
+def _launch_locked(
+    args: argparse.Namespace, passthrough: list[str], cfg: PipelineConfig, slurm_opts: SlurmOptions | None
+) -> int:
+    clock = RunClock()
     module = _phase_module(args.phase)
     all_ids, own_ids = module.task_universe(cfg)
     what = "MBPP" if args.phase == "1" else "the validation split"
