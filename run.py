@@ -10,7 +10,7 @@
     python3 run.py train-saes --model M --output DIR [--layers ...] [--corpus FILE] [--width N] [--tokens N]
     python3 run.py sweep --models A,B [--backend local|slurm] [phase options]
 
-Every user-facing error is one line on stderr and exit code 2 (DESIGN section 7).
+Every user-facing error is one line on stderr and exit code 2 (docs/design.md section 7).
 """
 
 from __future__ import annotations

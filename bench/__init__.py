@@ -1,1 +1,1 @@
-"""Benchmarks: scripts that print a speed ratio against the naive way (DESIGN section 5); not tests."""
+"""Benchmarks: scripts that print a speed ratio against the naive way (docs/design.md section 5); not tests."""

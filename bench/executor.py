@@ -1,6 +1,6 @@
 """Benchmark: the sandboxed executor against the naive way, side by side on MBPP.
 
-Why: DESIGN section 5 asks that every speed claim be a ratio against the
+Why: docs/design.md section 5 asks that every speed claim be a ratio against the
 naive way, measured in one run on the same data. The naive way is what a
 pipeline without a sandbox would do: one fresh ``python3`` subprocess per
 program (solution, setup code, asserts as one script), the same number of

@@ -1,6 +1,6 @@
 """Benchmark: Phase 1 generation, batched (``generate_batches``) against one problem at a time.
 
-Why: DESIGN section 5 says Phase 1 must not generate one problem at a time,
+Why: docs/design.md section 5 says Phase 1 must not generate one problem at a time,
 and every speed claim is a ratio against the naive way measured side by side
 in one run on the same prompts. Both ways use the same model, prompts, greedy
 decoding, forced length (``min_new_tokens = max_new_tokens``: random weights
@@ -15,7 +15,7 @@ shapes, so near-ties can flip).
 
 Modes:
   --tiny               (default on CPU) a random tiny Gemma-2 (d_model 128,
-                       4 layers, the DESIGN section 6 demo size) built in a temp
+                       4 layers, the docs/design.md section 6 demo size) built in a temp
                        dir, tokenizer trained on the prompts.
   --gemma-2-2b-shapes  random weights with gemma-2-2b's exact config, built
                        directly on the device in bf16 (cuda) to skip a slow CPU
@@ -89,7 +89,7 @@ def mbpp_prompts(path: Path, n: int) -> list[str]:
 
 
 def gemma_2_2b_config(n_layers: int) -> transformers.Gemma2Config:
-    """gemma-2-2b's exact config (DESIGN section 5); ``n_layers`` < 26 only for CPU smoke tests."""
+    """gemma-2-2b's exact config (docs/design.md section 5); ``n_layers`` < 26 only for CPU smoke tests."""
     config = transformers.Gemma2Config(
         vocab_size=256000,
         hidden_size=2304,

@@ -1,6 +1,6 @@
 """Benchmark: Phase 2 scoring, vectorised over all latents of a layer vs a per-latent loop.
 
-Why: DESIGN section 5 claims Phase 2 is vectorised over all latents of a
+Why: docs/design.md section 5 claims Phase 2 is vectorised over all latents of a
 layer at once; this script measures that claim side by side on the same data
 and prints a ratio (absolute times on these machines are noise).
 

@@ -1,6 +1,6 @@
 """The activation files of Phases 1.0 and 1.2: one float32 vector per task and layer.
 
-Layout (DESIGN section 2): ``activations/{correct,incorrect}/{task_id}_layer_{L}.npz``
+Layout (docs/design.md section 2): ``activations/{correct,incorrect}/{task_id}_layer_{L}.npz``
 for Phase 1.0 (the folder is the label), ``activations/{task_id}_layer_{L}.npz``
 for Phase 1.2 (samples of one task may differ in label; the prompt, and so the
 activation, is the same for all of them). Each file holds ``activation``

@@ -2,7 +2,7 @@
 
 Why forward hooks on the decoder layers (not ``output_hidden_states``):
 GemmaScope's residual SAE ``layer_L`` was trained on ``blocks.L.hook_resid_post``,
-the OUTPUT of decoder layer L before any final norm (DESIGN rule 1). In
+the OUTPUT of decoder layer L before any final norm (docs/design.md rule 1). In
 transformers ``hidden_states[L + 1]`` is that for every layer but the last,
 whose entry has the model's final norm applied. A forward hook on layer L reads
 its output directly, for every L, with one rule and no off-by-one. (A forward

@@ -1,4 +1,4 @@
-"""Sandboxed execution of untrusted, model-written test programs (DESIGN section 8).
+"""Sandboxed execution of untrusted, model-written test programs (docs/design.md section 8).
 
 Why a sandbox: Phase 1 labels every generated solution by running it against
 the MBPP asserts, and the code comes from a language model. It may loop
@@ -78,7 +78,7 @@ from typing import Any, NoReturn
 
 logger = logging.getLogger(__name__)
 
-# Outcome classes (DESIGN section 2, Phase 1.0). Any other outcome is the name
+# Outcome classes (docs/design.md section 2, Phase 1.0). Any other outcome is the name
 # of the exception type the program raised (NameError, SyntaxError, ...).
 PASSED = "passed"
 ASSERTION = "assertion"
@@ -212,7 +212,7 @@ def _prelude(code: str, test_setup_code: str | None) -> str:
 def build_program(code: str, test_setup_code: str | None, tests: Iterable[str]) -> str:
     """The whole test program as one script: solution, then setup code, then the asserts.
 
-    This is the order DESIGN rule 3 fixes (every MBPP reference solution passes
+    This is the order docs/design.md rule 3 fixes (every MBPP reference solution passes
     with it). The executor runs the same pieces in the same order, but executes
     each assert as its own statement so that it can count them.
     """

@@ -1,6 +1,6 @@
 """Residual-stream vectors at every token of general text, for Phase 2's general-text filter.
 
-Why this exists beside ``capture.py``: the filter of DESIGN section 4 asks how
+Why this exists beside ``capture.py``: the filter of docs/design.md section 4 asks how
 often a latent fires on ordinary text, token by token, so it needs
 resid_post(L) at *all* positions of many short documents, not the last prompt
 token of a generation. The hook site is the same one Phase 1 captures and

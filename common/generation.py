@@ -1,4 +1,4 @@
-"""Batched generation with activation capture in the same prefill (DESIGN section 5, rules 1 and 5).
+"""Batched generation with activation capture in the same prefill (docs/design.md section 5, rules 1 and 5).
 
 How a batch runs:
 - prompts are sorted by token length, longest first (similar lengths share a

@@ -2,7 +2,7 @@
 
 Why one module: every GPU phase loads the model the same way (eager attention,
 left padding, eval mode), and every failure to load must reach the user as one
-line that says what was asked for and what to do (DESIGN sections 6 and 7).
+line that says what was asked for and what to do (docs/design.md sections 6 and 7).
 
 Eager attention is not a detail: Gemma-2 softcaps its attention logits at 50.
 In transformers 5.23 ``eager_attention_forward`` of ``modeling_gemma2`` applies

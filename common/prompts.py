@@ -1,4 +1,4 @@
-"""The versioned prompt template and code extraction (DESIGN rules 2 and 4).
+"""The versioned prompt template and code extraction (docs/design.md rules 2 and 4).
 
 Template (zero-shot)::
 
@@ -19,7 +19,7 @@ Why this template:
   seen a great deal of Markdown, so an open fence makes them write code at once
   rather than prose, and they close it with a bare ```` ``` ```` when the
   program ends. That closing fence is an unambiguous, cheap stop signal: the
-  GPU stops generating as soon as the solution is over (DESIGN section 5).
+  GPU stops generating as soon as the solution is over (docs/design.md section 5).
 - Zero-shot: no MBPP task is spent as a shot, so all 974 tasks can be
   evaluated (rule 2). ``build_prompt`` keeps no state; the same problem always
   gives the same prompt, and ``PROMPT_TEMPLATE_VERSION`` goes to the metadata.

@@ -2,7 +2,7 @@
 
 Why this module exists: Phase 2 encodes every layer's saved residual-stream
 vectors with "the SAE of the same layer", and the published versions of this
-study went wrong exactly there (DESIGN section 3 rule 1: an off-by-one between
+study went wrong exactly there (docs/design.md section 3 rule 1: an off-by-one between
 hook point and SAE). So an SAE is only used after its own recorded hook name
 has been compared with the site the pipeline captures
 (``blocks.{L}.hook_resid_post``) and its input width with the activations';

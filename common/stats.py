@@ -1,6 +1,6 @@
 """Latent scores, the shuffled-label null, and the validation metrics.
 
-Why this module exists: DESIGN section 4 scores every latent of every layer
+Why this module exists: docs/design.md section 4 scores every latent of every layer
 (26 x 16k of them) on a few hundred tasks, and section 3 rule 7 asks for a
 baseline or an interval next to every number. Scoring is vectorised over all
 latents of a layer at once (section 5); the metrics and tests delegate to
@@ -141,7 +141,7 @@ class PermutationNull:
     Why: with hundreds of tasks and 26 x 16k latents, the largest separation
     score under shuffled labels is far from zero, so a ranked latent is only
     interesting if it beats the maximum over *all* layers and latents of
-    shuffled data (DESIGN section 4). Phase 2 holds one SAE in memory at a
+    shuffled data (docs/design.md section 4). Phase 2 holds one SAE in memory at a
     time, so the null is accumulated per layer: :meth:`update` takes one
     layer's firing matrix and keeps a running maximum per permutation and
     direction.

@@ -4,7 +4,7 @@ Why this module: Phase 3 steers the model along an SAE latent's decoder
 direction while it *generates* (batched, KV-cached ``model.generate``), which
 the TransformerLens view cannot do efficiently. So the intervention is done on
 the transformers model, and its meaning is pinned to TransformerLens's stable
-hook names (DESIGN section 9): ``steer(model, L, v, "resid_X")`` adds ``v`` to
+hook names (docs/design.md section 9): ``steer(model, L, v, "resid_X")`` adds ``v`` to
 exactly the tensor that ``blocks.L.hook_resid_X`` sees (tested against
 ``HookedTransformer.run_with_hooks``).
 

@@ -121,7 +121,7 @@ def remove_stale_temporaries(folder: str | Path) -> int:
 
 
 class RecordCheckpointer:
-    """Resumable record store for long generation loops (DESIGN section 7).
+    """Resumable record store for long generation loops (docs/design.md section 7).
 
     Records (one dict per finished task or sample) are kept two ways:
     - a *checkpoint* every ``checkpoint_every`` records: the records since the

@@ -3,7 +3,7 @@
 Steps, each through the same code as the real run:
 1. train a tokenizer and a small Gemma-2 on part of the bundled problems
    (``demo/problems.jsonl``; the rest stay unseen, so correctness follows from
-   familiarity, DESIGN section 6) and save it as an ordinary model folder;
+   familiarity, docs/design.md section 6) and save it as an ordinary model folder;
 2. train one small SAE per layer on its residual stream with SAE Lens and save
    them as a folder ``--sae-path`` takes;
 3. run Phases 0, 0.1, 1, 1.2, 2 (sae and validation splits) and 3 on them.

@@ -5,7 +5,7 @@ load one SAE Lens folder per layer (``--sae-path``), check its hook name, and
 encode the captured vectors. GemmaScope cannot be fetched and would not fit a
 tiny model anyway, so the demo trains its own SAEs, with SAE Lens's own
 training code, on the site the pipeline captures: ``blocks.{L}.hook_resid_post``
-(the OUTPUT of decoder layer L, before the final norm; DESIGN rule 1).
+(the OUTPUT of decoder layer L, before the final norm; docs/design.md rule 1).
 
 How: ``common/sae_training.py`` does the work (SAE Lens's ``SAETrainer`` on
 activations read through ``common/hooks.py``, whole texts held out for the
@@ -22,7 +22,7 @@ simply moves the pre-activations above it. The "tanh" loss (Anthropic's
 setup, also in SAE Lens) penalises the activations themselves and gives held-out
 FVU ~0.05-0.1 at L0 ~20 with coefficient 0.5 and lr 5e-3. Passing the
 straight-through gradient to the encoder (``jumprelu_ste_to_input``) collapsed
-every latent. The initial threshold is 0.1 (DESIGN section 6: 0.01 stays
+every latent. The initial threshold is 0.1 (docs/design.md section 6: 0.01 stays
 dense, 0.5 collapses).
 """
 

@@ -1,6 +1,6 @@
 """Train the demo's tiny Gemma-2 model on part of the bundled problems.
 
-Why this design (DESIGN section 6): the demo must give every phase something
+Why this design (docs/design.md section 6): the demo must give every phase something
 real to find. A model trained on *all* problems only separates "memorised
 already" from "not memorised yet", a moment in training that churns and that
 no latent tracked beyond the shuffled-label null. Instead the model is trained
@@ -67,7 +67,7 @@ REPORT_FILENAME = "training_report.json"
 CLOSING_FENCE = "\n```\n"
 
 # Presets, measured on a 2-core CPU with the 100 bundled problems (60 seen):
-# "demo": the shape of DESIGN section 6 (hidden 128, 4 layers, 4 heads of 32,
+# "demo": the shape of docs/design.md section 6 (hidden 128, 4 layers, 4 heads of 32,
 #   2 key-value heads, MLP 4x hidden; 1.1M parameters): with the prompt loss
 #   (seed 42) converges in 200 steps, about 85 s of training (solution loss
 #   only: 140-160 steps, about 46 s).

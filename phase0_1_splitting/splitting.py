@@ -1,6 +1,6 @@
 """Phase 0.1: split the problems into sae 50% / hyperparams 10% / validation 40%.
 
-Why three splits (DESIGN rule 6): latents are *chosen* on the sae split,
+Why three splits (docs/design.md rule 6): latents are *chosen* on the sae split,
 thresholds and steering coefficients are *tuned* on the hyperparams split, and
 every *reported* number comes from the validation split. Stratifying by
 difficulty keeps the three splits comparable.

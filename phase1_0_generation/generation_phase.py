@@ -1,6 +1,6 @@
 """Phase 1.0: every problem in the slice, solved greedily, executed, labelled, activations saved.
 
-Outputs (DESIGN section 2):
+Outputs (docs/design.md section 2):
 - ``data/phase1_0/dataset_<ts>.parquet`` (or, for a launcher worker, a shard
   table under ``--shard-dir``), one row per task;
 - ``data/phase1_0/activations/{correct,incorrect}/{task_id}_layer_{L}.npz``.

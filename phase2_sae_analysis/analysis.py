@@ -1,6 +1,6 @@
 """Phase 2: encode the saved activations with each layer's SAE, score, filter, rank, test against chance.
 
-Flow of ``run(cfg)`` (DESIGN sections 2 and 4):
+Flow of ``run(cfg)`` (docs/design.md sections 2 and 4):
 
 1. Inputs (``inputs.py``): the split's tasks and labels, the layers present
    for every task, and every needed activation matrix, loaded up front so a

@@ -1,4 +1,4 @@
-"""The general-text filter (DESIGN section 4): drop latents that fire on ordinary text.
+"""The general-text filter (docs/design.md section 4): drop latents that fire on ordinary text.
 
 Why: a latent that fires on 2% or more of all tokens of general text (the
 Pile, by default) is a frequent, generic feature; that it also separates

@@ -1,6 +1,6 @@
 """Phase 2's inputs: which tasks, their labels, and where their activations are.
 
-Two splits (DESIGN sections 2 and 4, rule 6):
+Two splits (docs/design.md sections 2 and 4, rule 6):
 
 - ``sae``: the tasks of ``data/phase0_1/sae_mbpp.parquet``, labelled by the
   Phase 1.0 greedy run (``passed``), activations under

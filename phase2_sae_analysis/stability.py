@@ -1,4 +1,4 @@
-"""How stable the sae-split ranking is on the validation split (DESIGN section 4).
+"""How stable the sae-split ranking is on the validation split (docs/design.md section 4).
 
 Why: latents are chosen on the sae split (rule 6); the validation split then
 says whether the same latents would have been found on other problems. This

@@ -1,6 +1,6 @@
 """Phase 3's inputs: Phase 2's chosen latents, the hyperparams and validation tasks, their baseline.
 
-What is read, and from where (DESIGN sections 2 and 4, rule 6):
+What is read, and from where (docs/design.md sections 2 and 4, rule 6):
 
 - the Phase 2 results JSON (``--input``, else the newest
   ``data/phase2/results_sae_*.json``): the ranked latents of each direction,

@@ -1,6 +1,6 @@
 """Statistical validation: does a latent's activation predict correctness on held-out problems?
 
-DESIGN section 4 and rules 6 and 7. For each of the top latents of each
+docs/design.md section 4 and rules 6 and 7. For each of the top latents of each
 direction:
 
 - score = the latent's SAE activation (float32 encoding, rule 9) of the task's

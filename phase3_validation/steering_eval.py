@@ -1,4 +1,4 @@
-"""Causal validation: steering along a latent's decoder direction (DESIGN section 4, rules 6 and 8).
+"""Causal validation: steering along a latent's decoder direction (docs/design.md section 4, rules 6 and 8).
 
 For the rank-1 latent of each direction:
 

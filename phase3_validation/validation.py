@@ -1,4 +1,4 @@
-"""Phase 3: statistical and causal validation of the latents Phase 2 chose (DESIGN sections 2 and 4).
+"""Phase 3: statistical and causal validation of the latents Phase 2 chose (docs/design.md sections 2 and 4).
 
 ``run(cfg)`` reads Phase 2's results, validates the top latents as
 predictors (``statistical.py``), steers the model along the rank-1 latent of
@@ -107,7 +107,7 @@ def _split_sizes(split: SplitTasks) -> dict[str, int]:
 
 
 def _require_both_classes(split: SplitTasks) -> None:
-    """Thresholds need both classes on hyperparams, every rate needs both on validation (DESIGN section 7)."""
+    """Thresholds need both classes on hyperparams, every rate needs both on validation (docs/design.md section 7)."""
     sizes = _split_sizes(split)
     for cls in ("correct", "incorrect"):
         if sizes[f"n_{cls}"] == 0:

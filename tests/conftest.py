@@ -18,22 +18,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import TINY_TEXTS
+
 torch.set_num_threads(1)
 
-MBPP_JSONL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp" / "mbpp.jsonl"
 
 # MBPP-style text for training the tiny tokenizer: problem statements, asserts and code.
-TINY_TEXTS: list[str] = [
-    "Write a function to find the minimum cost path to reach (m, n) from (0, 0).\n"
-    "Your code should pass these tests:\n\nassert min_cost([[1, 2, 3], [4, 8, 2]], 1, 2) == 8\n\n```python\n",
-    "def add(a, b):\n    return a + b\n\nassert add(1, 2) == 3\n```\n",
-    "import math\n\ndef is_prime(n):\n\tif n < 2:\n\t\treturn False\n"
-    "\treturn all(n % i for i in range(2, int(math.sqrt(n)) + 1))\n",
-    "Write a python function to remove first and last occurrence of a given character from the string.\n",
-    "def similar_elements(test_tup1, test_tup2):\n  res = tuple(set(test_tup1) & set(test_tup2))\n  return (res) \n",
-    "class Pair(object):\n    def __init__(self, a, b):\n        self.a = a\n        self.b = b\n",
-    "if __name__ == '__main__':\n    print(add(2, 3))  # prints 5\n",
-] * 8
+
 
 
 @pytest.fixture(autouse=True)

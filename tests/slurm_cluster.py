@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.paths import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 START_SCRIPT = REPO_ROOT / ".ci" / "start_slurm.sh"
 _state: dict[str, str | None] = {}

@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from tests.paths import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def _clean(*args, stdin=""):

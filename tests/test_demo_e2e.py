@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.paths import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,7 @@ def demo_run(tmp_path_factory):
     return data, out.stdout
 
 
+@pytest.mark.slow
 def test_every_phase_wrote_its_outputs(demo_run):
     data, stdout = demo_run
     assert "summary:" in stdout
@@ -38,6 +39,7 @@ def test_every_phase_wrote_its_outputs(demo_run):
     assert temps and all(len(pd.read_parquet(t)) == sizes["validation"] * 2 for t in temps)
 
 
+@pytest.mark.slow
 def test_phase2_and_phase3_results_are_valid(demo_run):
     data, _ = demo_run
     results = json.loads(next(p for p in (data / "phase2").glob("results_sae_*.json") if not p.name.endswith("_metadata.json")).read_text())

@@ -9,7 +9,7 @@ import pandas as pd
 import phase0_difficulty
 from common.config import PipelineConfig
 from tests.artifact_builders import validation_ids_in_positions
-from tests.paths import DEMO_PROBLEMS, REPO_ROOT
+from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
 
 
 def _launch(data, model_dir, *extra):

@@ -26,7 +26,7 @@ from common.activations import activation_path
 from common.config import PipelineConfig
 from common.executor import build_program
 from common.models import decoder_layers, load_model_and_tokenizer, num_layers
-from tests.paths import REAL_MBPP, requires_real_mbpp
+from tests.helpers import REAL_MBPP, requires_real_mbpp
 
 pytestmark = [pytest.mark.slow, requires_real_mbpp]
 

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.paths import DEMO_PROBLEMS, REPO_ROOT
+from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
 
 
 def run_cli(*args, data_dir, env_extra=None):

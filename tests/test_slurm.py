@@ -18,7 +18,7 @@ import pytest
 
 import phase0_difficulty
 from common.config import PipelineConfig
-from tests.paths import DEMO_PROBLEMS, REPO_ROOT
+from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
 from tests.slurm_cluster import slurm_or_skip, squeue_state, wait_for
 
 pytest.importorskip("submitit")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.paths import REAL_MBPP, REPO_ROOT, requires_real_mbpp
+from tests.helpers import REAL_MBPP, REPO_ROOT, requires_real_mbpp
 
 pytest.importorskip("sae_lens")
 pytest.importorskip("gguf")

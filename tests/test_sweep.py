@@ -18,7 +18,7 @@ import pytest
 from common.errors import PipelineError
 from sweep.plan import plan_steps, resolve_models
 from sweep.table import comparison_rows, render_table
-from tests.paths import DEMO_PROBLEMS, REPO_ROOT
+from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
 
 N_PROBLEMS = 40
 PHASE_OPTIONS = [
@@ -40,7 +40,7 @@ def study(demo_trained_model, tmp_path_factory):
     """
     import shutil
 
-    from tests.phase3_validation.conftest import make_sae
+    from tests.phase3_validation.builders import make_sae
 
     root = tmp_path_factory.mktemp("sweep_study")
     problems = root / "problems.jsonl"

@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
-from tests.paths import DEMO_PROBLEMS, REAL_MBPP, REPO_ROOT, requires_real_mbpp
+import pytest
+
+from tests.helpers import DEMO_PROBLEMS, REAL_MBPP, REPO_ROOT, requires_real_mbpp
 
 
 def _run(*args, timeout=300):
@@ -29,6 +31,7 @@ def test_check_mbpp_on_bundled_problems_and_a_broken_copy(tmp_path):
 
 
 @requires_real_mbpp
+@pytest.mark.slow
 def test_check_mbpp_all_974_pass():
     # a generous per-program limit: task 123 needs seconds of CPU, more on a loaded machine
     out = _run("check-mbpp", "--mbpp-path", str(REAL_MBPP), "--workers", "2", "--timeout", "30", timeout=600)

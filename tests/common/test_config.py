@@ -44,7 +44,7 @@ def test_every_field_is_an_option_with_help_and_scope():
 def test_readme_flag_table_is_the_generated_one():
     """The README, --help and the code cannot disagree: the README's table is generated from the fields."""
     from common.config import options_markdown
-    from tests.paths import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text()
     table = readme.split("<!-- options:start -->\n", 1)[1].split("<!-- options:end -->", 1)[0]

@@ -11,7 +11,7 @@ import pytest
 
 from common.prompts import EXTRACTION_VERSION
 from run import main
-from tests.paths import REAL_MBPP, requires_real_mbpp
+from tests.helpers import REAL_MBPP, requires_real_mbpp
 
 pytestmark = requires_real_mbpp
 

@@ -15,7 +15,7 @@ import pytest
 from common.executor import ASSERTION, PASSED, Executor, ExecutorConfig
 from common.labelling import MISSING_ENTRY_POINT, NO_CODE, entry_point, precheck, submit_generation
 from common.prompts import extract_code
-from tests.paths import REAL_MBPP, requires_real_mbpp
+from tests.helpers import REAL_MBPP, requires_real_mbpp
 
 TESTS = ["assert fact(0) == 1", "assert fact(5) == 120", "assert fact(10) == 3628800"]
 

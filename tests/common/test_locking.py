@@ -11,7 +11,7 @@ import pytest
 
 from common.errors import PipelineError
 from common.locking import LOCK_NAME, exclusive
-from tests.paths import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 HOLD = (
     "import sys, time; sys.path.insert(0, sys.argv[2]); from common.locking import exclusive\n"

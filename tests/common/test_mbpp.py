@@ -5,7 +5,7 @@ import pytest
 
 from common.errors import PipelineError
 from common.mbpp import load_mbpp
-from tests.paths import REAL_MBPP, requires_real_mbpp
+from tests.helpers import REAL_MBPP, requires_real_mbpp
 
 
 def _row(task_id, **over):

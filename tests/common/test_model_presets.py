@@ -11,7 +11,7 @@ from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.model_presets import PRESETS, get_preset, neuronpedia_url, release_layers, resolve_model
 from common.neuronpedia import latent_markdown
-from tests.paths import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 pytest.importorskip("sae_lens")
 

@@ -14,7 +14,7 @@ from common.prompts import (
     build_prompt,
     extract_code,
 )
-from tests.conftest import MBPP_JSONL
+from tests.helpers import REAL_MBPP as MBPP_JSONL
 
 TEXT = "Write a function to find the shared elements from the given two lists."
 TESTS = [

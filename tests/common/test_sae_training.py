@@ -14,7 +14,7 @@ pytest.importorskip("sae_lens")
 from common.sae_training import REPORT_FILENAME, read_corpus_file
 from common.saes import SAESource, fraction_of_variance_unexplained, load_sae
 from common.storage import read_json
-from tests.paths import DEMO_PROBLEMS, REPO_ROOT
+from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
 
 GENERAL = REPO_ROOT / "demo" / "general_text.txt"
 

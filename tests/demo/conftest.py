@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from common.mbpp import load_mbpp
-from tests.paths import DEMO_PROBLEMS
+from tests.helpers import DEMO_PROBLEMS
 
 if TYPE_CHECKING:  # torch and transformers only load when a test asks for the fixture
     from demo.training import TrainingReport

@@ -9,7 +9,7 @@ import phase0_difficulty
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from phase0_1_splitting.splitting import SPLIT_NAMES, allocate, split_tasks
-from tests.paths import DEMO_PROBLEMS, REAL_MBPP, requires_real_mbpp
+from tests.helpers import DEMO_PROBLEMS, REAL_MBPP, requires_real_mbpp
 
 
 def _difficulty(n, seed=0):

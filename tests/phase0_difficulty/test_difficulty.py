@@ -1,9 +1,10 @@
 import pandas as pd
+import pytest
 
 from common.config import PipelineConfig
 from phase0_difficulty import run
 from phase0_difficulty.difficulty import cyclomatic_complexity
-from tests.paths import DEMO_PROBLEMS, REAL_MBPP, requires_real_mbpp
+from tests.helpers import DEMO_PROBLEMS, REAL_MBPP, requires_real_mbpp
 
 
 def test_complexity_counts_branches_and_handles_crlf_and_tabs():
@@ -25,6 +26,7 @@ def test_phase0_writes_parquet_and_metadata(tmp_path):
 
 
 @requires_real_mbpp
+@pytest.mark.slow
 def test_phase0_on_real_mbpp(tmp_path):
     df = pd.read_parquet(run(PipelineConfig(data_dir=str(tmp_path), mbpp_path=str(REAL_MBPP))))
     assert len(df) == 974 and df["task_id"].is_unique

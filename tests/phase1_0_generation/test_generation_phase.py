@@ -1,4 +1,4 @@
-"""Phase 1.0 on a tiny random Gemma-2: outputs as DESIGN section 2 says, resume after SIGKILL."""
+"""Phase 1.0 on a tiny random Gemma-2: outputs as docs/design.md section 2 says, resume after SIGKILL."""
 
 import os
 import signal
@@ -16,7 +16,7 @@ import phase1_0_generation
 from common.activations import CLASSES, activation_path, save_task_activations
 from common.config import PipelineConfig
 from common.errors import PipelineError
-from tests.paths import DEMO_PROBLEMS, REPO_ROOT
+from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
 
 N_TASKS = 8
 
@@ -96,6 +96,7 @@ def _cli(data_dir, model_dir, extra=()):
     ]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted(phase1_run, tiny_model_dir, tmp_path):
     reference_cfg, reference_path = phase1_run
     data = tmp_path / "killed"

@@ -12,7 +12,7 @@ from common.config import PipelineConfig
 from common.errors import PipelineError
 from phase1_2_temperature.temperature_phase import temperature_table_name
 from tests.artifact_builders import validation_ids_in_positions
-from tests.paths import DEMO_PROBLEMS
+from tests.helpers import DEMO_PROBLEMS
 
 
 def _cfg(data_dir, model_dir, **over):
@@ -67,6 +67,7 @@ def test_bad_temperatures(tmp_path, tiny_model_dir):
         phase1_2_temperature.run(_cfg(tmp_path, tiny_model_dir, temperatures=[]))
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_gives_the_same_samples(tmp_path, tiny_model_dir):
     """Sampling is seeded per fixed batch, so a resumed run draws exactly what an uninterrupted one drew."""
     import os
@@ -75,7 +76,7 @@ def test_sigkill_then_rerun_gives_the_same_samples(tmp_path, tiny_model_dir):
     import sys
     import time
 
-    from tests.paths import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     def prepare(name):
         cfg = _cfg(tmp_path / name, tiny_model_dir)

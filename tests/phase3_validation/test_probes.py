@@ -13,7 +13,7 @@ from phase3_validation.inputs import load_inputs
 from phase3_validation.probes import diff_of_means_direction, evaluate_probes, fit_logistic_probe
 from phase3_validation.statistical import split_too_small
 from tests.artifact_builders import write_temperature_run
-from tests.phase3_validation.conftest import (
+from tests.phase3_validation.builders import (
     latent_item,
     make_sae,
     mbpp_row,

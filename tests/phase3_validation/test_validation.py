@@ -39,8 +39,8 @@ from phase3_validation.steering_eval import (
     unit_direction,
 )
 from tests.artifact_builders import write_temperature_run
-from tests.paths import DEMO_PROBLEMS
-from tests.phase3_validation.conftest import (
+from tests.helpers import DEMO_PROBLEMS
+from tests.phase3_validation.builders import (
     latent_item,
     make_sae,
     mbpp_row,
@@ -625,7 +625,7 @@ def test_phase12_folder_with_two_runs_is_one_line_and_writes_nothing(planted_dat
     import subprocess
     import sys
 
-    from tests.paths import REPO_ROOT
+    from tests.helpers import REPO_ROOT
 
     data, val_ids, *_ = planted_data
     folder = write_temperature_run(data, {0.6: _val_samples(val_ids)})

@@ -1,4 +1,4 @@
-"""Builders for Phase 3 tests: local SAE Lens SAEs, synthetic Phase 0.1/1.0/1.2/2 outputs.
+"""Builders for Phase 3 tests (a plain module, imported): local SAE Lens SAEs, synthetic Phase 0.1/1.0/1.2/2 outputs.
 
 Why synthetic Phase 2 results: Phase 3 only reads Phase 2's results JSON and
 score arrays, so tests write them directly (same schema) and control exactly
