@@ -205,3 +205,18 @@ def transfer_statistics(
                     row["direction"], row["name"], row["auroc"], row["auroc_ci_lo"], row["auroc_ci_hi"],
                     row["mbpp_validation_auroc"])
     return out
+
+
+def transfer_flags(transfer: dict[str, Any] | None) -> list[str]:
+    """Read-first lines: a rank-1 latent whose HumanEval AUROC interval holds 0.5 does not transfer."""
+    if not transfer or not transfer.get("measured"):
+        return []
+    flags = []
+    for row in transfer["latents"]:
+        lo, hi = row.get("auroc_ci_lo"), row.get("auroc_ci_hi")
+        if row["rank"] != 1 or lo is None or hi is None or lo != lo or hi != hi:
+            continue
+        if lo <= 0.5 <= hi:
+            flags.append(f"The rank-1 {row['direction']}-preferring latent {row['name']} does not transfer to HumanEval: "
+                         f"AUROC {row['auroc']:.3f} [{lo:.3f}, {hi:.3f}] includes 0.5.")
+    return flags

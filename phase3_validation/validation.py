@@ -67,7 +67,7 @@ from phase3_validation.steering_eval import (
     steering_row,
 )
 from phase3_validation.summary import render_flipped_examples, render_summary
-from phase3_validation.transfer import load_transfer_set, transfer_statistics
+from phase3_validation.transfer import load_transfer_set, transfer_flags, transfer_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
             flags.append(f"No alpha > 0 gave the {direction}-preferring latent an effect above its controls on "
                          "hyperparams: its steering numbers are the least-bad alpha, not an effect.")
     flags += [f"{note.capitalize()}." for note in doc.get("small_split_notes", [])]
+    flags += transfer_flags(doc.get("transfer"))
     probes = doc["statistical"].get("probes") or {}
     if probes.get("note") and not probes.get("small_note"):
         flags.append(f"Probe baselines: {probes['note']}.")

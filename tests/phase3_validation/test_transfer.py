@@ -16,7 +16,13 @@ from phase3_validation.inputs import load_inputs
 from phase3_validation.probes import evaluate_probes
 from phase3_validation.statistical import validate_latents
 from phase3_validation.summary import _transfer_section
-from phase3_validation.transfer import HUMANEVAL_COMMAND, THRESHOLD_SOURCE, load_transfer_set, transfer_statistics
+from phase3_validation.transfer import (
+    HUMANEVAL_COMMAND,
+    THRESHOLD_SOURCE,
+    load_transfer_set,
+    transfer_flags,
+    transfer_statistics,
+)
 from tests.artifact_builders import DEFAULT_MODEL, write_phase1_run
 from tests.phase3_validation.conftest import (
     latent_item,
@@ -54,12 +60,13 @@ def _mbpp(tmp_path):
     return data, sae_dir
 
 
-def _humaneval(data, n=24, shift=None, model=DEFAULT_MODEL, seed=1):
+def _humaneval(data, n=24, shift=None, model=DEFAULT_MODEL, seed=1, signal=True):
     """A HumanEval Phase 1.0 run (task ids 0..n-1, a third correct) under data/humaneval, as the real phase writes it."""
     rng = np.random.default_rng(seed)
     root = data / "humaneval"
     passed = {t: t % 3 == 0 for t in range(n)}
-    acts = {t: _vector(rng, passed[t], shift) for t in range(n)}
+    # signal=False: the vectors follow a coin flip unrelated to the label, so nothing can transfer.
+    acts = {t: _vector(rng, passed[t] if signal else bool(rng.random() < 0.5), shift) for t in range(n)}
     for t in range(n):
         save_task_activations(root / "phase1_0" / "activations", t, {LAYER: acts[t]}, "correct" if passed[t] else "incorrect")
     write_phase1_run(root, pd.DataFrame({"task_id": list(range(n)), "passed": [passed[t] for t in range(n)]}), model=model)
@@ -112,6 +119,7 @@ def test_latents_and_probes_are_scored_on_humaneval_at_mbpp_thresholds(tmp_path)
         assert row["threshold"] == ev.threshold
         assert row["auroc"] == pytest.approx(roc_auc_score(positive, scores))
         assert row["f1"] == pytest.approx(f1_score(positive, scores >= ev.threshold))
+    assert transfer_flags(json_safe(result.to_dict())) == []
     text = "\n".join(_transfer_section({"transfer": json_safe(result.to_dict()), "configuration": {}}))
     assert "## 2b. Transfer to HumanEval" in text and "24 tasks, 8 correct, 16 incorrect" in text
     assert "L2/3" in text and "logistic probe L2" in text and "not built yet" in text
@@ -129,6 +137,16 @@ def test_threshold_is_not_rechosen_on_humaneval(tmp_path):
     # re-chosen on HumanEval (F1 near 1 at this AUROC) would have hidden.
     assert row["predicted_positive_rate"] == 1.0
     assert row["f1"] == pytest.approx(row["f1_baseline_always_positive"])
+
+
+def test_latent_that_does_not_transfer_is_flagged(tmp_path):
+    data, _ = _mbpp(tmp_path)
+    _humaneval(data, n=60, signal=False)
+    _, _, result = _transfer(data)
+    doc = json_safe(result.to_dict())
+    assert all(r["auroc_ci_lo"] <= 0.5 <= r["auroc_ci_hi"] for r in doc["latents"])
+    flags = transfer_flags(doc)
+    assert len(flags) == 2 and all("does not transfer to HumanEval" in f for f in flags)
 
 
 def test_no_humaneval_run_is_one_line_naming_the_command(tmp_path):
