@@ -6,7 +6,9 @@ Steps, each through the same code as the real run:
    familiarity, docs/design.md section 6) and save it as an ordinary model folder;
 2. train one small SAE per layer on its residual stream with SAE Lens and save
    them as a folder ``--sae-path`` takes;
-3. run Phases 0, 0.1, 1, 1.2, 2 (sae and validation splits) and 3 on them.
+3. run Phases 0, 0.1, 1, 1.2, 2 (sae and validation splits) and 3 on them,
+   with a Phase 1 run on the same problems in HumanEval's format
+   (``demo/humaneval_view.py``) so Phase 3 shows its transfer table.
 
 The trained model and SAEs are cached under ``<data dir>/demo/<size>/`` and
 reused unless ``--retrain``. Everything is seeded: two runs give the same
@@ -28,6 +30,7 @@ from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp
 from common.storage import write_json
+from demo.humaneval_view import write_humaneval_view
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +108,8 @@ def run_demo(data_dir: str, size: str = "demo", retrain: bool = False, seed: int
     cache = Path(data_dir) / "demo" / size
     model_dir, sae_dir, training = _train_or_reuse(cache, size, retrain, seed)
     cfg = demo_config(data_dir, size, model_dir, sae_dir, seed)
+    # The second problem set (issue 13): the bundled problems in HumanEval's format, for Phase 3's transfer table.
+    view = write_humaneval_view(load_mbpp(DEMO_PROBLEMS), cache / "humaneval_view.jsonl.gz")
     timings: dict[str, float] = {"training": time.perf_counter() - t0}
     outputs: dict[str, str] = {}
     steps = [
@@ -112,6 +117,7 @@ def run_demo(data_dir: str, size: str = "demo", retrain: bool = False, seed: int
         ("0.1", phase0_1_splitting.run, cfg),
         ("1", phase1_0_generation.run, cfg),
         ("1.2", phase1_2_temperature.run, cfg),
+        ("1 (humaneval)", phase1_0_generation.run, dataclasses.replace(cfg, dataset="humaneval", humaneval_path=str(view))),
         ("2 (sae)", phase2_sae_analysis.run, dataclasses.replace(cfg, split="sae")),
         ("2 (validation)", phase2_sae_analysis.run, dataclasses.replace(cfg, split="validation")),
         ("3", phase3_validation.run, cfg),

@@ -111,6 +111,7 @@ class ProbeResults:
     note: str | None = None
     small_note: str | None = None  # the one line when the sae split is too small (the phase logs and flags it)
     directions: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> diff-of-means unit direction
+    fitted: dict[int, LayerProbes] = field(default_factory=dict)  # layer -> the probes, reused unchanged for transfer
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -195,6 +196,7 @@ def evaluate_probes(inputs: Phase3Inputs, n_bootstrap: int, seed: int) -> ProbeR
         probes = fit_layer(inputs, layer, seed)
         out.chosen_c[layer] = probes.chosen_c
         out.directions[layer] = probes.diff_means
+        out.fitted[layer] = probes
         x_hp = inputs.activations(hp, layer)
         vectors = read_eval_vectors(inputs, layer)
         for kind in PROBE_KINDS:

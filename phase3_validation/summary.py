@@ -318,12 +318,48 @@ def _config_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _transfer_section(doc: dict[str, Any]) -> list[str]:
+    """Issue 13: the MBPP latents, thresholds and probes scored unchanged on HumanEval, beside MBPP validation."""
+    transfer = doc.get("transfer")
+    if not transfer:
+        return []
+    lines = ["## 2b. Transfer to HumanEval (chosen on MBPP, applied unchanged)", ""]
+    if not transfer["measured"]:
+        return lines + [f"Not measured: {transfer['note']}.", ""]
+    sizes = transfer["sizes"]
+    lines += [f"Rule: {transfer['rule']}. HumanEval run: `{transfer['dataset']}` (model {transfer['model']}, prompt "
+              f"{transfer['prompt_template_version']}); {sizes['n']} tasks, {sizes['n_correct']} correct, "
+              f"{sizes['n_incorrect']} incorrect. Each metric is followed by its baseline in parentheses; the "
+              "threshold is the MBPP hyperparams one.", ""]
+    if transfer["note"]:
+        lines += [f"**Note:** {transfer['note']}.", ""]
+    lines += ["| positive class | score | MBPP validation AUROC [95% CI] | HumanEval AUROC [95% CI] (0.5) | "
+              "MBPP validation F1 (always-positive) | HumanEval F1 (always-positive) | HumanEval accuracy (majority) | "
+              "threshold | HumanEval n (positives) |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in transfer["latents"] + transfer["probes"]:
+        score = row["name"] if "probe" in row else f"rank {row['rank']}: {_latent(doc, row)}"
+        mbpp = f"{_f(row['mbpp_validation_auroc'])} {_ci(row['mbpp_validation_auroc_ci_lo'], row['mbpp_validation_auroc_ci_hi'])}"
+        he = f"{_f(row['auroc'])} {_ci(row['auroc_ci_lo'], row['auroc_ci_hi'])}"
+        mbpp_f1 = f"{_f(row['mbpp_validation_f1'])} ({_f(row['mbpp_validation_f1_baseline_always_positive'])})"
+        if row["informative_threshold"]:
+            f1 = f"{_f(row['f1'])} ({_f(row['f1_baseline_always_positive'])})"
+            acc = f"{_f(row['accuracy'])} ({_f(row['accuracy_baseline_majority'])})"
+            threshold = f"{row['threshold']:.4g}"
+        else:
+            f1, acc, threshold = NO_THRESHOLD, "", "n/a"
+        lines.append(f"| {row['positive_class']} | {score} | {mbpp} | {he} | {mbpp_f1} | {f1} | {acc} | {threshold} | "
+                     f"{row['n']} ({row['n_positive']}) |")
+    if transfer.get("probe_note"):
+        lines += ["", f"Probes: {transfer['probe_note']}."]
+    return lines + ["", f"Steering: {transfer['steering']['note']}.", ""]
+
+
 def render_summary(doc: dict[str, Any]) -> str:
     """The one-page markdown summary of a Phase 3 run."""
     lines = [f"# PVA-SAE Phase 3: validation summary ({doc['timestamp']})", ""]
     if doc["flags"]:
         lines += ["**Read first:**", ""] + [f"- {flag}" for flag in doc["flags"]] + [""]
-    lines += _null_section(doc) + _stat_section(doc) + _steering_section(doc) + _alpha0_section(doc) + _config_section(doc)
+    lines += _null_section(doc) + _stat_section(doc) + _transfer_section(doc) + _steering_section(doc) + _alpha0_section(doc) + _config_section(doc)
     outputs = doc.get("outputs", {})
     if outputs:
         lines += ["## 6. Files", ""] + [f"- {name}: `{path}`" for name, path in outputs.items()] + [""]

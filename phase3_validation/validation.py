@@ -67,6 +67,7 @@ from phase3_validation.steering_eval import (
     steering_row,
 )
 from phase3_validation.summary import render_flipped_examples, render_summary
+from phase3_validation.transfer import load_transfer_set, transfer_flags, transfer_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +164,7 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
             flags.append(f"No alpha > 0 gave the {direction}-preferring latent an effect above its controls on "
                          "hyperparams: its steering numbers are the least-bad alpha, not an effect.")
     flags += [f"{note.capitalize()}." for note in doc.get("small_split_notes", [])]
+    flags += transfer_flags(doc.get("transfer"))
     probes = doc["statistical"].get("probes") or {}
     if probes.get("note") and not probes.get("small_note"):
         flags.append(f"Probe baselines: {probes['note']}.")
@@ -214,6 +216,8 @@ def run(cfg: PipelineConfig) -> Path:
     logger.info("phase 3: hyperparams %s, validation %s (from %s)", _split_sizes(hp), _split_sizes(val), inputs.dataset_path)
 
     phase1_model = inputs.phase1_meta.get("model")
+    # The HumanEval run (issue 13), checked before any work: same model as MBPP's Phase 1.0, or one line.
+    transfer_set = load_transfer_set(cfg.data_dir, str(phase1_model))
     # Steering must use the model that wrote the Phase 1.0 baseline: the same rule as Phase 2's.
     model_id, model_note = model_of_phase1(cfg.model, None if phase1_model is None else str(phase1_model))
     cfg = dataclasses.replace(cfg, model=model_id)
@@ -229,6 +233,7 @@ def run(cfg: PipelineConfig) -> Path:
                                                "choose a threshold"), probes.small_note) if note]
     for note in small_notes:
         logger.warning("%s; everything else is still computed", note)
+    transfer = transfer_statistics(transfer_set, inputs, evaluations, probes, cfg.bootstrap, cfg.seed, cfg.data_dir)
 
     # ---- steering ------------------------------------------------------------------------------
     phase1_gen = inputs.phase1_meta.get("generation") or {}
@@ -312,7 +317,7 @@ def run(cfg: PipelineConfig) -> Path:
         "phase": "3",
         "timestamp": stamp,
         "configuration": configuration,
-        "inputs": {k: str(v) for k, v in inputs.input_paths().items()},
+        "inputs": {k: str(v) for k, v in {**inputs.input_paths(), **transfer.input_paths()}.items()},
         "phase2_null": {**inputs.results.null_info, "beats_null": inputs.results.beats_null},
         "phase2_top": {d: (inputs.results.top[d][0].to_dict() if inputs.results.top[d] else None) for d in DIRECTIONS},
         "statistical": {
@@ -326,6 +331,7 @@ def run(cfg: PipelineConfig) -> Path:
             "probes": probes.to_dict(),
         },
         "small_split_notes": small_notes,
+        "transfer": transfer.to_dict(),
         "steering": {
             "selection_rule": SELECTION_RULE,
             "opposite_sign_rule": OPPOSITE_RULE,
@@ -363,7 +369,7 @@ def run(cfg: PipelineConfig) -> Path:
     atomic_write_text(paths["summary"], summary_text)
     atomic_write_text(paths["summary_latest"], summary_text)
     meta = build_metadata(
-        "3", cfg, clock, inputs=inputs.input_paths(), outputs={k: v for k, v in paths.items() if k != "metadata"},
+        "3", cfg, clock, inputs={**inputs.input_paths(), **transfer.input_paths()}, outputs={k: v for k, v in paths.items() if k != "metadata"},
         extra={**configuration, "generation": dataclasses.asdict(gen_cfg), "flags": doc["flags"]},
     )
     write_json(paths["metadata"], meta)

@@ -64,3 +64,20 @@ def test_phase2_and_phase3_results_are_valid(demo_run):
     assert "AUROC" in summary and "null" in summary.lower()
     assert "logistic probe, best layer" in summary and "diff_means probe, best layer" in summary
     assert list((data / "phase3").glob("*.png"))
+
+
+def test_transfer_table_scores_the_humaneval_view_with_mbpp_choices(demo_run):
+    """Issue 13 item 5: the demo's second problem set runs through Phase 1 --dataset humaneval and Phase 3's transfer."""
+    data, _ = demo_run
+    he = pd.read_parquet(next((data / "humaneval" / "phase1_0").glob("dataset_*.parquet")))
+    assert len(he) == 100
+    doc = json.loads(next(p for p in (data / "phase3").glob("validation_*.json") if not p.name.endswith("_metadata.json")).read_text())
+    transfer = doc["transfer"]
+    assert transfer["measured"] and transfer["sizes"]["n"] == 100
+    assert transfer["sizes"]["n_correct"] == int(he["passed"].sum())
+    thresholds = {(lat["direction"], lat["rank"]): lat["threshold"] for lat in doc["statistical"]["latents"]}
+    assert [(r["direction"], r["rank"]) for r in transfer["latents"]] == list(thresholds)
+    for row in transfer["latents"]:
+        assert row["threshold"] == thresholds[(row["direction"], row["rank"])] or not row["informative_threshold"]
+    assert {r["probe"] for r in transfer["probes"]} == {"logistic", "diff_means"}
+    assert "## 2b. Transfer to HumanEval" in (data / "phase3" / "summary.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -19,6 +20,7 @@ import phase3_validation
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp
+from demo.humaneval_view import write_humaneval_view
 from phase3_validation import validation as validation_module
 from phase3_validation.inputs import load_inputs
 from phase3_validation.statistical import (
@@ -415,6 +417,9 @@ def e2e(demo_trained_model, tmp_path_factory):
     top = {"correct": [latent_item(1, 1, 3, 0.4, 0.5), latent_item(2, 0, 5, 0.3, 0.7)],
            "incorrect": [latent_item(1, 1, 7, 0.4, 0.6), latent_item(2, 0, 9, 0.3, 0.8)]}
     write_phase2_results(data, sae_dir, top, 32, [0, 1], beats_null={"correct": False, "incorrect": False})
+    # Issue 13: the same problems in HumanEval's format, through the real HumanEval Phase 1, for the transfer section.
+    view = write_humaneval_view(load_mbpp(str(problems)), root / "humaneval_view.jsonl.gz")
+    phase1_0_generation.run(dataclasses.replace(cfg, dataset="humaneval", humaneval_path=str(view)))
 
     # First attempt dies after all steering was generated (checkpointed), before any output is written.
     def crash(*_args, **_kwargs):
@@ -452,6 +457,21 @@ def test_outputs_written(e2e):
     assert len(metrics) == 4 * 2  # 4 latents x (hyperparams, validation@T0); no Phase 1.2 here
     meta = json.loads((out / f"validation_{stamp}_metadata.json").read_text())
     assert meta["phase"] == "3" and meta["coefficients"] == [-3.0, 0.0, 3.0] and "phase2_results" in meta["inputs"]
+
+
+def test_transfer_section_scores_the_humaneval_run_at_mbpp_thresholds(e2e):
+    doc = json.loads(_output(e2e, "validation", ".json").read_text())
+    transfer = doc["transfer"]
+    assert transfer["measured"] and transfer["sizes"]["n"] == N_PROBLEMS and transfer["model"] == e2e["cfg"].model
+    assert "humaneval_phase1_dataset" in doc["inputs"]
+    mbpp = {(lat["direction"], lat["rank"]): lat["threshold"] for lat in doc["statistical"]["latents"]}
+    assert [(r["direction"], r["rank"]) for r in transfer["latents"]] == list(mbpp)
+    for row in transfer["latents"]:
+        assert row["split"] == "humaneval" and row["n"] == N_PROBLEMS
+        assert row["threshold"] == mbpp[(row["direction"], row["rank"])] or not row["informative_threshold"]
+    meta = json.loads(_output(e2e, "validation", "_metadata.json").read_text())
+    assert "humaneval_phase1_dataset" in meta["inputs"]
+    assert "## 2b. Transfer to HumanEval" in e2e["summary"].read_text()
 
 
 def test_rates_use_the_alpha_zero_rerun_and_report_phase1_beside(e2e):
