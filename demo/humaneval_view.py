@@ -1,15 +1,16 @@
 """The demo's second problem set: its own problems rewritten in HumanEval's format.
 
-Why: the demo must show the transfer path (latents, probes, thresholds and
+Why: the demo must run the transfer path (latents, probes, thresholds and
 coefficients chosen on the MBPP-format problems, applied unchanged to a second
-benchmark) without the hub. Its tiny model can only solve problems it has
-memorised, so a set of new problems would be all-incorrect and no transfer
-number could be computed. Rewriting the same problems in HumanEval's format (a
-signature and a docstring to complete, one ``check(candidate)`` function)
-keeps both classes and tests what transfer tests on a real model: whether a
-latent chosen on one prompt format still reads correctness under another.
-Because the problems are the same, the demo's transfer numbers say nothing
-about transfer across problem content; the README says so.
+benchmark) without the hub. The same problems in HumanEval's format (a
+signature and a docstring to complete, one ``check(candidate)`` function) ask
+whether what was learnt on one prompt format still reads correctness under
+another. Measured at the test size: the tiny model, trained on MBPP's format
+only, solves none of them (it writes MBPP's "Your code should pass these
+tests:" line and stops), so the transfer table has one class and says so; the
+README reports it. A model that should solve some needs training on both
+formats. Because the problems are the same, the demo's transfer numbers would
+in any case say nothing about transfer across problem content.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from phase3_validation.transfer import (
     transfer_statistics,
 )
 from tests.artifact_builders import DEFAULT_MODEL, write_phase1_run
-from tests.phase3_validation.conftest import (
+from tests.phase3_validation.builders import (
     latent_item,
     make_sae,
     mbpp_row,
