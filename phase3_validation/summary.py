@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from common.neuronpedia import latent_markdown
+from phase3_validation.confounds import summary_lines as reviewer_lines
 from phase3_validation.statistical import BASELINE_NOTES, NO_THRESHOLD
 
 
@@ -132,6 +133,7 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
     lines.append("Baselines: " + "; ".join(f"{k}: {v}" for k, v in BASELINE_NOTES.items()) + ".")
     lines.append("")
     lines += _probe_layers(stat)
+    lines += reviewer_lines(stat.get("reviewer_baselines"))
     if stat.get("temperature_note"):
         lines += [f"Temperatures > 0: {stat['temperature_note']}", ""]
     elif stat.get("temperatures"):

@@ -44,7 +44,7 @@ from common.prompts import PROMPT_TEMPLATE_VERSION
 from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
 from common.storage import RecordCheckpointer, atomic_write_bytes, atomic_write_text, json_safe, write_json, write_parquet
 from common.tasks import model_slug
-from phase3_validation import plots
+from phase3_validation import confounds, plots
 from phase3_validation.inputs import Phase3Inputs, SplitTasks, load_inputs
 from phase3_validation.probes import MIN_PROBE_CLASS, ProbeResults, evaluate_probes, fit_layer
 from phase3_validation.statistical import (
@@ -225,6 +225,7 @@ def run(cfg: PipelineConfig) -> Path:
         scale_layer(inputs.results.top[direction][0].layer, cfg.hook_point, saved)  # refuse before any work
     evaluations = validate_latents(inputs, cfg.top_latents_validated, cfg.bootstrap, cfg.seed)
     probes = evaluate_probes(inputs, cfg.bootstrap, cfg.seed)
+    reviewer = confounds.evaluate(inputs, probes, evaluations, cfg.bootstrap, cfg.seed)  # issue 15
     small_notes = [note for note in (split_too_small(hp.correct, "hyperparams", MIN_THRESHOLD_CLASS,
                                                "choose a threshold"), probes.small_note) if note]
     for note in small_notes:
@@ -293,6 +294,8 @@ def run(cfg: PipelineConfig) -> Path:
         "summary_latest": out_dir / "summary.md",
         "metadata": out_dir / f"validation_{stamp}_metadata.json",
     }
+    if reviewer.get("coverage"):
+        paths["coverage_png"] = out_dir / f"coverage_{stamp}.png"
     layers = sorted({ev.ref.layer for ev in evaluations} | {inputs.results.top[d][0].layer for d in DIRECTIONS})
     configuration = {
         "model": cfg.model, "model_choice": model_note, "phase1_model": phase1_model, "device": str(device), "dtype": str(dtype),
@@ -324,6 +327,7 @@ def run(cfg: PipelineConfig) -> Path:
             "temperature_note": inputs.temperature.note,
             "latents": [_latent_entry(ev) for ev in evaluations],
             "probes": probes.to_dict(),
+            "reviewer_baselines": reviewer,
         },
         "small_split_notes": small_notes,
         "steering": {
@@ -350,6 +354,8 @@ def run(cfg: PipelineConfig) -> Path:
         "metrics_by_temperature_png": plots.metrics_by_temperature(metrics),
         "steering_grid_png": plots.steering_grid(directions),
     }
+    if "coverage_png" in paths:
+        figures["coverage_png"] = plots.coverage_accuracy(doc["statistical"]["reviewer_baselines"]["coverage"])
     flipped_text = render_flipped_examples(doc, flipped)
     summary_text = render_summary(doc)
 
