@@ -47,6 +47,7 @@ RULES = {
     "best_latent": "the validated SAE latent with the highest hyperparams AUROC (ties: Phase 2 order)",
     "best_probe": "the logistic probe layer with the highest hyperparams AUROC; its sae-split scores are out-of-fold "
                   "(5-fold cross-fitting), so the combined regression does not see in-sample probe scores",
+    "beyond_confidence": "the same comparison with mean_logprob in place of the confounds",
     "coverage": "validation tasks ranked by each predictor's P(correct) (one-feature logistic regression fitted on "
                 "sae); pass rate among the top x% 'trusted' tasks",
     "geometry": "cosine (sign kept) between the SAE latent's decoder row, the logistic probe's weight vector in "
@@ -190,8 +191,16 @@ def evaluate(inputs: Phase3Inputs, probes: ProbeResults, evaluations: list[Laten
         if used:
             predictors[key]["beyond_confounds"] = baselines.beyond_confounds(
                 c_sae[used].to_numpy(), s_sae, y_sae, c_val[used].to_numpy(), s_val, y_val, n_boot, seed).to_dict()
+    if CONFIDENCE in scores:  # does the latent (probe) add anything to the model's confidence in its own tokens?
+        conf_sae, conf_val = scores[CONFIDENCE]
+        for key in ("latent", "probe"):
+            if key in scores:
+                predictors[key]["beyond_confidence"] = baselines.beyond_confounds(
+                    conf_sae[:, None], scores[key][0], y_sae, conf_val[:, None], scores[key][1], y_val, n_boot, seed
+                ).to_dict()
     section["predictors"] = predictors
     section["verdicts"] = _verdicts(predictors, used)
+    section["flags"] = _flags(predictors)
     section["geometry"] = _geometry(inputs, chosen, sae_cache, seed)
 
     ranked = dict(scores)
@@ -221,6 +230,22 @@ def _verdicts(predictors: dict[str, dict[str, Any]], used: list[str]) -> list[st
     return lines
 
 
+def _flags(predictors: dict[str, dict[str, Any]]) -> list[str]:
+    """What the reader must see first: a latent or probe that adds nothing to the confounds or to the confidence."""
+    flags = []
+    for key in ("latent", "probe"):
+        p = predictors.get(key)
+        if p is None:
+            continue
+        for what, label in (("beyond_confounds", "the trivial confounds"), ("beyond_confidence", "the model's own "
+                                                                            "confidence (mean log-probability)")):
+            b = p.get(what)
+            if b and not b["adds_information"]:
+                flags.append(f"The {p['name']} adds no information shown beyond {label} on validation (AUROC gain "
+                             f"{b['delta']:+.3f} [{b['delta_low']:+.3f}, {b['delta_high']:+.3f}])")
+    return flags
+
+
 def _auc(a: dict[str, float]) -> str:
     return f"{a['auroc']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
 
@@ -242,6 +267,13 @@ def summary_lines(section: dict[str, Any] | None) -> list[str]:
         gain = f"{b['delta']:+.3f} [{b['delta_low']:+.3f}, {b['delta_high']:+.3f}]" if b else "n/a"
         lines.append(f"| {p['name']} | {_auc(p['auroc'])} | {gain} |")
     lines.append("")
+    for p in section["predictors"].values():
+        c = p.get("beyond_confidence")
+        if c:
+            lines.append(f"The {p['name']} beside the model's confidence: AUROC of mean_logprob alone "
+                         f"{c['auroc_confounds']:.3f}, with the predictor added {c['auroc_with_predictor']:.3f}, gain "
+                         f"{c['delta']:+.3f} [{c['delta_low']:+.3f}, {c['delta_high']:+.3f}] "
+                         f"({'adds information' if c['adds_information'] else '**adds no information shown**'}).")
     for name, why in section.get("confounds_missing", {}).items():
         lines.append(f"Confound {name} not used: {why}.")
     for key in ("confidence_note", "probe_note"):

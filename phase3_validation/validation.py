@@ -166,6 +166,7 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
     probes = doc["statistical"].get("probes") or {}
     if probes.get("note") and not probes.get("small_note"):
         flags.append(f"Probe baselines: {probes['note']}.")
+    flags += [f"{flag}." for flag in (doc["statistical"].get("reviewer_baselines") or {}).get("flags", [])]
     return flags
 
 

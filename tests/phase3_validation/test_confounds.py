@@ -15,7 +15,7 @@ import pytest
 
 from common.config import PipelineConfig
 from common.storage import write_parquet
-from phase3_validation import confounds
+from phase3_validation import baselines, confounds
 from phase3_validation.inputs import load_inputs
 from phase3_validation.probes import evaluate_probes
 from phase3_validation.statistical import validate_latents
@@ -93,6 +93,8 @@ def test_planted_latent_beats_noise_confounds_and_confidence(built):
     assert preds["probe"]["auroc"]["auroc"] > 0.99 and preds["probe"]["beyond_confounds"]["adds_information"]
     assert 0.6 < preds["mean_logprob"]["auroc"]["auroc"] < preds["latent"]["auroc"]["auroc"]
     assert all("carries information beyond" in v for v in section["verdicts"][:2])
+    # The planted latent is far better than the (weaker) confidence signal, and says so.
+    assert preds["latent"]["beyond_confidence"]["adds_information"] and section["flags"] == []
 
 
 def test_geometry_of_planted_directions(built):
@@ -132,7 +134,8 @@ def test_summary_shows_every_section(built):
     section = built[2]
     text = "\n".join(confounds.summary_lines(section))
     for heading in ("Confounds and confidence", "Direction geometry", "Coverage-accuracy", "At 50% coverage",
-                    "confound: n_prompt_tokens", "mean log-probability", "carries information beyond"):
+                    "confound: n_prompt_tokens", "mean log-probability", "carries information beyond",
+                    "beside the model's confidence"):
         assert heading in text, heading
 
 
@@ -142,3 +145,21 @@ def test_no_sae_split_is_one_line(reviewer_data):
     section = _section(data)
     assert section["note"].startswith("reviewer baselines skipped") and "predictors" not in section
     assert confounds.summary_lines(section)[-2].startswith("Reviewer baselines skipped")
+
+
+def test_a_noisy_copy_of_prompt_length_is_reported_and_flagged_as_adding_nothing():
+    rng = np.random.default_rng(3)
+
+    def tasks(n):
+        length = rng.normal(200, 50, n)
+        return length, (rng.random(n) < 1 / (1 + np.exp((length - 200) / 25))).astype(int)
+
+    (len_tr, y_tr), (len_ev, y_ev) = tasks(400), tasks(400)
+    copy_tr, copy_ev = len_tr + rng.normal(0, 5, 400), len_ev + rng.normal(0, 5, 400)
+    gain = baselines.beyond_confounds(len_tr[:, None], copy_tr, y_tr, len_ev[:, None], copy_ev, y_ev, 200, 0)
+    predictors = {"latent": {"name": "SAE latent L1/7", "beyond_confounds": gain.to_dict()}}
+    verdict = confounds._verdicts(predictors, ["n_prompt_tokens"])[0]
+    assert "carries **no** information shown beyond the confounds (n_prompt_tokens)" in verdict
+    assert confounds._flags(predictors) == [
+        f"The SAE latent L1/7 adds no information shown beyond the trivial confounds on validation (AUROC gain "
+        f"{gain.delta:+.3f} [{gain.delta_low:+.3f}, {gain.delta_high:+.3f}])"]
