@@ -520,6 +520,7 @@ def test_summary_reports_null_intervals_baselines_and_config(e2e):
     assert "against the hypothesis (alpha < 0" in text and "Split: sae" in text
     assert "(1 + number of shuffles whose maximum is at or above" in text and "1/51" in text
     assert "Probe baselines: no sae split" in text
+    assert "Reviewer baselines skipped: no sae split" in text  # issue 15: one line, nothing else fails
     # Bad input: 2 + 2 hyperparams tasks are too few for a threshold; one line says so and the rest is computed.
     assert text.count("The hyperparams split is too small to choose a threshold: 2 correct and 2 incorrect tasks") == 1
     metrics = pd.read_parquet(_output(e2e, "metrics", ".parquet"))
