@@ -14,6 +14,7 @@ from typing import Any
 
 from common.neuronpedia import latent_markdown
 from phase3_validation.confounds import summary_lines as reviewer_lines
+from phase3_validation.prompting import summary_lines as prompting_lines
 from phase3_validation.statistical import BASELINE_NOTES, NO_THRESHOLD
 
 
@@ -266,6 +267,7 @@ def _steering_section(doc: dict[str, Any]) -> list[str]:
         if opposite["grid_hyperparams"]:
             lines += ["Separate experiment, against the hypothesis (alpha < 0, hyperparams split only, never chosen):", ""]
             lines += _grid_table(opposite["grid_hyperparams"], None) + [""]
+    lines += prompting_lines(steering.get("prompting_baseline"), steering)
     return lines
 
 

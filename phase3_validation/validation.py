@@ -44,7 +44,7 @@ from common.prompts import PROMPT_TEMPLATE_VERSION
 from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
 from common.storage import RecordCheckpointer, atomic_write_bytes, atomic_write_text, json_safe, write_json, write_parquet
 from common.tasks import model_slug
-from phase3_validation import confounds, plots
+from phase3_validation import confounds, plots, prompting
 from phase3_validation.inputs import Phase3Inputs, SplitTasks, load_inputs
 from phase3_validation.probes import MIN_PROBE_CLASS, ProbeResults, evaluate_probes, fit_layer
 from phase3_validation.statistical import (
@@ -271,6 +271,10 @@ def run(cfg: PipelineConfig) -> Path:
             steering_rows += rows
             directions[direction] = result.to_dict()
             flipped[direction] = result.flipped
+        # Issue 15: the same validation problems with a fixed instruction asking for care, no steering.
+        prompting_result, prompting_run = prompting.prompting_baseline(ctx, bases["validation"])
+        steering_rows.append(steering_row("prompting", "none", "instruction", zero_layer, None, 0.0, "validation",
+                                          prompting_result["rates"], prompting_result["changes_vs_alpha0"], prompting_run))
     notes = _alpha0_notes(inputs, gen_cfg, str(dtype))
     alpha0_check: dict[str, Any] = {}
     for name, base in bases.items():
@@ -311,6 +315,7 @@ def run(cfg: PipelineConfig) -> Path:
         "phase1_max_new_tokens": phase1_max_new, "batch_size": gen_cfg.batch_size,
         "phase1_batch_size": phase1_gen.get("batch_size"), "prompt_template_version": PROMPT_TEMPLATE_VERSION,
         "executor": executor_cfg.to_dict(), "git_commit": git_commit(),
+        "prompting_instruction": prompting.INSTRUCTION,
     }
     doc: dict[str, Any] = {
         "phase": "3",
@@ -340,6 +345,7 @@ def run(cfg: PipelineConfig) -> Path:
             "position_policy": cfg.steer_positions,
             "directions": directions,
             "alpha0_check": alpha0_check,
+            "prompting_baseline": prompting_result,
         },
         "outputs": {k: str(v) for k, v in paths.items() if k != "metadata"},
     }
