@@ -62,11 +62,16 @@ def auroc_interval(y: np.ndarray, score: np.ndarray, n_boot: int, seed: int) -> 
     return AurocWithInterval(float(roc_auc_score(y, score)), float(low), float(high))
 
 
+def oriented_score(x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray) -> np.ndarray:
+    """P(correct) of one feature on the evaluation split, its sign learnt on the training split (higher = trust more)."""
+    return _fit_predict(np.asarray(x_train).reshape(-1, 1), y_train, np.asarray(x_eval).reshape(-1, 1))
+
+
 def single_feature_auroc(
     x_train: np.ndarray, y_train: np.ndarray, x_eval: np.ndarray, y_eval: np.ndarray, n_boot: int, seed: int
 ) -> AurocWithInterval:
     """AUROC on validation of one feature, its direction (sign) learnt on the sae split, never on validation."""
-    score = _fit_predict(np.asarray(x_train).reshape(-1, 1), y_train, np.asarray(x_eval).reshape(-1, 1))
+    score = oriented_score(x_train, y_train, x_eval)
     return auroc_interval(y_eval, score, n_boot, seed)
 
 

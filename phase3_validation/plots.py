@@ -90,6 +90,21 @@ def metrics_by_temperature(metrics: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
+def coverage_accuracy(coverage: dict[str, Any]) -> bytes:
+    """Pass rate among the top x% trusted validation tasks per predictor, beside the overall pass rate (issue 15)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, rows in coverage["curves"].items():
+        ax.plot([100 * r["coverage"] for r in rows], [r["pass_rate"] for r in rows], marker="o", label=key)
+    ax.axhline(coverage["overall_pass_rate"], ls="--", color="grey",
+               label=f"overall pass rate {coverage['overall_pass_rate']:.3f}")
+    ax.set_xlabel("coverage: % of validation tasks trusted (top-ranked by the predictor)")
+    ax.set_ylabel("pass rate among trusted tasks")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Coverage-accuracy on the validation split ({coverage['n_validation']} tasks)")
+    return _png(fig)
+
+
 def steering_grid(directions: dict[str, dict[str, Any]]) -> bytes:
     """Rates (exact 95% CI) and the excess effect over controls across the hyperparams grid, chosen alpha marked.
 

@@ -13,6 +13,8 @@ import math
 from typing import Any
 
 from common.neuronpedia import latent_markdown
+from phase3_validation.confounds import summary_lines as reviewer_lines
+from phase3_validation.prompting import summary_lines as prompting_lines
 from phase3_validation.statistical import BASELINE_NOTES, NO_THRESHOLD
 
 
@@ -132,6 +134,7 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
     lines.append("Baselines: " + "; ".join(f"{k}: {v}" for k, v in BASELINE_NOTES.items()) + ".")
     lines.append("")
     lines += _probe_layers(stat)
+    lines += reviewer_lines(stat.get("reviewer_baselines"))
     if stat.get("temperature_note"):
         lines += [f"Temperatures > 0: {stat['temperature_note']}", ""]
     elif stat.get("temperatures"):
@@ -264,6 +267,7 @@ def _steering_section(doc: dict[str, Any]) -> list[str]:
         if opposite["grid_hyperparams"]:
             lines += ["Separate experiment, against the hypothesis (alpha < 0, hyperparams split only, never chosen):", ""]
             lines += _grid_table(opposite["grid_hyperparams"], None) + [""]
+    lines += prompting_lines(steering.get("prompting_baseline"), steering)
     return lines
 
 

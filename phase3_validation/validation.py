@@ -44,7 +44,7 @@ from common.prompts import PROMPT_TEMPLATE_VERSION
 from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
 from common.storage import RecordCheckpointer, atomic_write_bytes, atomic_write_text, json_safe, write_json, write_parquet
 from common.tasks import model_slug
-from phase3_validation import plots
+from phase3_validation import confounds, plots, prompting
 from phase3_validation.inputs import Phase3Inputs, SplitTasks, load_inputs
 from phase3_validation.probes import MIN_PROBE_CLASS, ProbeResults, evaluate_probes, fit_layer
 from phase3_validation.statistical import (
@@ -168,6 +168,7 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
     probes = doc["statistical"].get("probes") or {}
     if probes.get("note") and not probes.get("small_note"):
         flags.append(f"Probe baselines: {probes['note']}.")
+    flags += [f"{flag}." for flag in (doc["statistical"].get("reviewer_baselines") or {}).get("flags", [])]
     return flags
 
 
@@ -229,6 +230,7 @@ def run(cfg: PipelineConfig) -> Path:
         scale_layer(inputs.results.top[direction][0].layer, cfg.hook_point, saved)  # refuse before any work
     evaluations = validate_latents(inputs, cfg.top_latents_validated, cfg.bootstrap, cfg.seed)
     probes = evaluate_probes(inputs, cfg.bootstrap, cfg.seed)
+    reviewer = confounds.evaluate(inputs, probes, evaluations, cfg.bootstrap, cfg.seed)  # issue 15
     small_notes = [note for note in (split_too_small(hp.correct, "hyperparams", MIN_THRESHOLD_CLASS,
                                                "choose a threshold"), probes.small_note) if note]
     for note in small_notes:
@@ -274,6 +276,10 @@ def run(cfg: PipelineConfig) -> Path:
             steering_rows += rows
             directions[direction] = result.to_dict()
             flipped[direction] = result.flipped
+        # Issue 15: the same validation problems with a fixed instruction asking for care, no steering.
+        prompting_result, prompting_run = prompting.prompting_baseline(ctx, bases["validation"])
+        steering_rows.append(steering_row("prompting", "none", "instruction", zero_layer, None, 0.0, "validation",
+                                          prompting_result["rates"], prompting_result["changes_vs_alpha0"], prompting_run))
     notes = _alpha0_notes(inputs, gen_cfg, str(dtype))
     alpha0_check: dict[str, Any] = {}
     for name, base in bases.items():
@@ -298,6 +304,8 @@ def run(cfg: PipelineConfig) -> Path:
         "summary_latest": out_dir / "summary.md",
         "metadata": out_dir / f"validation_{stamp}_metadata.json",
     }
+    if reviewer.get("coverage"):
+        paths["coverage_png"] = out_dir / f"coverage_{stamp}.png"
     layers = sorted({ev.latent.layer for ev in evaluations} | {inputs.results.top[d][0].layer for d in DIRECTIONS})
     configuration = {
         "model": cfg.model, "model_choice": model_note, "phase1_model": phase1_model, "device": str(device), "dtype": str(dtype),
@@ -312,6 +320,7 @@ def run(cfg: PipelineConfig) -> Path:
         "phase1_max_new_tokens": phase1_max_new, "batch_size": gen_cfg.batch_size,
         "phase1_batch_size": phase1_gen.get("batch_size"), "prompt_template_version": PROMPT_TEMPLATE_VERSION,
         "executor": executor_cfg.to_dict(), "git_commit": git_commit(),
+        "prompting_instruction": prompting.INSTRUCTION,
     }
     doc: dict[str, Any] = {
         "phase": "3",
@@ -329,6 +338,7 @@ def run(cfg: PipelineConfig) -> Path:
             "temperature_note": inputs.temperature.note,
             "latents": [_latent_entry(ev) for ev in evaluations],
             "probes": probes.to_dict(),
+            "reviewer_baselines": reviewer,
         },
         "small_split_notes": small_notes,
         "transfer": transfer.to_dict(),
@@ -341,6 +351,7 @@ def run(cfg: PipelineConfig) -> Path:
             "position_policy": cfg.steer_positions,
             "directions": directions,
             "alpha0_check": alpha0_check,
+            "prompting_baseline": prompting_result,
         },
         "outputs": {k: str(v) for k, v in paths.items() if k != "metadata"},
     }
@@ -356,6 +367,8 @@ def run(cfg: PipelineConfig) -> Path:
         "metrics_by_temperature_png": plots.metrics_by_temperature(metrics),
         "steering_grid_png": plots.steering_grid(directions),
     }
+    if "coverage_png" in paths:
+        figures["coverage_png"] = plots.coverage_accuracy(doc["statistical"]["reviewer_baselines"]["coverage"])
     flipped_text = render_flipped_examples(doc, flipped)
     summary_text = render_summary(doc)
 

@@ -64,6 +64,21 @@ def test_phase2_and_phase3_results_are_valid(demo_run):
     assert "AUROC" in summary and "null" in summary.lower()
     assert "logistic probe, best layer" in summary and "diff_means probe, best layer" in summary
     assert list((data / "phase3").glob("*.png"))
+    # Issue 15: the reviewer baselines are computed on the demo (it has a sae split and Phase 1 records
+    # n_prompt_tokens and mean_logprob) and every section shows in the summary.
+    doc = json.loads(next(p for p in (data / "phase3").glob("validation_*.json") if not p.name.endswith("_metadata.json"))
+                     .read_text())
+    reviewer = doc["statistical"]["reviewer_baselines"]
+    assert reviewer["note"] is None and reviewer["confidence_note"] is None, reviewer
+    assert "n_prompt_tokens" in reviewer["confounds_used"] and {"latent", "probe", "mean_logprob"} <= set(reviewer["predictors"])
+    assert all(0 <= p["auroc"]["auroc"] <= 1 for p in reviewer["predictors"].values())
+    assert all(-1 - 1e-9 <= pair["cosine"] <= 1 + 1e-9 for g in reviewer["geometry"] for pair in g["pairs"])
+    cov = reviewer["coverage"]
+    assert cov["overall_pass_rate"] == pytest.approx(next(c["pass_rate"] for c in cov["curves"]["latent"] if c["coverage"] == 1.0))
+    assert list((data / "phase3").glob("coverage_*.png"))
+    for heading in ("Baselines a reviewer asks for", "confound: n_prompt_tokens", "beside the model's confidence",
+                    "Direction geometry", "Coverage-accuracy", "At 50% coverage"):
+        assert heading in summary, heading
 
 
 def test_transfer_table_scores_the_humaneval_view_with_mbpp_choices(demo_run):

@@ -540,6 +540,19 @@ def test_summary_reports_null_intervals_baselines_and_config(e2e):
     assert "against the hypothesis (alpha < 0" in text and "Split: sae" in text
     assert "(1 + number of shuffles whose maximum is at or above" in text and "1/51" in text
     assert "Probe baselines: no sae split" in text
+    assert "Reviewer baselines skipped: no sae split" in text  # issue 15: one line, nothing else fails
+    # Issue 15 item 4: the prompting baseline, beside steering, against the same alpha = 0 rerun.
+    doc = json.loads(_output(e2e, "validation", ".json").read_text())
+    prompting_doc = doc["steering"]["prompting_baseline"]
+    assert prompting_doc["instruction"] in text and "### Prompting baseline" in text
+    assert doc["configuration"]["prompting_instruction"] == prompting_doc["instruction"]
+    meta = json.loads(_output(e2e, "validation", "_metadata.json").read_text())
+    assert meta["prompting_instruction"] == prompting_doc["instruction"]
+    steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
+    row = steering[steering["role"] == "prompting"].iloc[0]
+    assert row["split"] == "validation" and row["n_tasks"] == 6
+    assert row["n_corrected"] == prompting_doc["rates"]["n_corrected"]
+    assert row["n_initially_incorrect"] + row["n_initially_correct"] == 6
     # Bad input: 2 + 2 hyperparams tasks are too few for a threshold; one line says so and the rest is computed.
     assert text.count("The hyperparams split is too small to choose a threshold: 2 correct and 2 incorrect tasks") == 1
     metrics = pd.read_parquet(_output(e2e, "metrics", ".parquet"))
