@@ -61,27 +61,19 @@ def hook_name(layer: int) -> str:
 
 
 @dataclass
-class DemoSAEConfig(PresetConfig):
-    """How the demo SAEs are trained; recorded in the SAE training report."""
+class DemoSAEConfig(PresetConfig, SAETrainingConfig):
+    """How the demo SAEs are trained: the pipeline's SAE training config plus a size and a thread count.
+
+    Why a subclass: the training knobs and their defaults live once, in
+    ``common.sae_training.SAETrainingConfig``; the demo only adds its named
+    sizes and pins the torch threads (bitwise-repeatable training). Recorded in
+    the SAE training report.
+    """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = _PRESETS
 
     size: str = "demo"
-    expansion_factor: int = 4
-    init_threshold: float = 0.1
-    bandwidth: float = 0.05
-    sparsity_loss_mode: str = "tanh"
-    l0_coefficient: float = 0.5
-    ste_to_input: bool = False
-    lr: float = 5e-3
-    lr_end_fraction: float = 0.1
-    batch_size: int = 512
-    training_tokens: int = 500_000
-    holdout_fraction: float = 0.1
-    normalize_activations: str = "expected_average_only_in"
-    seed: int = 0
     num_threads: int = 2
-    forward_batch_size: int = 32
 
 
 def demo_sae_texts(problems: pd.DataFrame) -> list[str]:
