@@ -77,60 +77,58 @@ def test_two_slice_array_merges_and_rerun_submits_nothing(tmp_path, tiny_model_d
     assert _user_jobs() == before
 
 
-def test_scancelled_slice_is_resubmitted_and_resumes(tmp_path, tiny_model_dir):
+def _interrupt_mid_slice(tmp_path, model_dir, max_retries, interrupt):
+    """Run a 60-task slice on SLURM, ``interrupt(job_id)`` once three checkpoint chunks exist, and let it finish.
+
+    Returns the data folder, the job id, the launcher's stdout and its slice's
+    worker log, after checking the launcher exited 0 and that the interruption
+    came mid-slice (no shard written yet) and the slice resumed from its chunks.
+    """
     data = _phase0(tmp_path)
     args = ("--start", "0", "--end", "59", "--gpus", "1", "--max-new-tokens", "24", "--batch-size", "1",
-            "--checkpoint-every", "1", "--max-retries", "1")
-    proc = subprocess.Popen(_cmd(data, tiny_model_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            "--checkpoint-every", "1", "--max-retries", str(max_retries))
+    proc = subprocess.Popen(_cmd(data, model_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         jobs_file = wait_for(lambda: next((data / "phase1_0" / "logs").glob("launcher_*/slurm_jobs.json"), None), 120, "submission")
         job_id = json.loads(jobs_file.read_text())["0"][0]
         checkpoints = data / "phase1_0" / "checkpoints"
         wait_for(lambda: len(list(checkpoints.rglob("chunk_*.parquet"))) >= 3, 180, "three checkpoint chunks", poll=0.2)
         assert squeue_state(job_id) == "RUNNING"
-        assert not list((data / "phase1_0" / "shards").rglob("dataset_*.parquet"))  # killed mid-slice, not after
-        subprocess.run(["scancel", job_id], check=True, timeout=60)
+        assert not list((data / "phase1_0" / "shards").rglob("dataset_*.parquet"))  # interrupted mid-slice, not after
+        interrupt(job_id)
         stdout, _ = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, stdout
-    assert f"SLURM job {job_id} failed (CANCELLED)" in stdout and "retry 1 of 1" in stdout, stdout[-3000:]
     log = next((data / "phase1_0" / "logs").glob("launcher_*/worker_0.log")).read_text()
-    assert log.count("slurm job") == 2  # one header per attempt, both in the slice's one log
     resumed = re.search(r"resuming: (\d+) record\(s\) already checkpointed", log)
     assert resumed and int(resumed.group(1)) > 0, log[-2000:]
     merged = pd.read_parquet(next((data / "phase1_0").glob("dataset_*.parquet")))
     assert merged["task_id"].tolist() == _problem_ids()[:60]
+    return data, job_id, stdout, log
+
+
+def test_scancelled_slice_is_resubmitted_and_resumes(tmp_path, tiny_model_dir):
+    def cancel(job_id):
+        subprocess.run(["scancel", job_id], check=True, timeout=60)
+
+    _, job_id, stdout, log = _interrupt_mid_slice(tmp_path, tiny_model_dir, 1, cancel)
+    assert f"SLURM job {job_id} failed (CANCELLED)" in stdout and "retry 1 of 1" in stdout, stdout[-3000:]
+    assert log.count("slurm job") == 2  # one header per attempt, both in the slice's one log
 
 
 def test_requeued_slice_resumes_in_the_same_job(tmp_path, tiny_model_dir):
     """``scontrol requeue`` is what a preemption with PreemptMode=REQUEUE does: the job restarts and resumes."""
-    data = _phase0(tmp_path)
-    args = ("--start", "0", "--end", "59", "--gpus", "1", "--max-new-tokens", "24", "--batch-size", "1",
-            "--checkpoint-every", "1", "--max-retries", "0")
-    proc = subprocess.Popen(_cmd(data, tiny_model_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        jobs_file = wait_for(lambda: next((data / "phase1_0" / "logs").glob("launcher_*/slurm_jobs.json"), None), 120, "submission")
-        job_id = json.loads(jobs_file.read_text())["0"][0]
-        checkpoints = data / "phase1_0" / "checkpoints"
-        wait_for(lambda: len(list(checkpoints.rglob("chunk_*.parquet"))) >= 3, 180, "three checkpoint chunks", poll=0.2)
-        assert not list((data / "phase1_0" / "shards").rglob("dataset_*.parquet"))
+    def requeue(job_id):
         subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
         # SLURM holds a requeued job back for a while (its begin time moves on): let it start now
         wait_for(lambda: squeue_state(job_id) == "PENDING", 120, f"job {job_id} to be requeued")
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=60)
-        stdout, _ = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, stdout
+
+    _, job_id, stdout, log = _interrupt_mid_slice(tmp_path, tiny_model_dir, 0, requeue)
     assert f"finished (SLURM job {job_id})" in stdout and "resubmitted" not in stdout, stdout[-3000:]
-    log = next((data / "phase1_0" / "logs").glob("launcher_*/worker_0.log")).read_text()
     assert log.count(f"slurm job {job_id} ") == 2  # the same job id ran twice
-    resumed = re.search(r"resuming: (\d+) record\(s\) already checkpointed", log)
-    assert resumed and int(resumed.group(1)) > 0, log[-2000:]
-    assert pd.read_parquet(next((data / "phase1_0").glob("dataset_*.parquet")))["task_id"].tolist() == _problem_ids()[:60]
 
 
 def test_rerun_refused_while_jobs_queued_and_ctrl_c_cancels_them(tmp_path, tiny_model_dir):
