@@ -350,8 +350,6 @@ def _run_phase(number: str, cfg: PipelineConfig) -> int:
         torch.set_num_threads(int(threads))
     from common.locking import exclusive
 
-    if number == "3" and cfg.prompt_format != "plain":
-        raise PipelineError("Phase 3 does not build chat-format prompts yet: its steered prompts must equal Phase 1's (use --prompt-format plain)")
     entry = _load_entry(PHASES[number])
     # One run per phase folder; a launcher worker locks its own shard folder (the launcher holds the phase's).
     lock_dir = cfg.shard_dir or phase_dir(cfg.data_dir, number)

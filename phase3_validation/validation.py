@@ -221,8 +221,9 @@ def run(cfg: PipelineConfig) -> Path:
     transfer_set = load_transfer_set(cfg.data_dir, str(phase1_model))
     # Steering must use the model that wrote the Phase 1.0 baseline: the same rule as Phase 2's.
     model_id, model_note = model_of_phase1(cfg.model, None if phase1_model is None else str(phase1_model))
-    cfg = dataclasses.replace(cfg, model=model_id)
-    logger.info("phase 3: model %s (%s)", model_id, model_note)
+    # Likewise the prompt format: Phase 1.0's, whatever a preset or default put in the config.
+    cfg = dataclasses.replace(cfg, model=model_id, prompt_format=val.prompt_format)
+    logger.info("phase 3: model %s (%s), %s prompts as Phase 1.0's", model_id, model_note, val.prompt_format)
 
     # ---- statistical validation and probe baselines (CPU, cheap) ----------------------------------
     saved = inputs.saved_layers()
@@ -319,6 +320,7 @@ def run(cfg: PipelineConfig) -> Path:
         "control_max_separation": cfg.control_max_separation, "max_new_tokens": gen_cfg.max_new_tokens,
         "phase1_max_new_tokens": phase1_max_new, "batch_size": gen_cfg.batch_size,
         "phase1_batch_size": phase1_gen.get("batch_size"), "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+        "prompt_format": val.prompt_format,
         "executor": executor_cfg.to_dict(), "git_commit": git_commit(),
         "prompting_instruction": prompting.INSTRUCTION,
     }
