@@ -38,7 +38,7 @@ from common.errors import PipelineError
 from common.executor import Executor, executor_config_for
 from common.generation import GenerationConfig, auto_batch_size
 from common.metadata import RunClock, build_metadata, git_commit
-from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
+from common.models import check_gated_access, default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, timestamp
 from common.prompts import PROMPT_TEMPLATE_VERSION
 from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
@@ -244,6 +244,7 @@ def run(cfg: PipelineConfig) -> Path:
     max_new_tokens = cfg.steering_max_new_tokens or phase1_max_new or cfg.max_new_tokens
     device = resolve_device(cfg.device)
     dtype = default_dtype(device)
+    check_gated_access(cfg.model)  # a gated preset model with no token nor cached copy: the gated line, not "unreachable"
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, dtype)
     for direction in DIRECTIONS:
         layer = inputs.results.top[direction][0].layer
