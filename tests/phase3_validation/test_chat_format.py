@@ -128,3 +128,24 @@ def test_phase1_2_uses_phase1s_format_and_phase3_refuses_a_mismatch(chat_run):
     write_temperature_run(Path(cfg.data_dir), {0.7: table[["task_id", "sample_index", "passed"]]}, model=model)
     with pytest.raises(PipelineError, match="Phase 1.2 prompts are in the plain format .* used chat"):
         load_inputs(PipelineConfig(data_dir=cfg.data_dir))
+
+
+def test_phase1_merges_an_older_plain_run_and_archives_it_for_chat(chat_model_dir, tmp_path):
+    """A record written before the format was a run setting still merges with plain; a chat rerun moves it aside."""
+    data = tmp_path / "data"
+    cfg = PipelineConfig(data_dir=str(data), mbpp_path=str(DEMO_PROBLEMS), model=str(chat_model_dir), device="cpu",
+                         start=0, end=2, max_new_tokens=4, batch_size=3, workers=1)
+    phase0_difficulty.run(cfg)
+    first = phase1_0_generation.run(cfg)
+    meta_path = metadata_path_of(first)
+    meta = json.loads(meta_path.read_text())
+    for doc in (meta, meta["run"]["settings"], meta["config"]):  # as Phase 1.0 wrote it before formats were recorded
+        doc.pop("prompt_format")
+    meta_path.write_text(json.dumps(meta))
+    merged = phase1_0_generation.run(dataclasses.replace(cfg, start=3, end=4))
+    assert len(PHASE1_DATASET.read_table(merged)) == 5 and not (data / "phase1_0" / "archive").exists()
+    chat = phase1_0_generation.run(dataclasses.replace(cfg, start=0, end=1, prompt_format="chat"))
+    assert len(PHASE1_DATASET.read_table(chat)) == 2
+    archived = list((data / "phase1_0" / "archive").glob("*/dataset_*.parquet"))
+    assert {p.name for p in archived} == {first.name, merged.name}
+    assert json.loads(metadata_path_of(chat).read_text())["run"]["slices"] == [[0, 1]]
