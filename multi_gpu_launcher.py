@@ -159,6 +159,9 @@ def _launch(args: argparse.Namespace, passthrough: list[str]) -> int:
     from common.locking import exclusive
 
     cfg = _worker_config(args, passthrough)
+    from common.models import check_gated_access
+
+    check_gated_access(cfg.model)  # once, before any worker starts or anything is written
     slurm_opts = _slurm_options(args) if args.backend == "slurm" else None
     if slurm_opts is not None:  # every refusal comes before anything is written or submitted
         from common.slurm_backend import check_slurm, require_submitit

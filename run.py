@@ -53,6 +53,8 @@ PHASES: dict[str, str] = {
     "2": "phase2_sae_analysis:run",
     "3": "phase3_validation:run",
 }
+# Phases that load --model itself (Phase 3 loads Phase 1.0's model and checks it there; Phase 2 only maybe).
+MODEL_PHASES = ("1", "1.2")
 
 
 _TYPE_HINTS = typing.get_type_hints(PipelineConfig)
@@ -309,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
             if not cfg.generations:
                 raise PipelineError("run.py label needs --generations FILE (jsonl or parquet with task_id and generated_text)")
             return label_cli(cfg, cfg.generations, cfg.label_output)
+        if args.command in ("test-gpu", "train-saes"):
+            from common.models import check_gated_access
+
+            check_gated_access(cfg.model)
         if args.command == "test-gpu":
             from common.gpu_check import test_gpu_cli
 
@@ -350,8 +356,10 @@ def _run_phase(number: str, cfg: PipelineConfig) -> int:
         torch.set_num_threads(int(threads))
     from common.locking import exclusive
 
-    if number == "3" and cfg.prompt_format != "plain":
-        raise PipelineError("Phase 3 does not build chat-format prompts yet: its steered prompts must equal Phase 1's (use --prompt-format plain)")
+    if number in MODEL_PHASES:  # before the lock and the log file: a refused run writes nothing
+        from common.models import check_gated_access
+
+        check_gated_access(cfg.model)
     entry = _load_entry(PHASES[number])
     # One run per phase folder; a launcher worker locks its own shard folder (the launcher holds the phase's).
     lock_dir = cfg.shard_dir or phase_dir(cfg.data_dir, number)

@@ -309,6 +309,10 @@ class TemperatureRun:
     def model(self) -> str:
         return str(self.meta["model"])
 
+    @property
+    def prompt_format(self) -> str:
+        return recorded_prompt_format(self.meta)
+
     def samples(self, needed: Sequence[str]) -> pd.DataFrame:
         """All listed tables' rows (only ``needed`` columns), in temperature order."""
         frames = [TEMPERATURE_TABLE.read_table(p, needed)[list(needed)] for _, p in sorted(self.tables.items())]
@@ -356,3 +360,25 @@ def read_phase1_metadata(dataset_path: Path) -> dict[str, Any]:
             f"rerun `{PHASE_COMMANDS['1']}`"
         )
     return PHASE1_METADATA.read_json(meta_path, needed=("model",))
+
+
+def recorded_prompt_format(meta: dict[str, Any]) -> str:
+    """The prompt format (``plain`` or ``chat``) a Phase 1.0 or 1.2 metadata file says its prompts were built in.
+
+    Why the fallbacks: metadata written before the format was recorded on its
+    own still holds the whole config (``config.prompt_format``), and metadata
+    older than prompt formats could only have used plain prompts.
+    """
+    value = meta.get("prompt_format") or (meta.get("config") or {}).get("prompt_format") or "plain"
+    return str(value)
+
+
+def settings_with_prompt_format(settings: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """A run record's settings with ``prompt_format`` filled in from its metadata when the record predates it.
+
+    Why: the format joined the run settings later; an earlier plain run must
+    still merge with a plain rerun rather than be archived as "other settings".
+    """
+    if "prompt_format" in settings:
+        return settings
+    return {**settings, "prompt_format": recorded_prompt_format(meta)}

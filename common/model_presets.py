@@ -59,6 +59,8 @@ class ModelPreset:
     sae_dtype: str = "float32"
     sae_note: str = ""
     sae_trained_on: str | None = None  # hub id of the model the SAEs were trained on, when not this one
+    # The hub asks for a licence and a token (Gemma, Llama): refused before any work without either (common.models).
+    gated: bool = False
 
     @property
     def sae_model(self) -> str:
@@ -78,7 +80,7 @@ def _gemma3(size: str, hub_id: str, layers: tuple[int, ...], n_layers: int, d_mo
     return ModelPreset(
         name=f"gemma-3-{size}", hub_id=hub_id, family="Gemma 3", sae_release=f"gemma-scope-2-{size}-pt-res",
         sae_id_template="layer_{layer}_width_{width}_l0_medium", sae_width="16k", layers=layers,
-        n_layers=n_layers, d_model=d_model, d_sae=16384, n_params_billion=params,
+        n_layers=n_layers, d_model=d_model, d_sae=16384, n_params_billion=params, gated=True,
         sae_note=f"Gemma Scope 2 covers {len(layers)} layers here; gemma-scope-2-{size}-pt-res-all has every layer",
     )
 
@@ -86,7 +88,7 @@ def _gemma3(size: str, hub_id: str, layers: tuple[int, ...], n_layers: int, d_mo
 _GEMMA2_2B = ModelPreset(
     name="gemma-2-2b", hub_id="google/gemma-2-2b", family="Gemma 2", sae_release="gemma-scope-2b-pt-res-canonical",
     sae_id_template="layer_{layer}/width_{width}/canonical", sae_width="16k", layers=tuple(range(26)),
-    n_layers=26, d_model=2304, d_sae=16384, n_params_billion=2.61,
+    n_layers=26, d_model=2304, d_sae=16384, n_params_billion=2.61, gated=True,
 )
 
 PRESETS: dict[str, ModelPreset] = {
@@ -102,6 +104,7 @@ PRESETS: dict[str, ModelPreset] = {
             name="gemma-2-9b", hub_id="google/gemma-2-9b", family="Gemma 2",
             sae_release="gemma-scope-9b-pt-res-canonical", sae_id_template="layer_{layer}/width_{width}/canonical",
             sae_width="16k", layers=tuple(range(42)), n_layers=42, d_model=3584, d_sae=16384, n_params_billion=9.24,
+            gated=True,
         ),
         _gemma3("270m", "google/gemma-3-270m", (5, 9, 12, 15), 18, 640, 0.27),
         _gemma3("1b", "google/gemma-3-1b-pt", (7, 13, 17, 22), 26, 1152, 1.0),
@@ -112,7 +115,7 @@ PRESETS: dict[str, ModelPreset] = {
             name="llama-3.1-8b", hub_id="meta-llama/Llama-3.1-8B", family="Llama 3.1",
             sae_release="llama_scope_lxr_8x", sae_id_template="l{layer}r_8x", sae_width="32k",
             layers=tuple(range(32)), n_layers=32, d_model=4096, d_sae=32768, n_params_billion=8.03,
-            sae_dtype="bfloat16",
+            sae_dtype="bfloat16", gated=True,
             sae_note="Llama Scope: SAE Lens folds each SAE's input normalisation factor into its weights",
         ),
     )

@@ -84,6 +84,42 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
     return chain
 
 
+def gated_hint(model: str) -> str:
+    """What a user does about a gated hub model: the licence page, then a token."""
+    return (
+        f"accept its licence on https://huggingface.co/{model} (logged in), then give this machine a token: "
+        "`hf auth login`, or the HF_TOKEN environment variable"
+    )
+
+
+def is_cached(model: str) -> bool:
+    """Whether the local Hugging Face cache holds ``model``'s config.json (the hub then need not be asked)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model, "config.json"), str)
+
+
+def check_gated_access(model: str) -> None:
+    """Refuse, before any work, a gated preset model that is neither cached nor reachable with a token.
+
+    Why before: otherwise Phase 1 would first set up its outputs and the
+    executor, and a launcher would start every worker, only to fail at the
+    download. Gated means a preset with this hub id says so
+    (``ModelPreset.gated``); for any other hub id the hub's own refusal is
+    turned into the same line when the model is loaded.
+    """
+    from common.model_presets import PRESETS
+
+    if _looks_like_path(model) or not any(p.gated and p.hub_id == model for p in PRESETS.values()):
+        return
+    from huggingface_hub import get_token
+
+    if get_token() or is_cached(model):
+        return
+    raise PipelineError(f"{model!r} is a gated model, not in the local Hugging Face cache, and no token is set: "
+                        f"{gated_hint(model)}")
+
+
 def _hub_error_message(model: str, exc: BaseException) -> str:
     """Turn whatever transformers/huggingface_hub raised into one actionable line."""
     from huggingface_hub import errors as hub_errors
@@ -92,16 +128,10 @@ def _hub_error_message(model: str, exc: BaseException) -> str:
     for err in chain:
         status = getattr(getattr(err, "response", None), "status_code", None)
         if isinstance(err, hub_errors.GatedRepoError) or status in (401, 403):
-            return (
-                f"access to {model!r} was refused by the Hugging Face hub (gated model): accept the licence on "
-                f"https://huggingface.co/{model}, then run `huggingface-cli login` or set HF_TOKEN"
-            )
+            return f"access to {model!r} was refused by the Hugging Face hub: {gated_hint(model)}"
     text = " ".join(str(err) for err in chain)
     if "gated repo" in text:
-        return (
-            f"{model!r} is a gated model: accept the licence on https://huggingface.co/{model}, "
-            "then run `huggingface-cli login` or set HF_TOKEN"
-        )
+        return f"{model!r} is a gated model: {gated_hint(model)}"
     for err in chain:
         if isinstance(err, (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled, ConnectionError)):
             return (

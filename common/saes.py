@@ -117,7 +117,8 @@ def check_hook_name(sae: SAE, layer: int, origin: str = "") -> None:
 def check_d_in(sae: SAE, width: int, layer: int | None = None) -> None:
     """Refuse activations whose width is not the SAE's input width (e.g. another model's SAEs)."""
     if int(sae.cfg.d_in) != int(width):
-        at = f" for layer {layer}" if layer is not None else ""
+        hook = sae_hook_name(sae)
+        at = f" for layer {layer}" if layer is not None else (f" of {hook}" if hook else "")
         raise PipelineError(
             f"SAE{at} expects vectors of width {sae.cfg.d_in}, but the activations have width {width}: "
             "SAEs and model do not match"

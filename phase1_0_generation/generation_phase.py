@@ -26,7 +26,16 @@ from typing import Any
 import pandas as pd
 
 from common.activations import save_task_activations
-from common.artifacts import DIFFICULTY, PHASE1_DATASET, PHASE1_METADATA, RunRecord, archive, merge_slices, metadata_path_of
+from common.artifacts import (
+    DIFFICULTY,
+    PHASE1_DATASET,
+    PHASE1_METADATA,
+    RunRecord,
+    archive,
+    merge_slices,
+    metadata_path_of,
+    settings_with_prompt_format,
+)
 from common.config import PipelineConfig, benchmark_data_dir
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
@@ -109,6 +118,8 @@ def run_settings(cfg: PipelineConfig) -> dict[str, Any]:
     return {
         "model": cfg.model, "layers": cfg.layers, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
         "prompt": prompt_version(cfg), "dataset": cfg.dataset, "source": source_description(cfg),
+        # Chat and plain prompts give other programs and other activations: never one dataset.
+        "prompt_format": cfg.prompt_format,
     }
 
 
@@ -128,6 +139,7 @@ def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> tuple[Path, RunR
     try:
         meta = PHASE1_METADATA.read_json(metadata_path_of(newest), needed=("run",))
         record = RunRecord.from_dict(meta["run"], metadata_path_of(newest))
+        record.settings = settings_with_prompt_format(record.settings, meta)
     except PipelineError as exc:
         logger.warning("phase 1: %s", exc)
     if record is not None and record.settings == settings:
@@ -176,6 +188,8 @@ def run(cfg: PipelineConfig) -> Path:
         "model": cfg.model, "start": start, "end": end, "layers": layers, "max_new_tokens": cfg.max_new_tokens,
         "prompt": prompt_version(cfg), "source": source_description(cfg), "seed": cfg.seed,
     }
+    if cfg.prompt_format != "plain":  # only then: plain runs keep the checkpoint keys they had before formats existed
+        identity["prompt_format"] = cfg.prompt_format
     key = run_key(identity)
     checkpointer = RecordCheckpointer(
         out_root / "checkpoints" / f"{model_slug(cfg.model)}_{start}-{end}_{key}",
@@ -258,6 +272,9 @@ def publish(
         extra={
             **extra,
             "model": cfg.model,
+            "model_preset": cfg.model_preset,  # the --model preset that named it, None for a hub id or folder
+            # What Phase 1.2 and Phase 3 rebuild their prompts in (they take no format of their own).
+            "prompt_format": cfg.prompt_format,
             "n_tasks": len(dataset),
             "n_correct": n_pass,
             "n_incorrect": len(dataset) - n_pass,

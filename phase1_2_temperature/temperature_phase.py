@@ -26,6 +26,7 @@ import pandas as pd
 
 from common.activations import activation_path, save_task_activations
 from common.artifacts import (
+    PHASE1_DATASET,
     SPLIT,
     TEMPERATURE_METADATA,
     TEMPERATURE_TABLE,
@@ -34,6 +35,9 @@ from common.artifacts import (
     archive,
     load_temperature_run,
     merge_slices,
+    read_phase1_metadata,
+    recorded_prompt_format,
+    settings_with_prompt_format,
     temperature_label,
 )
 from common.config import PipelineConfig
@@ -93,12 +97,31 @@ def task_universe(cfg: PipelineConfig) -> tuple[list[int], list[int]]:
     return all_task_ids(path), tasks["task_id"].astype(int).tolist()
 
 
+def phase1_prompt_format(cfg: PipelineConfig) -> str:
+    """The prompt format of the newest Phase 1.0 run in the data dir; ``--prompt-format`` only when there is none.
+
+    Why Phase 1's: Phase 3 reads these samples and activations with the
+    latents, thresholds and probes found on Phase 1.0's; prompts in another
+    format would be another distribution. A differing ``--prompt-format`` (or
+    a preset's) is overridden, with a warning, rather than obeyed.
+    """
+    folder = phase_dir(cfg.data_dir, "1", create=False)
+    if not any(p for p in folder.glob(PHASE1_DATASET.glob()) if not p.name.endswith("_metadata.json")):
+        return cfg.prompt_format
+    newest = PHASE1_DATASET.newest(cfg.data_dir)
+    found = recorded_prompt_format(read_phase1_metadata(newest))
+    if found != cfg.prompt_format:
+        logger.warning("phase 1.2: prompt format %s, as Phase 1.0's %s (not %s)", found, newest.name, cfg.prompt_format)
+    return found
+
+
 def run_settings(cfg: PipelineConfig, split_path: Path) -> dict[str, Any]:
     """What two Phase 1.2 runs must share for their slices to form one run's tables."""
     return {
         "model": cfg.model, "temperatures": [float(t) for t in cfg.temperatures],
         "samples_per_task": cfg.samples_per_task, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
         "layers": cfg.layers, "prompt": PROMPT_TEMPLATE_VERSION, "validation_split_sha256": file_sha256(split_path),
+        "prompt_format": phase1_prompt_format(cfg),
     }
 
 
@@ -118,6 +141,8 @@ def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> TemperatureRun |
         reason, stamp = f"the folder could not be read as one run ({exc})", None
         earlier = None
     else:
+        if earlier is not None:
+            earlier.record.settings = settings_with_prompt_format(earlier.record.settings, earlier.meta)
         if earlier is None or earlier.record.settings == settings:
             return earlier
         diff = sorted(k for k in settings if earlier.record.settings.get(k) != settings[k])
@@ -173,6 +198,7 @@ def publish(
         "1.2", cfg, clock, inputs=inputs,
         outputs={**{f"T{t:g}": folder / temperature_table_name(t) for t in new_tables}, "activations": folder / "activations"},
         extra={**{k: v for k, v in extra.items() if k != "per_temperature"}, "model": cfg.model,
+               "model_preset": cfg.model_preset, "prompt_format": settings["prompt_format"],
                "temperatures": summary, "run": record.to_dict(), "tasks_rerun_and_replaced": replaced},
     )
     TEMPERATURE_METADATA.write(meta, folder / TEMPERATURE_METADATA.pattern)
@@ -195,6 +221,7 @@ def run(cfg: PipelineConfig) -> Path:
     clock = RunClock()
     _check_temperatures(cfg.temperatures, cfg.samples_per_task)
     sliced, split_path, start, end = select_tasks(cfg)
+    cfg = dataclasses.replace(cfg, prompt_format=phase1_prompt_format(cfg))
     settings = run_settings(cfg, split_path)
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))
@@ -235,6 +262,8 @@ def run(cfg: PipelineConfig) -> Path:
                 "max_new_tokens": cfg.max_new_tokens, "prompt": PROMPT_TEMPLATE_VERSION, "seed": cfg.seed,
                 "split": str(split_path), "batch_size": batch_size,
             }
+            if cfg.prompt_format != "plain":  # only then: plain runs keep their earlier checkpoint keys
+                identity["prompt_format"] = cfg.prompt_format
             checkpointer = RecordCheckpointer(
                 out_root / "checkpoints" / f"{model_slug(cfg.model)}_T{temperature:g}_{start}-{end}_{run_key(identity)}",
                 cfg.checkpoint_every, cfg.autosave_every, cfg.autosave_keep,

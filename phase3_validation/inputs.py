@@ -39,6 +39,7 @@ from common.artifacts import (
     load_temperature_run,
     newest_phase2_results,
     read_phase1_metadata,
+    recorded_prompt_format,
 )
 from common.config import PipelineConfig
 from common.errors import PipelineError
@@ -104,6 +105,8 @@ class SplitTasks:
     table_path: Path
     tasks: pd.DataFrame
     baseline: pd.DataFrame  # Phase 1.0 rows for exactly these tasks, same order
+    # The format Phase 1.0 built its prompts in (its metadata): every prompt Phase 3 generates from is built in it.
+    prompt_format: str = "plain"
 
     @property
     def task_ids(self) -> list[int]:
@@ -257,7 +260,7 @@ def _phase1_dataset_of(results: Phase2Results, data_dir: Path) -> Path:
 # --------------------------------------------------------------------------- splits and baseline
 
 
-def _load_split(data_dir: str, name: str, dataset: pd.DataFrame, dataset_path: Path) -> SplitTasks:
+def _load_split(data_dir: str, name: str, dataset: pd.DataFrame, dataset_path: Path, prompt_format: str) -> SplitTasks:
     path = require_file(SPLIT.path(data_dir, split=name), "0.1")
     table = SPLIT.read_table(path, needed=("task_id", "text", "test_list", "test_setup_code"))
     if table.empty:
@@ -271,7 +274,7 @@ def _load_split(data_dir: str, name: str, dataset: pd.DataFrame, dataset_path: P
             f"(e.g. task {missing[0]}); run `{PHASE_COMMANDS['1']}` over all tasks first"
         )
     baseline = indexed.loc[table["task_id"].astype(int)].reset_index()
-    return SplitTasks(name=name, table_path=path, tasks=table, baseline=baseline)
+    return SplitTasks(name=name, table_path=path, tasks=table, baseline=baseline, prompt_format=prompt_format)
 
 
 def _load_temperatures(data_dir: str, validation: SplitTasks, phase1_model: str, dataset_path: Path) -> TemperatureData:
@@ -286,6 +289,11 @@ def _load_temperatures(data_dir: str, validation: SplitTasks, phase1_model: str,
         raise PipelineError(
             f"{run.meta_path}: the Phase 1.2 tables are from model {run.model!r} but the Phase 1.0 dataset "
             f"{dataset_path.name} is from {phase1_model!r}; rerun `{PHASE_COMMANDS['1.2']}` with the same --model"
+        )
+    if run.prompt_format != validation.prompt_format:
+        raise PipelineError(
+            f"{run.meta_path}: the Phase 1.2 prompts are in the {run.prompt_format} format but the Phase 1.0 dataset "
+            f"{dataset_path.name} used {validation.prompt_format}; rerun `{PHASE_COMMANDS['1.2']}` (it takes Phase 1.0's)"
         )
     tables = [p for _, p in sorted(run.tables.items())]
     samples = run.samples(("task_id", "temperature", "sample_index", "passed"))
@@ -329,8 +337,10 @@ def load_inputs(cfg: PipelineConfig) -> Phase3Inputs:
             f"{results.path}: Phase 2 read activations of model {results.raw['phase1_model']!r} but the Phase 1.0 "
             f"dataset {dataset_path.name} is from {phase1_model!r}; rerun `{PHASE_COMMANDS['2']}`"
         )
-    hyperparams = _load_split(cfg.data_dir, "hyperparams", dataset, dataset_path)
-    validation = _load_split(cfg.data_dir, "validation", dataset, dataset_path)
+    # Never cfg.prompt_format: Phase 3 rebuilds exactly the prompts Phase 1.0 used.
+    prompt_format = recorded_prompt_format(phase1_meta)
+    hyperparams = _load_split(cfg.data_dir, "hyperparams", dataset, dataset_path, prompt_format)
+    validation = _load_split(cfg.data_dir, "validation", dataset, dataset_path, prompt_format)
     overlap = set(hyperparams.task_ids) & set(validation.task_ids)
     if overlap:
         raise PipelineError(f"{len(overlap)} task(s) are in both the hyperparams and validation splits (e.g. {min(overlap)})")
@@ -343,19 +353,19 @@ def load_inputs(cfg: PipelineConfig) -> Phase3Inputs:
         # The activations beside the dataset: a Phase 1 run with other settings moves both to an archive together.
         activation_dir=dataset_path.parent / "activations",
         temperature=_load_temperatures(cfg.data_dir, validation, phase1_model, dataset_path),
-        **_load_sae_split(cfg.data_dir, dataset, dataset_path, hyperparams, validation),
+        **_load_sae_split(cfg.data_dir, dataset, dataset_path, hyperparams, validation, prompt_format),
     )
 
 
 def _load_sae_split(data_dir: str, dataset: pd.DataFrame, dataset_path: Path,
-                    hyperparams: SplitTasks, validation: SplitTasks) -> dict[str, Any]:
+                    hyperparams: SplitTasks, validation: SplitTasks, prompt_format: str) -> dict[str, Any]:
     """The sae split for the probe baselines, or a note saying why there is none (Phase 3 goes on without)."""
     path = phase_dir(data_dir, "0.1", create=False) / "sae_mbpp.parquet"
     if not path.is_file():
         note = f"no sae split ({path}): the probe baselines, which are fitted on it, are skipped"
         logger.warning(note)
         return {"sae": None, "sae_note": note}
-    sae = _load_split(data_dir, "sae", dataset, dataset_path)
+    sae = _load_split(data_dir, "sae", dataset, dataset_path, prompt_format)
     overlap = set(sae.task_ids) & (set(hyperparams.task_ids) | set(validation.task_ids))
     if overlap:
         raise PipelineError(f"{len(overlap)} task(s) of the sae split are also in hyperparams or validation "

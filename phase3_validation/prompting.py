@@ -7,7 +7,9 @@ more, greedy and unsteered, with one fixed instruction that asks for care
 placed before the problem, and measures correction and corruption against the
 same alpha = 0 rerun with the same exact McNemar test. The instruction goes
 before the problem text, so the prompt still ends with the template's code
-cue (the last prompt token every other run is read and steered at).
+cue (the last prompt token every other run is read and steered at). In a
+chat-format run (Phase 1.0's recorded format) the instructed text is the one
+user turn, so the prompt still ends with the template's generation cue.
 
 Nothing is tuned: the instruction is fixed in advance (no choice on
 hyperparams to report), and its text is recorded in the JSON and metadata.
@@ -22,8 +24,9 @@ from typing import Any
 
 import pandas as pd
 
-from common.generation_loop import generate_and_execute
-from common.prompts import PROMPT_TEMPLATE_VERSION
+from common.generation_loop import Job, generate_and_execute
+from common.model_presets import apply_prompt_format
+from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
 from common.storage import RecordCheckpointer
 from common.tasks import run_key
 from phase3_validation.inputs import SplitTasks
@@ -47,15 +50,30 @@ def instructed_prompt(prompt: str, instruction: str = INSTRUCTION) -> str:
     return f"{instruction}\n\n{prompt}"
 
 
+def instructed_jobs(split: SplitTasks, tokenizer: Any, instruction: str = INSTRUCTION) -> list[Job]:
+    """The split's jobs (Phase 1.0's prompts, checked) with the instruction added inside Phase 1.0's format.
+
+    Why rebuild from the plain prompt: in chat format the instruction belongs
+    inside the user turn, not in front of the chat template's markup.
+    """
+    return [
+        dataclasses.replace(job, prompt=apply_prompt_format(
+            tokenizer, instructed_prompt(build_prompt(row.text, list(row.test_list)), instruction), split.prompt_format))
+        for job, row in zip(split_jobs(split, tokenizer), split.tasks.itertuples())
+    ]
+
+
 def prompted_generation(ctx: SteeringContext, split: SplitTasks, instruction: str = INSTRUCTION) -> SteeredRun:
     """Greedy, unsteered generation of ``split`` with the instruction; executed; resumable like a steered run."""
-    jobs = [dataclasses.replace(job, prompt=instructed_prompt(job.prompt, instruction)) for job in split_jobs(split)]
+    jobs = instructed_jobs(split, ctx.tokenizer, instruction)
     digest = hashlib.sha256(instruction.encode()).hexdigest()[:16]
     identity: dict[str, Any] = {
         "model": ctx.model_id, "split": split.name, "tasks": split.task_ids, "max_new_tokens": ctx.gen_cfg.max_new_tokens,
         "batch_size": ctx.gen_cfg.batch_size, "prompt": PROMPT_TEMPLATE_VERSION, "seed": ctx.gen_cfg.seed,
         "instruction": digest,
     }
+    if split.prompt_format != "plain":  # only then: plain runs keep their earlier checkpoint keys
+        identity["prompt_format"] = split.prompt_format
     folder = ctx.checkpoint_root / f"{split.name}_prompting_{run_key(identity)}"
     checkpointer = RecordCheckpointer(folder, ctx.checkpoint_every, ctx.autosave_every, ctx.autosave_keep)
     n_resumed = len({r["key"] for r in checkpointer.load()})

@@ -64,6 +64,7 @@ from common.errors import PipelineError
 from common.executor import Executor
 from common.generation import GenerationConfig
 from common.generation_loop import Job, generate_and_execute
+from common.model_presets import apply_prompt_format
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
 from common.saes import load_sae
 from common.stats import clopper_pearson, mcnemar_exact, paired_sign_test
@@ -361,14 +362,19 @@ class SteeredRun:
         return self.records["passed"].to_numpy(dtype=bool)
 
 
-def split_jobs(split: SplitTasks) -> list[Job]:
-    """One job per task, with the prompt Phase 1 used (checked: a changed template would void the comparison)."""
+def split_jobs(split: SplitTasks, tokenizer: Any) -> list[Job]:
+    """One job per task, with the prompt Phase 1 used (checked: a changed template would void the comparison).
+
+    The prompt is built in Phase 1.0's recorded format (``split.prompt_format``;
+    chat goes through ``tokenizer``'s chat template), never in a format of
+    Phase 3's own.
+    """
     jobs = []
     for row, base in zip(split.tasks.itertuples(), split.baseline.itertuples()):
-        prompt = build_prompt(row.text, list(row.test_list))
+        prompt = apply_prompt_format(tokenizer, build_prompt(row.text, list(row.test_list)), split.prompt_format)
         if prompt != base.prompt:
             raise PipelineError(
-                f"task {int(row.task_id)}: the prompt built now ({PROMPT_TEMPLATE_VERSION}) differs from the one "
+                f"task {int(row.task_id)}: the prompt built now ({PROMPT_TEMPLATE_VERSION}, {split.prompt_format} format) differs from the one "
                 "Phase 1.0 used; rerun Phase 1 with this code so steered and baseline programs are comparable"
             )
         jobs.append(Job(
@@ -392,13 +398,15 @@ def steered_generation(
     vector's bytes); a zero vector drops the site from the key, as it changes
     nothing wherever it is added.
     """
-    jobs = split_jobs(split)
+    jobs = split_jobs(split, ctx.tokenizer)
     is_zero = not bool(torch.any(vector != 0))
     identity: dict[str, Any] = {
         "model": ctx.model_id, "split": split.name, "tasks": split.task_ids,
         "max_new_tokens": ctx.gen_cfg.max_new_tokens, "batch_size": ctx.gen_cfg.batch_size,
         "prompt": PROMPT_TEMPLATE_VERSION, "seed": ctx.gen_cfg.seed,
     }
+    if split.prompt_format != "plain":  # only then: plain runs keep the checkpoint keys they had before formats
+        identity["prompt_format"] = split.prompt_format
     if is_zero:
         identity["vector"] = "zero"
         folder_name = f"{split.name}_alpha0_{run_key(identity)}"

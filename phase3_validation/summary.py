@@ -315,7 +315,7 @@ def _config_section(doc: dict[str, Any]) -> list[str]:
              f"- controls: {cfg['n_random_controls']} per steered latent, |separation| <= {cfg['control_max_separation']}",
              f"- generation: greedy, max_new_tokens {cfg['max_new_tokens']} (Phase 1.0: {cfg['phase1_max_new_tokens']}), "
              f"batch size {cfg['batch_size']} (Phase 1.0: {cfg['phase1_batch_size']}), prompt template "
-             f"`{cfg['prompt_template_version']}`",
+             f"`{cfg['prompt_template_version']}` in the {cfg.get('prompt_format', 'plain')} format (Phase 1.0's)",
              f"- git commit: `{cfg['git_commit']}`",
              f"- Phase 2 results: `{doc['inputs']['phase2_results']}`; Phase 1.0 dataset: `{doc['inputs']['phase1_dataset']}`",
              ""]

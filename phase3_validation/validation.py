@@ -38,7 +38,7 @@ from common.errors import PipelineError
 from common.executor import Executor, executor_config_for
 from common.generation import GenerationConfig, auto_batch_size
 from common.metadata import RunClock, build_metadata, git_commit
-from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
+from common.models import check_gated_access, default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, timestamp
 from common.prompts import PROMPT_TEMPLATE_VERSION
 from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
@@ -221,8 +221,9 @@ def run(cfg: PipelineConfig) -> Path:
     transfer_set = load_transfer_set(cfg.data_dir, str(phase1_model))
     # Steering must use the model that wrote the Phase 1.0 baseline: the same rule as Phase 2's.
     model_id, model_note = model_of_phase1(cfg.model, None if phase1_model is None else str(phase1_model))
-    cfg = dataclasses.replace(cfg, model=model_id)
-    logger.info("phase 3: model %s (%s)", model_id, model_note)
+    # Likewise the prompt format: Phase 1.0's, whatever a preset or default put in the config.
+    cfg = dataclasses.replace(cfg, model=model_id, prompt_format=val.prompt_format)
+    logger.info("phase 3: model %s (%s), %s prompts as Phase 1.0's", model_id, model_note, val.prompt_format)
 
     # ---- statistical validation and probe baselines (CPU, cheap) ----------------------------------
     saved = inputs.saved_layers()
@@ -243,6 +244,7 @@ def run(cfg: PipelineConfig) -> Path:
     max_new_tokens = cfg.steering_max_new_tokens or phase1_max_new or cfg.max_new_tokens
     device = resolve_device(cfg.device)
     dtype = default_dtype(device)
+    check_gated_access(cfg.model)  # a gated preset model with no token nor cached copy: the gated line, not "unreachable"
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, dtype)
     for direction in DIRECTIONS:
         layer = inputs.results.top[direction][0].layer
@@ -319,6 +321,7 @@ def run(cfg: PipelineConfig) -> Path:
         "control_max_separation": cfg.control_max_separation, "max_new_tokens": gen_cfg.max_new_tokens,
         "phase1_max_new_tokens": phase1_max_new, "batch_size": gen_cfg.batch_size,
         "phase1_batch_size": phase1_gen.get("batch_size"), "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+        "prompt_format": val.prompt_format,
         "executor": executor_cfg.to_dict(), "git_commit": git_commit(),
         "prompting_instruction": prompting.INSTRUCTION,
     }

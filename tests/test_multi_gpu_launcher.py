@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 import phase0_difficulty
 from common.config import PipelineConfig
@@ -93,3 +94,57 @@ def test_slurm_backend_without_submitit_is_one_line_and_writes_nothing(tmp_path,
     assert out.returncode == 2
     assert out.stderr.strip() == "error: the SLURM backend needs submitit: pip install submitit==1.5.4"
     assert not data.exists()
+
+
+GEMMA_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _cache_as_hub_model(model_dir, hf_home, hub_id: str, chat_template: str | None = None) -> None:
+    """``model_dir`` placed in an HF cache under ``hub_id``, laid out as huggingface_hub writes it (offline loads find it)."""
+    import shutil
+
+    import transformers
+
+    repo = hf_home / "hub" / f"models--{hub_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / "0123456789abcdef"
+    shutil.copytree(model_dir, snapshot)
+    if chat_template:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(snapshot)
+        tokenizer.chat_template = chat_template
+        tokenizer.save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+
+
+@pytest.mark.slow  # two phase 1 runs, three processes: about 40 s on 2 cores
+def test_launcher_records_the_presets_hub_id_as_run_py_does(tmp_path, tiny_model_dir):
+    """``--model gemma-2-2b-it`` (a preset) through the launcher and through run.py: same model, preset, format."""
+    import json
+
+    hf_home = tmp_path / "hf_home"
+    _cache_as_hub_model(tiny_model_dir, hf_home, "google/gemma-2-2b-it", GEMMA_STYLE_TEMPLATE)
+    env = {**{k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE")},
+           "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    common = ["--model", "gemma-2-2b-it", "--layers", "0,1", "--mbpp-path", str(DEMO_PROBLEMS), "--max-new-tokens", "4",
+              "--batch-size", "3", "--workers", "1", "--start", "0", "--end", "2"]
+    metas = {}
+    for how, cmd in (("launcher", [str(REPO_ROOT / "multi_gpu_launcher.py"), "--phase", "1", "--gpus", "1"]),
+                     ("run.py", [str(REPO_ROOT / "run.py"), "phase", "1", "--device", "cpu"])):
+        data = tmp_path / how
+        phase0_difficulty.run(PipelineConfig(data_dir=str(data), mbpp_path=str(DEMO_PROBLEMS)))
+        out = subprocess.run([sys.executable, *cmd, *common, "--data-dir", str(data)], capture_output=True, text=True,
+                             timeout=400, env=env, cwd=REPO_ROOT)
+        assert out.returncode == 0, out.stdout + out.stderr
+        (meta_path,) = (data / "phase1_0").glob("dataset_*_metadata.json")
+        metas[how] = json.loads(meta_path.read_text())
+        prompts = pd.read_parquet(meta_path.with_name(meta_path.name.replace("_metadata.json", ".parquet")))["prompt"]
+        assert prompts.str.startswith("<start_of_turn>user\n").all()  # the preset's chat format
+    for meta in metas.values():
+        assert meta["model"] == "google/gemma-2-2b-it" and meta["model_preset"] == "gemma-2-2b-it"
+        assert meta["config"]["model"] == "google/gemma-2-2b-it" and meta["config"]["model_preset"] == "gemma-2-2b-it"
+        assert meta["prompt_format"] == "chat"
+    assert metas["launcher"]["run"]["settings"] == metas["run.py"]["run"]["settings"]
+    assert "launcher" in metas["launcher"] and "launcher" not in metas["run.py"]

@@ -100,7 +100,8 @@ def test_gated_repo_message(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(PipelineError) as err:
         load_model_and_tokenizer("google/gemma-2-2b", CPU, torch.float32)
     message = _one_line(err)
-    assert "licence" in message and "huggingface-cli login" in message and "HF_TOKEN" in message
+    assert "licence" in message and "hf auth login" in message and "HF_TOKEN" in message
+    assert "https://huggingface.co/google/gemma-2-2b " in message
 
 
 def _random_ids(tokenizer, n: int) -> torch.Tensor:
