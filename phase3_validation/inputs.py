@@ -104,6 +104,8 @@ class SplitTasks:
     table_path: Path
     tasks: pd.DataFrame
     baseline: pd.DataFrame  # Phase 1.0 rows for exactly these tasks, same order
+    # Which benchmark's rows ``tasks`` holds: it decides how steering rebuilds each task's prompt and tests.
+    benchmark: str = "mbpp"
 
     @property
     def task_ids(self) -> list[int]:
