@@ -57,7 +57,8 @@ def test_phase2_and_phase3_results_are_valid(demo_run):
     steering = pd.read_parquet(next((data / "phase3").glob("steering_*.parquet")))
     assert {"grid", "validation", "control_validation", "opposite", "alpha0"} <= set(steering["role"])
     assert {"sae_latent", "diff_means"} <= set(steering["vector"])  # the diff-of-means steering baseline ran
-    assert set(steering.loc[steering["role"] == "alpha0", "split"]) == {"hyperparams", "validation"}
+    # HumanEval (the demo's second problem set) has its own alpha = 0 rerun for the steering transfer.
+    assert set(steering.loc[steering["role"] == "alpha0", "split"]) == {"hyperparams", "validation", "humaneval"}
     probes = pd.read_parquet(next((data / "phase3").glob("probe_metrics_*.parquet")))
     assert set(probes["probe"]) == {"logistic", "diff_means"} and probes["auroc"].dropna().between(0, 1).all()
     summary = (data / "phase3" / "summary.md").read_text()
@@ -96,3 +97,8 @@ def test_transfer_table_scores_the_humaneval_view_with_mbpp_choices(demo_run):
         assert row["threshold"] == thresholds[(row["direction"], row["rank"])] or not row["informative_threshold"]
     assert {r["probe"] for r in transfer["probes"]} == {"logistic", "diff_means"}
     assert "## 2b. Transfer to HumanEval" in (data / "phase3" / "summary.md").read_text()
+    # The steering half: every direction at its MBPP alpha on the 100 HumanEval tasks.
+    assert transfer["steering"]["measured"] and transfer["steering"]["sizes"]["n"] == 100
+    for direction, info in transfer["steering"]["directions"].items():
+        assert info["alpha"] == doc["steering"]["directions"][direction]["chosen_alpha"]
+    assert "### Steering transfer" in (data / "phase3" / "summary.md").read_text()

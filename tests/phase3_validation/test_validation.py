@@ -82,6 +82,31 @@ def test_rates_need_both_initial_classes():
         steering_rates(np.zeros(4, bool), np.ones(4, bool))
 
 
+def test_one_class_baseline_gives_the_rate_that_exists_when_allowed():
+    """HumanEval transfer (require_both=False): no initially-correct task -> correction only, no crash."""
+    base = np.zeros(6, dtype=bool)
+    target = np.array([1, 1, 0, 0, 0, 0], dtype=bool)
+    control = np.array([1, 0, 0, 0, 0, 0], dtype=bool)
+    with pytest.raises(PipelineError, match="no initially-correct"):
+        rates_with_baselines(base, base, target)  # MBPP's rule is unchanged
+    rates = rates_with_baselines(base, base, target, "humaneval", require_both=False)
+    assert rates["n_corrected"] == 2 and rates["correction_rate"] == pytest.approx(2 / 6)
+    assert rates["n_initially_correct"] == 0 and np.isnan(rates["corruption_rate"]) and np.isnan(rates["preservation_rate"])
+    assert rates["correction_ci_lo"] == pytest.approx(sps.binomtest(2, 6).proportion_ci(method="exact").low)
+    test = control_comparison(base, target, [control], "correct", require_both=False)
+    # The predicted effect counts the flips that could happen: the correction rate alone.
+    assert test["target_effect"] == pytest.approx(2 / 6) and test["per_control"][0]["predicted_effect"] == pytest.approx(1 / 6)
+    assert test["n_beaten"] == 1 and test["sign_test"]["n_target_above"] == 1 and test["sign_test"]["n_target_below"] == 0
+    against = control_comparison(base, target, [control], "incorrect", require_both=False)
+    assert against["target_effect"] == pytest.approx(-2 / 6) and against["n_beaten"] == 0
+    everyone = np.ones(6, dtype=bool)  # every task passes at alpha = 0: corruption only
+    broken = np.array([0, 1, 1, 1, 1, 1], dtype=bool)
+    test = control_comparison(everyone, broken, [everyone], "incorrect", require_both=False)
+    assert test["target_effect"] == pytest.approx(1 / 6) and test["per_control"][0]["predicted_effect"] == 0.0
+    with pytest.raises(PipelineError, match="no initially-correct"):
+        control_comparison(base, target, [control], "correct")
+
+
 def test_batch_dependent_baseline_is_not_a_correction():
     """Task 2 fails in Phase 1.0 but passes in the alpha = 0 rerun (other batch neighbours): batching, not steering.
 
