@@ -509,8 +509,9 @@ def steering_row(role: str, direction: str, vector: str, layer: int, latent: int
     """One row of ``steering_<ts>.parquet``: which run, its rates and program changes.
 
     ``role``: ``grid`` (hyperparams, alpha > 0), ``validation`` (chosen alpha),
-    ``opposite`` (hyperparams, alpha < 0), ``control_<that>`` for the control
-    latents of each, ``alpha0`` for the reruns; ``vector``: ``sae_latent``,
+    ``opposite`` (hyperparams, alpha < 0), ``transfer`` (HumanEval, the MBPP
+    alpha), ``control_<that>`` for the control latents of each, ``alpha0``
+    for the reruns; ``vector``: ``sae_latent``,
     ``diff_means`` or ``zero``.
     """
     return {

@@ -8,9 +8,11 @@ and writes, under ``data/phase3/`` with one timestamp:
 - ``validation_<ts>.json``: everything, machine-readable (the summary is
   rendered from it);
 - ``metrics_<ts>.parquet``: one row per latent x (split, temperature), every
-  metric beside its baseline;
+  metric beside its baseline, plus the HumanEval transfer rows (``split ==
+  "humaneval"``; likewise ``probe_metrics_<ts>.parquet`` for the probes);
 - ``steering_<ts>.parquet``: one row per steered run (latent or control,
-  alpha, split) with rates, intervals and tests, plus the pooled controls;
+  alpha, split) with rates, intervals and tests, the HumanEval steering
+  transfer included (``split == "humaneval"``, ``transfer_steering.py``);
 - ``roc_<ts>.png``, ``metrics_by_temperature_<ts>.png``,
   ``steering_grid_<ts>.png``;
 - ``flipped_examples_<ts>.md``; ``summary_<ts>.md`` and a copy as

@@ -677,6 +677,10 @@ def test_humaneval_prompt_that_differs_from_phase1_is_one_line(e2e, tmp_path):
     with pytest.raises(PipelineError, match="HumanEval task 0 .*differs from the one the HumanEval Phase 1 run used") as exc:
         load_transfer_split(tset, str(changed))
     assert "\n" not in str(exc.value)
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(lines[:10]) + "\n")
+    with pytest.raises(PipelineError, match=r"has no task 10 of the HumanEval Phase 1 run .*\(10 missing\)"):
+        load_transfer_split(tset, str(short))
 
 
 def test_summary_reports_null_intervals_baselines_and_config(e2e):
