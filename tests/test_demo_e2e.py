@@ -15,7 +15,9 @@ def demo_run(tmp_path_factory):
     data = tmp_path_factory.mktemp("demo_data")
     out = subprocess.run(
         [sys.executable, str(REPO_ROOT / "run.py"), "demo", "--size", "test", "--data-dir", str(data)],
-        capture_output=True, text=True, timeout=900, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+        # A hang guard, not a timing check: Phase 3 also steers the 100 HumanEval-format problems now (7 runs), and a
+        # run on 2 shared cores measured 853 s in all (training 439 s, Phase 3 365 s), too close to the old 900 s.
+        capture_output=True, text=True, timeout=1800, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return data, out.stdout
