@@ -72,7 +72,8 @@ class PipelineConfig:
         None, help="local MBPP file, original jsonl or parquet (env PVA_MBPP_PATH; default: the hub)", scope=EVERY_COMMAND
     )
     humaneval_path: str | None = option(
-        None, help="local HumanEval.jsonl.gz or jsonl of the original release (env PVA_HUMANEVAL_PATH; default: the hub)",
+        None, help="local HumanEval.jsonl.gz or jsonl of the original release (env PVA_HUMANEVAL_PATH; default: the hub; "
+        "phase 3's steering transfer: the file the HumanEval Phase 1 run recorded)",
         scope=("1", "3", "check-humaneval"), group="benchmarks",
     )
     seed: int = option(42, help="random seed for splits, sampling and shuffles", scope=EVERY_COMMAND, minimum=0)

@@ -107,6 +107,8 @@ class SplitTasks:
     baseline: pd.DataFrame  # Phase 1.0 rows for exactly these tasks, same order
     # The format Phase 1.0 built its prompts in (its metadata): every prompt Phase 3 generates from is built in it.
     prompt_format: str = "plain"
+    # Which benchmark's rows ``tasks`` holds: it decides how steering rebuilds each task's prompt and tests.
+    benchmark: str = "mbpp"
 
     @property
     def task_ids(self) -> list[int]:

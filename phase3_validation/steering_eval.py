@@ -64,6 +64,7 @@ from common.errors import PipelineError
 from common.executor import Executor
 from common.generation import GenerationConfig
 from common.generation_loop import Job, generate_and_execute
+from common.humaneval import HUMANEVAL_PROMPT_VERSION, humaneval_job
 from common.model_presets import apply_prompt_format
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
 from common.saes import load_sae
@@ -160,24 +161,35 @@ PHASE1_KEYS = ("n_initially_incorrect", "n_corrected", "n_initially_correct", "n
 
 
 def rates_with_baselines(rerun_correct: np.ndarray, phase1_correct: np.ndarray, steered_correct: np.ndarray,
-                         what: str = "") -> dict[str, Any]:
+                         what: str = "", require_both: bool = True) -> dict[str, Any]:
     """Primary rates against the alpha = 0 rerun, and the same rates against Phase 1.0 as ``phase1_*`` beside them.
 
     Why both: the rerun has the steered runs' exact batches, so only steering
     differs; Phase 1.0 had other batches, so a task that batching alone flips
-    would count as a correction or corruption there.
+    would count as a correction or corruption there. ``require_both=False``
+    (HumanEval transfer, whose set may hold one class): a rate without
+    denominator is NaN instead of an error.
     """
-    primary = steering_rates(rerun_correct, steered_correct, what)
+    primary = steering_rates(rerun_correct, steered_correct, what, require_both)
     versus = steering_rates(phase1_correct, steered_correct, what, require_both=False)
     return {**primary, "baseline": "alpha = 0 rerun", **{f"phase1_{k}": versus[k] for k in PHASE1_KEYS}}
 
 
-def predicted_effect(rates: dict[str, Any], direction: str) -> float:
-    """The effect a latent's direction predicts: more corrections (correct) or more corruptions (incorrect)."""
+def predicted_effect(rates: dict[str, Any], direction: str, missing_as_zero: bool = False) -> float:
+    """The effect a latent's direction predicts: more corrections (correct) or more corruptions (incorrect).
+
+    ``missing_as_zero``: a rate with no denominator (no task of that initial
+    class, so no flip of that kind could happen) adds nothing, so a one-class
+    set is scored by the rate it has. Only the HumanEval transfer allows it;
+    MBPP's splits must hold both classes.
+    """
+    correction, corruption = rates["correction_rate"], rates["corruption_rate"]
+    if missing_as_zero:
+        correction, corruption = float(np.nan_to_num(correction)), float(np.nan_to_num(corruption))
     if direction == "correct":
-        return rates["correction_rate"] - rates["corruption_rate"]
+        return correction - corruption
     if direction == "incorrect":
-        return rates["corruption_rate"] - rates["correction_rate"]
+        return corruption - correction
     raise PipelineError(f"direction must be 'correct' or 'incorrect', got {direction!r}")
 
 
@@ -197,7 +209,7 @@ def task_effects(baseline_correct: np.ndarray, steered_correct: np.ndarray, dire
 
 
 def control_comparison(baseline_correct: np.ndarray, target_correct: np.ndarray,
-                       controls_correct: list[np.ndarray], direction: str) -> dict[str, Any]:
+                       controls_correct: list[np.ndarray], direction: str, require_both: bool = True) -> dict[str, Any]:
     """The target against each control and against all controls, paired by task (see the module docstring).
 
     Per task, :func:`task_effects` of target and control. Per control: an
@@ -207,18 +219,21 @@ def control_comparison(baseline_correct: np.ndarray, target_correct: np.ndarray,
     task, so identical controls give one control's p. ``n_beaten`` counts the
     controls whose predicted effect (rate difference) is strictly below the
     target's; ``mean_control_effect`` is what the alpha choice subtracts.
+    ``require_both=False`` scores a one-class baseline by the rate it has
+    (:func:`predicted_effect` with ``missing_as_zero``).
     """
     if not controls_correct:
         raise PipelineError("no control runs to compare the steered latent with")
-    target_rates = steering_rates(baseline_correct, target_correct)
-    target_effect = predicted_effect(target_rates, direction)
+    lenient = not require_both
+    target_rates = steering_rates(baseline_correct, target_correct, require_both=require_both)
+    target_effect = predicted_effect(target_rates, direction, lenient)
     target_tasks = task_effects(baseline_correct, target_correct, direction)
     per_control = []
     for control in controls_correct:
-        rates = steering_rates(baseline_correct, control)
+        rates = steering_rates(baseline_correct, control, require_both=require_both)
         entry = {k: rates[k] for k in ("n_corrected", "n_initially_incorrect", "correction_rate",
                                        "n_corrupted", "n_initially_correct", "corruption_rate")}
-        entry["predicted_effect"] = predicted_effect(rates, direction)
+        entry["predicted_effect"] = predicted_effect(rates, direction, lenient)
         test = paired_sign_test(target_tasks, [task_effects(baseline_correct, control, direction)])
         entry.update(tasks_target_ahead=test["n_target_above"], tasks_control_ahead=test["n_target_below"],
                      paired_p=test["p"])
@@ -384,6 +399,37 @@ def split_jobs(split: SplitTasks, tokenizer: Any) -> list[Job]:
     return jobs
 
 
+def humaneval_split_jobs(split: SplitTasks) -> list[Job]:
+    """HumanEval's jobs (``common.humaneval.humaneval_job``), each prompt checked against the HumanEval Phase 1 run's.
+
+    Why a separate builder: HumanEval's prompt is the release's own text and
+    its test is one ``check(entry_point)`` call, not MBPP's template and
+    asserts; the check is the same as :func:`split_jobs`' (a different prompt
+    would compare steered programs with a baseline made from another prompt).
+    """
+    jobs = []
+    for problem, base in zip(split.tasks.to_dict("records"), split.baseline.itertuples()):
+        job = humaneval_job(problem)
+        if job.prompt != base.prompt:
+            raise PipelineError(
+                f"HumanEval task {int(problem['task_id'])} ({problem.get('name', '?')}): the prompt of the HumanEval file "
+                "given differs from the one the HumanEval Phase 1 run used; give the same file (--humaneval-path) "
+                "or rerun `python3 run.py phase 1 --dataset humaneval`"
+            )
+        jobs.append(job)
+    return jobs
+
+
+def _split_jobs_and_prompt(split: SplitTasks, tokenizer: Any) -> tuple[list[Job], dict[str, Any]]:
+    """The split's jobs and what identifies their prompts and tests in the checkpoint key."""
+    if split.benchmark == "humaneval":
+        jobs = humaneval_split_jobs(split)
+        # The tests decide the labels: a different HumanEval file must not resume another file's runs.
+        blob = "\0".join(f"{j.key}\0{j.prompt}\0{j.test_setup_code}\0{j.tests}" for j in jobs)
+        return jobs, {"prompt": HUMANEVAL_PROMPT_VERSION, "jobs": hashlib.sha256(blob.encode()).hexdigest()[:16]}
+    return split_jobs(split, tokenizer), {"prompt": PROMPT_TEMPLATE_VERSION}
+
+
 def _vector_digest(vector: torch.Tensor) -> str:
     return hashlib.sha256(vector.detach().to(torch.float32).cpu().numpy().tobytes()).hexdigest()[:16]
 
@@ -398,12 +444,12 @@ def steered_generation(
     vector's bytes); a zero vector drops the site from the key, as it changes
     nothing wherever it is added.
     """
-    jobs = split_jobs(split, ctx.tokenizer)
+    jobs, prompt_identity = _split_jobs_and_prompt(split, ctx.tokenizer)
     is_zero = not bool(torch.any(vector != 0))
     identity: dict[str, Any] = {
         "model": ctx.model_id, "split": split.name, "tasks": split.task_ids,
         "max_new_tokens": ctx.gen_cfg.max_new_tokens, "batch_size": ctx.gen_cfg.batch_size,
-        "prompt": PROMPT_TEMPLATE_VERSION, "seed": ctx.gen_cfg.seed,
+        **prompt_identity, "seed": ctx.gen_cfg.seed,
     }
     if split.prompt_format != "plain":  # only then: plain runs keep the checkpoint keys they had before formats
         identity["prompt_format"] = split.prompt_format
@@ -471,8 +517,9 @@ def steering_row(role: str, direction: str, vector: str, layer: int, latent: int
     """One row of ``steering_<ts>.parquet``: which run, its rates and program changes.
 
     ``role``: ``grid`` (hyperparams, alpha > 0), ``validation`` (chosen alpha),
-    ``opposite`` (hyperparams, alpha < 0), ``control_<that>`` for the control
-    latents of each, ``alpha0`` for the reruns; ``vector``: ``sae_latent``,
+    ``opposite`` (hyperparams, alpha < 0), ``transfer`` (HumanEval, the MBPP
+    alpha), ``control_<that>`` for the control latents of each, ``alpha0``
+    for the reruns; ``vector``: ``sae_latent``,
     ``diff_means`` or ``zero``.
     """
     return {
@@ -498,14 +545,18 @@ class Steerable:
 
 
 def measure_at_alpha(ctx: SteeringContext, base: SplitBaseline, target: Steerable, controls: list[Steerable],
-                     alpha: float, scale: float, direction: str, role: str, rows: list[dict[str, Any]]
-                     ) -> tuple[dict[str, Any], dict[str, Any], SteeredRun]:
-    """Target and every control at one alpha on one split: (target row, control comparison, target run)."""
+                     alpha: float, scale: float, direction: str, role: str, rows: list[dict[str, Any]],
+                     require_both: bool = True) -> tuple[dict[str, Any], dict[str, Any], SteeredRun]:
+    """Target and every control at one alpha on one split: (target row, control comparison, target run).
+
+    ``require_both=False`` (HumanEval transfer): a baseline with one class
+    gives the rate that exists and NaN for the other instead of an error.
+    """
     split = base.split
     run = steered_generation(ctx, split, target.layer, alpha * scale * target.unit,
                              f"{direction}_{target.label}_a{alpha:g}")
     what = f"{split.name} split, {target.label}, alpha {alpha:g}"
-    rates = rates_with_baselines(base.correct, split.correct, run.correct, what)
+    rates = rates_with_baselines(base.correct, split.correct, run.correct, what, require_both)
     row = steering_row(role, direction, target.vector, target.layer, target.latent, alpha, split.name, rates,
                        program_changes(base.rerun.records, split.task_ids, run), run)
     control_runs = []
@@ -513,13 +564,14 @@ def measure_at_alpha(ctx: SteeringContext, base: SplitBaseline, target: Steerabl
         c_run = steered_generation(ctx, split, control.layer, alpha * scale * control.unit,
                                    f"control_{control.label}_a{alpha:g}")
         control_runs.append(c_run)
-        c_rates = rates_with_baselines(base.correct, split.correct, c_run.correct, f"{split.name}, control {control.label}")
+        c_rates = rates_with_baselines(base.correct, split.correct, c_run.correct, f"{split.name}, control {control.label}",
+                                       require_both)
         c_row = steering_row(f"control_{role}", direction, "sae_latent", control.layer, control.latent, alpha,
                              split.name, c_rates, program_changes(base.rerun.records, split.task_ids, c_run), c_run)
-        c_row["predicted_effect"] = predicted_effect(c_rates, direction)
+        c_row["predicted_effect"] = predicted_effect(c_rates, direction, not require_both)
         c_row["experiment"] = target.vector  # whose controls (the same runs serve both experiments at one alpha)
         rows.append(c_row)
-    test = control_comparison(base.correct, run.correct, [c.correct for c in control_runs], direction)
+    test = control_comparison(base.correct, run.correct, [c.correct for c in control_runs], direction, require_both)
     row.update(predicted_effect=test["target_effect"], mean_control_effect=test["mean_control_effect"],
                excess_effect=test["excess_effect"], n_controls_beaten=test["n_beaten"],
                n_controls=test["n_controls"], p_vs_controls=test["p_vs_controls"], experiment=target.vector)
@@ -587,6 +639,9 @@ class DirectionSteering:
     diff_means_note: str | None
     control_info: dict[str, Any]
     flipped: dict[str, list[dict[str, Any]]]
+    # The very vectors steered (unit directions), so the HumanEval transfer reuses them unchanged.
+    latent_vector: Steerable | None = None
+    control_vectors: list[Steerable] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         def strip(exp: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -658,6 +713,6 @@ def steer_direction(
     result = DirectionSteering(
         target=target, hook_name=hook_name, residual_norm=scale, scale_layer=source, latent=main, opposite=opposite,
         diff_means=diff_means, diff_means_note=diff_means_note, control_info=control_info,
-        flipped=flipped_examples(bases["validation"], main["run"]),
+        flipped=flipped_examples(bases["validation"], main["run"]), latent_vector=latent, control_vectors=controls,
     )
     return result, rows

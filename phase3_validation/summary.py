@@ -208,8 +208,9 @@ def _grid_table(grid: list[dict[str, Any]], chosen: float | None) -> list[str]:
     return lines
 
 
-def _validation_table(name: str, v: dict[str, Any], test: dict[str, Any], controls: list[int]) -> list[str]:
-    lines = ["| run (validation split) | correction [95% CI] | corruption [95% CI] | predicted effect | "
+def _validation_table(name: str, v: dict[str, Any], test: dict[str, Any], controls: list[int],
+                      where: str = "validation split") -> list[str]:
+    lines = [f"| run ({where}) | correction [95% CI] | corruption [95% CI] | predicted effect | "
              "tasks moved more by target / by control, paired sign test p |", "|---|---|---|---|---|",
              f"| {name} | {_rate_cell(v, 'correction')} | {_rate_cell(v, 'corruption')} | {v['predicted_effect']:+.3f} | |"]
     for latent, c in zip(controls, test["per_control"]):
@@ -355,7 +356,43 @@ def _transfer_section(doc: dict[str, Any]) -> list[str]:
                      f"{row['n']} ({row['n_positive']}) |")
     if transfer.get("probe_note"):
         lines += ["", f"Probes: {transfer['probe_note']}."]
-    return lines + ["", f"Steering: {transfer['steering']['note']}.", ""]
+    return lines + [""] + _transfer_steering_lines(transfer["steering"])
+
+
+def _transfer_steering_lines(steering: dict[str, Any]) -> list[str]:
+    """The steering half of the transfer: HumanEval at the MBPP alpha beside MBPP validation's numbers."""
+    if not steering.get("measured"):
+        return [f"Steering on HumanEval: not measured ({steering['note']}).", ""]
+    sizes = steering["sizes"]
+    lines = ["### Steering transfer (MBPP's alpha, vector, scale and controls on HumanEval)", "",
+             f"Rule: {steering['rule']}. Scale: {steering['scale_source']}. Baseline: {steering['baseline']}; "
+             f"{sizes['n']} tasks, {sizes['n_correct_alpha0']} pass at alpha = 0 ({sizes['n_correct_phase1']} in the "
+             f"HumanEval Phase 1 run); at most {steering['max_new_tokens']} new tokens. Intervals are exact "
+             "(Clopper-Pearson) 95%; p vs controls is the paired sign test against the mean control per task.", ""]
+    if steering.get("note"):
+        lines += [f"**Note:** {steering['note']}.", ""]
+    lines += ["| direction | latent | alpha (MBPP hyperparams) | MBPP validation correction | MBPP validation corruption | "
+              "MBPP controls beaten, p | HumanEval correction | HumanEval corruption | HumanEval McNemar p | "
+              "HumanEval controls beaten, p |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for direction, info in steering["directions"].items():
+        t, m, h, test = info["target"], info["mbpp_validation"], info["humaneval"], info["control_test"]
+        lines.append(
+            f"| {direction} | L{t['layer']}/{t['latent']} | {info['alpha']:g} | {_rate_cell(m, 'correction')} | "
+            f"{_rate_cell(m, 'corruption')} | {m['n_controls_beaten']} of {m['n_controls']}, p = {_p(m['p_vs_controls'])} | "
+            f"{_rate_cell(h, 'correction')} | {_rate_cell(h, 'corruption')} | {_p(h['mcnemar_p'])} | "
+            f"{test['n_beaten']} of {test['n_controls']}, p = {_p(test['p_vs_controls'])} |")
+    lines.append("")
+    for direction, info in steering["directions"].items():
+        t = info["target"]
+        lines += [f"HumanEval, {direction}-preferring L{t['layer']}/{t['latent']} at alpha {info['alpha']:g}, "
+                  "each control:", ""]
+        lines += _validation_table(f"SAE latent L{t['layer']}/{t['latent']}", info["humaneval"], info["control_test"],
+                                   info["control_latents"], "HumanEval")
+    check = steering["alpha0_check"]
+    lines += [f"HumanEval alpha = 0 rerun against the HumanEval Phase 1 run: {check['n_programs_changed']} of "
+              f"{check['n_tasks']} programs differ, {check['n_label_flips']} labels flipped"
+              + (f" ({'; '.join(check['notes'])})" if check["notes"] else "") + ".", ""]
+    return lines
 
 
 def render_summary(doc: dict[str, Any]) -> str:

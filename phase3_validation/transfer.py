@@ -13,8 +13,10 @@ same code as MBPP's validation rows
 stands beside the same baselines (AUROC 0.5, always-positive F1, base rate,
 majority accuracy), with a bootstrap interval over HumanEval tasks.
 
-Not built here: steering on HumanEval (correction and corruption with
-controls at the MBPP-chosen alpha); the section says so.
+The causal half (steering on HumanEval at the MBPP-chosen alpha, with the
+MBPP scale and controls) is ``transfer_steering.py``; its section is
+``TransferResults.steering``. Without a HumanEval run both halves say
+"not measured" and why.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ BENCHMARK = "humaneval"
 HUMANEVAL_COMMAND = "python3 run.py phase 1 --dataset humaneval"
 THRESHOLD_SOURCE = "MBPP hyperparams split (chosen there, applied unchanged)"
 RULE = ("latents, thresholds and probes chosen on MBPP (latents on the sae split by Phase 2; thresholds, probe "
-        "best layers on hyperparams; probes fitted on sae) applied unchanged to HumanEval; nothing is chosen on "
-        "HumanEval")
-STEERING_NOTE = ("steering transfer (correction and corruption with random-latent controls on HumanEval at the "
-                 "MBPP-chosen alpha) is not built yet: only the statistical transfer is measured")
+        "best layers on hyperparams; probes fitted on sae) applied unchanged to HumanEval, and so are the steering "
+        "alpha, vector, scale and controls (transfer_steering.py); nothing is chosen on HumanEval")
+STEERING_NOTE = ("steering transfer not measured: Phase 3's steering did not reach HumanEval (see the note on the "
+                 "statistical transfer)")
 
 
 @dataclass
@@ -121,9 +123,15 @@ class TransferResults:
     latents: list[dict[str, Any]] = field(default_factory=list)
     probes: list[dict[str, Any]] = field(default_factory=list)
     probe_note: str | None = None
+    # The steering half (``transfer_steering.steer_transfer``); None until Phase 3's steering has run.
+    steering: dict[str, Any] | None = None
+    problems_path: Path | None = None  # the HumanEval file steering rebuilt its tasks from (None: none read, or the hub)
 
     def input_paths(self) -> dict[str, Path]:
-        return {} if self.dataset_path is None else {"humaneval_phase1_dataset": self.dataset_path}
+        paths = {} if self.dataset_path is None else {"humaneval_phase1_dataset": self.dataset_path}
+        if self.problems_path is not None:
+            paths["humaneval_problems"] = self.problems_path
+        return paths
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,7 +140,7 @@ class TransferResults:
             "model": self.meta.get("model"), "prompt_template_version": self.meta.get("prompt_template_version"),
             "slice": self.meta.get("slice"), "sizes": self.sizes,
             "latents": self.latents, "probes": self.probes, "probe_note": self.probe_note,
-            "steering": {"measured": False, "note": STEERING_NOTE},
+            "steering": self.steering or {"measured": False, "note": self.note or STEERING_NOTE},
         }
 
 
@@ -219,4 +227,12 @@ def transfer_flags(transfer: dict[str, Any] | None) -> list[str]:
         if lo <= 0.5 <= hi:
             flags.append(f"The rank-1 {row['direction']}-preferring latent {row['name']} does not transfer to HumanEval: "
                          f"AUROC {row['auroc']:.3f} [{lo:.3f}, {hi:.3f}] includes 0.5.")
+    steering = transfer.get("steering") or {}
+    measured = (steering.get("directions") or {}) if steering.get("measured") else {}
+    for direction, info in measured.items():
+        test = info["control_test"]
+        if test["p_vs_controls"] >= 0.05 or test["n_beaten"] < test["n_controls"]:
+            flags.append(f"Steering the {direction}-preferring latent on HumanEval at the MBPP alpha {info['alpha']:g} "
+                         f"beats {test['n_beaten']} of {test['n_controls']} controls (paired sign test p = "
+                         f"{test['p_vs_controls']:.3g}): its causal effect is not shown to transfer.")
     return flags

@@ -8,9 +8,11 @@ and writes, under ``data/phase3/`` with one timestamp:
 - ``validation_<ts>.json``: everything, machine-readable (the summary is
   rendered from it);
 - ``metrics_<ts>.parquet``: one row per latent x (split, temperature), every
-  metric beside its baseline;
+  metric beside its baseline, plus the HumanEval transfer rows (``split ==
+  "humaneval"``; likewise ``probe_metrics_<ts>.parquet`` for the probes);
 - ``steering_<ts>.parquet``: one row per steered run (latent or control,
-  alpha, split) with rates, intervals and tests, plus the pooled controls;
+  alpha, split) with rates, intervals and tests, the HumanEval steering
+  transfer included (``split == "humaneval"``, ``transfer_steering.py``);
 - ``roc_<ts>.png``, ``metrics_by_temperature_<ts>.png``,
   ``steering_grid_<ts>.png``;
 - ``flipped_examples_<ts>.md``; ``summary_<ts>.md`` and a copy as
@@ -58,6 +60,7 @@ from phase3_validation.steering_eval import (
     OPPOSITE_RULE,
     SCALE_SOURCE,
     SELECTION_RULE,
+    DirectionSteering,
     SplitBaseline,
     SteeringContext,
     rates_with_baselines,
@@ -67,7 +70,8 @@ from phase3_validation.steering_eval import (
     steering_row,
 )
 from phase3_validation.summary import render_flipped_examples, render_summary
-from phase3_validation.transfer import load_transfer_set, transfer_flags, transfer_statistics
+from phase3_validation.transfer import load_transfer_set, no_run_note, transfer_flags, transfer_statistics
+from phase3_validation.transfer_steering import load_transfer_split, steer_transfer
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +176,13 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
     return flags
 
 
+def _with_rows(table: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """``table`` with ``rows`` appended (columns only one side has are left empty on the other)."""
+    if not rows:
+        return table
+    return pd.concat([table, pd.DataFrame(rows)], ignore_index=True) if len(table) else pd.DataFrame(rows)
+
+
 def _diff_means_for(inputs: Phase3Inputs, probes: ProbeResults, direction: str, seed: int
                     ) -> tuple[np.ndarray | None, str | None]:
     """The diff-of-means direction of the direction's latent layer (sae split), or None and why."""
@@ -219,6 +230,9 @@ def run(cfg: PipelineConfig) -> Path:
     phase1_model = inputs.phase1_meta.get("model")
     # The HumanEval run (issue 13), checked before any work: same model as MBPP's Phase 1.0, or one line.
     transfer_set = load_transfer_set(cfg.data_dir, str(phase1_model))
+    # Its problems (test code, entry points) for steering, prompts checked against that run's: before any model loads.
+    transfer_split, humaneval_source = (None, None) if transfer_set is None else \
+        load_transfer_split(transfer_set, cfg.humaneval_path)
     # Steering must use the model that wrote the Phase 1.0 baseline: the same rule as Phase 2's.
     model_id, model_note = model_of_phase1(cfg.model, None if phase1_model is None else str(phase1_model))
     # Likewise the prompt format: Phase 1.0's, whatever a preset or default put in the config.
@@ -237,6 +251,7 @@ def run(cfg: PipelineConfig) -> Path:
     for note in small_notes:
         logger.warning("%s; everything else is still computed", note)
     transfer = transfer_statistics(transfer_set, inputs, evaluations, probes, cfg.bootstrap, cfg.seed, cfg.data_dir)
+    transfer.problems_path = None if humaneval_source is None else Path(humaneval_source)
 
     # ---- steering ------------------------------------------------------------------------------
     phase1_gen = inputs.phase1_meta.get("generation") or {}
@@ -256,6 +271,7 @@ def run(cfg: PipelineConfig) -> Path:
     executor_cfg = executor_config_for(cfg)
     steering_rows: list[dict[str, Any]] = []
     directions: dict[str, dict[str, Any]] = {}
+    steered: dict[str, DirectionSteering] = {}
     flipped: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with Executor(executor_cfg) as executor:
         ctx = SteeringContext(
@@ -277,7 +293,12 @@ def run(cfg: PipelineConfig) -> Path:
             )
             steering_rows += rows
             directions[direction] = result.to_dict()
+            steered[direction] = result
             flipped[direction] = result.flipped
+        # Issue 13: the same vectors, alphas, scales and controls on HumanEval, nothing re-chosen.
+        transfer.steering, transfer_rows = steer_transfer(ctx, transfer_split, transfer_set, steered, zero_layer,
+                                                          str(dtype), transfer.note or no_run_note(cfg.data_dir))
+        steering_rows += transfer_rows
         # Issue 15: the same validation problems with a fixed instruction asking for care, no steering.
         prompting_result, prompting_run = prompting.prompting_baseline(ctx, bases["validation"])
         steering_rows.append(steering_row("prompting", "none", "instruction", zero_layer, None, 0.0, "validation",
@@ -364,6 +385,9 @@ def run(cfg: PipelineConfig) -> Path:
     # Everything is rendered before anything is written: a failure here leaves no partial output.
     metrics = pd.DataFrame([row for ev in evaluations for row in ev.rows])
     probe_metrics = pd.DataFrame([row for ev in probes.evaluations for row in ev.rows])
+    # The HumanEval transfer rows (split "humaneval") beside MBPP's, for readers of the tables (issue 13).
+    metrics = _with_rows(metrics, transfer.latents)
+    probe_metrics = _with_rows(probe_metrics, transfer.probes)
     steering_table = pd.DataFrame(steering_rows)
     figures = {
         "roc_png": plots.roc_curves(evaluations),

@@ -122,7 +122,7 @@ def test_latents_and_probes_are_scored_on_humaneval_at_mbpp_thresholds(tmp_path)
     assert transfer_flags(json_safe(result.to_dict())) == []
     text = "\n".join(_transfer_section({"transfer": json_safe(result.to_dict()), "configuration": {}}))
     assert "## 2b. Transfer to HumanEval" in text and "24 tasks, 8 correct, 16 incorrect" in text
-    assert "L2/3" in text and "logistic probe L2" in text and "not built yet" in text
+    assert "L2/3" in text and "logistic probe L2" in text and "Steering on HumanEval: not measured" in text
 
 
 def test_threshold_is_not_rechosen_on_humaneval(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import phase3_validation
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp
+from common.storage import RecordCheckpointer
 from demo.humaneval_view import write_humaneval_view
 from phase3_validation import validation as validation_module
 from phase3_validation.inputs import load_inputs
@@ -78,6 +80,31 @@ def test_rates_need_both_initial_classes():
         steering_rates(np.ones(4, bool), np.ones(4, bool), "validation split")
     with pytest.raises(PipelineError, match="no initially-correct"):
         steering_rates(np.zeros(4, bool), np.ones(4, bool))
+
+
+def test_one_class_baseline_gives_the_rate_that_exists_when_allowed():
+    """HumanEval transfer (require_both=False): no initially-correct task -> correction only, no crash."""
+    base = np.zeros(6, dtype=bool)
+    target = np.array([1, 1, 0, 0, 0, 0], dtype=bool)
+    control = np.array([1, 0, 0, 0, 0, 0], dtype=bool)
+    with pytest.raises(PipelineError, match="no initially-correct"):
+        rates_with_baselines(base, base, target)  # MBPP's rule is unchanged
+    rates = rates_with_baselines(base, base, target, "humaneval", require_both=False)
+    assert rates["n_corrected"] == 2 and rates["correction_rate"] == pytest.approx(2 / 6)
+    assert rates["n_initially_correct"] == 0 and np.isnan(rates["corruption_rate"]) and np.isnan(rates["preservation_rate"])
+    assert rates["correction_ci_lo"] == pytest.approx(sps.binomtest(2, 6).proportion_ci(method="exact").low)
+    test = control_comparison(base, target, [control], "correct", require_both=False)
+    # The predicted effect counts the flips that could happen: the correction rate alone.
+    assert test["target_effect"] == pytest.approx(2 / 6) and test["per_control"][0]["predicted_effect"] == pytest.approx(1 / 6)
+    assert test["n_beaten"] == 1 and test["sign_test"]["n_target_above"] == 1 and test["sign_test"]["n_target_below"] == 0
+    against = control_comparison(base, target, [control], "incorrect", require_both=False)
+    assert against["target_effect"] == pytest.approx(-2 / 6) and against["n_beaten"] == 0
+    everyone = np.ones(6, dtype=bool)  # every task passes at alpha = 0: corruption only
+    broken = np.array([0, 1, 1, 1, 1, 1], dtype=bool)
+    test = control_comparison(everyone, broken, [everyone], "incorrect", require_both=False)
+    assert test["target_effect"] == pytest.approx(1 / 6) and test["per_control"][0]["predicted_effect"] == 0.0
+    with pytest.raises(PipelineError, match="no initially-correct"):
+        control_comparison(base, target, [control], "correct")
 
 
 def test_batch_dependent_baseline_is_not_a_correction():
@@ -431,9 +458,14 @@ def e2e(demo_trained_model, tmp_path_factory):
             phase3_validation.run(cfg)
     assert not [p for p in (data / "phase3").iterdir() if p.is_file()]  # no partial outputs
     checkpoints = [p for p in (data / "phase3" / "checkpoints").rglob("*.parquet")]
+    # The HumanEval steering runs' checkpoints, kept aside: the rerun removes them once its outputs are written.
+    he_checkpoints = root / "humaneval_checkpoints"
+    for folder in (data / "phase3" / "checkpoints").glob("*/humaneval_*"):
+        shutil.copytree(folder, he_checkpoints / folder.name)
     summary = phase3_validation.run(cfg)
     return {"cfg": cfg, "data": data, "summary": summary, "dataset": dataset, "hp_ids": hp_ids, "noisy": noisy,
-            "val_ids": val_ids, "checkpoints_after_crash": checkpoints, "problems": problems}
+            "val_ids": val_ids, "checkpoints_after_crash": checkpoints, "problems": problems,
+            "humaneval_checkpoints": he_checkpoints, "humaneval_view": view}
 
 
 def _output(e2e, prefix: str, suffix: str) -> Path:
@@ -454,7 +486,8 @@ def test_outputs_written(e2e):
     assert (out / "summary.md").read_text() == summary.read_text()
     assert not (out / "checkpoints").exists()  # removed once the outputs are written
     metrics = pd.read_parquet(out / f"metrics_{stamp}.parquet")
-    assert len(metrics) == 4 * 2  # 4 latents x (hyperparams, validation@T0); no Phase 1.2 here
+    # 4 latents x (hyperparams, validation@T0, HumanEval transfer); no Phase 1.2 here
+    assert len(metrics) == 4 * 3 and (metrics["split"] == "humaneval").sum() == 4
     meta = json.loads((out / f"validation_{stamp}_metadata.json").read_text())
     assert meta["phase"] == "3" and meta["coefficients"] == [-3.0, 0.0, 3.0] and "phase2_results" in meta["inputs"]
 
@@ -483,7 +516,7 @@ def test_rates_use_the_alpha_zero_rerun_and_report_phase1_beside(e2e):
     assert check["validation"]["n_programs_changed"] == 1 and check["validation"]["n_label_flips"] == 1
     steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
     zero = steering[steering["role"] == "alpha0"].set_index("split")
-    assert set(zero.index) == {"hyperparams", "validation"}
+    assert set(zero.index) == {"hyperparams", "validation", "humaneval"}  # HumanEval: the transfer's own rerun
     assert zero.loc["validation", "n_initially_incorrect"] == 3  # the rerun: the noisy task passes
     assert zero.loc["validation", "phase1_n_initially_incorrect"] == 4  # Phase 1.0: it failed
     for direction in ("correct", "incorrect"):
@@ -523,8 +556,131 @@ def test_rerun_resumed_from_steering_checkpoints(e2e):
     assert e2e["checkpoints_after_crash"], "the crashed run left no checkpoints"
     steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
     runs = steering
-    expected = np.where(runs["split"] == "hyperparams", len(e2e["hp_ids"]), len(e2e["val_ids"]))
-    assert (runs["n_resumed"].to_numpy() == expected).all()
+    sizes = {"hyperparams": len(e2e["hp_ids"]), "validation": len(e2e["val_ids"]), "humaneval": N_PROBLEMS}
+    # Every run, HumanEval's included, came whole from its checkpoint: the rerun generated nothing.
+    assert (runs["n_resumed"].to_numpy() == runs["split"].map(sizes).to_numpy()).all()
+    assert set(runs["split"]) == set(sizes)
+
+
+def _he_records(e2e, prefix: str) -> pd.DataFrame:
+    """The records of the one kept HumanEval checkpoint folder named ``humaneval_<prefix>_<key>``, by task id."""
+    folders = [f for f in e2e["humaneval_checkpoints"].iterdir() if f.name.rsplit("_", 1)[0] == f"humaneval_{prefix}"]
+    assert len(folders) == 1, [f.name for f in e2e["humaneval_checkpoints"].iterdir()]
+    records = pd.DataFrame(RecordCheckpointer(folders[0]).load())
+    return records.assign(task_id=records["task_id"].astype(int)).set_index("task_id").sort_index()
+
+
+def _exact(k: int, n: int) -> tuple[float, float, float]:
+    if n == 0:
+        return (float("nan"),) * 3
+    ci = sps.binomtest(k, n).proportion_ci(method="exact")
+    return k / n, ci.low, ci.high
+
+
+def test_humaneval_steering_reuses_mbpp_alpha_scale_vector_and_controls(e2e):
+    doc = json.loads(_output(e2e, "validation", ".json").read_text())
+    steering = doc["transfer"]["steering"]
+    assert steering["measured"] and "not re-chosen" in steering["alpha_source"]
+    assert "MBPP hyperparams" in steering["scale_source"] and steering["sizes"]["n"] == N_PROBLEMS
+    table = pd.read_parquet(_output(e2e, "steering", ".parquet"))
+    he = table[table["split"] == "humaneval"]
+    assert set(he["role"]) == {"transfer", "control_transfer", "alpha0"}
+    for direction in ("correct", "incorrect"):
+        mbpp, info = doc["steering"]["directions"][direction], steering["directions"][direction]
+        assert info["alpha"] == mbpp["chosen_alpha"] and info["humaneval"]["alpha"] == mbpp["chosen_alpha"]
+        assert info["residual_norm"] == mbpp["residual_norm"] and info["hook_name"] == mbpp["hook_name"]
+        assert info["control_latents"] == mbpp["control_selection"]["latents"]
+        assert info["target"] == mbpp["target"]
+        rows = he[(he["direction"] == direction) & he["role"].isin(["transfer", "control_transfer"])]
+        assert (rows["alpha"] == mbpp["chosen_alpha"]).all()  # no other alpha was run on HumanEval
+        assert sorted(rows.loc[rows["role"] == "control_transfer", "latent"]) == sorted(info["control_latents"])
+        assert rows.loc[rows["role"] == "transfer", "latent"].tolist() == [mbpp["target"]["latent"]]
+        assert info["mbpp_validation"]["correction_rate"] == mbpp["validation"]["correction_rate"]
+    # The vectors are the MBPP ones: the HumanEval runs' checkpoint folders exist under the keys MBPP's alpha gives.
+    names = {f.name.rsplit("_", 1)[0] for f in e2e["humaneval_checkpoints"].iterdir()}
+    t = {d: doc["steering"]["directions"][d]["target"] for d in ("correct", "incorrect")}
+    assert {f"humaneval_{d}_L{t[d]['layer']}_{t[d]['latent']}_a{doc['steering']['directions'][d]['chosen_alpha']:g}"
+            for d in t} | {"humaneval_alpha0"} <= names
+    summary = e2e["summary"].read_text()
+    assert "### Steering transfer (MBPP's alpha, vector, scale and controls on HumanEval)" in summary
+    assert "| run (HumanEval) |" in summary
+
+
+def test_humaneval_steering_rates_equal_those_recomputed_from_checkpoints(e2e):
+    doc = json.loads(_output(e2e, "validation", ".json").read_text())
+    steering = doc["transfer"]["steering"]
+    base = _he_records(e2e, "alpha0")["passed"].astype(bool)
+    assert list(base.index) == list(range(N_PROBLEMS))
+    assert steering["sizes"]["n_correct_alpha0"] == int(base.sum())
+    phase1 = pd.read_parquet(doc["transfer"]["dataset"]).set_index("task_id").sort_index()["passed"].astype(bool)
+    for direction in ("correct", "incorrect"):
+        info = steering["directions"][direction]
+        t = info["target"]
+        after = _he_records(e2e, f"{direction}_L{t['layer']}_{t['latent']}_a{info['alpha']:g}")["passed"].astype(bool)
+        row = info["humaneval"]
+        corrected, corrupted = int((~base & after).sum()), int((base & ~after).sum())
+        assert (row["n_corrected"], row["n_initially_incorrect"]) == (corrected, int((~base).sum()))
+        assert (row["n_corrupted"], row["n_initially_correct"]) == (corrupted, int(base.sum()))
+        for kind, k, n in (("correction", corrected, int((~base).sum())), ("corruption", corrupted, int(base.sum()))):
+            expected = _exact(k, n)
+            got = (row[f"{kind}_rate"], row[f"{kind}_ci_lo"], row[f"{kind}_ci_hi"])
+            if n == 0:  # a one-class rerun: the rate that does not exist is empty and the note says so
+                assert got == (None, None, None) and steering["note"]
+            else:
+                assert got == pytest.approx(expected)
+        if corrected + corrupted:
+            assert row["mcnemar_p"] == pytest.approx(sps.binomtest(corrected, corrected + corrupted).pvalue)
+        assert row["phase1_n_corrected"] == int((~phase1 & after).sum())
+        assert row["phase1_n_corrupted"] == int((phase1 & ~after).sum())
+        # Each control, recomputed from its own checkpoint; "beaten" = a lower predicted effect than the target's.
+        sign = 1 if direction == "correct" else -1
+        n_inc, n_cor = int((~base).sum()), int(base.sum())
+        target_effect = sign * ((corrected / n_inc if n_inc else 0.0) - (corrupted / n_cor if n_cor else 0.0))
+        assert info["control_test"]["target_effect"] == pytest.approx(target_effect)
+        beaten = 0
+        for latent, c in zip(info["control_latents"], info["control_test"]["per_control"]):
+            c_after = _he_records(e2e, f"control_L{t['layer']}_{latent}_a{info['alpha']:g}")["passed"].astype(bool)
+            assert (c["n_corrected"], c["n_corrupted"]) == (int((~base & c_after).sum()), int((base & ~c_after).sum()))
+            beaten += target_effect > c["predicted_effect"]
+        assert info["control_test"]["n_beaten"] == beaten == row["n_controls_beaten"]
+
+
+def test_humaneval_transfer_rows_in_metric_tables(e2e):
+    doc = json.loads(_output(e2e, "validation", ".json").read_text())
+    metrics = pd.read_parquet(_output(e2e, "metrics", ".parquet"))
+    he = metrics[metrics["split"] == "humaneval"]
+    assert len(he) == len(doc["transfer"]["latents"])
+    for row in doc["transfer"]["latents"]:
+        match = he[(he["direction"] == row["direction"]) & (he["rank"] == row["rank"])]
+        assert len(match) == 1 and match["n"].iloc[0] == row["n"]
+        expected = float("nan") if row["auroc"] is None else row["auroc"]  # JSON has null where the table has NaN
+        assert match["auroc"].iloc[0] == pytest.approx(expected, nan_ok=True)
+        assert match["f1"].iloc[0] == pytest.approx(float("nan") if row["f1"] is None else row["f1"], nan_ok=True)
+    probes = pd.read_parquet(_output(e2e, "probe_metrics", ".parquet"))
+    assert doc["transfer"]["probes"] == [] and probes.empty  # no sae split here: no probes (test_transfer covers them)
+
+
+def test_humaneval_prompt_that_differs_from_phase1_is_one_line(e2e, tmp_path):
+    import gzip
+
+    from phase3_validation.transfer import load_transfer_set
+    from phase3_validation.transfer_steering import load_transfer_split
+
+    lines = gzip.open(e2e["humaneval_view"], "rt").read().splitlines()
+    first = json.loads(lines[0])
+    first["prompt"] = first["prompt"].replace('"""', '"""Edited. ', 1)
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+    tset = load_transfer_set(e2e["data"], e2e["cfg"].model)
+    split, source = load_transfer_split(tset, None)  # the file the HumanEval run recorded
+    assert source == str(e2e["humaneval_view"]) and len(split) == N_PROBLEMS
+    with pytest.raises(PipelineError, match="HumanEval task 0 .*differs from the one the HumanEval Phase 1 run used") as exc:
+        load_transfer_split(tset, str(changed))
+    assert "\n" not in str(exc.value)
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(lines[:10]) + "\n")
+    with pytest.raises(PipelineError, match=r"has no task 10 of the HumanEval Phase 1 run .*\(10 missing\)"):
+        load_transfer_split(tset, str(short))
 
 
 def test_summary_reports_null_intervals_baselines_and_config(e2e):
@@ -586,7 +742,6 @@ def test_prompt_position_policy_runs(e2e, caplog):
 def test_runs_on_real_phase2_results(e2e, tmp_path):
     """The contract with phase2_sae_analysis: Phase 3 reads what Phase 2 really writes (schema, paths)."""
     phase2 = pytest.importorskip("phase2_sae_analysis")
-    import shutil
 
     from common.storage import write_parquet
 
