@@ -150,6 +150,26 @@ def check_task_ids(df: pd.DataFrame, problems: pd.DataFrame, source: str, benchm
         raise PipelineError(f"generations file {source}: task_id {shown} not in {benchmark} ({len(unknown)} unknown){hint}")
 
 
+def check_prompts(df: pd.DataFrame, benchmark: Benchmark, source: str) -> None:
+    """With ``--dataset humaneval``, a ``prompt`` column (Phase 1 tables have one) must hold each task's prompt.
+
+    Why: HumanEval's task ids 0..163 are also MBPP-sized integers, so an MBPP
+    table labelled with ``--dataset humaneval`` would otherwise be judged
+    against the wrong problems without a word. HumanEval's prompt is the
+    release's, verbatim, so equality is the test; MBPP's depends on the prompt
+    template and format, so it is not checked.
+    """
+    if benchmark.dataset != "humaneval" or "prompt" not in df.columns:
+        return
+    by_id = benchmark.problems.set_index("task_id")
+    for position, (task_id, prompt) in enumerate(zip(df["task_id"], df["prompt"], strict=True)):
+        if isinstance(prompt, str) and prompt != build_humaneval_prompt(by_id.loc[int(task_id)].to_dict()):
+            raise PipelineError(
+                f"generations file {source}: row {position} (task_id {task_id}) has a prompt that is not HumanEval "
+                f"task {task_id}'s (a table of another benchmark? use --dataset mbpp for MBPP generations)"
+            )
+
+
 def label_table(df: pd.DataFrame, benchmark: Benchmark, executor: Executor, source: str) -> pd.DataFrame:
     """One verdict per row of ``df`` (same order): the input columns plus the label columns."""
     check_task_ids(df, benchmark.problems, source, benchmark.name)
@@ -191,6 +211,7 @@ def label_cli(cfg: PipelineConfig, generations: str, output: str | None = None) 
     _check_output(source, target)
     benchmark = load_benchmark(cfg)
     check_task_ids(df, benchmark.problems, str(source), benchmark.name)  # before any worker starts
+    check_prompts(df, benchmark, str(source))
     with Executor(executor_config_for(cfg)) as executor:
         labelled = label_table(df, benchmark, executor, str(source))
         sandbox = executor.sandbox_info()

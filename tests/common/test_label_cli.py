@@ -217,3 +217,26 @@ def test_an_earlier_labelled_file_is_not_touched_when_a_humaneval_run_fails(tmp_
     code, _, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
     assert code == 2 and "task_id 999" in _error_line(err)
     assert target.read_bytes() == earlier
+
+
+@requires_real_humaneval
+def test_an_mbpp_table_labelled_as_humaneval_is_refused_by_its_prompts(tmp_path, capsys) -> None:
+    """Task ids 0..163 exist in both benchmarks: a Phase 1 MBPP table's prompt column gives the mix-up away."""
+    from common.prompts import build_prompt
+
+    mbpp = _mbpp()
+    problems = _humaneval()
+    rows = [
+        {"task_id": 0, "prompt": problems[0]["prompt"], "generated_text": problems[0]["canonical_solution"]},
+        {"task_id": 2, "prompt": build_prompt(mbpp[2]["text"], mbpp[2]["test_list"]), "generated_text": mbpp[2]["code"]},
+    ]
+    source = _write(tmp_path / "gens.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
+    assert code == 2
+    line = _error_line(err)
+    assert "row 1 (task_id 2) has a prompt that is not HumanEval task 2's" in line and "--dataset mbpp" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    _write(source, json.dumps(rows[0]) + "\n")  # the HumanEval row alone, with its own prompt, is labelled
+    code, out, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
+    assert code == 0 and "passed 1/1" in out, err
