@@ -478,6 +478,7 @@ def evaluate_model(
     in HumanEval's format the program is prompt plus completion and the test
     is ``check(entry_point)``, as ``phase 1 --dataset humaneval`` runs it.
     """
+    from common.humaneval import check_tests
     from common.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(model_dir), torch.device("cpu"), torch.float32)
@@ -493,7 +494,7 @@ def evaluate_model(
     he_texts = _greedy_texts(model, tokenizer, [v["prompt"] for v in views], cfg)
     solved_he, _ = _run_items([
         {"task_id": t, "code": extract_code(v["prompt"] + text), "test_setup_code": v["test"],
-         "tests": [f"check({v['entry_point']})"]}
+         "tests": check_tests(v)}
         for t, v, text in zip(ids, views, he_texts, strict=True)
     ], cfg)
     return solved, codes, outcomes, solved_he
