@@ -86,10 +86,11 @@ CLOSING_FENCE = "\n```\n"
 # "test": hidden 64, 2 layers (0.19M parameters): with the prompt loss (seed 42)
 #   280 steps, about 19 s of training, 22 s with the evaluation. Both: seen
 #   100% solved, unseen 0%.
-# Both formats (humaneval_format, issue 13), "test" (seed 42), measured on the shared
-#   2-core machine under a load of 5-6 (so the seconds are inflated): 480 steps
-#   instead of 340 (468 s of training instead of 321 s in the same conditions);
-#   seen 100% / unseen 0% in MBPP's format (unchanged) and in HumanEval's (was 0 of 100).
+# Both formats (humaneval_format, issue 13), "test" (seed 42), on the shared 2-core
+#   machine: 480 steps instead of 340, about the same tokens (HumanEval-format
+#   examples average 40 tokens, MBPP-format 94); 111 s against 130 s at a load of
+#   3-4 (468 s against 321 s at 5-6). Seen 100% / unseen 0% in MBPP's format
+#   (unchanged) and in HumanEval's (was 0 of 100).
 # Gradient clipping keeps the larger learning rates (3e-3, 5e-3) free of the loss
 # spikes they give without it; at 1e-3 convergence takes about twice the steps.
 _PRESETS: dict[str, dict[str, Any]] = {
