@@ -3,7 +3,7 @@
 
     python3 run.py phase 0|0.1|1|1.2|2|3 [options]
     python3 run.py check-mbpp [--workers N] [--timeout S] [--json PATH]
-    python3 run.py label --generations FILE [--output FILE] [--workers N] [--timeout S]
+    python3 run.py label --generations FILE [--dataset mbpp|humaneval] [--output FILE] [--workers N] [--timeout S]
     python3 run.py test-gpu [--model M]
     python3 run.py demo [--data-dir D] [--retrain]
     python3 run.py models

@@ -142,13 +142,18 @@ def completion_program(problem: dict[str, Any], generated_text: str) -> str:
     return extract_code(build_humaneval_prompt(problem) + generated_text)
 
 
+def check_tests(problem: dict[str, Any]) -> list[str]:
+    """The one test statement of a problem, run after its ``test`` code: ``check(entry_point)``."""
+    return [f"check({problem['entry_point']})"]
+
+
 def program_pieces(problem: dict[str, Any], completion: str) -> dict[str, Any]:
     """The executor item for one completion: solution, setup (the test code), and the one check call."""
     return {
         "task_id": int(problem["task_id"]),
         "code": problem["prompt"] + completion,
         "test_setup_code": problem["test"],
-        "tests": [f"check({problem['entry_point']})"],
+        "tests": check_tests(problem),
     }
 
 
@@ -189,7 +194,7 @@ def humaneval_job(problem: dict[str, Any]) -> Any:
         task_id=int(problem["task_id"]),
         prompt=prompt,
         test_setup_code=str(problem["test"]),
-        tests=[f"check({problem['entry_point']})"],
+        tests=check_tests(problem),
         extra={"cyclomatic_complexity": int(problem["cyclomatic_complexity"])},
         code_prefix=prompt,
     )

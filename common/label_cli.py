@@ -5,8 +5,17 @@ A user re-scores an old Phase 1 or 1.2 run after such a change without
 regenerating (hours of GPU), or scores another system's generations the same
 way the pipeline scores its own. Input is any jsonl or parquet table with
 ``task_id`` and ``generated_text``; the problems come from ``--mbpp-path`` (or
-the hub). The output is the input table, row for row, with ``extracted_code``,
+the hub), or with ``--dataset humaneval`` from ``--humaneval-path`` (or the
+hub). The output is the input table, row for row, with ``extracted_code``,
 ``passed``, ``outcome``, ``detail`` and ``exec_time_s`` replaced or added.
+
+Each row is judged exactly as the generating phase judges it
+(``common.labelling.submit_generation``): for MBPP the generated text is
+extracted and run against the task's asserts; for HumanEval the generated text
+is the completion of the release's prompt, so the program is extracted from
+prompt plus completion (as ``phase 1 --dataset humaneval`` does) and the test
+is the problem's ``test`` code followed by ``check(entry_point)``. HumanEval
+task ids are positions 0..163 in the release, as in Phase 1's HumanEval tables.
 
 Only the table is written: Phase 1's activation files stay under the label
 they were saved with.
@@ -18,6 +27,7 @@ import collections
 import concurrent.futures
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +37,13 @@ import pandas as pd
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
+from common.humaneval import (
+    HUMANEVAL_PROMPT_VERSION,
+    build_humaneval_prompt,
+    check_tests,
+    humaneval_source_description,
+    load_humaneval,
+)
 from common.labelling import submit_generation
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
@@ -97,26 +114,72 @@ def _check_output(generations: Path, output: Path) -> None:
         raise PipelineError(f"output {output} is a directory")
 
 
-def check_task_ids(df: pd.DataFrame, problems: pd.DataFrame, source: str) -> None:
-    """Every task id of the generations must be an MBPP task: its asserts are the test."""
+@dataclass(frozen=True)
+class Benchmark:
+    """The problems generations are judged against, and how one problem's test program is put together."""
+
+    dataset: str  # "mbpp" or "humaneval" (--dataset)
+    name: str  # as error messages name it
+    problems: pd.DataFrame
+    source: str  # the file or hub dataset, for the metadata
+    path: str | None  # the local file, hashed into the metadata's inputs
+
+    def pieces(self, problem: dict[str, Any]) -> tuple[str, str | None, list[str]]:
+        """(text before the generation, setup code, tests) for one problem, as the generating phase uses them."""
+        if self.dataset == "humaneval":
+            return build_humaneval_prompt(problem), str(problem["test"]), check_tests(problem)
+        return "", problem["test_setup_code"], list(problem["test_list"])
+
+
+def load_benchmark(cfg: PipelineConfig) -> Benchmark:
+    """MBPP (``--mbpp-path`` or the hub) or HumanEval (``--humaneval-path`` or the hub), per ``--dataset``."""
+    if cfg.dataset == "humaneval":
+        return Benchmark("humaneval", "HumanEval", load_humaneval(cfg.humaneval_path),
+                         humaneval_source_description(cfg.humaneval_path), cfg.humaneval_path)
+    if cfg.dataset != "mbpp":
+        raise PipelineError(f"--dataset {cfg.dataset!r} is not a benchmark run.py label knows (mbpp, humaneval)")
+    return Benchmark("mbpp", "MBPP", load_mbpp(cfg.mbpp_path), mbpp_source_description(cfg.mbpp_path), cfg.mbpp_path)
+
+
+def check_task_ids(df: pd.DataFrame, problems: pd.DataFrame, source: str, benchmark: str = "MBPP") -> None:
+    """Every task id of the generations must be a task of the benchmark: its tests are the test."""
     unknown = sorted(set(df["task_id"]) - set(problems["task_id"]))
     if unknown:
         shown = ", ".join(str(t) for t in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise PipelineError(f"generations file {source}: task_id {shown} not in MBPP ({len(unknown)} unknown)")
+        hint = f" (HumanEval task ids are positions 0..{len(problems) - 1})" if benchmark == "HumanEval" else ""
+        raise PipelineError(f"generations file {source}: task_id {shown} not in {benchmark} ({len(unknown)} unknown){hint}")
 
 
-def label_table(df: pd.DataFrame, problems: pd.DataFrame, executor: Executor, source: str) -> pd.DataFrame:
+def check_prompts(df: pd.DataFrame, benchmark: Benchmark, source: str) -> None:
+    """With ``--dataset humaneval``, a ``prompt`` column (Phase 1 tables have one) must hold each task's prompt.
+
+    Why: HumanEval's task ids 0..163 are also MBPP-sized integers, so an MBPP
+    table labelled with ``--dataset humaneval`` would otherwise be judged
+    against the wrong problems without a word. HumanEval's prompt is the
+    release's, verbatim, so equality is the test; MBPP's depends on the prompt
+    template and format, so it is not checked.
+    """
+    if benchmark.dataset != "humaneval" or "prompt" not in df.columns:
+        return
+    by_id = benchmark.problems.set_index("task_id")
+    for position, (task_id, prompt) in enumerate(zip(df["task_id"], df["prompt"], strict=True)):
+        if isinstance(prompt, str) and prompt != build_humaneval_prompt(by_id.loc[int(task_id)].to_dict()):
+            raise PipelineError(
+                f"generations file {source}: row {position} (task_id {task_id}) has a prompt that is not HumanEval "
+                f"task {task_id}'s (a table of another benchmark? use --dataset mbpp for MBPP generations)"
+            )
+
+
+def label_table(df: pd.DataFrame, benchmark: Benchmark, executor: Executor, source: str) -> pd.DataFrame:
     """One verdict per row of ``df`` (same order): the input columns plus the label columns."""
-    check_task_ids(df, problems, source)
-    by_id = problems.set_index("task_id")
+    check_task_ids(df, benchmark.problems, source, benchmark.name)
+    by_id = benchmark.problems.set_index("task_id", drop=False)
     from tqdm import tqdm
 
     pending: list[tuple[str, concurrent.futures.Future[ExecutionResult]]] = []
     for task_id, text in zip(df["task_id"], df["generated_text"], strict=True):
-        problem = by_id.loc[int(task_id)]
-        pending.append(
-            submit_generation(executor, int(task_id), text, problem["test_setup_code"], list(problem["test_list"]))
-        )
+        prefix, setup, tests = benchmark.pieces(by_id.loc[int(task_id)].to_dict())
+        pending.append(submit_generation(executor, int(task_id), prefix + text, setup, tests))
     for _ in tqdm(concurrent.futures.as_completed([f for _, f in pending]), total=len(pending), desc="labelling"):
         pass
     verdicts = [future.result() for _, future in pending]
@@ -146,10 +209,11 @@ def label_cli(cfg: PipelineConfig, generations: str, output: str | None = None) 
     target = Path(output) if output else default_output(source)
     df = read_generations(source)
     _check_output(source, target)
-    problems = load_mbpp(cfg.mbpp_path)
-    check_task_ids(df, problems, str(source))  # before any worker starts
+    benchmark = load_benchmark(cfg)
+    check_task_ids(df, benchmark.problems, str(source), benchmark.name)  # before any worker starts
+    check_prompts(df, benchmark, str(source))
     with Executor(executor_config_for(cfg)) as executor:
-        labelled = label_table(df, problems, executor, str(source))
+        labelled = label_table(df, benchmark, executor, str(source))
         sandbox = executor.sandbox_info()
     counts = collections.Counter(labelled["outcome"])
     n_passed = int(labelled["passed"].sum())
@@ -158,15 +222,16 @@ def label_cli(cfg: PipelineConfig, generations: str, output: str | None = None) 
         changed = int((df["passed"].astype(bool).to_numpy() != labelled["passed"].to_numpy()).sum())
     _write_table(labelled, target)
     inputs: dict[str, str | Path] = {"generations": source}
-    if cfg.mbpp_path:
-        inputs["mbpp"] = cfg.mbpp_path
+    if benchmark.path:
+        inputs[benchmark.dataset] = benchmark.path
     metadata_path = target.with_name(f"{target.stem}_metadata.json")
     write_json(metadata_path, build_metadata(
         "label", cfg, clock, inputs=inputs, outputs={"labels": target},
         extra={
-            "mbpp": mbpp_source_description(cfg.mbpp_path),
+            "dataset": benchmark.dataset,
+            benchmark.dataset: benchmark.source,
             "extraction_version": EXTRACTION_VERSION,
-            "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+            "prompt_template_version": HUMANEVAL_PROMPT_VERSION if benchmark.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION,
             "sandbox": sandbox,
             "n_rows": len(labelled), "n_passed": n_passed, "outcome_counts": dict(counts),
             "labels_changed_vs_input": changed,

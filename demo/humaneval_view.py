@@ -5,12 +5,14 @@ coefficients chosen on the MBPP-format problems, applied unchanged to a second
 benchmark) without the hub. The same problems in HumanEval's format (a
 signature and a docstring to complete, one ``check(candidate)`` function) ask
 whether what was learnt on one prompt format still reads correctness under
-another. Measured at the test size: the tiny model, trained on MBPP's format
-only, solves none of them (it writes MBPP's "Your code should pass these
-tests:" line and stops), so the transfer table has one class and says so; the
-README reports it. A model that should solve some needs training on both
-formats. Because the problems are the same, the demo's transfer numbers would
-in any case say nothing about transfer across problem content.
+another. The demo model is trained on its seen problems in both formats
+(``demo/training.py``, ``humaneval_format``): measured at the test size (seed
+42) it solves the 60 seen problems and none of the 40 unseen ones in either
+format, so the transfer table has both classes. (Trained on MBPP's format
+only, it solved none of them: it wrote MBPP's "Your code should pass these
+tests:" line and stopped.) Because the problems are the same, the demo's
+transfer numbers say nothing about transfer across problem content, only
+across prompt format.
 """
 
 from __future__ import annotations

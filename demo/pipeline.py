@@ -65,6 +65,11 @@ def _train_or_reuse(cache: Path, size: str, retrain: bool, seed: int) -> tuple[P
 
     problems = load_mbpp(DEMO_PROBLEMS)
     model_dir, sae_dir = cache / "model", cache / "saes"
+    model_cfg = DemoModelConfig.for_size(size, seed=seed)
+    if not retrain and (model_dir / MODEL_REPORT).is_file() and TrainingReport.load(model_dir).config != model_cfg.to_dict():
+        # A model cached by an older version (e.g. trained on MBPP's format only) is not what this demo describes.
+        print(f"demo: the cached model in {model_dir} was trained with other settings; training again")
+        retrain = True
     if retrain:
         shutil.rmtree(cache, ignore_errors=True)
     if (model_dir / MODEL_REPORT).is_file():
@@ -72,7 +77,7 @@ def _train_or_reuse(cache: Path, size: str, retrain: bool, seed: int) -> tuple[P
         print(f"demo: reusing the trained model in {model_dir} (--retrain to train again)")
     else:
         print(f"demo: training the {size} model on the bundled problems ...")
-        report = train_demo_model(problems, model_dir, DemoModelConfig.for_size(size, seed=seed))
+        report = train_demo_model(problems, model_dir, model_cfg)
     if (sae_dir / SAE_REPORT).is_file():
         print(f"demo: reusing the trained SAEs in {sae_dir}")
     else:
@@ -88,6 +93,10 @@ def _train_or_reuse(cache: Path, size: str, retrain: bool, seed: int) -> tuple[P
         "n_seen": len(report.seen_task_ids),
         "n_unseen": len(report.unseen_task_ids),
         "train_seconds": report.train_seconds,
+        # The same problems in HumanEval's format (NaN for a model cached before issue 13's two-format training).
+        "share_solved_humaneval_seen": report.share_solved_humaneval_seen,
+        "share_solved_humaneval_unseen": report.share_solved_humaneval_unseen,
+        "n_solved_humaneval": sum(report.solved_humaneval.values()),
     }
     return model_dir, sae_dir, summary
 
@@ -138,7 +147,9 @@ def run_demo_cli(cfg: PipelineConfig, retrain: bool = False, size: str = "demo")
     t = report["training"]
     print(
         f"demo model: {t['share_solved']:.0%} of the problems solved at temperature 0 "
-        f"(seen {t['share_solved_seen']:.0%}, unseen {t['share_solved_unseen']:.0%})"
+        f"(seen {t['share_solved_seen']:.0%}, unseen {t['share_solved_unseen']:.0%}); "
+        f"in HumanEval's format {t['n_solved_humaneval']} of {t['n_seen'] + t['n_unseen']} "
+        f"(seen {t['share_solved_humaneval_seen']:.0%}, unseen {t['share_solved_humaneval_unseen']:.0%})"
     )
     summary = Path(report["outputs"]["3"])
     print(f"demo done in {report['timings_s']['total']:.0f} s")

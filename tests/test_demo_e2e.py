@@ -93,6 +93,11 @@ def test_transfer_table_scores_the_humaneval_view_with_mbpp_choices(demo_run):
     transfer = doc["transfer"]
     assert transfer["measured"] and transfer["sizes"]["n"] == 100
     assert transfer["sizes"]["n_correct"] == int(he["passed"].sum())
+    # The demo model learnt its seen problems in HumanEval's format too: both classes, so AUROC is defined.
+    assert 0 < transfer["sizes"]["n_correct"] < 100 and transfer["sizes"]["n_incorrect"] > 0
+    assert not transfer["note"] or "AUROC undefined" not in transfer["note"]
+    for row in transfer["latents"] + transfer["probes"]:
+        assert 0 <= row["auroc"] <= 1 and row["auroc_ci_lo"] <= row["auroc"] <= row["auroc_ci_hi"], row
     thresholds = {(lat["direction"], lat["rank"]): lat["threshold"] for lat in doc["statistical"]["latents"]}
     assert [(r["direction"], r["rank"]) for r in transfer["latents"]] == list(thresholds)
     for row in transfer["latents"]:

@@ -11,7 +11,7 @@ import pytest
 
 from common.prompts import EXTRACTION_VERSION
 from run import main
-from tests.helpers import REAL_MBPP, requires_real_mbpp
+from tests.helpers import REAL_HUMANEVAL, REAL_MBPP, requires_real_humaneval, requires_real_mbpp
 
 pytestmark = requires_real_mbpp
 
@@ -130,3 +130,113 @@ def test_missing_file_and_output_onto_the_input_are_refused(tmp_path, capsys) ->
     code, _, err = _run(capsys, "--generations", str(source), "--output", str(source))
     assert code == 2 and "generations file itself" in _error_line(err)
     assert source.read_text() == json.dumps({"task_id": 2, "generated_text": "x"}) + "\n"
+
+
+# --- HumanEval (--dataset humaneval): the generation is the completion of the release's prompt ---
+
+
+def _humaneval() -> list[dict]:
+    import gzip
+
+    with gzip.open(REAL_HUMANEVAL, "rt") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _run_humaneval(capsys, humaneval_path: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["label", "--dataset", "humaneval", "--humaneval-path", str(humaneval_path),
+                 "--workers", "2", "--timeout", "10", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@requires_real_humaneval
+def test_humaneval_canonical_completions_pass_and_broken_ones_fail(tmp_path, capsys) -> None:
+    """Task ids are positions in the release; the program is prompt + completion, tested by check(entry_point)."""
+    problems = _humaneval()
+    canonical = [{"task_id": i, "generated_text": problems[i]["canonical_solution"], "want": True} for i in range(8)]
+    rows = canonical + [
+        # The canonical body, then a closing fence and prose, as a base model may go on: extraction cuts it, passes.
+        {"task_id": 2, "generated_text": problems[2]["canonical_solution"] + "\n```\nThis truncates the number.", "want": True},
+        # A body that returns the wrong answer: check() fails.
+        {"task_id": 0, "generated_text": "    return False\n", "want": False},
+        # Prose instead of a body: only the prompt's signature and docstring are left, which return None.
+        {"task_id": 1, "generated_text": "Sorry, I cannot do that.", "want": False},
+        # Another problem's body (task 3's for task 4): runs, but wrong.
+        {"task_id": 4, "generated_text": problems[3]["canonical_solution"], "want": False},
+    ]
+    source = tmp_path / "he_gens.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
+    assert code == 0, err
+    labelled = pd.read_json(tmp_path / "he_gens_labelled.jsonl", lines=True)
+    assert list(labelled["task_id"]) == [r["task_id"] for r in rows]
+    assert list(labelled["passed"]) == [r["want"] for r in rows], labelled[["task_id", "outcome", "detail"]]
+    assert labelled.loc[0, "extracted_code"] == problems[0]["prompt"] + problems[0]["canonical_solution"]
+    assert "This truncates" not in labelled.loc[8, "extracted_code"]
+    assert labelled.loc[9, "outcome"] == "assertion"
+    assert f"passed 9/{len(rows)}" in out
+    meta = json.loads((tmp_path / "he_gens_labelled_metadata.json").read_text())
+    assert meta["dataset"] == "humaneval" and meta["humaneval"] == str(REAL_HUMANEVAL)
+    assert meta["prompt_template_version"] == "humaneval-completion-v1"
+    assert meta["inputs"]["humaneval"]["sha256"] and meta["n_passed"] == 9
+
+
+@requires_real_humaneval
+def test_humaneval_unknown_task_id_is_one_line_and_writes_nothing(tmp_path, capsys) -> None:
+    source = _write(tmp_path / "he_gens.jsonl", '{"task_id": 0, "generated_text": "x"}\n{"task_id": 164, "generated_text": "y"}\n')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
+    assert code == 2
+    line = _error_line(err)
+    assert "task_id 164 not in HumanEval" in line and "positions 0..163" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@requires_real_humaneval
+def test_humaneval_file_with_a_missing_field_is_one_line_and_writes_nothing(tmp_path, capsys) -> None:
+    rows = _humaneval()[:3]
+    del rows[1]["entry_point"]
+    bad = _write(tmp_path / "HumanEval.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    source = _write(tmp_path / "he_gens.jsonl", '{"task_id": 0, "generated_text": "x"}\n')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = _run_humaneval(capsys, bad, "--generations", str(source))
+    assert code == 2
+    assert "missing field 'entry_point'" in _error_line(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@requires_real_humaneval
+def test_an_earlier_labelled_file_is_not_touched_when_a_humaneval_run_fails(tmp_path, capsys) -> None:
+    """Nothing half-overwritten: a bad rerun leaves the previous output byte for byte."""
+    source = _write(tmp_path / "he_gens.jsonl", json.dumps({"task_id": 0, "generated_text": _humaneval()[0]["canonical_solution"]}) + "\n")
+    code, _, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
+    assert code == 0, err
+    target = tmp_path / "he_gens_labelled.jsonl"
+    earlier = target.read_bytes()
+    _write(source, '{"task_id": 0, "generated_text": "x"}\n{"task_id": 999, "generated_text": "y"}\n')
+    code, _, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
+    assert code == 2 and "task_id 999" in _error_line(err)
+    assert target.read_bytes() == earlier
+
+
+@requires_real_humaneval
+def test_an_mbpp_table_labelled_as_humaneval_is_refused_by_its_prompts(tmp_path, capsys) -> None:
+    """Task ids 0..163 exist in both benchmarks: a Phase 1 MBPP table's prompt column gives the mix-up away."""
+    from common.prompts import build_prompt
+
+    mbpp = _mbpp()
+    problems = _humaneval()
+    rows = [
+        {"task_id": 0, "prompt": problems[0]["prompt"], "generated_text": problems[0]["canonical_solution"]},
+        {"task_id": 2, "prompt": build_prompt(mbpp[2]["text"], mbpp[2]["test_list"]), "generated_text": mbpp[2]["code"]},
+    ]
+    source = _write(tmp_path / "gens.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, _, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
+    assert code == 2
+    line = _error_line(err)
+    assert "row 1 (task_id 2) has a prompt that is not HumanEval task 2's" in line and "--dataset mbpp" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    _write(source, json.dumps(rows[0]) + "\n")  # the HumanEval row alone, with its own prompt, is labelled
+    code, out, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
+    assert code == 0 and "passed 1/1" in out, err

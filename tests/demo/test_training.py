@@ -68,6 +68,10 @@ def test_both_classes_at_temperature_zero(trained):
     assert 0.2 <= report.share_solved <= 0.8, report.share_solved
     assert report.share_solved_seen > report.share_solved_unseen
     assert set(report.seen_task_ids).isdisjoint(report.unseen_task_ids)
+    # Issue 13: trained on both formats, the same problems in HumanEval's format have both classes too.
+    assert set(report.solved_humaneval) == set(report.solved)
+    assert 0 < sum(report.solved_humaneval.values()) < len(report.solved_humaneval)
+    assert report.share_solved_humaneval_seen > report.share_solved_humaneval_unseen
 
 
 def test_report_verdicts_hold_when_rechecked_unbatched(trained, problems):
@@ -87,6 +91,30 @@ def test_report_verdicts_hold_when_rechecked_unbatched(trained, problems):
         assert code == report.extracted_code[task_id]
         items.append({"task_id": task_id, "code": code, "test_setup_code": row.test_setup_code,
                       "tests": list(row.test_list)})
+    with Executor(ExecutorConfig(workers=2, timeout_s=5.0)) as ex:
+        results = ex.run_many(items, progress=False)
+    assert [r.passed for r in results] == [True, True, False, False]
+
+
+def test_humaneval_format_verdicts_hold_when_rechecked_unbatched(trained, problems):
+    """The same check in HumanEval's format: plain HF generate from the view's prompt, program = prompt + completion."""
+    from common.humaneval import check_tests
+    from demo.humaneval_view import humaneval_row
+
+    report, model_dir, _folders, _ = trained
+    model, tok = _load(model_dir)
+    solved = [t for t, ok in sorted(report.solved_humaneval.items()) if ok][:2]
+    failed = [t for t, ok in sorted(report.solved_humaneval.items()) if not ok][:2]
+    rows = problems.set_index("task_id", drop=False)
+    items = []
+    for task_id in solved + failed:
+        view = humaneval_row(rows.loc[task_id].to_dict())
+        enc = tok(view["prompt"], return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=128, do_sample=False, pad_token_id=tok.pad_token_id)
+        completion = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        items.append({"task_id": task_id, "code": extract_code(view["prompt"] + completion),
+                      "test_setup_code": view["test"], "tests": check_tests(view)})
     with Executor(ExecutorConfig(workers=2, timeout_s=5.0)) as ex:
         results = ex.run_many(items, progress=False)
     assert [r.passed for r in results] == [True, True, False, False]
@@ -192,3 +220,34 @@ def test_each_sae_fits_its_own_layer_better_than_its_neighbour(trained, problems
         assert own_fvu < 0.5, (layer, own_fvu)
         assert own_fvu < other_fvu, (layer, own_fvu, other_fvu)
         assert 0 < own_l0 < sae.cfg.d_sae / 2
+
+
+def test_humaneval_format_targets_are_programs_phase1_passes(problems):
+    """Issue 13: each seen problem is also learnt in HumanEval's format; the target completion, judged as
+    ``phase 1 --dataset humaneval`` judges a generation (extract_code(prompt + completion), then check(entry_point)),
+    passes, and a format it was not asked for is not added."""
+    from common.humaneval import check_tests
+    from demo.humaneval_view import humaneval_row
+    from demo.tiny_model import train_tokenizer
+    from demo.training import encode_examples, formatted_texts, tokenizer_corpus
+
+    rows = problems.head(12).to_dict("records")
+    assert all(len(formatted_texts(r, False)) == 1 for r in rows)
+    pairs = [formatted_texts(r, True) for r in rows]
+    assert all(len(p) == 2 and p[0][0].startswith(r["text"].strip()) for p, r in zip(pairs, rows, strict=True))
+    items = []
+    for (_mbpp, (prompt, completion)), r in zip(pairs, rows, strict=True):
+        view = humaneval_row(r)
+        assert prompt == view["prompt"]  # exactly the prompt Phase 1 feeds in HumanEval's format
+        items.append({"task_id": int(r["task_id"]), "code": extract_code(prompt + completion),
+                      "test_setup_code": view["test"], "tests": check_tests(view)})
+    wrong = [{**item, "code": extract_code(pairs[0][1][0] + "    return None\n")} for item in items[:1]]
+    with Executor(ExecutorConfig(workers=2)) as executor:
+        assert all(r.passed for r in executor.run_many(items, progress=False))
+        assert not any(r.passed for r in executor.run_many(wrong, progress=False))
+    head = problems.head(3)
+    tok = train_tokenizer(tokenizer_corpus(head, True), vocab_size=400)
+    examples = encode_examples(head, tok, True)
+    assert len(examples) == 6 and len(encode_examples(head, tok, False)) == 3
+    he_prompt, he_completion = formatted_texts(head.iloc[0].to_dict(), True)[1]
+    assert examples[1] == (tok(he_prompt)["input_ids"], tok(he_completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
