@@ -1,7 +1,10 @@
 """Why a self-trained SAE's held-out FVU and Phase 2's FVU disagree (issue 12 item 5).
 
-Trains one SAE per layer with ``common.sae_training.train_saes`` on a corpus,
-then measures, per layer:
+Reads the corpus's resid_post once at every position, holds out whole texts
+by the trainer's own rule, and trains two SAEs per layer with the trainer's
+``train_one`` (SAE Lens): one on every token (what the trainer did for a
+tokenizer without BOS, such as SmolLM2's) and one without each text's first
+token (what it does now). Then measures, per layer and SAE:
 
 - the mean residual norm at each text's first token (position 0) and at the
   other positions: a model without a BOS token still makes its first token an
@@ -12,14 +15,15 @@ then measures, per layer:
   squared error relative to the held-out corpus tokens' variance (so the
   numerator is compared against one fixed scale).
 
-Usage (CPU, a few minutes for SmolLM2-135M)::
+Usage (CPU; SmolLM2-135M with the defaults: minutes, mostly the forward passes)::
 
-    python bench/sae_fvu_positions.py MODEL_DIR MBPP_JSONL OUT_DIR [--layers 10,20] [--tasks 16] [--prompts 64]
+    python bench/sae_fvu_positions.py MODEL_DIR MBPP_JSONL OUT_DIR [--layers 10,20] [--tasks 16] [--prompts 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -29,17 +33,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sae_lens import SAE
+
 from common.capture import LastTokenCapture
 from common.mbpp import load_mbpp
 from common.models import load_model_and_tokenizer
 from common.prompts import build_prompt
 from common.sae_training import (
-    REPORT_FILENAME,
     SAETrainingConfig,
     collect_resid_post,
     read_corpus_file,
     tokenize_texts,
-    train_saes,
+    train_one,
 )
 from common.saes import fraction_of_variance_unexplained
 
@@ -70,41 +75,26 @@ def last_token_vectors(model, tokenizer, prompts: list[str], layers: list[int]) 
     return {layer: np.concatenate(v) for layer, v in out.items()}
 
 
-def measure(model, tok, texts, layers, sae_dir: Path, cfg: SAETrainingConfig, last: dict[int, np.ndarray]) -> dict:
-    """Norms and FVUs of the SAEs in ``sae_dir`` on every held-out token, first tokens included."""
-    from sae_lens import SAE
-
-    report = json.loads((sae_dir / REPORT_FILENAME).read_text())
-    encoded = tokenize_texts(tok, texts, cfg.max_text_tokens, cfg.corpus_tokens, cfg.skip_first_token)
-    acts, owner = collect_resid_post(model, tok, encoded, layers, cfg.forward_batch_size, skip_first_token=False)
-    first = torch.ones_like(owner, dtype=torch.bool)
-    first[1:] = owner[1:] != owner[:-1]  # position 0 of each text
-    held_texts = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(cfg.seed))
-    held = torch.isin(owner, held_texts[: report["n_heldout_texts"]])
-    out: dict[str, object] = {"report_heldout_fvu": {k: v["heldout_fvu"] for k, v in report["layers"].items()},
-                              "n_train_tokens": report["n_train_tokens"], "n_heldout_tokens": report["n_heldout_tokens"]}
-    for layer in layers:
-        sae = SAE.load_from_disk(sae_dir / f"layer_{layer}", device="cpu", dtype="float32")
-        a = acts[layer].numpy()
-        norms = np.linalg.norm(a, axis=1)
-        h_all, h_rest, h_first = a[held.numpy()], a[(held & ~first).numpy()], a[(held & first).numpy()]
-        corpus_var_rest = total_variance(h_rest) / len(h_rest)
-        out[str(layer)] = {
-            "norm_position0_mean": float(norms[first.numpy()].mean()),
-            "norm_other_mean": float(norms[~first.numpy()].mean()),
-            "norm_last_prompt_token_mean": float(np.linalg.norm(last[layer], axis=1).mean()),
-            "heldout_fvu_all_positions": squared_error(sae, h_all) / total_variance(h_all),
-            "heldout_fvu_without_position0": squared_error(sae, h_rest) / total_variance(h_rest),
-            "heldout_position0_share_of_variance": 1 - total_variance(h_rest) / total_variance(h_all),
-            "heldout_position0_mse": squared_error(sae, h_first) / len(h_first),
-            "heldout_other_mse": squared_error(sae, h_rest) / len(h_rest),
-            "last_token_fvu_phase2": fraction_of_variance_unexplained(sae, last[layer]),
-            "last_token_mse": squared_error(sae, last[layer]) / len(last[layer]),
-            "last_token_variance_per_vector": total_variance(last[layer]) / len(last[layer]),
-            "corpus_variance_per_vector_without_position0": corpus_var_rest,
-            "last_token_mse_over_corpus_variance": squared_error(sae, last[layer]) / len(last[layer]) / corpus_var_rest,
-        }
-    return out
+def measure(sae, a: np.ndarray, first: np.ndarray, held: np.ndarray, last: np.ndarray) -> dict[str, float]:
+    """Norms and FVUs of one layer's SAE on the held-out tokens (position 0 in or out) and on last-token vectors."""
+    norms = np.linalg.norm(a, axis=1)
+    h_all, h_rest, h_first = a[held], a[held & ~first], a[held & first]
+    corpus_var_rest = total_variance(h_rest) / len(h_rest)
+    return {
+        "norm_position0_mean": float(norms[first].mean()),
+        "norm_other_mean": float(norms[~first].mean()),
+        "norm_last_prompt_token_mean": float(np.linalg.norm(last, axis=1).mean()),
+        "heldout_fvu_all_positions": squared_error(sae, h_all) / total_variance(h_all),
+        "heldout_fvu_without_position0": squared_error(sae, h_rest) / total_variance(h_rest),
+        "heldout_position0_share_of_variance": 1 - total_variance(h_rest) / total_variance(h_all),
+        "heldout_position0_mse": squared_error(sae, h_first) / len(h_first),
+        "heldout_other_mse": squared_error(sae, h_rest) / len(h_rest),
+        "last_token_fvu_phase2": fraction_of_variance_unexplained(sae, last),
+        "last_token_mse": squared_error(sae, last) / len(last),
+        "last_token_variance_per_vector": total_variance(last) / len(last),
+        "corpus_variance_per_vector_without_position0": corpus_var_rest,
+        "last_token_mse_over_corpus_variance": squared_error(sae, last) / len(last) / corpus_var_rest,
+    }
 
 
 def main() -> None:
@@ -114,7 +104,7 @@ def main() -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--layers", default="10,20")
     parser.add_argument("--tasks", type=int, default=16, help="MBPP rows added to the corpus (the e2e test's slice)")
-    parser.add_argument("--prompts", type=int, default=64, help="MBPP prompts whose last-token vectors are read")
+    parser.add_argument("--prompts", type=int, default=16, help="MBPP prompts whose last-token vectors are read")
     parser.add_argument("--tokens", type=int, default=20_000)
     args = parser.parse_args()
     layers = [int(v) for v in args.layers.split(",")]
@@ -130,14 +120,31 @@ def main() -> None:
     problems = load_mbpp(args.mbpp).sort_values("task_id").head(args.prompts)
     prompts = [build_prompt(r.text, list(r.test_list)) for r in problems.itertuples()]
     last = last_token_vectors(model, tok, prompts, layers)
-    result: dict[str, object] = {"model": args.model_dir, "tasks_in_corpus": args.tasks, "prompts": len(prompts)}
+
+    # One collection with every position; the two trainings differ only in whether position 0 is a training row.
+    cfg = SAETrainingConfig(training_tokens=args.tokens, batch_size=256)
+    encoded = tokenize_texts(tok, texts, cfg.max_text_tokens, cfg.corpus_tokens, skip_first_token=False)
+    acts, owner = collect_resid_post(model, tok, encoded, layers, cfg.forward_batch_size, skip_first_token=False)
+    first_t = torch.ones_like(owner, dtype=torch.bool)
+    first_t[1:] = owner[1:] != owner[:-1]  # position 0 of each text
+    n_held = max(1, round(cfg.holdout_fraction * len(encoded)))  # the trainer's rule
+    held_t = torch.isin(owner, torch.randperm(len(encoded), generator=torch.Generator().manual_seed(cfg.seed))[:n_held])
+    first, held = first_t.numpy(), held_t.numpy()
+    result: dict[str, object] = {
+        "model": args.model_dir, "tasks_in_corpus": args.tasks, "prompts": len(prompts), "texts": len(encoded),
+        "heldout_texts": n_held, "tokens": int(owner.numel()), "heldout_tokens": int(held.sum()),
+    }
     for skip in (False, True):
-        cfg = SAETrainingConfig(training_tokens=args.tokens, batch_size=256, skip_first_token=skip)
-        sae_dir = out / ("saes_skip_first" if skip else "saes_keep_first")
-        train_saes(model, tok, texts, layers, sae_dir, cfg, model_name=args.model_dir)
-        result["skip_first_token" if skip else "keep_first_token"] = measure(
-            model, tok, texts, layers, sae_dir, cfg, last
-        )
+        name = "skip_first_token" if skip else "keep_first_token"
+        rows = ~held_t & ~first_t if skip else ~held_t
+        per_layer = {}
+        for layer in layers:
+            folder = out / name / f"layer_{layer}"
+            train_one(layer, acts[layer][rows], args.model_dir, dataclasses.replace(cfg, skip_first_token=skip)) \
+                .save_inference_model(folder)
+            sae = SAE.load_from_disk(folder, device="cpu", dtype="float32")
+            per_layer[str(layer)] = measure(sae, acts[layer].numpy(), first, held, last[layer])
+        result[name] = per_layer
     (out / "fvu_positions.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
