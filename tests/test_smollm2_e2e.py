@@ -16,7 +16,10 @@ tasks ``MEASURED_PASSING``. The slice is those 3 plus the first 13 failing
 task ids of that run (16 tasks, one generation batch). Phase 0.1 splits it
 0.5/0.25/0.25 in 4 complexity strata (8/4/4 tasks); seed 40 is the first
 seed from 40 up with which each split receives one of the three passers
-(seed 42 puts two in sae). The slice is chosen by class ON PURPOSE, to
+(seed 42 puts two in sae). Phase 2 on validation and Phase 3 label the
+validation tasks by the majority of their Phase 1.2 samples, so Phase 1.2
+draws one sample per task at temperature 0.1 (near greedy; one sample at
+0.8 lost the validation passer and Phase 2 refused). The slice is chosen by class ON PURPOSE, to
 exercise every phase on real output: its pass rate (3/16) is not SmolLM2's
 MBPP pass rate (3/33 on the measured tasks), and nothing here estimates one.
 
@@ -51,6 +54,9 @@ MEASURED_PASSING = [8, 11, 20]
 MEASURED_FAILING = [1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 13, 14, 15]
 SPLIT_SEED = 40
 SPLIT_FRACTIONS = [0.5, 0.25, 0.25]
+# Phase 2 (validation) and Phase 3 label validation tasks by the majority of their Phase 1.2 samples: near-greedy
+# sampling keeps the measured passer's label (one sample at 0.8 lost it: "validation split has no correct tasks").
+PHASE12_TEMPERATURE = 0.1
 
 
 def _write_slice(path: Path) -> list[int]:
@@ -102,7 +108,7 @@ def test_smollm2_runs_every_phase_on_real_mbpp(tmp_path: Path, smollm2_dir: Path
         device="cpu", seed=SPLIT_SEED, split_fractions=SPLIT_FRACTIONS, workers=2, layers=LAYERS,
         general_corpus=str(REPO_ROOT / "demo" / "general_text.txt"), general_corpus_samples=20,
         general_corpus_tokens=64, top_latents_validated=1, max_new_tokens=128, steering_max_new_tokens=64,
-        batch_size=16, temperatures=[0.8], samples_per_task=1, coefficients=[0.0, 1.0], n_random_controls=1,
+        batch_size=16, temperatures=[PHASE12_TEMPERATURE], samples_per_task=1, coefficients=[0.0, 1.0], n_random_controls=1,
         permutations=20, bootstrap=100,
     )
     outputs: dict[str, Path] = {}
@@ -132,6 +138,12 @@ def test_smollm2_runs_every_phase_on_real_mbpp(tmp_path: Path, smollm2_dir: Path
                     f"{split} split has one class; measured passers {placed[split]}, now passing "
                     f"{sorted(passed & set(frame['task_id']))}: SmolLM2's greedy output changed since the measurement"
                 )
+
+        if name == "1.2":
+            tables = [pd.read_parquet(p) for p in sorted(outputs[name].glob("*.parquet"))]
+            samples = pd.concat([t for t in tables if "passed" in t.columns])
+            print(f"phase 1.2: {int(samples['passed'].sum())} of {len(samples)} samples passed "
+                  f"(validation split, temperature {PHASE12_TEMPERATURE})", flush=True)
 
     for key in ("2", "2v"):
         results = read_json(outputs[key])
