@@ -8,9 +8,16 @@ decoder layer L before the final norm (``common/hooks.py``).
 
 How:
 - activations are read with ``hooks.read_hook`` at every real token of every
-  text except ``<bos>`` (its vector is the same constant for every text: it
-  would only weigh on the norm estimate) and padding; right padding keeps
-  every text at its unpadded positions;
+  text except the first one and padding; right padding keeps every text at
+  its unpadded positions. Why not the first: with a ``<bos>`` it is the same
+  constant vector for every text; WITHOUT one (SmolLM2's tokenizer adds none)
+  the first token can still be the attention sink, with a residual norm far
+  above the others' (measured on SmolLM2-135M, ``bench/sae_fvu_positions.py``:
+  layer 20, mean norm 22,552 at position 0 against 236 elsewhere, 99.4% of
+  the held-out variance; layer 10, no outlier). Kept, those outliers made
+  layer 20's held-out FVU 0.007 while its FVU on the other tokens was 1.11
+  (no better than their mean); left out, 0.44. Phase 1 never reads the first
+  token, so nothing is lost;
 - whole texts are held out (seeded) for the reported FVU and L0, so held-out
   tokens are not near-copies of training tokens from the same text;
 - each layer gets a ``JumpReLUTrainingSAE`` trained by SAE Lens's
@@ -76,6 +83,8 @@ class SAETrainingConfig:
     seed: int = 0
     forward_batch_size: int = 32
     max_text_tokens: int = 512  # longer texts are truncated
+    # Leave out every text's first token (<bos>, or the attention sink without one): see the module docstring.
+    skip_first_token: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,14 +136,20 @@ def read_corpus_file(path: str | Path) -> list[str]:
     return texts
 
 
-def tokenize_texts(tokenizer: Any, texts: list[str], max_text_tokens: int, corpus_tokens: int | None) -> list[list[int]]:
-    """Token ids per text (with the tokenizer's BOS), truncated, until ``corpus_tokens`` non-BOS tokens are taken."""
-    bos = tokenizer.bos_token_id
+def tokenize_texts(
+    tokenizer: Any, texts: list[str], max_text_tokens: int, corpus_tokens: int | None, skip_first_token: bool = True
+) -> list[list[int]]:
+    """Token ids per text (as the tokenizer gives them), truncated, until ``corpus_tokens`` trained tokens are taken.
+
+    Every text's first token is not trained on (``collect_resid_post``) unless
+    ``skip_first_token`` is False, so it is not counted, and a text with no
+    other token is left out.
+    """
     out: list[list[int]] = []
     taken = 0
     for text in texts:
         ids = list(tokenizer(text)["input_ids"])[:max_text_tokens]
-        counted = len(ids) - int(bos is not None and ids[:1] == [bos])
+        counted = len(ids) - int(skip_first_token)
         if counted < 1:
             continue
         out.append(ids)
@@ -153,15 +168,17 @@ def collect_resid_post(
     texts: list[str] | list[list[int]],
     layers: list[int],
     batch_size: int = 32,
+    skip_first_token: bool = True,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """resid_post of each layer at every real non-<bos> token of every text.
+    """resid_post of each layer at every real token of every text but its first (unless told to keep it).
 
     ``texts`` are strings or already tokenized ids. Returns
     ``({layer: float32 (n_tokens, d_model)}, text_index (n_tokens,))`` on the CPU.
+    The first token (``<bos>`` or, without one, the attention sink) is skipped
+    by default: see the module docstring.
     """
     layers = model_layers(model, layers)
     encoded = [t if isinstance(t, list) else tokenizer(t)["input_ids"] for t in texts]
-    bos = tokenizer.bos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     captured: dict[int, torch.Tensor] = {}
 
@@ -188,8 +205,8 @@ def collect_resid_post(
                 ids[i, : len(seq)] = torch.tensor(seq)
                 mask[i, : len(seq)] = 1
             keep = mask.bool()
-            if bos is not None:
-                keep &= ids != bos
+            if skip_first_token:
+                keep[:, 0] = False
             # The decoder stack alone: no logits are needed, and a large vocabulary's unembedding is costly.
             decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             for layer in layers:
@@ -305,7 +322,7 @@ def train_saes(
         raise PipelineError("SAE training needs at least one layer")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    encoded = tokenize_texts(tokenizer, texts, cfg.max_text_tokens, cfg.corpus_tokens)
+    encoded = tokenize_texts(tokenizer, texts, cfg.max_text_tokens, cfg.corpus_tokens, cfg.skip_first_token)
     n_held = max(1, round(cfg.holdout_fraction * len(encoded))) if len(encoded) > 1 else 0
     held_texts = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(cfg.seed))[:n_held]
     report: dict[str, Any] = {
@@ -319,7 +336,7 @@ def train_saes(
     report["collect_seconds"] = 0.0
     for group in _layer_groups(layers, n_tokens, d_model):
         t0 = time.perf_counter()
-        acts, owner = collect_resid_post(model, tokenizer, encoded, group, cfg.forward_batch_size)
+        acts, owner = collect_resid_post(model, tokenizer, encoded, group, cfg.forward_batch_size, cfg.skip_first_token)
         report["collect_seconds"] += time.perf_counter() - t0
         held = torch.isin(owner, held_texts)
         report["n_train_tokens"], report["n_heldout_tokens"] = int((~held).sum()), int(held.sum())

@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("sae_lens")
 
+from common.errors import PipelineError
 from common.sae_training import REPORT_FILENAME, read_corpus_file
 from common.saes import SAESource, fraction_of_variance_unexplained, load_sae
 from common.storage import read_json
@@ -35,6 +36,40 @@ def test_trainer_writes_one_sae_lens_folder_per_layer(tiny_model, tmp_path):
         assert sae.cfg.metadata.hook_name == f"blocks.{layer}.hook_resid_post"
         assert (int(sae.cfg.d_in), int(sae.cfg.d_sae)) == (model.config.hidden_size, 48)
         assert report["layers"][str(layer)]["heldout_fvu"] is not None
+
+
+def test_first_token_is_left_out_even_without_a_bos(tiny_model):
+    """The SAE never trains on a text's first token, whatever it is.
+
+    Why: SmolLM2's tokenizer adds no BOS, so the old rule (drop ``<bos>``
+    only) kept every text's first token, an attention sink whose residual
+    norm is many times the others'; those few outliers dominated the
+    held-out variance and made the held-out FVU look far better than the
+    SAE's fit of ordinary tokens. Token ids without any BOS reproduce that.
+    """
+    import torch
+
+    from common.sae_training import collect_resid_post, tokenize_texts
+
+    model, tokenizer = tiny_model
+    ids = [i for i in tokenizer("def add(a, b): return a + b")["input_ids"] if i != tokenizer.bos_token_id]
+    other = [i for i in tokenizer("assert add(1, 2) == 3")["input_ids"] if i != tokenizer.bos_token_id]
+    assert len(ids) > 3 and len(other) > 3
+    acts, owner = collect_resid_post(model, tokenizer, [ids, other], [0])
+    kept_all, owner_all = collect_resid_post(model, tokenizer, [ids, other], [0], skip_first_token=False)
+    with torch.no_grad():  # hidden_states[1] is layer 0's output (the last layer's entry would be final-normed)
+        hidden = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0]
+    torch.testing.assert_close(acts[0][: len(ids) - 1], hidden[1:])
+    torch.testing.assert_close(kept_all[0][: len(ids)], hidden)
+    assert owner.tolist() == [0] * (len(ids) - 1) + [1] * (len(other) - 1)
+    assert owner_all.tolist() == [0] * len(ids) + [1] * len(other)
+    # The corpus budget counts the tokens that are trained on: a one-token text contributes none and is left out.
+    texts = ["def add(a, b): return a + b", "assert add(1, 2) == 3"]
+    first_len = len(tokenizer(texts[0])["input_ids"])
+    assert len(tokenize_texts(tokenizer, texts, 512, first_len - 1)) == 1
+    assert len(tokenize_texts(tokenizer, texts, 512, first_len)) == 2
+    with pytest.raises(PipelineError, match="no text with a token"):
+        tokenize_texts(tokenizer, texts, 1, None)  # truncated to one token each: nothing left to train on
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
