@@ -29,7 +29,7 @@ import torch
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp
-from common.storage import read_json, write_json
+from common.storage import write_json
 from demo.humaneval_view import write_humaneval_view
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def demo_config(data_dir: str, size: str, model_dir: Path, sae_dir: Path, seed: 
 
 def _train_or_reuse(cache: Path, size: str, retrain: bool, seed: int) -> tuple[Path, Path, dict[str, Any]]:
     from demo.sae_training import REPORT_FILENAME as SAE_REPORT
-    from demo.sae_training import DemoSAEConfig, demo_sae_texts, texts_digest, train_demo_saes
+    from demo.sae_training import DemoSAEConfig, demo_sae_texts, train_demo_saes
     from demo.training import REPORT_FILENAME as MODEL_REPORT
     from demo.training import DemoModelConfig, TrainingReport, train_demo_model
 
@@ -78,17 +78,12 @@ def _train_or_reuse(cache: Path, size: str, retrain: bool, seed: int) -> tuple[P
     else:
         print(f"demo: training the {size} model on the bundled problems ...")
         report = train_demo_model(problems, model_dir, model_cfg)
-    texts = demo_sae_texts(problems)
-    if (sae_dir / SAE_REPORT).is_file() and read_json(sae_dir / SAE_REPORT).get("texts_sha256") != texts_digest(texts):
-        # SAEs cached by an older version (e.g. trained on MBPP's format only) are not what this demo describes.
-        print(f"demo: the cached SAEs in {sae_dir} were trained on other texts; training again")
-        shutil.rmtree(sae_dir)
     if (sae_dir / SAE_REPORT).is_file():
         print(f"demo: reusing the trained SAEs in {sae_dir}")
     else:
         print("demo: training one SAE per layer with SAE Lens ...")
         n_layers = int(report.config["num_hidden_layers"])
-        train_demo_saes(model_dir, texts, list(range(n_layers)), sae_dir, DemoSAEConfig.for_size(size, seed=seed))
+        train_demo_saes(model_dir, demo_sae_texts(problems), list(range(n_layers)), sae_dir, DemoSAEConfig.for_size(size, seed=seed))
     summary = {
         "model_dir": str(model_dir),
         "sae_dir": str(sae_dir),

@@ -28,7 +28,6 @@ dense, 0.5 collapses).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -40,13 +39,12 @@ import torch
 from common.hooks import hook_name as _hook_name
 from common.prompts import build_prompt
 from common.sae_training import REPORT_FILENAME, SAETrainingConfig, collect_resid_post, sae_fvu_and_l0, train_saes
-from demo.humaneval_view import humaneval_row
 from demo.presets import PresetConfig
 from demo.training import completion_text, deterministic_torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["REPORT_FILENAME", "DemoSAEConfig", "collect_resid_post", "demo_sae_texts", "hook_name", "texts_digest",
+__all__ = ["REPORT_FILENAME", "DemoSAEConfig", "collect_resid_post", "demo_sae_texts", "hook_name",
            "sae_fvu_and_l0", "train_demo_saes"]
 
 # "demo": about 12 s a layer for d_in 128 on 2 cores (held-out FVU ~0.05, L0 ~20);
@@ -79,27 +77,15 @@ class DemoSAEConfig(PresetConfig, SAETrainingConfig):
 
 
 def demo_sae_texts(problems: pd.DataFrame) -> list[str]:
-    """The texts the demo SAEs are trained on: every problem's prompt and reference solution, in both formats.
+    """The texts the demo SAEs are trained on: every problem's prompt followed by its reference solution.
 
     Why prompts: Phase 2 encodes the last prompt token, so the SAE must know
-    prompt-position activations; solutions add code-token contexts. Why both
-    formats (MBPP's, then HumanEval's, as ``demo/humaneval_view.py`` writes
-    it): the demo model learns both and Phase 3 reads the HumanEval view
-    through these SAEs; SAEs trained on MBPP's format alone had latents that
-    never fired on a HumanEval-format prompt, so their transfer AUROC was 0.5
-    by construction and said nothing.
+    prompt-position activations; solutions add code-token contexts.
     """
-    ordered = problems.sort_values("task_id")
-    mbpp_format = [build_prompt(r.text, list(r.test_list)) + completion_text(r.code)
-                   for r in ordered.itertuples(index=False)]
-    humaneval_format = [row["prompt"] + row["canonical_solution"]
-                        for row in map(humaneval_row, ordered.to_dict("records"))]
-    return mbpp_format + humaneval_format
-
-
-def texts_digest(texts: list[str]) -> str:
-    """sha256 of the training texts: the demo retrains cached SAEs whose texts were other ones."""
-    return hashlib.sha256("\0".join(texts).encode()).hexdigest()
+    return [
+        build_prompt(r.text, list(r.test_list)) + completion_text(r.code)
+        for r in problems.sort_values("task_id").itertuples(index=False)
+    ]
 
 
 def train_demo_saes(
@@ -128,5 +114,5 @@ def train_demo_saes(
         model, tokenizer = load_model_and_tokenizer(str(model_dir), torch.device("cpu"), torch.float32)
         return train_saes(
             model, tokenizer, texts, layers, out_dir, training_cfg, model_name=str(model_dir),
-            extra={"model_dir": str(model_dir), "demo_config": cfg.to_dict(), "texts_sha256": texts_digest(texts)},
+            extra={"model_dir": str(model_dir), "demo_config": cfg.to_dict()},
         )

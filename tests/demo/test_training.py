@@ -251,26 +251,3 @@ def test_humaneval_format_targets_are_programs_phase1_passes(problems):
     assert len(examples) == 6 and len(encode_examples(head, tok, False)) == 3
     he_prompt, he_completion = formatted_texts(head.iloc[0].to_dict(), True)[1]
     assert examples[1] == (tok(he_prompt)["input_ids"], tok(he_completion, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
-
-
-def test_sae_texts_hold_both_formats_of_every_problem(problems, tmp_path):
-    """The demo SAEs read the HumanEval view too, so they must have seen its prompts: each one is in a text."""
-    import gzip
-    import json
-
-    from demo.humaneval_view import write_humaneval_view
-    from demo.sae_training import texts_digest
-
-    texts = demo_sae_texts(problems)
-    assert len(texts) == 2 * len(problems)
-    view = write_humaneval_view(problems, tmp_path / "view.jsonl.gz")
-    rows = [json.loads(line) for line in gzip.open(view, "rt")]
-    humaneval_texts = set(texts[len(problems):])
-    assert all(row["prompt"] + row["canonical_solution"] in humaneval_texts for row in rows)
-    assert texts[0].startswith(build_prompt(*_first_prompt_parts(problems)))
-    assert texts_digest(texts) != texts_digest(texts[: len(problems)])
-
-
-def _first_prompt_parts(problems):
-    first = problems.sort_values("task_id").iloc[0]
-    return first["text"], list(first["test_list"])
