@@ -177,6 +177,8 @@ def _launch_locked(
     args: argparse.Namespace, passthrough: list[str], cfg: PipelineConfig, slurm_opts: SlurmOptions | None
 ) -> int:
     clock = RunClock()
+    if cfg.dataset != "mbpp":  # its settings, task list and output folder below are MBPP's
+        raise PipelineError(f"multi_gpu_launcher.py runs MBPP only; run --dataset {cfg.dataset} with run.py phase {args.phase}")
     module = _phase_module(args.phase)
     all_ids, own_ids = module.task_universe(cfg)
     what = "MBPP" if args.phase == "1" else "the validation split"

@@ -35,6 +35,7 @@ from common.config import (  # noqa: E402
     EVERY_COMMAND,
     PipelineConfig,
     applies_to,
+    benchmark_data_dir,
     default_of,
     flag_of,
     option_fields,
@@ -360,11 +361,17 @@ def _run_phase(number: str, cfg: PipelineConfig) -> int:
         from common.models import check_gated_access
 
         check_gated_access(cfg.model)
+    if cfg.dataset == "humaneval":  # refused here, like the gated check, so the refusal leaves no log file
+        from common.humaneval import refuse_chat_format
+
+        refuse_chat_format(cfg.prompt_format)
     entry = _load_entry(PHASES[number])
+    # The benchmark's own folder (MBPP: the data dir itself): a HumanEval run locks and logs beside its outputs.
+    data_dir = benchmark_data_dir(cfg.data_dir, cfg.dataset)
     # One run per phase folder; a launcher worker locks its own shard folder (the launcher holds the phase's).
-    lock_dir = cfg.shard_dir or phase_dir(cfg.data_dir, number)
+    lock_dir = cfg.shard_dir or phase_dir(data_dir, number)
     with exclusive(lock_dir, f"phase {number}"):
-        log_path = phase_dir(cfg.data_dir, number) / "logs" / f"phase{number}_{timestamp()}.log"
+        log_path = phase_dir(data_dir, number) / "logs" / f"phase{number}_{timestamp()}.log"
         handler = add_file_log(log_path)
         try:
             logger.info("phase %s: log file %s", number, log_path)

@@ -74,7 +74,7 @@ class PipelineConfig:
     humaneval_path: str | None = option(
         None, help="local HumanEval.jsonl.gz or jsonl of the original release (env PVA_HUMANEVAL_PATH; default: the hub; "
         "phase 3's steering transfer: the file the HumanEval Phase 1 run recorded)",
-        scope=("1", "3", "check-humaneval", "label"), group="benchmarks",
+        scope=("1", "1.2", "3", "check-humaneval", "label"), group="benchmarks",
     )
     seed: int = option(42, help="random seed for splits, sampling and shuffles", scope=EVERY_COMMAND, minimum=0)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N", scope=EVERY_COMMAND)
@@ -85,8 +85,8 @@ class PipelineConfig:
 
     dataset: str = option(
         "mbpp", help="benchmark to generate for (or, for label, to judge against); humaneval writes under "
-        "<data dir>/humaneval/ (Phase 3 reads it for transfer)",
-        scope=("1", "label"), choices=("mbpp", "humaneval"), group="benchmarks",
+        "<data dir>/humaneval/ (Phase 3 reads its Phase 1 run for transfer, not its Phase 1.2)",
+        scope=("1", "1.2", "label"), choices=("mbpp", "humaneval"), group="benchmarks",
     )
 
     # Phase 0.1: split

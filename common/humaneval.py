@@ -126,6 +126,12 @@ def load_humaneval(path: str | Path | None = None) -> pd.DataFrame:
 HUMANEVAL_PROMPT_VERSION = "humaneval-completion-v1"
 
 
+def refuse_chat_format(prompt_format: str) -> None:
+    """HumanEval's prompt is the release's own text to complete: a chat template around it is another benchmark."""
+    if prompt_format != "plain":
+        raise PipelineError("--dataset humaneval completes the release's own prompt: use a plain (not chat) prompt format")
+
+
 def build_humaneval_prompt(problem: dict[str, Any]) -> str:
     """The prompt for one problem: the release's prompt, verbatim."""
     return str(problem["prompt"])

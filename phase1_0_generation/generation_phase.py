@@ -42,7 +42,13 @@ from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
 from common.generation_loop import Job, generate_and_execute
 from common.hooks import check_layers
-from common.humaneval import HUMANEVAL_PROMPT_VERSION, humaneval_job, humaneval_source_description, humaneval_tasks
+from common.humaneval import (
+    HUMANEVAL_PROMPT_VERSION,
+    humaneval_job,
+    humaneval_source_description,
+    humaneval_tasks,
+    refuse_chat_format,
+)
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
 from common.model_presets import apply_prompt_format
@@ -97,8 +103,7 @@ def source_description(cfg: PipelineConfig) -> str:
 def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame, tokenizer: Any) -> list[Job]:
     """One greedy generation job per task, with the tests its program must pass."""
     if cfg.dataset == "humaneval":
-        if cfg.prompt_format != "plain":
-            raise PipelineError("--dataset humaneval completes the release's own prompt: use a plain (not chat) prompt format")
+        refuse_chat_format(cfg.prompt_format)
         return [humaneval_job(row) for row in sliced.to_dict("records")]
     return [
         Job(
@@ -166,6 +171,8 @@ def run(cfg: PipelineConfig) -> Path:
     ``--dataset humaneval`` writes the same files under ``<data dir>/humaneval/``.
     """
     clock = RunClock()
+    if cfg.dataset == "humaneval":
+        refuse_chat_format(cfg.prompt_format)  # before an earlier run could be moved aside for the other format
     cfg = dataclasses.replace(cfg, data_dir=str(benchmark_data_dir(cfg.data_dir, cfg.dataset)))
     tasks, difficulty_path = load_tasks(cfg)
     ids = tasks["task_id"].astype(int).tolist()

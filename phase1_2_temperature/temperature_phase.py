@@ -1,4 +1,4 @@
-"""Phase 1.2: temperature robustness on the validation split.
+"""Phase 1.2: temperature robustness on the validation split (MBPP) or on every HumanEval task.
 
 For each temperature (default 0.3, 0.6, 0.9, 1.2) every validation task gets
 ``samples_per_task`` seeded samples, each executed and labelled; one table per
@@ -13,6 +13,11 @@ of the run with their sha256. A rerun on another slice with the same
 settings merges into that run's tables; a rerun with other settings first
 moves the earlier run, whole, to ``archive/<run id>/``. Nothing is replaced
 silently.
+
+``--dataset humaneval`` writes the same files under ``<data dir>/humaneval/phase1_2/``.
+HumanEval has no Phase 0.1 splits (all of it is held-out transfer data), so
+every task is sampled, in positions 0..163 by task id as in Phase 1.0's
+HumanEval run, with the release's own prompt and HumanEval's labelling.
 """
 
 from __future__ import annotations
@@ -40,12 +45,19 @@ from common.artifacts import (
     settings_with_prompt_format,
     temperature_label,
 )
-from common.config import PipelineConfig
+from common.config import PipelineConfig, benchmark_data_dir
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
 from common.generation_loop import Job, generate_and_execute
 from common.hooks import check_layers
+from common.humaneval import (
+    HUMANEVAL_PROMPT_VERSION,
+    humaneval_job,
+    humaneval_source_description,
+    humaneval_tasks,
+    refuse_chat_format,
+)
 from common.metadata import RunClock, build_metadata, file_sha256
 from common.model_presets import apply_prompt_format
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
@@ -82,8 +94,23 @@ def all_task_ids(split_path: Path) -> list[int]:
     return sorted(ids)
 
 
-def select_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path, int, int]:
-    """The validation tasks in positions ``--start..--end`` of the whole task list (see common.tasks)."""
+def load_humaneval_tasks(cfg: PipelineConfig) -> pd.DataFrame:
+    """Every HumanEval problem, in task_id order: all of HumanEval is held out, so there is no split to read."""
+    if cfg.input:
+        raise PipelineError("--input names a Phase 0.1 split of MBPP; --dataset humaneval samples every HumanEval task")
+    return humaneval_tasks(cfg.humaneval_path).sort_values("task_id").reset_index(drop=True)
+
+
+def select_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path | None, int, int]:
+    """The validation tasks in positions ``--start..--end`` of the whole task list (see common.tasks).
+
+    HumanEval: every task in those positions (no split file, hence None).
+    """
+    if cfg.dataset == "humaneval":
+        problems = load_humaneval_tasks(cfg)
+        ids = problems["task_id"].astype(int).tolist()
+        start, end, chosen = tasks_in_range(ids, ids, cfg.start, cfg.end, "HumanEval")
+        return problems[problems["task_id"].isin(chosen)].reset_index(drop=True), None, start, end
     tasks, path = load_validation_tasks(cfg)
     start, end, chosen = tasks_in_range(
         all_task_ids(path), tasks["task_id"].astype(int).tolist(), cfg.start, cfg.end, "the validation split"
@@ -92,7 +119,10 @@ def select_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path, int, int]:
 
 
 def task_universe(cfg: PipelineConfig) -> tuple[list[int], list[int]]:
-    """(every task id, the validation split's) for the launcher's slicing."""
+    """(every task id, the validation split's) for the launcher's slicing; HumanEval: every task, twice."""
+    if cfg.dataset == "humaneval":
+        ids = load_humaneval_tasks(cfg)["task_id"].astype(int).tolist()
+        return ids, ids
     tasks, path = load_validation_tasks(cfg)
     return all_task_ids(path), tasks["task_id"].astype(int).tolist()
 
@@ -115,12 +145,28 @@ def phase1_prompt_format(cfg: PipelineConfig) -> str:
     return found
 
 
-def run_settings(cfg: PipelineConfig, split_path: Path) -> dict[str, Any]:
-    """What two Phase 1.2 runs must share for their slices to form one run's tables."""
-    return {
+def run_settings(cfg: PipelineConfig, split_path: Path | None) -> dict[str, Any]:
+    """What two Phase 1.2 runs must share for their slices to form one run's tables.
+
+    MBPP's keys are exactly those of runs made before HumanEval existed, so an
+    earlier MBPP run still merges. HumanEval records the benchmark, the source
+    and, for a local file, its sha256 in place of the split's hash.
+    """
+    common = {
         "model": cfg.model, "temperatures": [float(t) for t in cfg.temperatures],
         "samples_per_task": cfg.samples_per_task, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
-        "layers": cfg.layers, "prompt": PROMPT_TEMPLATE_VERSION, "validation_split_sha256": file_sha256(split_path),
+        "layers": cfg.layers,
+    }
+    if cfg.dataset == "humaneval":
+        source_hash = file_sha256(Path(cfg.humaneval_path)) if cfg.humaneval_path else None
+        return {
+            **common, "prompt": HUMANEVAL_PROMPT_VERSION, "dataset": "humaneval",
+            "source": humaneval_source_description(cfg.humaneval_path), "source_sha256": source_hash,
+            "prompt_format": cfg.prompt_format,
+        }
+    assert split_path is not None
+    return {
+        **common, "prompt": PROMPT_TEMPLATE_VERSION, "validation_split_sha256": file_sha256(split_path),
         "prompt_format": phase1_prompt_format(cfg),
     }
 
@@ -152,6 +198,39 @@ def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> TemperatureRun |
     if dest is not None:
         logger.warning("phase 1.2: %s; its tables, metadata and activations moved to %s (nothing deleted)", reason, dest)
     return None
+
+
+def prompt_version(cfg: PipelineConfig) -> str:
+    return HUMANEVAL_PROMPT_VERSION if cfg.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION
+
+
+def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame, tokenizer: Any, temperature: float) -> list[Job]:
+    """One sampling job per task at ``temperature``: MBPP's template, or HumanEval's own prompt and check."""
+    extra = {"temperature": float(temperature)}
+    if cfg.dataset == "humaneval":
+        return [
+            dataclasses.replace(humaneval_job(row), key=f"{int(row['task_id'])}@T{temperature:g}", extra=extra)
+            for row in sliced.to_dict("records")
+        ]
+    return [
+        Job(
+            key=f"{int(row.task_id)}@T{temperature:g}",
+            task_id=int(row.task_id),
+            prompt=apply_prompt_format(tokenizer, build_prompt(row.text, list(row.test_list)), cfg.prompt_format),
+            test_setup_code=row.test_setup_code,
+            tests=list(row.test_list),
+            extra=dict(extra),
+        )
+        for row in sliced.itertuples()
+    ]
+
+
+def run_inputs(cfg: PipelineConfig, split_path: Path | None) -> dict[str, str | Path]:
+    """The inputs the metadata hashes: MBPP's validation split, or the HumanEval file (none for the hub)."""
+    if cfg.dataset == "humaneval":
+        return {"humaneval": cfg.humaneval_path} if cfg.humaneval_path else {}
+    assert split_path is not None
+    return {"validation_split": split_path}
 
 
 def publish(
@@ -217,11 +296,20 @@ def _check_temperatures(temperatures: list[float], samples: int) -> None:
 
 
 def run(cfg: PipelineConfig) -> Path:
-    """Run Phase 1.2 on the validation tasks in positions ``cfg.start..cfg.end``; return the output folder."""
+    """Run Phase 1.2 on the validation tasks in positions ``cfg.start..cfg.end``; return the output folder.
+
+    ``--dataset humaneval``: every HumanEval task in those positions, written under ``<data dir>/humaneval/``.
+    """
     clock = RunClock()
     _check_temperatures(cfg.temperatures, cfg.samples_per_task)
+    if cfg.dataset not in ("mbpp", "humaneval"):
+        raise PipelineError(f"--dataset {cfg.dataset!r} is not a benchmark of this pipeline (mbpp or humaneval)")
+    if cfg.dataset == "humaneval":
+        refuse_chat_format(cfg.prompt_format)  # before anything is read, loaded or moved aside
+    cfg = dataclasses.replace(cfg, data_dir=str(benchmark_data_dir(cfg.data_dir, cfg.dataset)))
     sliced, split_path, start, end = select_tasks(cfg)
-    cfg = dataclasses.replace(cfg, prompt_format=phase1_prompt_format(cfg))
+    if cfg.dataset == "mbpp":
+        cfg = dataclasses.replace(cfg, prompt_format=phase1_prompt_format(cfg))
     settings = run_settings(cfg, split_path)
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))
@@ -259,9 +347,11 @@ def run(cfg: PipelineConfig) -> Path:
             )
             identity = {
                 "model": cfg.model, "start": start, "end": end, "temperature": temperature, "samples": k,
-                "max_new_tokens": cfg.max_new_tokens, "prompt": PROMPT_TEMPLATE_VERSION, "seed": cfg.seed,
-                "split": str(split_path), "batch_size": batch_size,
+                "max_new_tokens": cfg.max_new_tokens, "prompt": prompt_version(cfg), "seed": cfg.seed,
+                "split": str(split_path) if split_path else settings["source"], "batch_size": batch_size,
             }
+            if cfg.dataset == "humaneval":  # only then: MBPP runs keep their earlier checkpoint keys
+                identity["dataset"] = cfg.dataset
             if cfg.prompt_format != "plain":  # only then: plain runs keep their earlier checkpoint keys
                 identity["prompt_format"] = cfg.prompt_format
             checkpointer = RecordCheckpointer(
@@ -269,17 +359,7 @@ def run(cfg: PipelineConfig) -> Path:
                 cfg.checkpoint_every, cfg.autosave_every, cfg.autosave_keep,
             )
             checkpointers.append(checkpointer)
-            jobs = [
-                Job(
-                    key=f"{int(row.task_id)}@T{temperature:g}",
-                    task_id=int(row.task_id),
-                    prompt=apply_prompt_format(tokenizer, build_prompt(row.text, list(row.test_list)), cfg.prompt_format),
-                    test_setup_code=row.test_setup_code,
-                    tests=list(row.test_list),
-                    extra={"temperature": float(temperature)},
-                )
-                for row in sliced.itertuples()
-            ]
+            jobs = build_jobs(cfg, sliced, tokenizer, temperature)
             records = generate_and_execute(
                 model, tokenizer, jobs, gen_cfg, layers if need_capture else [], executor, checkpointer,
                 on_record, desc=f"phase 1.2 T={temperature:g}",
@@ -293,13 +373,16 @@ def run(cfg: PipelineConfig) -> Path:
     extra = {
         "device": str(device),
         "dtype": str(default_dtype(device)),
+        "dataset": cfg.dataset,
         "slice": {"start": start, "end": end, "n_tasks": len(sliced),
-                  "positions": "among all tasks sorted by task_id; the validation tasks inside run"},
+                  "positions": "among all HumanEval tasks sorted by task_id; every one inside runs"
+                  if cfg.dataset == "humaneval" else "among all tasks sorted by task_id; the validation tasks inside run"},
         "layers": layers,
         "samples_per_task": k,
         "per_temperature": per_temperature,
         "activations_policy": "captured once per task at the last prompt token (they depend on the prompt only), not once per sample",
-        "prompt_template_version": PROMPT_TEMPLATE_VERSION,
+        "prompt_template_version": prompt_version(cfg),
+        **({"source": settings["source"], "source_sha256": settings["source_sha256"]} if cfg.dataset == "humaneval" else {}),
         "executor": sandbox,  # limits, plus whether programs ran without network
         "extraction_version": EXTRACTION_VERSION,
     }
@@ -308,7 +391,7 @@ def run(cfg: PipelineConfig) -> Path:
         for temperature, table in tables.items():
             TEMPERATURE_TABLE.write(table, folder / temperature_table_name(temperature))
     else:
-        folder = publish(cfg, tables, settings, earlier, (start, end), {"validation_split": split_path}, clock, extra)
+        folder = publish(cfg, tables, settings, earlier, (start, end), run_inputs(cfg, split_path), clock, extra)
     # Checkpoints go only once every table they hold is written: a crash at the last temperature
     # resumes all of them rather than redoing the finished ones.
     for checkpointer in checkpointers:
