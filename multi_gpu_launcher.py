@@ -159,6 +159,8 @@ def _launch(args: argparse.Namespace, passthrough: list[str]) -> int:
     from common.locking import exclusive
 
     cfg = _worker_config(args, passthrough)
+    if cfg.dataset != "mbpp":  # the settings, task list and folders below are MBPP's: refused before the lock writes
+        raise PipelineError(f"multi_gpu_launcher.py runs MBPP only; run --dataset {cfg.dataset} with run.py phase {args.phase}")
     from common.models import check_gated_access
 
     check_gated_access(cfg.model)  # once, before any worker starts or anything is written
@@ -177,8 +179,6 @@ def _launch_locked(
     args: argparse.Namespace, passthrough: list[str], cfg: PipelineConfig, slurm_opts: SlurmOptions | None
 ) -> int:
     clock = RunClock()
-    if cfg.dataset != "mbpp":  # its settings, task list and output folder below are MBPP's
-        raise PipelineError(f"multi_gpu_launcher.py runs MBPP only; run --dataset {cfg.dataset} with run.py phase {args.phase}")
     module = _phase_module(args.phase)
     all_ids, own_ids = module.task_universe(cfg)
     what = "MBPP" if args.phase == "1" else "the validation split"

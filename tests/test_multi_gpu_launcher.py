@@ -148,3 +148,18 @@ def test_launcher_records_the_presets_hub_id_as_run_py_does(tmp_path, tiny_model
         assert meta["prompt_format"] == "chat"
     assert metas["launcher"]["run"]["settings"] == metas["run.py"]["run"]["settings"]
     assert "launcher" in metas["launcher"] and "launcher" not in metas["run.py"]
+
+
+def test_humaneval_is_refused_in_one_line_before_anything_is_written(tmp_path, tiny_model_dir):
+    """The launcher's task list, settings and folders are MBPP's: a HumanEval run would publish into MBPP's folder."""
+    data = tmp_path / "data"
+    cmd = [
+        sys.executable, str(REPO_ROOT / "multi_gpu_launcher.py"), "--phase", "1.2", "--model", str(tiny_model_dir),
+        "--gpus", "1", "--data-dir", str(data), "--dataset", "humaneval",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert [line for line in out.stderr.splitlines() if line.strip()] == [
+        "error: multi_gpu_launcher.py runs MBPP only; run --dataset humaneval with run.py phase 1.2"
+    ]
+    assert not data.exists()

@@ -54,3 +54,15 @@ def test_humaneval_run_writes_beside_mbpp_and_labels_rerun(tiny_model_dir, tmp_p
 def test_humaneval_refuses_an_mbpp_difficulty_input(tiny_model_dir, tmp_path):
     with pytest.raises(PipelineError, match="--dataset humaneval takes none"):
         phase1_0_generation.run(_cfg(tmp_path, tiny_model_dir, input=str(tmp_path / "x.parquet")))
+
+
+def test_chat_is_refused_before_an_earlier_run_is_moved_aside(tiny_model_dir, tmp_path):
+    """The refusal comes before prepare_outputs, which would archive a run whose settings (plain) differ."""
+    import dataclasses
+
+    cfg = _cfg(tmp_path, tiny_model_dir, end=0)
+    path = phase1_0_generation.run(cfg)
+    before = sorted(p.name for p in path.parent.iterdir())
+    with pytest.raises(PipelineError, match="plain"):
+        phase1_0_generation.run(dataclasses.replace(cfg, prompt_format="chat"))
+    assert sorted(p.name for p in path.parent.iterdir()) == before and not (path.parent / "archive").exists()
