@@ -17,7 +17,7 @@ from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import Executor, ExecutorConfig
 from common.humaneval import HUMANEVAL_PROMPT_VERSION, completion_program, humaneval_tasks, program_pieces
-from common.labelling import precheck
+from common.labelling import precheck, submit_generation
 from common.metadata import file_sha256
 from phase1_2_temperature.temperature_phase import build_jobs, temperature_table_name
 from tests.helpers import REAL_HUMANEVAL, REPO_ROOT, requires_real_humaneval
@@ -120,24 +120,21 @@ def test_rerun_same_settings_changes_nothing_and_slices_merge(tiny_model_dir, tm
 
 
 def test_canonical_solutions_pass_through_the_jobs_phase_1_2_builds(tiny_model):
-    """The labelling sanity check: the jobs' own program (prefix + completion, test, check) passes every canonical
-    completion and fails a wrong one, so a pass in the tables means the check ran and passed."""
+    """The labelling sanity check: Phase 1.2's own jobs, labelled as generate_and_execute labels them (prefix +
+    completion, extraction, precheck, test, check), pass all 164 canonical completions and fail a wrong one,
+    so a pass in the tables means the check ran and passed."""
     _, tokenizer = tiny_model
     problems = humaneval_tasks(REAL_HUMANEVAL)
-    sliced = problems[problems["task_id"] < 5].reset_index(drop=True)
-    jobs = build_jobs(PipelineConfig(dataset="humaneval"), sliced, tokenizer, 0.5)
-    assert [j.key for j in jobs] == [f"{i}@T0.5" for i in range(5)]
+    jobs = build_jobs(PipelineConfig(dataset="humaneval"), problems, tokenizer, 0.5)
+    assert [j.key for j in jobs] == [f"{i}@T0.5" for i in range(164)]
 
-    def item(job, completion):
-        return {"task_id": job.task_id, "code": job.code_prefix + completion,
-                "test_setup_code": job.test_setup_code, "tests": job.tests}
+    def label(executor, job, completion):
+        return submit_generation(executor, job.task_id, job.code_prefix + completion, job.test_setup_code, job.tests)[1]
 
-    canonical = [item(j, c) for j, c in zip(jobs, sliced["canonical_solution"])]
-    wrong = [item(j, "    return None\n") for j in jobs]
     with Executor(ExecutorConfig(workers=2)) as executor:
-        good = executor.run_many(canonical, progress=False)
-        bad = executor.run_many(wrong, progress=False)
-    assert all(r.passed for r in good), [r.detail for r in good if not r.passed]
+        good = [f.result() for f in [label(executor, j, c) for j, c in zip(jobs, problems["canonical_solution"])]]
+        bad = [f.result() for f in [label(executor, j, "    return None\n") for j in jobs[:5]]]
+    assert sum(r.passed for r in good) == 164, [r.detail for r in good if not r.passed][:3]
     assert not any(r.passed for r in bad)
 
 
