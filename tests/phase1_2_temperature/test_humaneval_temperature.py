@@ -119,6 +119,46 @@ def test_rerun_same_settings_changes_nothing_and_slices_merge(tiny_model_dir, tm
     assert len(list((kept / "activations").glob("*_layer_0.npz"))) == 4
 
 
+def test_a_run_that_died_before_publishing_resumes_without_generating(tiny_model_dir, tmp_path, monkeypatch):
+    """Every sample was generated and checkpointed, then publishing failed (a full disk, say): the rerun generates
+    no sequence again and publishes exactly what an uninterrupted run publishes."""
+    import common.generation_loop as loop
+    from phase1_2_temperature import temperature_phase
+
+    reference = phase1_2_temperature.run(_cfg(tmp_path / "reference", tiny_model_dir))
+    cfg = _cfg(tmp_path / "crashed", tiny_model_dir)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(temperature_phase, "publish", disk_full)
+        with pytest.raises(OSError):
+            phase1_2_temperature.run(cfg)
+    folder = tmp_path / "crashed" / "humaneval" / "phase1_2"
+    assert any((folder / "checkpoints").rglob("*.parquet")) and not (folder / "temperature_metadata.json").exists()
+
+    generated = []
+    real = loop.generate_batches
+
+    def counting(*args, **kwargs):  # the real generator, counted
+        for results in real(*args, **kwargs):
+            generated.extend(results)
+            yield results
+
+    monkeypatch.setattr(loop, "generate_batches", counting)
+    assert phase1_2_temperature.run(cfg) == folder
+    assert generated == []
+    for t in TEMPERATURES:
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(folder / temperature_table_name(t)).drop(columns=["gen_time_s", "exec_time_s"]),
+            pd.read_parquet(reference / temperature_table_name(t)).drop(columns=["gen_time_s", "exec_time_s"]),
+        )
+    assert not (folder / "checkpoints").exists() or not any((folder / "checkpoints").rglob("*.parquet"))
+    phase1_2_temperature.run(dataclasses.replace(cfg, start=3, end=3))  # the counter does see new work
+    assert len(generated) == len(TEMPERATURES) * SAMPLES
+
+
 def test_canonical_solutions_pass_through_the_jobs_phase_1_2_builds(tiny_model):
     """The labelling sanity check: Phase 1.2's own jobs, labelled as generate_and_execute labels them (prefix +
     completion, extraction, precheck, test, check), pass all 164 canonical completions and fail a wrong one,
