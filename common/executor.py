@@ -504,6 +504,28 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def _wait_until_dead(pid: int, timeout_s: float = 5.0) -> None:
+    """Return once ``pid`` has exited (gone or a zombie), after at most ``timeout_s``.
+
+    Why: SIGKILL is delivered asynchronously, so a program whose worker died
+    can still be running for a moment after ``killpg`` returns; its result
+    must not be reported while it may still write files. The program is not
+    our child (it was forked by the dead worker), so ``/proc`` is polled
+    rather than waited on.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.005)
+    logger.warning("process %d still runs %.0f s after SIGKILL", pid, timeout_s)
+
+
 def _remove_tree(path: str) -> None:
     """Remove a directory tree even if the program took away its own permissions."""
     import shutil
@@ -858,6 +880,8 @@ class _Zygote:
             _kill_group(self.child_pid)
         _kill_group(self.proc.pid)
         self.proc.wait()
+        if self.child_pid is not None:
+            _wait_until_dead(self.child_pid)
         self._close_pipes()
         self._remove_workdir()
 
