@@ -444,7 +444,7 @@ def e2e(demo_trained_model, tmp_path_factory):
     top = {"correct": [latent_item(1, 1, 3, 0.4, 0.5), latent_item(2, 0, 5, 0.3, 0.7)],
            "incorrect": [latent_item(1, 1, 7, 0.4, 0.6), latent_item(2, 0, 9, 0.3, 0.8)]}
     write_phase2_results(data, sae_dir, top, 32, [0, 1], beats_null={"correct": False, "incorrect": False})
-    # The transfer section's input: the same problems in HumanEval's format, through the real HumanEval Phase 1, for the transfer section.
+    # The same problems in HumanEval's format, through the real HumanEval Phase 1, for the transfer section.
     view = write_humaneval_view(load_mbpp(str(problems)), root / "humaneval_view.jsonl.gz")
     phase1_0_generation.run(dataclasses.replace(cfg, dataset="humaneval", humaneval_path=str(view)))
 
