@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpu = sub.add_parser("test-gpu", help="devices, memory, dtypes, and a one-batch generation smoke test")
     _add_config_options(gpu, "test-gpu")
 
-    options = sub.add_parser("options", help="print the table of every option (the README's, generated from the config)")
+    options = sub.add_parser("options", help="print the table of every option (the one in docs/options.md, generated from the config)")
     _add_config_options(options, "options")
 
     demo = sub.add_parser("demo", help="the whole pipeline offline on a tiny trained model")
