@@ -38,8 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 REPO_ROOT = Path(__file__).resolve().parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 from common.config import DEFAULT_MODEL, PipelineConfig  # noqa: E402
 from common.errors import PipelineError  # noqa: E402

@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 from common.config import (  # noqa: E402
     EVERY_COMMAND,
@@ -175,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     gpu = sub.add_parser("test-gpu", help="devices, memory, dtypes, and a one-batch generation smoke test")
     _add_config_options(gpu, "test-gpu")
 
-    options = sub.add_parser("options", help="print the table of every option (the README's, generated from the config)")
+    options = sub.add_parser("options", help="print the table of every option (the one in docs/options.md, generated from the config)")
     _add_config_options(options, "options")
 
     demo = sub.add_parser("demo", help="the whole pipeline offline on a tiny trained model")

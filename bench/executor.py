@@ -8,7 +8,7 @@ workers through a thread pool, no limits, "passed" meaning exit code 0.
 The executor's time includes starting and closing its workers.
 
 Run from the repository root:
-    python3 bench/executor.py [--workers N] [--mbpp-path P] [--limit K] [--timeout-s S]
+    python3 -m bench.executor [--workers N] [--mbpp-path P] [--limit K] [--timeout-s S]
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from common.executor import Executor, ExecutorConfig, build_program
+from common.mbpp import load_mbpp
 
-from common.executor import Executor, ExecutorConfig, build_program  # noqa: E402
-from common.mbpp import load_mbpp  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_MBPP = REPO_ROOT.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"
 

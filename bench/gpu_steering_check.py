@@ -8,16 +8,14 @@ on any local model folder (the tiny demo model will do):
 - the position policy "prompt" steers only the prefill.
 Imports only torch and transformers (the GPU machine has no sae_lens/transformer_lens).
 
-    python3 bench/gpu_steering_check.py MODEL_DIR [--device cuda]
+Run from the repository root, as a module:
+    python3 -m bench.gpu_steering_check MODEL_DIR [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 

@@ -25,9 +25,9 @@ Modes:
 Imports nothing beyond torch, transformers, tokenizers and numpy (no
 transformer_lens, sae_lens or datasets): the GPU machine has only those.
 
-Run from anywhere:
-    python3 bench/phase1_throughput.py                     # tiny, CPU
-    python3 bench/phase1_throughput.py --gemma-2-2b-shapes --device cuda
+Run from the repository root, as a module:
+    python3 -m bench.phase1_throughput                     # tiny, CPU
+    python3 -m bench.phase1_throughput --gemma-2-2b-shapes --device cuda
 """
 
 from __future__ import annotations
@@ -40,17 +40,14 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+import numpy as np
+import torch
+import transformers
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-from common.generation import GenerationConfig, GenerationResult, auto_batch_size, generate_batches  # noqa: E402
-from common.models import load_model_and_tokenizer, resolve_device  # noqa: E402
-from common.prompts import build_prompt  # noqa: E402
-from demo.tiny_model import build_random_tiny_model, train_tokenizer  # noqa: E402
+from common.generation import GenerationConfig, GenerationResult, auto_batch_size, generate_batches
+from common.models import load_model_and_tokenizer, resolve_device
+from common.prompts import build_prompt
+from demo.tiny_model import build_random_tiny_model, train_tokenizer
 
 N_MBPP_PROBLEMS = 974
 

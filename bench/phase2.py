@@ -20,17 +20,13 @@ random labels. One layer's SAE exists at a time, as in the real phase.
 Both ways use the same permutations, and the script checks that they agree on
 the subset before printing timings.
 
-Usage (from the repo root): python3 bench/phase2.py [--layers N] [--tasks N] [--permutations N]
+Usage (from the repo root): python3 -m bench.phase2 [--layers N] [--tasks N] [--permutations N]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch

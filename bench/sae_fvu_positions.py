@@ -1,4 +1,4 @@
-"""Why a self-trained SAE's held-out FVU and Phase 2's FVU disagree (issue 12 item 5).
+"""Why a self-trained SAE's held-out FVU and Phase 2's FVU disagree (SmolLM2-135M).
 
 Reads the corpus's resid_post once at every position, holds out whole texts
 by the trainer's own rule, and trains two SAEs per layer with the trainer's
@@ -15,9 +15,9 @@ token (what it does now). Then measures, per layer and SAE:
   squared error relative to the held-out corpus tokens' variance (so the
   numerator is compared against one fixed scale).
 
-Usage (CPU; SmolLM2-135M with the defaults: minutes, mostly the forward passes)::
+Usage, from the repository root (CPU; SmolLM2-135M with the defaults: minutes, mostly the forward passes)::
 
-    python bench/sae_fvu_positions.py MODEL_DIR MBPP_JSONL OUT_DIR [--layers 10,20] [--tasks 16] [--prompts 16]
+    python3 -m bench.sae_fvu_positions MODEL_DIR MBPP_JSONL OUT_DIR [--layers 10,20] [--tasks 16] [--prompts 16]
 """
 
 from __future__ import annotations
@@ -25,14 +25,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from sae_lens import SAE
 
 from common.capture import LastTokenCapture

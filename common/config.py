@@ -6,8 +6,8 @@ defaults < environment (``PVA_DATA_DIR``, ``PVA_MBPP_PATH``, ``PVA_HUMANEVAL_PAT
 as in lm-evaluation-harness.
 
 Why each field carries its own help, flag and scope: ``run.py`` builds every
-option from these fields, so ``--help``, the README's flag table (checked by a
-test) and the code cannot disagree, and an option given to a command it means
+option from these fields, so ``--help``, the flag table in docs/options.md (checked
+by a test) and the code cannot disagree, and an option given to a command it means
 nothing to (``phase 0 --start 3``) is refused rather than silently ignored.
 """
 
@@ -377,7 +377,7 @@ def default_of(f: dataclasses.Field) -> Any:
 
 
 def options_markdown() -> str:
-    """The README's table of every option, built from the fields (a test keeps the README equal to it)."""
+    """The table of every option in docs/options.md, built from the fields (a test keeps that page equal to it)."""
     rows = ["| flag | commands | meaning (default) |", "| --- | --- | --- |"]
     for f in option_fields():
         scope = f.metadata["scope"]

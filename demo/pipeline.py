@@ -93,7 +93,7 @@ def _train_or_reuse(cache: Path, size: str, retrain: bool, seed: int) -> tuple[P
         "n_seen": len(report.seen_task_ids),
         "n_unseen": len(report.unseen_task_ids),
         "train_seconds": report.train_seconds,
-        # The same problems in HumanEval's format (NaN for a model cached before issue 13's two-format training).
+        # The same problems in HumanEval's format (NaN for a cached model trained on MBPP's format only).
         "share_solved_humaneval_seen": report.share_solved_humaneval_seen,
         "share_solved_humaneval_unseen": report.share_solved_humaneval_unseen,
         "n_solved_humaneval": sum(report.solved_humaneval.values()),
@@ -117,7 +117,7 @@ def run_demo(data_dir: str, size: str = "demo", retrain: bool = False, seed: int
     cache = Path(data_dir) / "demo" / size
     model_dir, sae_dir, training = _train_or_reuse(cache, size, retrain, seed)
     cfg = demo_config(data_dir, size, model_dir, sae_dir, seed)
-    # The second problem set (issue 13): the bundled problems in HumanEval's format, for Phase 3's transfer table.
+    # The second problem set: the bundled problems in HumanEval's format, for Phase 3's transfer table.
     view = write_humaneval_view(load_mbpp(DEMO_PROBLEMS), cache / "humaneval_view.jsonl.gz")
     timings: dict[str, float] = {"training": time.perf_counter() - t0}
     outputs: dict[str, str] = {}

@@ -33,7 +33,7 @@ when every seen solution is reproduced token by token under teacher forcing
 ``max_steps``: both deterministic, so two runs with the same seed give bitwise
 identical weights (no wall-clock stopping rule).
 
-Two prompt formats (``humaneval_format``, on in both presets; issue 13): each
+Two prompt formats (``humaneval_format``, on in both presets): each
 seen problem is learnt in MBPP's format and also in HumanEval's (the demo's
 HumanEval view, ``demo/humaneval_view.py``: signature and docstring as the
 prompt, the function body then <eos> as the completion), and the tokenizer
@@ -86,7 +86,7 @@ CLOSING_FENCE = "\n```\n"
 # "test": hidden 64, 2 layers (0.19M parameters): with the prompt loss (seed 42)
 #   280 steps, about 19 s of training, 22 s with the evaluation. Both: seen
 #   100% solved, unseen 0%.
-# Both formats (humaneval_format, issue 13), "test" (seed 42), on the shared 2-core
+# Both formats (humaneval_format), "test" (seed 42), on the shared 2-core
 #   machine: 480 steps instead of 340, about the same tokens (HumanEval-format
 #   examples average 40 tokens, MBPP-format 94); 111 s against 130 s at a load of
 #   3-4 (468 s against 321 s at 5-6). Seen 100% / unseen 0% in MBPP's format
@@ -132,7 +132,7 @@ class DemoModelConfig(PresetConfig):
     # Weight of the prompt tokens' next-token loss next to the solution's (0: solution only).
     prompt_loss_weight: float = 0.0
     # Also train on each seen problem in HumanEval's format (demo/humaneval_view.py), so the
-    # demo's HumanEval view has both classes (issue 13); False: MBPP's format only.
+    # demo's HumanEval view has both classes; False: MBPP's format only.
     humaneval_format: bool = False
     # Data.
     seen_fraction: float = 0.6
@@ -174,7 +174,7 @@ class TrainingReport:
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
     extracted_code: dict[int, str] = field(default_factory=dict)
     outcomes: dict[int, str] = field(default_factory=dict)
-    # The same problems in HumanEval's format (demo/humaneval_view.py); empty in reports older than issue 13.
+    # The same problems in HumanEval's format (demo/humaneval_view.py); empty in reports of a model trained on MBPP's format only.
     solved_humaneval: dict[int, bool] = field(default_factory=dict)
     share_solved_humaneval_seen: float = math.nan
     share_solved_humaneval_unseen: float = math.nan

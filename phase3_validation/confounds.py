@@ -1,4 +1,4 @@
-"""Phase 3's reviewer baselines (issue 15): confounds, the model's confidence, direction geometry, coverage.
+"""Phase 3's reviewer baselines (what a predictor adds to free signals): confounds, the model's confidence, direction geometry, coverage.
 
 Why: a hidden-state predictor of correctness is only interesting for what it
 adds to what a reader gets for free. Prompt length alone can predict

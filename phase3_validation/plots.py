@@ -91,7 +91,7 @@ def metrics_by_temperature(metrics: pd.DataFrame) -> bytes:
 
 
 def coverage_accuracy(coverage: dict[str, Any]) -> bytes:
-    """Pass rate among the top x% trusted validation tasks per predictor, beside the overall pass rate (issue 15)."""
+    """Pass rate among the top x% trusted validation tasks per predictor, beside the overall pass rate."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, rows in coverage["curves"].items():
         ax.plot([100 * r["coverage"] for r in rows], [r["pass_rate"] for r in rows], marker="o", label=key)

@@ -1,4 +1,4 @@
-"""Probe baselines on the raw residual stream, beside every SAE latent (issue 11, item 7).
+"""Probe baselines on the raw residual stream, beside every SAE latent (does a latent carry more than a linear read-out?).
 
 The first question a reader asks of a single SAE latent that predicts
 correctness is whether the raw residual stream already carries the same

@@ -1,4 +1,4 @@
-"""Phase 3's prompting baseline for steering (issue 15, item 4).
+"""Phase 3's prompting baseline for steering (does an instruction do what steering does?).
 
 Why: studies that compare steering methods find that simply asking the model
 (a fixed instruction in the prompt) often beats steering with an SAE latent.

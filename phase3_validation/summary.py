@@ -324,7 +324,7 @@ def _config_section(doc: dict[str, Any]) -> list[str]:
 
 
 def _transfer_section(doc: dict[str, Any]) -> list[str]:
-    """Issue 13: the MBPP latents, thresholds and probes scored unchanged on HumanEval, beside MBPP validation."""
+    """HumanEval transfer: the MBPP latents, thresholds and probes scored unchanged on HumanEval, beside MBPP validation."""
     transfer = doc.get("transfer")
     if not transfer:
         return []

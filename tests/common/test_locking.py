@@ -14,13 +14,14 @@ from common.locking import LOCK_NAME, exclusive
 from tests.helpers import REPO_ROOT
 
 HOLD = (
-    "import sys, time; sys.path.insert(0, sys.argv[2]); from common.locking import exclusive\n"
+    "import sys, time; from common.locking import exclusive\n"
     "with exclusive(sys.argv[1], 'phase 0'):\n    print('held', flush=True); time.sleep(120)\n"
 )
 
 
 def _holder(folder):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), str(REPO_ROOT)], stdout=subprocess.PIPE, text=True)
+    # python -c puts the working directory first on sys.path, so the repository root finds common/.
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
     return proc
 

@@ -68,7 +68,7 @@ def test_both_classes_at_temperature_zero(trained):
     assert 0.2 <= report.share_solved <= 0.8, report.share_solved
     assert report.share_solved_seen > report.share_solved_unseen
     assert set(report.seen_task_ids).isdisjoint(report.unseen_task_ids)
-    # Issue 13: trained on both formats, the same problems in HumanEval's format have both classes too.
+    # Trained on both formats, the same problems in HumanEval's format have both classes too.
     assert set(report.solved_humaneval) == set(report.solved)
     assert 0 < sum(report.solved_humaneval.values()) < len(report.solved_humaneval)
     assert report.share_solved_humaneval_seen > report.share_solved_humaneval_unseen
@@ -223,7 +223,7 @@ def test_each_sae_fits_its_own_layer_better_than_its_neighbour(trained, problems
 
 
 def test_humaneval_format_targets_are_programs_phase1_passes(problems):
-    """Issue 13: each seen problem is also learnt in HumanEval's format; the target completion, judged as
+    """Each seen problem is also learnt in HumanEval's format; the target completion, judged as
     ``phase 1 --dataset humaneval`` judges a generation (extract_code(prompt + completion), then check(entry_point)),
     passes, and a format it was not asked for is not added."""
     from common.humaneval import check_tests

@@ -68,7 +68,7 @@ def test_phase01_on_real_mbpp(tmp_path):
 
 
 def test_rerun_with_another_seed_keeps_the_earlier_splits(tmp_path):
-    """Item 8: the same settings rewrite the same splits; another seed moves the earlier ones to archive/."""
+    """Resume and archive: the same settings rewrite the same splits; another seed moves the earlier ones to archive/."""
     import dataclasses
 
     cfg = PipelineConfig(data_dir=str(tmp_path), mbpp_path=str(DEMO_PROBLEMS))

@@ -134,7 +134,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(phase1_run, tiny_model_dir, tmp
 
 
 def test_slices_merge_and_other_settings_are_archived(tiny_model_dir, tmp_path):
-    """Item 8: a second slice gives a dataset with both; other settings move the earlier run aside whole."""
+    """Slices and archive: a second slice gives a dataset with both; other settings move the earlier run aside whole."""
     import dataclasses
     import json
 

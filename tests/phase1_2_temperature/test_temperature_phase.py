@@ -113,7 +113,7 @@ def test_sigkill_then_rerun_gives_the_same_samples(tmp_path, tiny_model_dir):
 
 
 def test_slices_merge_into_one_run_and_other_settings_are_archived(tmp_path, tiny_model_dir):
-    """Item 8: a second slice adds to the run's tables; a run with other temperatures sets the earlier one aside."""
+    """Slices and archive: a second slice adds to the run's tables; a run with other temperatures sets the earlier one aside."""
     import dataclasses
     import json
 

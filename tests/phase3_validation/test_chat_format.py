@@ -1,4 +1,4 @@
-"""Chat-format runs: Phase 1.0 records its prompt format, Phase 1.2 and Phase 3 rebuild prompts in it (issue 12).
+"""Chat-format runs: Phase 1.0 records its prompt format, Phase 1.2 and Phase 3 rebuild prompts in it.
 
 A real Phase 1.0 (and Phase 1.2) runs on the tiny model with a Gemma-style
 chat template; Phase 3's steered and instructed prompts are then compared

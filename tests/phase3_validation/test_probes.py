@@ -1,4 +1,4 @@
-"""Probe baselines (issue 11, item 7): known answers on synthetic residual vectors."""
+"""Probe baselines: known answers on synthetic residual vectors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The prompting baseline (issue 15 item 4) on a tiny random Gemma-2: real generation, real execution, resume."""
+"""The prompting baseline on a tiny random Gemma-2: real generation, real execution, resume."""
 
 from __future__ import annotations
 

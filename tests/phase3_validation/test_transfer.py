@@ -1,4 +1,4 @@
-"""HumanEval transfer (issue 13, item 4): MBPP's latents, thresholds and probes scored unchanged on HumanEval."""
+"""HumanEval transfer: MBPP's latents, thresholds and probes scored unchanged on HumanEval."""
 
 from __future__ import annotations
 

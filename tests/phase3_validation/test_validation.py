@@ -444,7 +444,7 @@ def e2e(demo_trained_model, tmp_path_factory):
     top = {"correct": [latent_item(1, 1, 3, 0.4, 0.5), latent_item(2, 0, 5, 0.3, 0.7)],
            "incorrect": [latent_item(1, 1, 7, 0.4, 0.6), latent_item(2, 0, 9, 0.3, 0.8)]}
     write_phase2_results(data, sae_dir, top, 32, [0, 1], beats_null={"correct": False, "incorrect": False})
-    # Issue 13: the same problems in HumanEval's format, through the real HumanEval Phase 1, for the transfer section.
+    # The same problems in HumanEval's format, through the real HumanEval Phase 1, for the transfer section.
     view = write_humaneval_view(load_mbpp(str(problems)), root / "humaneval_view.jsonl.gz")
     phase1_0_generation.run(dataclasses.replace(cfg, dataset="humaneval", humaneval_path=str(view)))
 
@@ -696,8 +696,8 @@ def test_summary_reports_null_intervals_baselines_and_config(e2e):
     assert "against the hypothesis (alpha < 0" in text and "Split: sae" in text
     assert "(1 + number of shuffles whose maximum is at or above" in text and "1/51" in text
     assert "Probe baselines: no sae split" in text
-    assert "Reviewer baselines skipped: no sae split" in text  # issue 15: one line, nothing else fails
-    # Issue 15 item 4: the prompting baseline, beside steering, against the same alpha = 0 rerun.
+    assert "Reviewer baselines skipped: no sae split" in text  # reviewer baselines: one line, nothing else fails
+    # The prompting baseline, beside steering, against the same alpha = 0 rerun.
     doc = json.loads(_output(e2e, "validation", ".json").read_text())
     prompting_doc = doc["steering"]["prompting_baseline"]
     assert prompting_doc["instruction"] in text and "### Prompting baseline" in text
