@@ -20,7 +20,7 @@ import sys
 import torch
 
 from common.generation import GenerationConfig, generate_batches
-from common.models import default_dtype, load_model_and_tokenizer, resolve_device
+from common.models import default_dtype, load_model_and_tokenizer, resolve_device, text_sizes
 from common.prompts import build_prompt
 from common.steering import steer
 
@@ -45,7 +45,7 @@ def main() -> int:
     model, tokenizer = load_model_and_tokenizer(args.model_dir, device, default_dtype(device))
     cfg = GenerationConfig(max_new_tokens=24, batch_size=len(PROMPTS))
     base = texts(model, tokenizer, cfg)
-    d = model.config.hidden_size
+    d = text_sizes(model).d_model
     ok = True
     for hook_point in ("resid_pre", "resid_mid", "resid_post"):
         for positions in ("prompt", "all"):

@@ -527,22 +527,70 @@ def _wait_until_dead(pid: int, timeout_s: float = 5.0) -> None:
 
 
 def _remove_tree(path: str) -> None:
-    """Remove a directory tree even if the program took away its own permissions."""
+    """Remove the directory tree at ``path``, even if a program took away its own permissions.
+
+    Clean-up changes nothing outside the tree it removes: the parent of
+    ``path`` is never touched (it is often the system's temporary directory,
+    shared by every user and service), and a path that is already gone counts
+    as removed (the zygote and the main process both remove a zygote's
+    directory, in either order). Only when a first pass fails are the owner's
+    permissions restored on the directories of the tree (``path`` included,
+    see ``_grant_owner_access``) before one more pass, whose error, if any,
+    is raised.
+    """
+    failures: list[OSError] = []
+    _rmtree_collecting(path, failures)
+    if not failures:
+        return
+    _grant_owner_access(path)
+    failures.clear()
+    _rmtree_collecting(path, failures)
+    if failures:
+        raise failures[0]
+
+
+def _rmtree_collecting(path: str, failures: list[OSError]) -> None:
+    """``shutil.rmtree`` that goes on past errors, collecting them; an entry that is already gone is no error."""
     import shutil
 
-    def retry_writable(func: Any, failed_path: str, _exc: Any) -> None:
-        try:
-            os.chmod(os.path.dirname(failed_path), 0o700)
-            if os.path.isdir(failed_path) and not os.path.islink(failed_path):
-                os.chmod(failed_path, 0o700)
-            func(failed_path)
-        except FileNotFoundError:
-            pass
+    def collect(error: BaseException) -> None:
+        if isinstance(error, FileNotFoundError):
+            return
+        if not isinstance(error, OSError):
+            raise error
+        failures.append(error)
 
     if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=retry_writable)
+        shutil.rmtree(path, onexc=lambda _func, _path, error: collect(error))
     else:
-        shutil.rmtree(path, onerror=retry_writable)
+        shutil.rmtree(path, onerror=lambda _func, _path, info: collect(info[1]))
+
+
+def _grant_owner_access(root: str) -> None:
+    """Give the owner read, write and search permission on every directory of the tree at ``root``.
+
+    Why only directories: removing an entry needs write and search permission
+    on the directory that holds it, never permission on the entry itself.
+    Symbolic links are never followed (``lstat``, ``follow_symlinks=False``),
+    so nothing outside the tree changes mode; the parent of ``root`` is never
+    looked at. Iterative, so a deeply nested tree cannot exhaust the stack.
+    Errors are left to the removal that follows, which reports them.
+    """
+    import stat
+
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        try:
+            mode = os.lstat(directory).st_mode
+            if not stat.S_ISDIR(mode):
+                continue
+            if mode & 0o700 != 0o700:
+                os.chmod(directory, stat.S_IMODE(mode) | 0o700)
+            with os.scandir(directory) as entries:
+                pending.extend(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
 
 
 def _empty_dir(workdir: str) -> None:

@@ -43,6 +43,7 @@ import transformers
 
 from common.capture import LastTokenCapture
 from common.errors import PipelineError
+from common.models import text_sizes
 from common.prompts import STOP_SEQUENCES
 from common.seeding import derive_seed
 
@@ -239,13 +240,11 @@ def auto_batch_size(
     """
     if device.type != "cuda":
         return 8
-    config = getattr(model.config, "text_config", None) or model.config
+    sizes = text_sizes(model)
     dtype_bytes = next(model.parameters()).element_size()
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    kv_per_token = 2 * config.num_hidden_layers * kv_heads * head_dim * dtype_bytes
-    prefill_per_token = (config.intermediate_size * 3 + config.hidden_size * 4) * dtype_bytes
-    per_sequence = (kv_per_token + prefill_per_token) * max_tokens_per_sequence + config.vocab_size * 4 * 3
+    kv_per_token = 2 * sizes.n_layers * sizes.n_key_value_heads * sizes.d_head * dtype_bytes
+    prefill_per_token = (sizes.d_mlp * 3 + sizes.d_model * 4) * dtype_bytes
+    per_sequence = (kv_per_token + prefill_per_token) * max_tokens_per_sequence + sizes.d_vocab * 4 * 3
     free_bytes, _total = torch.cuda.mem_get_info(device)
     size = int(0.5 * free_bytes // per_sequence)
     size = max(1, min(128, size))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 from common.errors import PipelineError
@@ -48,7 +49,9 @@ def convert_gguf_to_folder(gguf_path: Path, out_dir: Path) -> Path:
 
     Returns ``out_dir``. Writes into a temporary sibling folder first and
     renames it at the end, so an interrupted conversion never leaves a
-    half-written folder that looks complete.
+    half-written folder that looks complete. An existing ``out_dir`` is
+    replaced only when it is empty or an earlier model folder (it has a
+    ``config.json``): anything else was not made here and is refused, never removed.
     """
     import shutil
     import tempfile
@@ -60,6 +63,11 @@ def convert_gguf_to_folder(gguf_path: Path, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     if not gguf_path.is_file():
         raise PipelineError(f"GGUF file {gguf_path} does not exist")
+    replaceable = out_dir.is_dir() and not out_dir.is_symlink() and (
+        (out_dir / "config.json").is_file() or not any(out_dir.iterdir())
+    )
+    if os.path.lexists(out_dir) and not replaceable:
+        raise PipelineError(f"{out_dir} exists and is not a model folder: choose another output folder")
     if importlib.util.find_spec("gguf") is None:
         raise PipelineError("package gguf is not installed (pip install gguf==0.19.0); transformers needs it for GGUF")
     folder, name = str(gguf_path.parent), gguf_path.name

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -201,7 +202,7 @@ def load_model_and_tokenizer(
         "loaded %s (%s layers, d_model %s) on %s in %s, attention %s",
         model,
         num_layers(hf_model),
-        _text_config(hf_model.config).hidden_size,
+        text_sizes(hf_model).d_model,
         device,
         dtype,
         hf_model.config._attn_implementation,
@@ -209,13 +210,52 @@ def load_model_and_tokenizer(
     return hf_model, tokenizer
 
 
-def _text_config(config: transformers.PretrainedConfig) -> transformers.PretrainedConfig:
-    return getattr(config, "text_config", None) or config
+def text_config(model_or_config: Any) -> transformers.PretrainedConfig:
+    """The config of a model's text decoder, from the model or from its config.
+
+    Why: the Gemma 3 presets of 4B and above load as
+    ``Gemma3ForConditionalGeneration``, whose ``Gemma3Config`` holds no sizes of
+    its own (no ``hidden_size``); the decoder's live in ``config.text_config``.
+    transformers' ``get_text_config(decoder=True)`` returns that, and the config
+    itself for a text-only model. Read every size through here or ``text_sizes``.
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    if not isinstance(config, transformers.PretrainedConfig):
+        raise PipelineError(f"{type(model_or_config).__name__} has no transformers config to read sizes from")
+    return config.get_text_config(decoder=True)
+
+
+@dataclass(frozen=True)
+class TextSizes:
+    """The text decoder's sizes, as TransformerLens names them (``d_model`` is the residual stream's width)."""
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_key_value_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+
+
+def text_sizes(model_or_config: Any) -> TextSizes:
+    """The sizes of a model's text decoder (see ``text_config``); a config without ``head_dim`` derives it."""
+    config = text_config(model_or_config)
+    n_heads = int(config.num_attention_heads)
+    return TextSizes(
+        d_model=int(config.hidden_size),
+        n_layers=int(config.num_hidden_layers),
+        n_heads=n_heads,
+        n_key_value_heads=int(getattr(config, "num_key_value_heads", None) or n_heads),
+        d_head=int(getattr(config, "head_dim", None) or config.hidden_size // n_heads),
+        d_mlp=int(config.intermediate_size),
+        d_vocab=int(config.vocab_size),
+    )
 
 
 def num_layers(model: transformers.PreTrainedModel) -> int:
     """Number of decoder layers (26 for gemma-2-2b): layers are 0 .. num_layers - 1."""
-    return int(_text_config(model.config).num_hidden_layers)
+    return text_sizes(model).n_layers
 
 
 def decoder_layers(model: transformers.PreTrainedModel) -> torch.nn.ModuleList:
@@ -243,24 +283,25 @@ def hooked_config_dict(config: transformers.Gemma2Config) -> dict[str, Any]:
     if config.model_type != "gemma2":
         raise PipelineError(f"the TransformerLens view supports Gemma-2 models only, not {config.model_type!r}")
     attn_types = ["local" if t == "sliding_attention" else "global" for t in config.layer_types]
+    sizes = text_sizes(config)
     return {
-        "d_model": config.hidden_size,
-        "d_head": config.head_dim,
-        "n_heads": config.num_attention_heads,
-        "d_mlp": config.intermediate_size,
-        "n_layers": config.num_hidden_layers,
+        "d_model": sizes.d_model,
+        "d_head": sizes.d_head,
+        "n_heads": sizes.n_heads,
+        "d_mlp": sizes.d_mlp,
+        "n_layers": sizes.n_layers,
         "n_ctx": config.max_position_embeddings,
         "eps": config.rms_norm_eps,
-        "d_vocab": config.vocab_size,
+        "d_vocab": sizes.d_vocab,
         "act_fn": config.hidden_activation,
         "initializer_range": config.initializer_range,
         "normalization_type": "RMS",
         "rotary_base": _rope_theta(config),
-        "rotary_dim": config.head_dim,
+        "rotary_dim": sizes.d_head,
         "positional_embedding_type": "rotary",
         "use_attn_scale": True,
         "attn_scale": float(config.query_pre_attn_scalar) ** 0.5,
-        "n_key_value_heads": config.num_key_value_heads,
+        "n_key_value_heads": sizes.n_key_value_heads,
         "window_size": config.sliding_window,
         "use_local_attn": True,
         "attn_types": attn_types,
@@ -294,7 +335,7 @@ def to_hooked_transformer(
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions.gemma import convert_gemma_weights
 
-    config = _text_config(hf_model.config)
+    config = text_config(hf_model)
     param = next(hf_model.parameters())
     device, dtype = param.device, param.dtype
     name = Path(getattr(config, "_name_or_path", "") or "gemma2").name

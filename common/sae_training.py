@@ -53,6 +53,7 @@ import torch
 
 from common.errors import PipelineError
 from common.hooks import hook_name, model_layers, read_hook, remove_all
+from common.models import text_sizes
 from common.storage import write_json
 
 logger = logging.getLogger(__name__)
@@ -330,7 +331,7 @@ def train_saes(
         "n_heldout_texts": n_held, "layers": {},
     }
     n_tokens = sum(len(ids) for ids in encoded)
-    d_model = int(getattr(decoder_config(model), "hidden_size", 1))
+    d_model = text_sizes(model).d_model
     folders: dict[int, Path] = {}
     train_device = next(model.parameters()).device
     report["collect_seconds"] = 0.0
@@ -363,9 +364,3 @@ def train_saes(
         del acts
     write_json(out / REPORT_FILENAME, report)
     return folders
-
-
-def decoder_config(model: torch.nn.Module) -> Any:
-    """The text config of a (possibly multimodal) transformers model."""
-    config = getattr(model, "config", None)
-    return getattr(config, "text_config", None) or config

@@ -31,7 +31,7 @@ import torch
 from common.errors import PipelineError
 from common.hooks import HOOK_POINTS, add_hook, check_hook_point, model_layers
 from common.hooks import hook_name as transformer_lens_hook_name
-from common.models import decoder_layers
+from common.models import text_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,8 @@ def steer(
         raise PipelineError(f"steering positions must be one of {', '.join(POSITION_POLICIES)}, got {positions!r}")
     model_layers(model, [layer], "steering layer")
     vector = torch.as_tensor(vector)
-    layer_module = decoder_layers(model)[layer]
-    d_model = layer_module.hidden_size if hasattr(layer_module, "hidden_size") else None
-    if vector.ndim != 1 or (d_model is not None and vector.shape[0] != d_model):
+    d_model = text_sizes(model).d_model
+    if vector.ndim != 1 or vector.shape[0] != d_model:
         raise PipelineError(f"steering vector must have shape ({d_model},), got {tuple(vector.shape)}")
     adder = _Adder(vector, positions)
     handle = add_hook(model, layer, adder, hook_point)

@@ -37,7 +37,7 @@ import torch
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.general_text import TokenizedDocuments, collect_resid_post_all_tokens, tokenize_documents
-from common.models import default_dtype, load_model_and_tokenizer
+from common.models import default_dtype, load_model_and_tokenizer, text_sizes
 from common.saes import encode
 
 logger = logging.getLogger(__name__)
@@ -190,10 +190,10 @@ class GeneralTextFilter:
         corpus = load_general_corpus(cfg)
         dtype = default_dtype(device)
         model, tokenizer = load_model_and_tokenizer(model_name, device, dtype)
-        config = getattr(model.config, "text_config", None) or model.config
-        if int(config.hidden_size) != int(d_model):
+        model_d_model = text_sizes(model).d_model
+        if model_d_model != int(d_model):
             raise PipelineError(
-                f"the general-filter model {model_name} has d_model {config.hidden_size}, but the activations have "
+                f"the general-filter model {model_name} has d_model {model_d_model}, but the activations have "
                 f"width {d_model}: pass the --model that produced them"
             )
         documents = tokenize_documents(tokenizer, corpus.texts, cfg.general_corpus_tokens)

@@ -40,7 +40,14 @@ from common.errors import PipelineError
 from common.executor import Executor, executor_config_for
 from common.generation import GenerationConfig, auto_batch_size
 from common.metadata import RunClock, build_metadata, git_commit
-from common.models import check_gated_access, default_dtype, load_model_and_tokenizer, num_layers, resolve_device
+from common.models import (
+    check_gated_access,
+    default_dtype,
+    load_model_and_tokenizer,
+    num_layers,
+    resolve_device,
+    text_sizes,
+)
 from common.paths import phase_dir, timestamp
 from common.prompts import PROMPT_TEMPLATE_VERSION
 from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
@@ -281,7 +288,7 @@ def run(cfg: PipelineConfig) -> Path:
             checkpoint_every=cfg.checkpoint_every, autosave_every=cfg.autosave_every, autosave_keep=cfg.autosave_keep,
         )
         zero_layer = inputs.results.top["correct"][0].layer
-        zero = torch.zeros(model.config.hidden_size)
+        zero = torch.zeros(text_sizes(model).d_model)
         # The primary baseline: each split rerun at alpha = 0 with exactly the batches its steered runs use.
         bases = {split.name: SplitBaseline(split, steered_generation(ctx, split, zero_layer, zero, "alpha0"))
                  for split in (hp, val)}

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import tempfile
 import time
 from collections import namedtuple
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -27,6 +29,7 @@ from common.executor import (
     ExecutionResult,
     Executor,
     ExecutorConfig,
+    _remove_tree,
     build_program,
 )
 
@@ -404,3 +407,191 @@ def test_programs_cannot_reach_a_listener_on_this_machine(executor):
     assert "unreachable" in result.detail.lower()
     info = executor.sandbox_info()
     assert info["network_isolated"] is True and info["network"][0].startswith("isolated")
+
+
+# ---------------------------------------------------------------- clean-up stays inside its tree
+
+NOBODY = 65534  # the conventional uid and gid of the unprivileged user "nobody"
+
+
+def _in_dir_as(user: str, cwd: Path, action: Callable[[], None]) -> None:
+    """Run ``action`` in ``cwd``: as this process's user, or as "nobody" in a forked child when the test runs as root.
+
+    Why a forked child: root ignores permission bits, so only an ordinary user
+    meets the errors a program's chmod causes and the refusals of a parent it
+    does not own; ``os.setuid`` cannot be undone in the test process. The
+    child enters ``cwd`` before it drops privileges and the actions use
+    relative paths, so "nobody" needs no search permission on the
+    directories above (pytest's are 0700, and a shared /tmp may be too).
+    """
+    if user == "this":
+        before = os.getcwd()
+        os.chdir(cwd)
+        try:
+            action()
+        finally:
+            os.chdir(before)
+        return
+    if os.geteuid() != 0:
+        pytest.skip("dropping to 'nobody' needs root; the 'this' case already runs as an ordinary user")
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(read_fd)
+            os.chdir(cwd)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            action()
+            status = 0
+        except BaseException:
+            import traceback
+
+            os.write(write_fd, traceback.format_exc().encode()[-4000:])
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        report = pipe.read().decode()
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 0, report
+
+
+def _mode(path: Path | str) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.fixture
+def base(tmp_path):
+    """A directory anyone may create entries in (1777, like /tmp), for "nobody" to build its own trees."""
+    path = tmp_path / "base"
+    path.mkdir()
+    path.chmod(0o1777)
+    yield path
+    for parent in path.iterdir():  # a test may leave a read-only parent behind
+        if parent.is_dir() and not parent.is_symlink():
+            parent.chmod(0o755)
+
+
+def test_removing_a_path_that_is_gone_leaves_its_parent_alone(tmp_path):
+    """The one-line reproduction: removing a missing path once changed its parent (the system /tmp) to 0700."""
+    parent = tmp_path / "x"
+    parent.mkdir()
+    parent.chmod(0o755)
+    _remove_tree(str(parent / "gone"))
+    assert _mode(parent) == 0o755
+
+
+@pytest.mark.parametrize("user", ["this", "nobody"])
+def test_removing_a_gone_path_in_a_parent_the_user_does_not_own_is_quiet(base, user):
+    """As an ordinary user the old chmod of the parent raised PermissionError; as root it changed the mode."""
+    parent = base / "x"  # owned by this process's user: "nobody" may enter it but not change it
+    parent.mkdir()
+    parent.chmod(0o755)
+    _in_dir_as(user, base, lambda: _remove_tree(os.path.join("x", "gone")))
+    assert _mode(parent) == 0o755
+    assert _mode(base) == 0o1777
+    assert list(parent.iterdir()) == []
+
+
+def _hostile_tree(top: Path, outside: Path) -> None:
+    """What a program may leave: unreadable, unwritable and unsearchable directories, deep nesting, a link out."""
+    top.mkdir()
+    (top / "locked" / "inner").mkdir(parents=True)
+    (top / "locked" / "inner" / "f").write_text("x")
+    (top / "locked" / "inner").chmod(0)
+    (top / "locked").chmod(0)
+    (top / "read-only").mkdir()
+    (top / "read-only" / "f").write_text("x")
+    (top / "read-only" / "f").chmod(0)
+    (top / "read-only").chmod(0o500)
+    (top / "write-only").mkdir()
+    (top / "write-only" / "f").write_text("x")
+    (top / "write-only").chmod(0o300)
+    deep = top / "deep"
+    for _ in range(60):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    (top / "deep").chmod(0o100)
+    (top / "link-out").symlink_to(outside, target_is_directory=True)
+    top.chmod(0o500)
+
+
+@pytest.mark.parametrize("user", ["this", "nobody"])
+def test_a_tree_a_program_locked_is_removed_and_nothing_outside_it_changes(base, tmp_path, user):
+    """Modes are restored only inside the tree: its parent and a directory it links to keep theirs."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("precious")
+    outside.chmod(0o751)
+
+    def build_and_remove() -> None:
+        parent = Path("parent")
+        parent.mkdir()
+        parent.chmod(0o755)
+        _hostile_tree(parent / "work", outside)
+        _remove_tree(str(parent / "work"))
+        assert list(parent.iterdir()) == []
+        assert _mode(parent) == 0o755
+        _remove_tree(str(parent / "work"))  # a second removal of the same path is done at once
+
+    _in_dir_as(user, base, build_and_remove)
+    assert _mode(base) == 0o1777
+    assert _mode(base / "parent") == 0o755
+    assert _mode(outside) == 0o751
+    assert (outside / "keep").read_text() == "precious"
+
+
+@pytest.mark.parametrize("user", ["this", "nobody"])
+def test_a_parent_that_forbids_removal_keeps_its_mode(base, user):
+    """A tree in a read-only parent cannot be removed by an ordinary user; the parent is not "fixed" to allow it."""
+
+    def build_and_try() -> None:
+        parent = Path("parent")
+        parent.mkdir()
+        (parent / "work" / "sub").mkdir(parents=True)
+        parent.chmod(0o555)
+        try:
+            _remove_tree(str(parent / "work"))
+        except PermissionError:
+            assert os.geteuid() != 0  # root may remove it; an ordinary user may not
+            assert (parent / "work").is_dir()
+        else:
+            assert os.geteuid() == 0
+        assert _mode(parent) == 0o555
+
+    _in_dir_as(user, base, build_and_try)
+    assert _mode(base / "parent") == 0o555
+
+
+CLEANUP_HOSTILE = {
+    "lock-own-subdirectories": (
+        "import os\nos.makedirs('a/b/c')\nopen('a/b/c/f', 'w').write('x')\n"
+        "os.chmod('a/b/c', 0)\nos.chmod('a/b', 0o100)\nos.chmod('a', 0o500)\n" + WRONG_ADD_ONE
+    ),
+    "locked-tree-then-pass": "import os\nos.makedirs('p/q')\nos.chmod('p/q', 0)\nos.chmod('p', 0)\n" + ADD_ONE,
+    "temporary-files": "import tempfile\nd = tempfile.mkdtemp()\nopen(d + '/f', 'w').write('x')\n" + ADD_ONE,
+    "link-to-the-temporary-directory": "import os, tempfile\nos.symlink(os.path.dirname(os.getcwd()), 'up')\n" + ADD_ONE,
+}
+
+
+def test_executor_leaves_a_sticky_temporary_directory_as_it_found_it(tmp_path, monkeypatch):
+    """Many hostile and honest programs with TMPDIR at a fresh 1777 directory: it is still 1777 and empty after."""
+    shared_tmp = tmp_path / "tmp"
+    shared_tmp.mkdir()
+    shared_tmp.chmod(0o1777)
+    monkeypatch.setenv("TMPDIR", str(shared_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    codes = [*HOSTILE.values(), *CLEANUP_HOSTILE.values(), ADD_ONE, WRONG_ADD_ONE] * 2
+    items = [{"task_id": i, "code": code, "test_setup_code": "", "tests": ADD_ONE_TESTS} for i, code in enumerate(codes)]
+    with Executor(ExecutorConfig(workers=3, timeout_s=1.5, cpu_time_s=5, memory_mb=512)) as ex:
+        workdirs = [z.workdir for z in ex._zygotes]
+        assert all(Path(w).parent == shared_tmp for w in workdirs)
+        results = ex.run_many(items, progress=False)
+        assert _mode(shared_tmp) == 0o1777
+    expected_passes = {i for i, code in enumerate(codes) if code.endswith(ADD_ONE) and code not in HOSTILE.values()}
+    assert {r.task_id for r in results if r.passed} == expected_passes
+    assert _mode(shared_tmp) == 0o1777
+    assert list(shared_tmp.iterdir()) == []

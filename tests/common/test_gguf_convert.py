@@ -30,3 +30,15 @@ def test_missing_gguf_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(PipelineError, match="does not exist"):
         gguf_convert.convert_gguf_to_folder(tmp_path / "none.gguf", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_folder_that_is_not_a_model_is_refused_and_kept(tmp_path: Path) -> None:
+    """The output folder is replaced only when it is an earlier conversion; other contents are never removed."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    with pytest.raises(PipelineError, match="is not a model folder"):
+        gguf_convert.convert_gguf_to_folder(gguf, out)
+    assert (out / "precious.txt").read_text() == "keep"
