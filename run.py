@@ -9,6 +9,7 @@
     python3 run.py models
     python3 run.py train-saes --model M --output DIR [--layers ...] [--corpus FILE] [--width N] [--tokens N]
     python3 run.py sweep --models A,B [--backend local|slurm] [phase options]
+    python3 run.py build-corpus --kind code|text --out FILE.jsonl [--root DIR ...] [--max-chars N]
 
 Every user-facing error is one line on stderr and exit code 2 (docs/design.md section 7).
 """
@@ -188,6 +189,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-saes", help="train one SAE per layer on resid_post with SAE Lens (for --sae-path)")
     _add_config_options(train, "train-saes")
 
+    corpus = sub.add_parser(
+        "build-corpus", help="a code or general-text corpus (.jsonl) from the installed Python sources and documentation",
+        description="Build a corpus offline from this Python's standard library and installed packages "
+        "(docs/corpora.md); what went in is recorded in <out stem>_metadata.json.",
+    )
+    corpus.add_argument("--kind", required=True, choices=["code", "text"], help="code: sources; text: docs and licences")
+    corpus.add_argument("--out", required=True, help="output .jsonl file")
+    corpus.add_argument("--root", action="append", dest="roots", metavar="DIR",
+                        help="read this folder instead of the stdlib and site-packages (repeatable)")
+    corpus.add_argument("--max-chars", type=int, default=None, help="character budget of the whole corpus (default 8000000)")
+    _add_config_options(corpus, "build-corpus")
+
     sweep = sub.add_parser(
         "sweep", allow_abbrev=False,
         help="Phases 0-3 for several models, locally or as SLURM jobs, and a comparison table",
@@ -298,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "options":
             print(options_markdown(), end="")
             return 0
+        if args.command == "build-corpus":
+            from common.corpus_builder import build_corpus_cli
+
+            return build_corpus_cli(args.kind, args.out, args.roots, args.max_chars)
         if args.command == "check-mbpp":
             from common.check_mbpp import check_mbpp_cli
 
