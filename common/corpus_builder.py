@@ -227,7 +227,7 @@ def _metadata(kind: str, roots: list[Path], limits: CorpusLimits, built: BuiltCo
         "n_files": len(built.files),
         "files": [asdict(f) for f in built.files],
         "started_at": clock.started_at,
-        "wall_time_s": round(clock.elapsed(), 3),
+        **clock.resources(),
     }
 
 
