@@ -214,14 +214,14 @@ def _phase3(page: Page, data_dir: Path) -> dict[str, Any] | None:
     page.add(render_table(comparison_rows([("this study", path)])), "")
     auprc = [row.get("auprc") for e in doc["statistical"].get("latents", []) for row in e.get("rows", [])]
     if not any(v is not None for v in auprc):
-        page.add(f"AUPRC: {NOT_MEASURED} (Phase 3's results hold no AUPRC).")
+        page.add(f"AUPRC: {NOT_MEASURED} (Phase 3's results hold no AUPRC).", "")
     _confounds(page, doc)
     stamp = path.stem.removeprefix("validation_")
     summary = data_dir / PHASE_DIRS["3"] / f"summary_{stamp}.md"
     page.section("Phase 3 summary, as Phase 3 wrote it")
     if summary.is_file():
         text = page.read(summary).read_text()
-        page.add(*["#" + line if line.startswith("#") else line for line in text.splitlines()])
+        page.add(*["##" + line if line.startswith("#") else line for line in text.splitlines()])
     else:
         page.add(f"{NOT_MEASURED} (no {summary.name}).")
     return doc
@@ -314,13 +314,13 @@ def _assets(page: Page, out: Path, mbpp: pd.DataFrame | None, humaneval: pd.Data
     """Generations with labels and Phase 3's plots, in ``<page stem>/`` beside the page."""
     folder = out.with_suffix("")
     page.section("Files beside this page")
-    for name, table in (("mbpp_generations.jsonl", mbpp), ("humaneval_generations.jsonl", humaneval)):
+    for name, table, dataset in (("mbpp_generations.jsonl", mbpp, "mbpp"), ("humaneval_generations.jsonl", humaneval, "humaneval")):
         if table is None:
             continue
         rows = table[GENERATION_COLUMNS].to_dict(orient="records")
         atomic_write_text(folder / name, "".join(json.dumps(r, default=_plain) + "\n" for r in rows))
         page.add(f"- `{folder.name}/{name}`: {len(rows)} generations (task_id, generated_text, passed, outcome); "
-                 f"re-score with `python3 run.py label --generations {folder.name}/{name}`")
+                 f"re-score with `python3 run.py label --generations {folder.name}/{name} --dataset {dataset}`")
     for key, src in sorted(((doc or {}).get("outputs") or {}).items()):
         if key.endswith("_png") and Path(src).is_file():
             atomic_write_bytes(folder / Path(src).name, Path(src).read_bytes())
