@@ -48,8 +48,8 @@ def _words(value: Any) -> str:
 # about 2 x 135M FLOP.
 SMOLLM2_SETTINGS: dict[str, Setting] = {
     "max_new_tokens": Setting(
-        256, 512, "MBPP and HumanEval solutions are short (SmolLM2's measured passes end well inside 128 tokens); "
-        "halving the budget halves the decode time of Phases 1 and 1.2 on a CPU"),
+        256, 512, "MBPP and HumanEval solutions are short (SmolLM2's measured MBPP passes were generated within a 128-token "
+        "budget); halving the budget halves the worst-case decode time of Phases 1, 1.2 and 3 on a CPU"),
     "capture_layers": Setting(
         "all", "all",
         "not reduced: every layer's last-prompt-token vector is stored (974 x 30 x 576 floats, 67 MB), so probes "
@@ -59,10 +59,12 @@ SMOLLM2_SETTINGS: dict[str, Setting] = {
         "six layers spread over the depth: training an SAE costs one pass over its corpus per group of layers plus "
         "its own steps, and six layers' activations fit in one pass's memory (6 x 300k tokens x 576 floats, 4 GB)"),
     "sae_tokens": Setting(
-        300_000, 2_000_000, "the corpus pass is the cost on a CPU (2 x 135M FLOP a token: 300k tokens are about half "
-        "an hour on 2 cores, 2M would be hours); the held-out FVU and L0 per layer say what this buys"),
+        300_000, 2_000_000, "the corpus pass is the cost on a CPU (2 x 135M FLOP a token; estimated, not measured: 300k "
+        "tokens about half an hour on 2 cores, 2M several hours); the held-out FVU and L0 per layer say what this buys"),
     "corpus_max_chars": Setting(
         8_000_000, 8_000_000, "not reduced: the builder's default, more characters than the SAE token budget reads"),
+    "split_fractions": Setting(
+        [0.5, 0.1, 0.4], [0.5, 0.1, 0.4], "not reduced: the pipeline's sae, hyperparams and validation shares"),
     "temperatures": Setting(
         [0.4, 0.8], [0.3, 0.6, 0.9, 1.2], "two temperatures (one low, one high) instead of four: each temperature "
         "is a full pass over the validation split"),
@@ -88,6 +90,8 @@ TINY_SETTINGS: dict[str, Setting] = {
     "sae_layers": Setting([0, 1], [0, 1], "tiny study: every layer of a two-layer model"),
     "sae_tokens": Setting(4_000, 2_000_000, "tiny study: a smoke run"),
     "corpus_max_chars": Setting(40_000, 8_000_000, "tiny study: a smoke run"),
+    "split_fractions": Setting(
+        [0.4, 0.3, 0.3], [0.5, 0.1, 0.4], "tiny study: on a few problems each split needs both classes"),
     "temperatures": Setting([0.8], [0.3, 0.6, 0.9, 1.2], "tiny study: a smoke run"),
     "samples_per_task": Setting(1, 5, "tiny study: a smoke run"),
     "coefficients": Setting([0.0, 3.0], [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0], "tiny study: a smoke run"),
@@ -144,7 +148,7 @@ def plan_study(inputs: StudyInputs, settings: dict[str, Setting], run_dir: Path,
         ("corpus-code", ["build-corpus", "--kind", "code", "--out", str(code), "--max-chars", s["corpus_max_chars"]]),
         ("corpus-text", ["build-corpus", "--kind", "text", "--out", str(text), "--max-chars", s["corpus_max_chars"]]),
         ("phase0", ["phase", "0", *common]),
-        ("phase0.1", ["phase", "0.1", *common]),
+        ("phase0.1", ["phase", "0.1", *common, "--split-fractions", s["split_fractions"]]),
         ("phase1", ["phase", "1", *common, *generation]),
         ("phase1.2", ["phase", "1.2", *common, *generation, "--temperatures", s["temperatures"],
                       "--samples-per-task", s["samples_per_task"]]),
