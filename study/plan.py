@@ -88,7 +88,8 @@ TINY_SETTINGS: dict[str, Setting] = {
     "max_new_tokens": Setting(48, 512, "tiny study: a smoke run, not a measurement"),
     "capture_layers": Setting("all", "all", "tiny study: every layer"),
     "sae_layers": Setting([0, 1], [0, 1], "tiny study: every layer of a two-layer model"),
-    "sae_tokens": Setting(4_000, 2_000_000, "tiny study: a smoke run"),
+    "sae_tokens": Setting(300_000, 2_000_000, "tiny study: the demo's SAE budget (the small corpus is cycled); "
+                          "fewer left the SAEs dense, and every latent then fired on general text"),
     "corpus_max_chars": Setting(40_000, 8_000_000, "tiny study: a smoke run"),
     "split_fractions": Setting(
         [0.4, 0.3, 0.3], [0.5, 0.1, 0.4], "tiny study: on a few problems each split needs both classes"),

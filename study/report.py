@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ def _settings(page: Page, record: dict[str, Any] | None) -> None:
         page.add(f"Study record: {NOT_MEASURED} (no study.json given): the settings below come from nowhere.")
         return
     commands = [s["command"] for s in record.get("steps", [])]
-    page.add("Produced by `python3 run.py study` (preset " + f"`{record.get('preset')}`), whose steps were:", "", "```")
+    page.add(f"Produced by `{record.get('command') or 'python3 run.py study'}` (preset `{record.get('preset')}`), "
+             "whose steps were:", "", "```")
     page.add(*commands, "```", "")
     page.add("| setting | value used | full study | reduced | why |", "| --- | --- | --- | --- | --- |")
     for name, s in (record.get("settings") or {}).items():
@@ -162,7 +164,7 @@ def _humaneval(page: Page, data_dir: Path) -> pd.DataFrame | None:
 def _sae_report_path(data_dir: Path, record: dict[str, Any] | None) -> Path | None:
     """The SAE folder: the study's train-saes step, else the local SAE folder Phase 2 read."""
     for step in (record or {}).get("steps", []):
-        words = step["command"].split()
+        words = shlex.split(step["command"])
         if "train-saes" in words and "--output" in words:
             return Path(words[words.index("--output") + 1]) / "sae_training_report.json"
     results = _newest(data_dir / PHASE_DIRS["2"], "results_sae_*.json")
@@ -279,7 +281,8 @@ def _resources(page: Page, data_dir: Path, record: dict[str, Any] | None) -> Non
 
 def _corpora(page: Page, record: dict[str, Any] | None) -> None:
     page.section("Corpora")
-    outs = [s["command"].split() for s in (record or {}).get("steps", []) if "build-corpus" in s["command"].split()]
+    commands = [shlex.split(s["command"]) for s in (record or {}).get("steps", [])]
+    outs = [words for words in commands if "build-corpus" in words]
     if not outs:
         page.add(f"Corpora: {NOT_MEASURED} (no build-corpus step in the study record).")
         return

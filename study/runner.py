@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shlex
+import sys
 from pathlib import Path
 
 from common.config import PipelineConfig
@@ -119,6 +120,7 @@ def _record(cfg: PipelineConfig, clock: RunClock, preset: str, settings: dict[st
     """The study record: preset, every setting with its reason, inputs, steps; the results page reads it."""
     return build_metadata("study", cfg, clock, extra={
         "preset": preset,
+        "command": shlex.join(["python3", "run.py", *sys.argv[1:]]) if sys.argv[0].endswith("run.py") else None,
         "settings": {k: {"value": v.value, "full": v.full, "reduced": v.reduced, "reason": v.reason} for k, v in settings.items()},
         "study_inputs": inputs.to_dict(),
         "steps": [{"name": s.name, "command": command_line(s), "log": str(s.log)} for s in steps],

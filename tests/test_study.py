@@ -100,3 +100,17 @@ def test_bad_study_input_is_one_line(tmp_path, args, message, monkeypatch):
     out = _study("--data-dir", str(tmp_path / "data"), *args)
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr, out.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_convert_gguf_keeps_a_converted_folder_and_refuses_a_missing_file(tmp_path):
+    kept = tmp_path / "model"
+    kept.mkdir()
+    (kept / "config.json").write_text("{}")
+    (kept / "model.safetensors").write_bytes(b"weights")
+    cmd = [sys.executable, str(REPO_ROOT / "run.py"), "convert-gguf"]
+    done = subprocess.run([*cmd, "--out", str(kept), "--gguf", str(tmp_path / "none.gguf")], capture_output=True, text=True)
+    assert done.returncode == 0 and "kept" in done.stdout and (kept / "model.safetensors").read_bytes() == b"weights"
+    missing = subprocess.run([*cmd, "--out", str(tmp_path / "new"), "--gguf", str(tmp_path / "none.gguf")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr
+    assert not (tmp_path / "new").exists()

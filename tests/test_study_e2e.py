@@ -34,9 +34,11 @@ def test_tiny_study_runs_every_step_resumes_and_writes_its_page(demo_trained_mod
            "--data-dir", str(data), "--mbpp-path", str(problems), "--humaneval-path", str(view), "--report", str(page),
            "--device", "cpu"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=3000)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-3000:]
+    logs = "".join(f"\n--- {p.name}\n" + p.read_text()[-2000:] for p in sorted(data.glob("study/run_*/logs/*.log")))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:] + logs[-6000:]
     record = json.loads(next((data / "study").glob("run_*/study.json")).read_text())
     assert record["finished"] and record["failed_steps"] == [] and record["preset"] == "tiny"
+    assert "--preset tiny" in record["command"]
     dataset = pd.read_parquet(next((data / "phase1_0").glob("dataset_*.parquet")))
     text = page.read_text()
     assert f"Pass rate, all tasks: {int(dataset['passed'].sum())}/{len(dataset)} = " in text
