@@ -93,9 +93,12 @@ def train_saes_cli(cfg: PipelineConfig) -> int:
     )
     extra = build_metadata("train-saes", cfg, clock, inputs=inputs, extra={"n_corpus_texts": len(texts)})
     train_saes(model, tokenizer, texts, layers, out, training, model_name=cfg.model, extra=extra)
-    from common.storage import read_json
+    from common.storage import read_json, write_json
 
     report: dict[str, Any] = read_json(out / REPORT_FILENAME)
+    # The whole command's wall time and peak memory (the metadata in ``extra`` was taken before training).
+    report["resources"] = clock.resources()
+    write_json(out / REPORT_FILENAME, report)
     print(f"trained {len(report['layers'])} SAEs in {out} ({report['n_train_tokens']} training tokens, "
           f"{report['n_heldout_tokens']} held out)")
     for layer, entry in report["layers"].items():

@@ -44,6 +44,8 @@ def test_tiny_study_runs_every_step_resumes_and_writes_its_page(demo_trained_mod
     assert f"Pass rate, all tasks: {int(dataset['passed'].sum())}/{len(dataset)} = " in text
     meta = json.loads(next((data / "phase1_0").glob("dataset_*_metadata.json")).read_text())
     assert meta["peak_rss_mb"] > 0 and f"| phase 1 (MBPP) | {meta['wall_time_s']:.1f} | {meta['peak_rss_mb']:.1f} |" in text
+    saes = json.loads(next((data / "study" / "saes").glob("*/sae_training_report.json")).read_text())["resources"]
+    assert f"| train-saes | {saes['wall_time_s']:.1f} | {saes['peak_rss_mb']:.1f} |" in text
     assert "| code |" in text and "| text |" in text and "not measured (no Phase 3 output)" not in text
     assert (page.parent / "tiny" / "mbpp_generations.jsonl").is_file()
 

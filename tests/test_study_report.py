@@ -148,10 +148,15 @@ def test_page_numbers_equal_the_files(study_data, tmp_path):
     assert "Best latent AUROC 0.612 (from Phase 3)." in page  # the Phase 3 summary, verbatim
     meta = json.loads((study_data["data"] / "phase0" / f"difficulty_{STAMP}_metadata.json").read_text())
     assert f"| phase 0 | {meta['wall_time_s']:.1f} | {meta['peak_rss_mb']:.1f} |" in page
-    assert "| train-saes | 5.0 |" in page  # 2.5 s collecting + 1.0 + 1.5 s training
+    # A report without the command's own record: 2.5 s collecting + 1.0 + 1.5 s training.
+    assert "| train-saes (collecting and training only) | 5.0 | not measured |" in page
     corpus = study_data["corpus"]
     assert f"| code | {corpus.n_documents} | {corpus.n_chars} | 1 | `{corpus.sha256}` |" in page
     assert "| coefficients | [0.0, 3.0] | [0.0, 1.0] | yes | a reason given |" in page
+    assert ("- The best correct-preferring latent beats its permutation null on the sae split; validation AUROC "
+            f"{latent['auroc']:.3f} [{latent['auroc_ci_lo']:.3f}, {latent['auroc_ci_hi']:.3f}], "
+            "an interval that excludes chance") in page
+    assert "- The validation split, where every number above is measured, holds 2 passing programs of 8" in page
     assert "AUPRC: not measured" in page and "| phase 3 | not measured |" in page
     generations = [json.loads(line) for line in (out.parent / "page" / "mbpp_generations.jsonl").read_text().splitlines()]
     assert [g["task_id"] for g in generations] == rows["task_id"].tolist()
