@@ -253,12 +253,18 @@ _SWEEP_OWNED = ("model", "input", "split", "start", "end", "shard_dir", "data_di
 
 
 def _as_tokens(f: dataclasses.Field, value: Any) -> list[str]:
-    """A parsed option value back as command-line words (for the sweep's per-phase commands)."""
+    """A parsed option value back as command-line words (for the sweep's per-phase commands).
+
+    A value that starts with a minus sign (``--coefficients -1,0,1``) is joined
+    to its flag with ``=``: argparse would read it as an option otherwise.
+    """
     if isinstance(value, bool):
         return [flag_of(f)]
     if isinstance(value, list):
-        return [flag_of(f), ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
-    return [flag_of(f), f"{value:g}" if isinstance(value, float) else str(value)]
+        text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    else:
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+    return [f"{flag_of(f)}={text}"] if text.startswith("-") else [flag_of(f), text]
 
 
 def _sweep_passthrough(extra: list[str], args: argparse.Namespace) -> dict[str, list[str]]:
