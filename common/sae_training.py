@@ -39,10 +39,8 @@ is why the held-out FVU and L0 of every layer are recorded.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -95,7 +93,7 @@ class SAETrainingConfig:
 
 
 def read_corpus_file(path: str | Path) -> list[str]:
-    """The documents of a local corpus file.
+    """The documents of a local corpus file (``common.corpus_files.read_documents``, as Phase 2 reads it).
 
     ``.jsonl``: one document per row, its ``text`` field; an MBPP row (with
     ``code`` and ``test_list``) becomes its prompt followed by its reference
@@ -103,38 +101,15 @@ def read_corpus_file(path: str | Path) -> list[str]:
     Anything else is UTF-8 text: paragraphs split at blank lines (or lines,
     when there is no blank line).
     """
+    from common.corpus_files import read_documents
     from common.prompts import build_prompt
 
-    p = Path(path)
-    if not p.is_file():
-        raise PipelineError(f"corpus {p} is not a file")
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"cannot read corpus {p}: {exc}") from exc
-    texts: list[str] = []
-    if p.suffix == ".jsonl":
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PipelineError(f"corpus {p} line {number} is not JSON: {exc.msg}") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise PipelineError(f'corpus {p} line {number} has no string field "text"')
-            if isinstance(row.get("code"), str) and row.get("test_list"):
-                texts.append(build_prompt(row["text"], list(row["test_list"])) + "\n" + row["code"])
-            elif row["text"].strip():
-                texts.append(row["text"])
-    else:
-        normalised = raw.replace("\r\n", "\n")
-        texts = [t.strip() for t in re.split(r"\n[ \t]*\n", normalised) if t.strip()]
-        if len(texts) <= 1:
-            texts = [line.strip() for line in normalised.splitlines() if line.strip()]
-    if not texts:
-        raise PipelineError(f"corpus {p} holds no non-empty document")
-    return texts
+    def row_text(row: dict[str, Any]) -> str:
+        if isinstance(row.get("code"), str) and row.get("test_list"):
+            return build_prompt(row["text"], list(row["test_list"])) + "\n" + row["code"]
+        return str(row["text"])
+
+    return read_documents(path, "corpus", row_text)[0]
 
 
 def tokenize_texts(

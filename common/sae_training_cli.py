@@ -6,7 +6,9 @@ would reconstruct those vectors poorly. The default interleaves pile-10k
 documents (from the hub) with MBPP prompts followed by their reference code
 (MBPP is unlabelled text to the SAE: no pass/fail label is used). Offline, a
 local corpus is required: ``--corpus demo/general_text.txt,PATH/mbpp.jsonl``
-(an MBPP jsonl row counts as prompt + code).
+(an MBPP jsonl row counts as prompt + code), or the files ``run.py
+build-corpus`` writes from the installed Python sources and documentation.
+Several files are interleaved document by document.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ def _mbpp_texts(mbpp_path: str | None) -> list[str]:
 def corpus_texts(cfg: PipelineConfig) -> tuple[list[str], dict[str, str]]:
     """The training texts and the files they came from (for the metadata)."""
     if cfg.train_corpus:
-        texts: list[str] = []
-        for path in cfg.train_corpus:
-            texts.extend(read_corpus_file(path))
+        # Interleaved file by file, so that a token budget smaller than the corpus still takes from every file
+        # (a code corpus first would otherwise fill the budget alone).
+        per_file = [read_corpus_file(path) for path in cfg.train_corpus]
+        texts = [t for group in zip_longest(*per_file) for t in group if t]
         return texts, {f"corpus_{i}": path for i, path in enumerate(cfg.train_corpus)}
     general = _hub_texts(10_000)
     code = _mbpp_texts(cfg.mbpp_path)
@@ -90,9 +93,12 @@ def train_saes_cli(cfg: PipelineConfig) -> int:
     )
     extra = build_metadata("train-saes", cfg, clock, inputs=inputs, extra={"n_corpus_texts": len(texts)})
     train_saes(model, tokenizer, texts, layers, out, training, model_name=cfg.model, extra=extra)
-    from common.storage import read_json
+    from common.storage import read_json, write_json
 
     report: dict[str, Any] = read_json(out / REPORT_FILENAME)
+    # The whole command's wall time and peak memory (the metadata in ``extra`` was taken before training).
+    report["resources"] = clock.resources()
+    write_json(out / REPORT_FILENAME, report)
     print(f"trained {len(report['layers'])} SAEs in {out} ({report['n_train_tokens']} training tokens, "
           f"{report['n_heldout_tokens']} held out)")
     for layer, entry in report["layers"].items():

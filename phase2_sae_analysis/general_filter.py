@@ -24,9 +24,7 @@ one corpus pass per group, computed when the layer loop reaches the group.
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ import numpy as np
 import torch
 
 from common.config import PipelineConfig
+from common.corpus_files import read_documents
 from common.errors import PipelineError
 from common.general_text import TokenizedDocuments, collect_resid_post_all_tokens, tokenize_documents
 from common.models import default_dtype, load_model_and_tokenizer, text_sizes
@@ -72,38 +71,8 @@ def choose_documents(n_available: int, n_samples: int, seed: int) -> list[int]:
 
 
 def _read_local_corpus(path: Path) -> tuple[list[str], str]:
-    """Documents of a local corpus file and what one document is (see the module docstring)."""
-    if not path.is_file():
-        raise PipelineError(f"--general-corpus {path} is not a file")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"cannot read --general-corpus {path}: {exc}")
-    if path.suffix == ".jsonl":
-        texts = []
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PipelineError(f"--general-corpus {path} line {number} is not JSON: {exc.msg}")
-            text = row.get("text") if isinstance(row, dict) else None
-            if not isinstance(text, str):
-                raise PipelineError(f"--general-corpus {path} line {number} has no string field \"text\"")
-            if text.strip():
-                texts.append(text)
-        unit = "jsonl rows (field text)"
-    else:
-        normalised = raw.replace("\r\n", "\n")
-        paragraphs = [p.strip() for p in re.split(r"\n[ \t]*\n", normalised) if p.strip()]
-        if len(paragraphs) > 1:
-            texts, unit = paragraphs, "paragraphs (blank-line separated)"
-        else:
-            texts, unit = [line.strip() for line in normalised.splitlines() if line.strip()], "non-empty lines"
-    if not texts:
-        raise PipelineError(f"--general-corpus {path} holds no non-empty document")
-    return texts, unit
+    """Documents of a local corpus file and what one document is (the reader SAE training uses too)."""
+    return read_documents(path, "--general-corpus")
 
 
 def _load_hub_corpus() -> Any:

@@ -190,3 +190,11 @@ def _run_slurm(run: SweepRun, todo: list[Step], opts: SlurmOptions, poll: float)
         if len(final) < len(jobs):
             time.sleep(poll)
     return [name for name, fate in final.items() if fate == "failed"]
+
+
+def run_steps_locally(run: SweepRun, todo: list[Step]) -> list[str]:
+    """Run ``todo`` in order on this machine, marking each finished step; returns the failed steps' names.
+
+    Public for ``run.py study``, which plans its own steps and reuses the sweep's markers and local runner.
+    """
+    return _run_local(run, todo)

@@ -199,3 +199,14 @@ def test_preset_names_are_checked_against_the_registry(tmp_path):
     assert [(m.spec, m.name) for m in models] == [("gemma-2-2b", "gemma-2-2b"), ("google/gemma-2-9b", "google__gemma-2-9b")]
     with pytest.raises(PipelineError, match="unknown model 'gemma-9-1b'.*presets: gemma-2-2b, gemma-2-2b-it"):
         resolve_models(["gemma-9-1b"], tmp_path, None)
+
+
+def test_negative_coefficients_reach_phase3_as_one_word():
+    """``--coefficients=-1,0,1`` given to the sweep must parse again in Phase 3's own command (not as an option)."""
+    import argparse
+
+    import run
+
+    words = run._sweep_passthrough(["--coefficients=-1,0,1", "--max-new-tokens", "8"], argparse.Namespace())["3"]
+    assert "--coefficients=-1,0,1" in words
+    assert run.config_for(["phase", "3", *words]).coefficients == [-1.0, 0.0, 1.0]

@@ -1,0 +1,73 @@
+"""Reading a local corpus file into documents: the one reader SAE training and Phase 2's general filter share.
+
+Why one reader: ``run.py train-saes --corpus`` and Phase 2's ``--general-corpus``
+take the same kinds of file, and a file that one of them accepts must mean the
+same documents to the other (``run.py build-corpus`` writes files for both).
+
+Formats:
+- ``.jsonl``: one document per row, its string field ``text`` (other fields,
+  such as the builder's ``source``, are ignored; a caller may turn a whole row
+  into its text, as SAE training does for an MBPP row);
+- anything else: UTF-8 text whose blank-line separated paragraphs are the
+  documents, or its non-empty lines when it has no blank line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.errors import PipelineError
+
+JSONL_UNIT = "jsonl rows (field text)"
+PARAGRAPH_UNIT = "paragraphs (blank-line separated)"
+LINE_UNIT = "non-empty lines"
+
+
+def read_documents(
+    path: str | Path, label: str, row_text: Callable[[dict[str, Any]], str] | None = None
+) -> tuple[list[str], str]:
+    """The non-empty documents of ``path`` and what one document is; errors name the file as ``label PATH``.
+
+    ``row_text`` (jsonl only) gives a row's document when the caller reads more
+    than its ``text`` field; it is called only on rows that have a string ``text``.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"{label} {p} is not a file")
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read {label} {p}: {exc}") from exc
+    if p.suffix == ".jsonl":
+        texts, unit = _jsonl_documents(raw, p, label, row_text), JSONL_UNIT
+    else:
+        normalised = raw.replace("\r\n", "\n")
+        texts, unit = [t.strip() for t in re.split(r"\n[ \t]*\n", normalised) if t.strip()], PARAGRAPH_UNIT
+        if len(texts) <= 1:
+            texts, unit = [line.strip() for line in normalised.splitlines() if line.strip()], LINE_UNIT
+    if not texts:
+        raise PipelineError(f"{label} {p} holds no non-empty document")
+    return texts, unit
+
+
+def _jsonl_documents(
+    raw: str, p: Path, label: str, row_text: Callable[[dict[str, Any]], str] | None
+) -> list[str]:
+    texts: list[str] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"{label} {p} line {number} is not JSON: {exc.msg}") from exc
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise PipelineError(f'{label} {p} line {number} has no string field "text"')
+        text = row_text(row) if row_text is not None else row["text"]
+        if text.strip():
+            texts.append(text)
+    return texts

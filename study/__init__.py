@@ -1,0 +1,1 @@
+"""The one-command real study (``run.py study``) and its results page (``run.py study-report``)."""

@@ -1,0 +1,402 @@
+"""``run.py study-report``: the study's results page, written from its output files (no number is typed).
+
+Why generated: a page whose numbers are typed drifts from the files; this one
+is rebuilt from the files by the study's last step, and a test checks that
+its numbers equal the files'. Every piece it reads is optional: a missing
+piece is an explicit "not measured" line, never a crash, so the page of a
+partial study says what is missing.
+
+Read (all under the data directory): Phase 1's MBPP dataset and Phase 0.1's
+splits (pass rates), Phase 1.2's run (pass rate per temperature), HumanEval's
+Phase 1 dataset, the SAE training report and Phase 2's score arrays (held-out
+FVU, L0, latents that never fire), Phase 3's ``validation_<ts>.json`` and
+summary, every phase's metadata (wall time, peak memory), the corpora's
+metadata and the study record (settings and why). Beside the page, in a
+folder of the page's name: the greedy generations with their labels (so
+anyone can re-score them with ``run.py label``) and Phase 3's plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from common.artifacts import PHASE1_DATASET, load_temperature_run, metadata_path_of
+from common.config import PipelineConfig, benchmark_data_dir
+from common.errors import PipelineError
+from common.paths import PHASE_DIRS, name_timestamp
+from common.stats import clopper_pearson
+from common.storage import atomic_write_bytes, atomic_write_text, read_json
+from sweep.table import comparison_rows, render_table
+
+logger = logging.getLogger(__name__)
+
+NOT_MEASURED = "not measured"
+SPLITS = ("sae", "hyperparams", "validation")
+GENERATION_COLUMNS = ["task_id", "generated_text", "passed", "outcome"]
+# Published figures the page compares with; literature, not this study's output.
+PUBLISHED = (
+    "gemma-2-2b with GemmaScope SAEs on MBPP (the study this pipeline reproduces): its best latents reach "
+    "AUROC 0.64 to 0.67",
+    "the 2026 probe study on Qwen3-4B: a linear probe reaches AUROC 0.931, prompt length alone 0.754",
+)
+
+
+@dataclass
+class Page:
+    """The page being written and the files it read (listed at its end)."""
+
+    lines: list[str] = field(default_factory=list)
+    sources: list[Path] = field(default_factory=list)
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def section(self, title: str) -> None:
+        self.lines.extend(["", f"## {title}", ""])
+
+    def read(self, path: Path) -> Path:
+        self.sources.append(path)
+        return path
+
+
+def _newest(folder: Path, pattern: str) -> Path | None:
+    """The file matching ``pattern`` with the newest timestamp in its name (metadata files left out)."""
+    found = [p for p in folder.glob(pattern) if not p.name.endswith("_metadata.json")] if folder.is_dir() else []
+    return max(found, key=lambda p: (name_timestamp(p) or "", p.name)) if found else None
+
+
+def rate(k: int, n: int) -> str:
+    """``k/n = r [lo, hi]`` with the exact (Clopper-Pearson) 95% interval."""
+    if n == 0:
+        return f"0/0 ({NOT_MEASURED})"
+    lo, hi = clopper_pearson(k, n)
+    return f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+        return f"{value:.{digits}f}"
+    return NOT_MEASURED
+
+
+def phase1_dataset(data_dir: Path) -> Path | None:
+    return _newest(data_dir / PHASE_DIRS["1"], PHASE1_DATASET.glob(ts="*"))
+
+
+def _settings(page: Page, record: dict[str, Any] | None) -> None:
+    page.section("Command and settings")
+    if record is None:
+        page.add(f"Study record: {NOT_MEASURED} (no study.json given): the settings below come from nowhere.")
+        return
+    commands = [s["command"] for s in record.get("steps", [])]
+    page.add(f"Produced by `{record.get('command') or 'python3 run.py study'}` (preset `{record.get('preset')}`), "
+             "whose steps were:", "", "```")
+    page.add(*commands, "```", "")
+    page.add("| setting | value used | full study | reduced | why |", "| --- | --- | --- | --- | --- |")
+    for name, s in (record.get("settings") or {}).items():
+        page.add(f"| {name} | {s['value']} | {s['full']} | {'yes' if s['reduced'] else 'no'} | {s['reason']} |")
+
+
+def _mbpp(page: Page, data_dir: Path) -> pd.DataFrame | None:
+    page.section("MBPP, Phase 1 (greedy)")
+    path = phase1_dataset(data_dir)
+    if path is None:
+        page.add(f"Pass rate: {NOT_MEASURED} (no Phase 1 dataset).")
+        return None
+    table = pd.read_parquet(page.read(path))
+    passed = table["passed"].astype(bool)
+    page.add(f"Pass rate, all tasks: {rate(int(passed.sum()), len(table))} (exact 95% interval).", "")
+    page.add("| split | passed / tasks = rate [95% CI] |", "| --- | --- |")
+    for split in SPLITS:
+        split_path = data_dir / PHASE_DIRS["0.1"] / f"{split}_mbpp.parquet"
+        if not split_path.is_file():
+            page.add(f"| {split} | {NOT_MEASURED} |")
+            continue
+        ids = set(pd.read_parquet(page.read(split_path), columns=["task_id"])["task_id"].astype(int))
+        inside = passed[table["task_id"].astype(int).isin(ids)]
+        page.add(f"| {split} | {rate(int(inside.sum()), len(inside))} |")
+    page.add("", "Outcomes: " + ", ".join(f"{k} {v}" for k, v in table["outcome"].value_counts().sort_index().items()) + ".")
+    if "n_prompt_tokens" in table:
+        by = table.groupby(passed)["n_prompt_tokens"].mean()
+        page.add(f"Mean prompt length in tokens: passing {_num(by.get(True), 1)}, failing {_num(by.get(False), 1)}.")
+    return table
+
+
+def _temperatures(page: Page, data_dir: Path) -> None:
+    page.section("MBPP validation split, Phase 1.2 (sampling)")
+    try:
+        run = load_temperature_run(data_dir / PHASE_DIRS["1.2"])
+    except PipelineError as exc:
+        page.add(f"Pass rates by temperature: {NOT_MEASURED} ({exc}).")
+        return
+    if run is None:
+        page.add(f"Pass rates by temperature: {NOT_MEASURED} (no Phase 1.2 run).")
+        return
+    page.add("| temperature | samples passed / drawn = rate [95% CI] | tasks |", "| --- | --- | --- |")
+    for temperature, path in sorted(run.tables.items()):
+        table = pd.read_parquet(page.read(path), columns=["task_id", "passed"])
+        page.add(f"| {temperature:g} | {rate(int(table['passed'].sum()), len(table))} | {table['task_id'].nunique()} |")
+
+
+def _humaneval(page: Page, data_dir: Path) -> pd.DataFrame | None:
+    page.section("HumanEval, Phase 1 (greedy, transfer set)")
+    path = phase1_dataset(benchmark_data_dir(str(data_dir), "humaneval"))
+    if path is None:
+        page.add(f"Pass rate: {NOT_MEASURED} (no HumanEval Phase 1 dataset).")
+        return None
+    table = pd.read_parquet(page.read(path))
+    page.add(f"Pass rate: {rate(int(table['passed'].astype(bool).sum()), len(table))}.")
+    meta_path = metadata_path_of(path)
+    if meta_path.is_file():
+        fmt = (read_json(page.read(meta_path)).get("run") or {}).get("settings", {}).get("prompt_format", NOT_MEASURED)
+        page.add(f"Prompt format (as Phase 1 recorded it): {fmt}.")
+    return table
+
+
+def _sae_report_path(data_dir: Path, record: dict[str, Any] | None) -> Path | None:
+    """The SAE folder: the study's train-saes step, else the local SAE folder Phase 2 read."""
+    for step in (record or {}).get("steps", []):
+        words = shlex.split(step["command"])
+        if "train-saes" in words and "--output" in words:
+            return Path(words[words.index("--output") + 1]) / "sae_training_report.json"
+    results = _newest(data_dir / PHASE_DIRS["2"], "results_sae_*.json")
+    local = (read_json(results).get("sae") or {}).get("local_path") if results else None
+    return Path(local) / "sae_training_report.json" if local else None
+
+
+def dead_latents(data_dir: Path) -> tuple[dict[str, int], Path | None]:
+    """Per layer: latents that fire (> 0) on no sae-split task (Phase 2's firing shares of both classes are 0)."""
+    results = _newest(data_dir / PHASE_DIRS["2"], "results_sae_*.json")
+    if results is None:
+        return {}, None
+    scores_dir = Path(read_json(results)["scores_dir"])
+    dead = {}
+    for npz in sorted(scores_dir.glob("layer_*.npz")):
+        with np.load(npz) as arrays:
+            dead[npz.stem.removeprefix("layer_")] = int(((arrays["f_correct"] == 0) & (arrays["f_incorrect"] == 0)).sum())
+    return dead, results
+
+
+def _saes(page: Page, data_dir: Path, record: dict[str, Any] | None) -> None:
+    page.section("SAEs")
+    path = _sae_report_path(data_dir, record)
+    dead, results = dead_latents(data_dir)
+    if results is not None:
+        page.read(results)
+    if path is None or not path.is_file():
+        page.add(f"SAE quality: {NOT_MEASURED} (no sae_training_report.json).")
+        return
+    report = read_json(page.read(path))
+    fvu_phase2 = (read_json(results).get("fvu") or {}) if results else {}
+    page.add(f"Trained on {report.get('n_train_tokens')} tokens ({report.get('n_heldout_tokens')} held out) of "
+             f"{report.get('n_texts')} corpus texts.", "")
+    page.add("| layer | d_sae | held-out FVU | held-out L0 | dead on the sae split | FVU at the last prompt token |",
+             "| --- | --- | --- | --- | --- | --- |")
+    for layer, entry in sorted(report.get("layers", {}).items(), key=lambda kv: int(kv[0])):
+        own = (fvu_phase2.get(layer) or {}).get("own")
+        page.add(f"| {layer} | {entry['d_sae']} | {_num(entry['heldout_fvu'])} | {_num(entry['heldout_l0'], 1)} | "
+                 f"{dead.get(layer, NOT_MEASURED)} | {_num(own)} |")
+
+
+def _phase3(page: Page, data_dir: Path) -> dict[str, Any] | None:
+    page.section("Latents, probes and steering (Phase 3)")
+    path = _newest(data_dir / PHASE_DIRS["3"], "validation_*.json")
+    if path is None:
+        page.add(f"Latents, probes, confounds, steering and HumanEval transfer: {NOT_MEASURED} (no Phase 3 output).")
+        return None
+    doc = read_json(page.read(path))
+    page.add(render_table(comparison_rows([("this study", path)])), "")
+    auprc = [row.get("auprc") for e in doc["statistical"].get("latents", []) for row in e.get("rows", [])]
+    if not any(v is not None for v in auprc):
+        page.add(f"AUPRC: {NOT_MEASURED} (Phase 3's results hold no AUPRC).", "")
+    _confounds(page, doc)
+    stamp = path.stem.removeprefix("validation_")
+    summary = data_dir / PHASE_DIRS["3"] / f"summary_{stamp}.md"
+    page.section("Phase 3 summary, as Phase 3 wrote it")
+    if summary.is_file():
+        text = page.read(summary).read_text()
+        page.add(*["##" + line if line.startswith("#") else line for line in text.splitlines()])
+    else:
+        page.add(f"{NOT_MEASURED} (no {summary.name}).")
+    return doc
+
+
+def _confounds(page: Page, doc: dict[str, Any]) -> None:
+    reviewer = doc["statistical"].get("reviewer_baselines") or {}
+    page.add("Confounds and reviewer baselines (validation AUROC, 95% bootstrap interval):", "")
+    rows = {**{f"confound {k}": v for k, v in (reviewer.get("confounds") or {}).items()},
+            **{k: p.get("auroc") for k, p in (reviewer.get("predictors") or {}).items()}}
+    if not rows:
+        page.add(f"- {NOT_MEASURED}: {reviewer.get('note') or 'no reviewer baselines in the Phase 3 results'}")
+    for name, a in rows.items():
+        a = a or {}
+        page.add(f"- {name}: {_num(a.get('auroc'))} [{_num(a.get('low'))}, {_num(a.get('high'))}]")
+    page.add(*[f"- {line}" for line in reviewer.get("verdicts") or []])
+
+
+def _phase_metadata(data_dir: Path) -> list[tuple[str, Path | None]]:
+    """Each phase's metadata file (the newest), in pipeline order."""
+    p = {k: data_dir / v for k, v in PHASE_DIRS.items()}
+    he = benchmark_data_dir(str(data_dir), "humaneval") / PHASE_DIRS["1"]
+    return [
+        ("phase 0", _newest_meta(p["0"], "difficulty_*_metadata.json")),
+        ("phase 0.1", p["0.1"] / "split_metadata.json"),
+        ("phase 1 (MBPP)", _newest_meta(p["1"], "dataset_*_metadata.json")),
+        ("phase 1.2", p["1.2"] / "temperature_metadata.json"),
+        ("phase 2 (sae)", _newest_meta(p["2"], "results_sae_*_metadata.json")),
+        ("phase 2 (validation)", _newest_meta(p["2"], "results_validation_*_metadata.json")),
+        ("phase 1 (HumanEval)", _newest_meta(he, "dataset_*_metadata.json")),
+        ("phase 3", _newest_meta(p["3"], "validation_*_metadata.json")),
+    ]
+
+
+def _newest_meta(folder: Path, pattern: str) -> Path | None:
+    found = list(folder.glob(pattern)) if folder.is_dir() else []
+    return max(found, key=lambda f: (name_timestamp(f) or "", f.name)) if found else None
+
+
+def _resources(page: Page, data_dir: Path, record: dict[str, Any] | None) -> None:
+    page.section("Wall time and peak memory")
+    page.add("| step | wall time (s) | peak RSS (MB) | metadata |", "| --- | --- | --- | --- |")
+    for name, path in _phase_metadata(data_dir):
+        if path is None or not path.is_file():
+            page.add(f"| {name} | {NOT_MEASURED} | {NOT_MEASURED} | - |")
+            continue
+        meta = read_json(page.read(path))
+        page.add(f"| {name} | {_num(meta.get('wall_time_s'), 1)} | {_num(meta.get('peak_rss_mb'), 1)} | {path.name} |")
+    sae_report = _sae_report_path(data_dir, record)
+    if sae_report is not None and sae_report.is_file():
+        report = read_json(sae_report)
+        whole = report.get("resources")
+        if whole:  # the whole command, recorded by run.py train-saes
+            page.add(f"| train-saes | {_num(whole.get('wall_time_s'), 1)} | {_num(whole.get('peak_rss_mb'), 1)} | "
+                     f"{sae_report.name} |")
+            return
+        seconds = report.get("collect_seconds", 0.0) + sum(e["train_seconds"] for e in report.get("layers", {}).values())
+        page.add(f"| train-saes (collecting and training only) | {_num(seconds, 1)} | {NOT_MEASURED} | {sae_report.name} |")
+
+
+def _corpora(page: Page, record: dict[str, Any] | None) -> None:
+    page.section("Corpora")
+    commands = [shlex.split(s["command"]) for s in (record or {}).get("steps", [])]
+    outs = [words for words in commands if "build-corpus" in words]
+    if not outs:
+        page.add(f"Corpora: {NOT_MEASURED} (no build-corpus step in the study record).")
+        return
+    page.add("| kind | documents | characters | files | sha256 |", "| --- | --- | --- | --- | --- |")
+    for words in outs:
+        out = Path(words[words.index("--out") + 1])
+        meta_path = out.with_name(f"{out.stem}_metadata.json")
+        if not meta_path.is_file():
+            page.add(f"| {out.name} | {NOT_MEASURED} | | | |")
+            continue
+        m = read_json(page.read(meta_path))
+        page.add(f"| {m['kind']} | {m['n_documents']} | {m['n_chars']} | {m['n_files']} | `{m['sha256']}` |")
+
+
+def _latent_row(doc: dict[str, Any], direction: str) -> dict[str, Any] | None:
+    """Phase 3's validation row (temperature 0) of Phase 2's rank-1 latent of ``direction``."""
+    top = (doc.get("phase2_top") or {}).get(direction) or {}
+    for entry in doc["statistical"].get("latents", []):
+        if (entry.get("layer"), entry.get("latent"), entry.get("direction")) == (top.get("layer"), top.get("latent"), direction):
+            return next((r for r in entry.get("rows", []) if r.get("split") == "validation" and r.get("temperature") == 0.0), None)
+    return None
+
+
+def _findings(page: Page, doc: dict[str, Any] | None, mbpp: pd.DataFrame | None, data_dir: Path) -> None:
+    page.section("What this study finds, and what it cannot")
+    split_path = data_dir / PHASE_DIRS["0.1"] / "validation_mbpp.parquet"
+    if mbpp is not None and split_path.is_file():
+        ids = set(pd.read_parquet(split_path, columns=["task_id"])["task_id"].astype(int))
+        inside = mbpp[mbpp["task_id"].astype(int).isin(ids)]
+        page.add(f"- The validation split, where every number above is measured, holds {int(inside['passed'].sum())} "
+                 f"passing programs of {len(inside)}: an AUROC interval is only as narrow as that count allows.")
+    if doc is None:
+        page.add(f"- Latents, probes and steering: {NOT_MEASURED} (no Phase 3 output).")
+    else:
+        beats = (doc.get("phase2_null") or {}).get("beats_null") or {}
+        for direction in ("correct", "incorrect"):
+            verdict = beats.get(direction)
+            said = NOT_MEASURED if verdict is None else ("beats" if verdict else "does **not** beat")
+            row = _latent_row(doc, direction)
+            if row is None or row.get("auroc_ci_lo") is None:
+                auroc = f"validation AUROC {NOT_MEASURED}"
+            else:
+                chance = row["auroc_ci_lo"] <= 0.5 <= row["auroc_ci_hi"]
+                auroc = (f"validation AUROC {_num(row['auroc'])} [{_num(row['auroc_ci_lo'])}, {_num(row['auroc_ci_hi'])}]"
+                         + (", an interval that includes chance (0.5)" if chance else ", an interval that excludes chance"))
+            page.add(f"- The best {direction}-preferring latent {said} its permutation null on the sae split; {auroc}.")
+        length = ((doc["statistical"].get("reviewer_baselines") or {}).get("confounds") or {}).get("n_prompt_tokens")
+        if length:
+            page.add(f"- Prompt length alone reaches validation AUROC {_num(length.get('auroc'))} "
+                     f"[{_num(length.get('low'))}, {_num(length.get('high'))}] here.")
+    page.add("", "Published figures to compare with (literature, not this study's output):")
+    page.add(*[f"- {line}" for line in PUBLISHED])
+
+
+def _assets(page: Page, out: Path, mbpp: pd.DataFrame | None, humaneval: pd.DataFrame | None, doc: dict | None) -> None:
+    """Generations with labels and Phase 3's plots, in ``<page stem>/`` beside the page."""
+    folder = out.with_suffix("")
+    page.section("Files beside this page")
+    for name, table, dataset in (("mbpp_generations.jsonl", mbpp, "mbpp"), ("humaneval_generations.jsonl", humaneval, "humaneval")):
+        if table is None:
+            continue
+        rows = table[GENERATION_COLUMNS].to_dict(orient="records")
+        atomic_write_text(folder / name, "".join(json.dumps(r, default=_plain) + "\n" for r in rows))
+        page.add(f"- `{folder.name}/{name}`: {len(rows)} generations (task_id, generated_text, passed, outcome); "
+                 f"re-score with `python3 run.py label --generations {folder.name}/{name} --dataset {dataset}`")
+    for key, src in sorted(((doc or {}).get("outputs") or {}).items()):
+        if key.endswith("_png") and Path(src).is_file():
+            atomic_write_bytes(folder / Path(src).name, Path(src).read_bytes())
+            page.add(f"- `{folder.name}/{Path(src).name}` ({key.removesuffix('_png').replace('_', ' ')})")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def build_page(data_dir: Path, out: Path, record_path: Path | None) -> str:
+    """The whole page as Markdown (and the files beside it)."""
+    record = read_json(record_path) if record_path is not None and record_path.is_file() else None
+    page = Page()
+    model = Path(str((record or {}).get("study_inputs", {}).get("model_dir", "SmolLM2-135M-Instruct"))).name
+    page.add(f"# {model} on MBPP and HumanEval: results",
+             "", "Generated by `python3 run.py study-report` from the study's output files; do not edit by hand "
+             "(rerun the command instead). Every number below is read from the files listed at the end.")
+    _settings(page, record)
+    mbpp = _mbpp(page, data_dir)
+    _temperatures(page, data_dir)
+    humaneval = _humaneval(page, data_dir)
+    _saes(page, data_dir, record)
+    doc = _phase3(page, data_dir)
+    _resources(page, data_dir, record)
+    _corpora(page, record)
+    _findings(page, doc, mbpp, data_dir)
+    _assets(page, out, mbpp, humaneval, doc)
+    page.section("Files read")
+    page.add(*[f"- `{p}`" for p in dict.fromkeys(page.sources)])
+    return "\n".join(page.lines) + "\n"
+
+
+def report_cli(cfg: PipelineConfig, out: str | None, record: str | None) -> int:
+    from study.runner import DEFAULT_REPORT
+
+    data_dir = Path(cfg.data_dir).resolve()
+    if not data_dir.is_dir():
+        raise PipelineError(f"--data-dir {data_dir} is not a folder: run the study first (python3 run.py study)")
+    if record is not None and not Path(record).is_file():
+        raise PipelineError(f"--record {record} is not a file")
+    target = Path(out) if out else DEFAULT_REPORT
+    text = build_page(data_dir, target, Path(record) if record else None)
+    atomic_write_text(target, text)
+    print(f"results page -> {target}")
+    return 0
+
