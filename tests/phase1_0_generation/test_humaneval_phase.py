@@ -118,6 +118,14 @@ def test_the_instruction_format_wraps_the_prompt_and_is_judged_on_the_fenced_fun
         assert row.extracted_code == problem["prompt"] + completion
         official = check_correctness({**problem, "task_id": problem["name"]}, completion, 10.0)
         assert row.passed == official["passed"]
+    # run.py label's judge on the same table (its prompt column says the format) gives the same labels.
+    from common.label_cli import Benchmark, label_table
+
+    benchmark = Benchmark("humaneval", "HumanEval", load_humaneval(REAL_HUMANEVAL), "file", str(REAL_HUMANEVAL))
+    with Executor(ExecutorConfig(workers=2)) as executor:
+        relabelled = label_table(df[["task_id", "prompt", "generated_text"]], benchmark, executor, "table")
+    assert list(relabelled["passed"]) == list(df["passed"])
+    assert list(relabelled["extracted_code"]) == list(df["extracted_code"])
     meta = json.loads(metadata_path_of(path).read_text())
     assert meta["prompt_format"] == "chat" and meta["run"]["settings"]["prompt_format"] == "chat"
     assert meta["prompt_template_version"] == HUMANEVAL_INSTRUCT_PROMPT_VERSION
