@@ -33,6 +33,7 @@ AUROC, and every reported number is on validation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,31 +104,46 @@ def answer_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
     return sorted(yes - no), sorted(no - yes)
 
 
-def next_token_log_probs(model: Any, tokenizer: Any, prompts: list[str], batch_size: int) -> np.ndarray:
-    """log-softmax of the next-token logits after each prompt (float32, prompts x vocabulary)."""
+def _batched_log_probs(model: Any, tokenizer: Any, prompts: list[str], batch_size: int) -> Iterator[np.ndarray]:
+    """log-softmax of the next-token logits after each prompt, one batch (float32, batch x vocabulary) at a time.
+
+    One batch at a time because a whole split's distributions would not fit
+    (974 prompts x a 256k vocabulary is 1 GB in float32).
+    """
     device = next(model.parameters()).device
-    out: list[np.ndarray] = []
-    for start in range(0, len(prompts), max(1, batch_size)):
-        enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True).to(device)
+    step = max(1, batch_size)
+    for start in range(0, len(prompts), step):
+        enc = tokenizer(prompts[start:start + step], return_tensors="pt", padding=True).to(device)
         mask = enc["attention_mask"]
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding, positioned as generate() positions it
         with torch.inference_mode():
             logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
                            logits_to_keep=1).logits[:, -1, :]
-        out.append(torch.log_softmax(logits.float(), dim=-1).cpu().numpy())
+        yield torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+
+
+def next_token_log_probs(model: Any, tokenizer: Any, prompts: list[str], batch_size: int) -> np.ndarray:
+    """log-softmax of the next-token logits after each prompt (float32, prompts x vocabulary)."""
+    out = list(_batched_log_probs(model, tokenizer, prompts, batch_size))
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def _first_token(log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(greedy first token's log-probability, entropy in nats) per row."""
-    probs = np.exp(log_probs.astype(np.float64))
-    return log_probs.max(axis=1).astype(np.float64), -(probs * log_probs).sum(axis=1)
+    log_probs = log_probs.astype(np.float64)
+    probs = np.exp(log_probs)
+    terms = np.where(probs > 0, probs * np.where(np.isfinite(log_probs), log_probs, 0.0), 0.0)  # 0 log 0 = 0
+    return log_probs.max(axis=1), -terms.sum(axis=1)
 
 
 def _p_yes(log_probs: np.ndarray, yes: list[int], no: list[int]) -> np.ndarray:
     p = np.exp(log_probs.astype(np.float64))
     p_yes, p_no = p[:, yes].sum(axis=1), p[:, no].sum(axis=1)
     return p_yes / np.maximum(p_yes + p_no, np.finfo(np.float64).tiny)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _splits(inputs: Phase3Inputs) -> dict[str, SplitTasks]:
@@ -158,16 +174,16 @@ def compute(model: Any, tokenizer: Any, inputs: Phase3Inputs, batch_size: int) -
         "note": None,
     }
     for name, split in splits.items():
-        log_probs = next_token_log_probs(model, tokenizer, [str(p) for p in split.baseline["prompt"]], batch_size)
-        first, entropy = _first_token(log_probs)
-        result.scores.setdefault("first_token_logprob", {})[name] = first
-        result.scores.setdefault("first_token_entropy", {})[name] = entropy
+        prompts = [str(p) for p in split.baseline["prompt"]]
+        stats = [_first_token(b) for b in _batched_log_probs(model, tokenizer, prompts, batch_size)]
+        result.scores.setdefault("first_token_logprob", {})[name] = _cat([f for f, _ in stats])
+        result.scores.setdefault("first_token_entropy", {})[name] = _cat([e for _, e in stats])
         if yes and no:
             questions = [self_assessment_prompt(row, fmt, tokenizer) for row in split.tasks.itertuples()]
             if name == "validation":
                 result.info["self_assessment_example"] = questions[0] if questions else None
-            asked = next_token_log_probs(model, tokenizer, questions, batch_size)
-            result.scores.setdefault("self_assessment", {})[name] = _p_yes(asked, yes, no)
+            asked = [_p_yes(b, yes, no) for b in _batched_log_probs(model, tokenizer, questions, batch_size)]
+            result.scores.setdefault("self_assessment", {})[name] = _cat(asked)
     if not (yes and no):
         result.info["note"] = "self-assessment unavailable: the tokenizer gives yes and no the same first token"
     logger.info("phase 3: before-generation baselines on %s", ", ".join(f"{k} ({len(v.baseline)})" for k, v in splits.items()))
