@@ -182,8 +182,13 @@ def compute(model: Any, tokenizer: Any, inputs: Phase3Inputs, batch_size: int) -
             questions = [self_assessment_prompt(row, fmt, tokenizer) for row in split.tasks.itertuples()]
             if name == "validation":
                 result.info["self_assessment_example"] = questions[0] if questions else None
-            asked = [_p_yes(b, yes, no) for b in _batched_log_probs(model, tokenizer, questions, batch_size)]
-            result.scores.setdefault("self_assessment", {})[name] = _cat(asked)
+            asked = [(_p_yes(b, yes, no), np.exp(b[:, yes + no].astype(np.float64)).sum(axis=1))
+                     for b in _batched_log_probs(model, tokenizer, questions, batch_size)]
+            result.scores.setdefault("self_assessment", {})[name] = _cat([p for p, _ in asked])
+            # How much of the next token's probability the yes and no tokens hold: a small mass means the
+            # model would rather answer otherwise (a fence, prose), and P(yes) is read from a thin slice.
+            mass = _cat([m for _, m in asked])
+            result.info.setdefault("yes_no_mass_mean", {})[name] = float(mass.mean()) if len(mass) else None
     if not (yes and no):
         result.info["note"] = "self-assessment unavailable: the tokenizer gives yes and no the same first token"
     logger.info("phase 3: before-generation baselines on %s", ", ".join(f"{k} ({len(v.baseline)})" for k, v in splits.items()))
@@ -230,6 +235,9 @@ def summary_lines(section: dict[str, Any] | None) -> list[str]:
     lines.append(f"Self-assessment question ({info['self_assessment_version']}, {info['self_assessment_format']} "
                  f"format; yes tokens {info['yes_tokens']}, no tokens {info['no_tokens']}): "
                  f"\"{info['self_assessment_template']}\"")
+    if info.get("yes_no_mass_mean"):
+        lines.append("Mean probability of a yes or no token as the answer's first token: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in info["yes_no_mass_mean"].items() if v is not None) + ".")
     if info.get("note"):
         lines.append(f"{info['note'][0].upper()}{info['note'][1:]}.")
     chosen = (section or {}).get("prompt_time_chosen")

@@ -84,6 +84,8 @@ def test_compute_reads_every_split_from_phase1_prompts(tiny_model, tmp_path):
     first = next_token_log_probs(model, tokenizer, [str(inputs.validation.baseline["prompt"].iloc[0])], 1)[0].max()
     assert result.scores["first_token_logprob"]["validation"][0] == pytest.approx(first, abs=1e-4)
     assert result.info["self_assessment_template"].endswith("Answer Yes or No.\nAnswer:")
+    assert set(result.info["yes_no_mass_mean"]) == {"sae", "hyperparams", "validation"}
+    assert all(0 < m <= 1 for m in result.info["yes_no_mass_mean"].values())
     assert result.info["self_assessment_example"].startswith(str(inputs.validation.tasks["text"].iloc[0]).strip())
 
 
