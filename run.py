@@ -422,9 +422,9 @@ def _run_phase(number: str, cfg: PipelineConfig) -> int:
 
         check_gated_access(cfg.model)
     if cfg.dataset == "humaneval":  # refused here, like the gated check, so the refusal leaves no log file
-        from common.humaneval import refuse_chat_format
+        from common.humaneval import check_humaneval_format
 
-        refuse_chat_format(cfg.prompt_format)
+        check_humaneval_format(cfg.prompt_format)
     entry = _load_entry(PHASES[number])
     # The benchmark's own folder (MBPP: the data dir itself): a HumanEval run locks and logs beside its outputs.
     data_dir = benchmark_data_dir(cfg.data_dir, cfg.dataset)

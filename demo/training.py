@@ -445,12 +445,15 @@ def _train_loop(
 
 
 def _greedy_texts(
-    model: transformers.PreTrainedModel, tokenizer: Any, prompts: list[str], cfg: DemoModelConfig
+    model: transformers.PreTrainedModel, tokenizer: Any, prompts: list[str], cfg: DemoModelConfig,
+    stop_sequences: tuple[str, ...] | None = None,
 ) -> list[str]:
-    """The generated text per prompt (same order), at temperature 0, as Phase 1 generates."""
+    """The generated text per prompt (same order), at temperature 0, as Phase 1 generates (its stop sequences)."""
     from common.generation import GenerationConfig, generate_batches
 
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, seed=cfg.seed)
+    if stop_sequences is not None:
+        gen_cfg = dataclasses.replace(gen_cfg, stop_sequences=stop_sequences)
     texts: dict[int, str] = {}
     for batch in generate_batches(model, tokenizer, prompts, [], gen_cfg):
         for result in batch:
@@ -476,10 +479,10 @@ def evaluate_model(
     Why from the folder: it proves the saved folder loads through the same
     code path as ``--model PATH`` and that the numbers describe that artifact.
     Greedy generation (temperature 0), ``extract_code``, sandboxed execution;
-    in HumanEval's format the program is prompt plus completion and the test
-    is ``check(entry_point)``, as ``phase 1 --dataset humaneval`` runs it.
+    in HumanEval's format the completion is cut at HumanEval's stop sequences
+    and judged as the official harness judges it, as ``phase 1 --dataset humaneval`` does.
     """
-    from common.humaneval import check_tests
+    from common.humaneval import HUMANEVAL_STOP_SEQUENCES, humaneval_completion, program_pieces
     from common.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(model_dir), torch.device("cpu"), torch.float32)
@@ -492,10 +495,9 @@ def evaluate_model(
         for t, r in zip(ids, rows, strict=True)
     ], cfg)
     views = [humaneval_row(r) for r in rows]
-    he_texts = _greedy_texts(model, tokenizer, [v["prompt"] for v in views], cfg)
+    he_texts = _greedy_texts(model, tokenizer, [v["prompt"] for v in views], cfg, HUMANEVAL_STOP_SEQUENCES)
     solved_he, _ = _run_items([
-        {"task_id": t, "code": extract_code(v["prompt"] + text), "test_setup_code": v["test"],
-         "tests": check_tests(v)}
+        program_pieces({**v, "task_id": t}, humaneval_completion(v, text, "plain"))
         for t, v, text in zip(ids, views, he_texts, strict=True)
     ], cfg)
     return solved, codes, outcomes, solved_he

@@ -43,11 +43,13 @@ from common.generation import GenerationConfig, GenerationResult, auto_batch_siz
 from common.generation_loop import Job, generate_and_execute
 from common.hooks import check_layers
 from common.humaneval import (
-    HUMANEVAL_PROMPT_VERSION,
+    HUMANEVAL_JUDGE_VERSION,
+    check_humaneval_format,
     humaneval_job,
+    humaneval_prompt_version,
     humaneval_source_description,
+    humaneval_stop_sequences,
     humaneval_tasks,
-    refuse_chat_format,
 )
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
@@ -91,7 +93,7 @@ def task_universe(cfg: PipelineConfig) -> tuple[list[int], list[int]]:
 
 
 def prompt_version(cfg: PipelineConfig) -> str:
-    return HUMANEVAL_PROMPT_VERSION if cfg.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION
+    return humaneval_prompt_version(cfg.prompt_format) if cfg.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION
 
 
 def source_description(cfg: PipelineConfig) -> str:
@@ -103,8 +105,7 @@ def source_description(cfg: PipelineConfig) -> str:
 def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame, tokenizer: Any) -> list[Job]:
     """One greedy generation job per task, with the tests its program must pass."""
     if cfg.dataset == "humaneval":
-        refuse_chat_format(cfg.prompt_format)
-        return [humaneval_job(row) for row in sliced.to_dict("records")]
+        return [humaneval_job(row, cfg.prompt_format, tokenizer) for row in sliced.to_dict("records")]
     return [
         Job(
             key=str(int(row.task_id)),
@@ -120,12 +121,15 @@ def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame, tokenizer: Any) -> lis
 
 def run_settings(cfg: PipelineConfig) -> dict[str, Any]:
     """What two Phase 1.0 runs must share for their slices to form one dataset."""
-    return {
+    settings = {
         "model": cfg.model, "layers": cfg.layers, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
         "prompt": prompt_version(cfg), "dataset": cfg.dataset, "source": source_description(cfg),
         # Chat and plain prompts give other programs and other activations: never one dataset.
         "prompt_format": cfg.prompt_format,
     }
+    if cfg.dataset == "humaneval":  # labels from another judge are other labels: never one dataset
+        settings["judge"] = HUMANEVAL_JUDGE_VERSION
+    return settings
 
 
 def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> tuple[Path, RunRecord] | None:
@@ -172,7 +176,7 @@ def run(cfg: PipelineConfig) -> Path:
     """
     clock = RunClock()
     if cfg.dataset == "humaneval":
-        refuse_chat_format(cfg.prompt_format)  # before an earlier run could be moved aside for the other format
+        check_humaneval_format(cfg.prompt_format)  # before an earlier run could be moved aside
     cfg = dataclasses.replace(cfg, data_dir=str(benchmark_data_dir(cfg.data_dir, cfg.dataset)))
     tasks, difficulty_path = load_tasks(cfg)
     ids = tasks["task_id"].astype(int).tolist()
@@ -185,6 +189,8 @@ def run(cfg: PipelineConfig) -> Path:
     if batch_size < 1:
         raise PipelineError("--batch-size must be at least 1")
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, temperature=0.0, seed=cfg.seed)
+    if cfg.dataset == "humaneval":
+        gen_cfg = dataclasses.replace(gen_cfg, stop_sequences=humaneval_stop_sequences(cfg.prompt_format))
 
     settings = run_settings(cfg)
     # A launcher worker writes only its slice; the launcher merges and publishes.
@@ -228,6 +234,7 @@ def run(cfg: PipelineConfig) -> Path:
         "executor": sandbox,  # limits, plus whether programs ran without network
         "extraction_version": EXTRACTION_VERSION,
         "run_key": key,
+        **({"judge": HUMANEVAL_JUDGE_VERSION} if cfg.dataset == "humaneval" else {}),
     }
     inputs: dict[str, str | Path] = {
         **({"difficulty": difficulty_path} if difficulty_path else {}),

@@ -52,11 +52,13 @@ from common.generation import GenerationConfig, GenerationResult, auto_batch_siz
 from common.generation_loop import Job, generate_and_execute
 from common.hooks import check_layers
 from common.humaneval import (
-    HUMANEVAL_PROMPT_VERSION,
+    HUMANEVAL_JUDGE_VERSION,
+    check_humaneval_format,
     humaneval_job,
+    humaneval_prompt_version,
     humaneval_source_description,
+    humaneval_stop_sequences,
     humaneval_tasks,
-    refuse_chat_format,
 )
 from common.metadata import RunClock, build_metadata, file_sha256
 from common.model_presets import apply_prompt_format
@@ -160,9 +162,9 @@ def run_settings(cfg: PipelineConfig, split_path: Path | None) -> dict[str, Any]
     if cfg.dataset == "humaneval":
         source_hash = file_sha256(Path(cfg.humaneval_path)) if cfg.humaneval_path else None
         return {
-            **common, "prompt": HUMANEVAL_PROMPT_VERSION, "dataset": "humaneval",
+            **common, "prompt": humaneval_prompt_version(cfg.prompt_format), "dataset": "humaneval",
             "source": humaneval_source_description(cfg.humaneval_path), "source_sha256": source_hash,
-            "prompt_format": cfg.prompt_format,
+            "prompt_format": cfg.prompt_format, "judge": HUMANEVAL_JUDGE_VERSION,
         }
     assert split_path is not None
     return {
@@ -201,7 +203,7 @@ def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> TemperatureRun |
 
 
 def prompt_version(cfg: PipelineConfig) -> str:
-    return HUMANEVAL_PROMPT_VERSION if cfg.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION
+    return humaneval_prompt_version(cfg.prompt_format) if cfg.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION
 
 
 def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame, tokenizer: Any, temperature: float) -> list[Job]:
@@ -209,7 +211,7 @@ def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame, tokenizer: Any, temper
     extra = {"temperature": float(temperature)}
     if cfg.dataset == "humaneval":
         return [
-            dataclasses.replace(humaneval_job(row), key=f"{int(row['task_id'])}@T{temperature:g}", extra=extra)
+            dataclasses.replace(humaneval_job(row, cfg.prompt_format, tokenizer), key=f"{int(row['task_id'])}@T{temperature:g}", extra=extra)
             for row in sliced.to_dict("records")
         ]
     return [
@@ -305,11 +307,11 @@ def run(cfg: PipelineConfig) -> Path:
     if cfg.dataset not in ("mbpp", "humaneval"):
         raise PipelineError(f"--dataset {cfg.dataset!r} is not a benchmark of this pipeline (mbpp or humaneval)")
     if cfg.dataset == "humaneval":
-        refuse_chat_format(cfg.prompt_format)  # before anything is read, loaded or moved aside
+        check_humaneval_format(cfg.prompt_format)  # before anything is read, loaded or moved aside
     cfg = dataclasses.replace(cfg, data_dir=str(benchmark_data_dir(cfg.data_dir, cfg.dataset)))
     sliced, split_path, start, end = select_tasks(cfg)
-    if cfg.dataset == "mbpp":
-        cfg = dataclasses.replace(cfg, prompt_format=phase1_prompt_format(cfg))
+    # HumanEval's too: its Phase 1.0 run (under <data dir>/humaneval/) chose completion or instruction format.
+    cfg = dataclasses.replace(cfg, prompt_format=phase1_prompt_format(cfg))
     settings = run_settings(cfg, split_path)
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))
@@ -345,6 +347,8 @@ def run(cfg: PipelineConfig) -> Path:
                 max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, temperature=temperature,
                 seed=seed, samples_per_prompt=k,
             )
+            if cfg.dataset == "humaneval":
+                gen_cfg = dataclasses.replace(gen_cfg, stop_sequences=humaneval_stop_sequences(cfg.prompt_format))
             identity = {
                 "model": cfg.model, "start": start, "end": end, "temperature": temperature, "samples": k,
                 "max_new_tokens": cfg.max_new_tokens, "prompt": prompt_version(cfg), "seed": cfg.seed,

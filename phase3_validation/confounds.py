@@ -30,6 +30,8 @@ from common.saes import encode, load_sae
 from phase3_validation import baselines
 from phase3_validation.inputs import Phase3Inputs, SplitTasks
 from phase3_validation.probes import MIN_PROBE_CLASS, ProbeResults, fit_layer, fit_logistic_probe
+from phase3_validation.prompt_confidence import KNOWN, PromptConfidence, chosen_before_generation
+from phase3_validation.prompt_confidence import NAMES as PROMPT_TIME_NAMES
 from phase3_validation.statistical import LatentEvaluation, split_too_small
 
 logger = logging.getLogger(__name__)
@@ -144,8 +146,12 @@ def _geometry(inputs: Phase3Inputs, chosen: LatentEvaluation,
 
 
 def evaluate(inputs: Phase3Inputs, probes: ProbeResults, evaluations: list[LatentEvaluation],
-             n_boot: int, seed: int) -> dict[str, Any]:
-    """Every reviewer baseline as one JSON-ready dict (``note`` says why it is empty when it is)."""
+             n_boot: int, seed: int, prompt_time: PromptConfidence | None = None) -> dict[str, Any]:
+    """Every reviewer baseline as one JSON-ready dict (``note`` says why it is empty when it is).
+
+    ``prompt_time``: the before-generation confidence baselines
+    (``prompt_confidence.compute``), added as predictors beside mean_logprob.
+    """
     section: dict[str, Any] = {"rules": RULES, "note": None}
     if inputs.sae is None:
         section["note"] = f"reviewer baselines skipped: {inputs.sae_note}"
@@ -186,6 +192,7 @@ def evaluate(inputs: Phase3Inputs, probes: ProbeResults, evaluations: list[Laten
         if conf_val is not None:
             scores[CONFIDENCE] = (conf_sae, conf_val)
             predictors[CONFIDENCE] = {"name": "mean log-probability of the model's own tokens"}
+    _add_prompt_time(section, scores, predictors, prompt_time)
     for key, (s_sae, s_val) in scores.items():
         predictors[key]["auroc"] = baselines.single_feature_auroc(s_sae, y_sae, s_val, y_val, n_boot, seed).to_dict()
         if used:
@@ -198,6 +205,10 @@ def evaluate(inputs: Phase3Inputs, probes: ProbeResults, evaluations: list[Laten
                 predictors[key]["beyond_confidence"] = baselines.beyond_confounds(
                     conf_sae[:, None], scores[key][0], y_sae, conf_val[:, None], scores[key][1], y_val, n_boot, seed
                 ).to_dict()
+    _beyond_prompt_confidence(section, scores, predictors, prompt_time, inputs, n_boot, seed)
+    for key, p in predictors.items():  # every predictor says when it is known, in its name too
+        p["known"] = KNOWN[key]
+        p["name"] = f"{p['name']} [{KNOWN[key]}]"
     section["predictors"] = predictors
     section["verdicts"] = _verdicts(predictors, used)
     section["flags"] = _flags(predictors)
@@ -214,6 +225,38 @@ def evaluate(inputs: Phase3Inputs, probes: ProbeResults, evaluations: list[Laten
     }
     logger.info("reviewer baselines: %s", "; ".join(section["verdicts"]))
     return section
+
+
+def _add_prompt_time(section: dict[str, Any], scores: dict[str, tuple[np.ndarray, np.ndarray]],
+                     predictors: dict[str, dict[str, Any]], prompt_time: PromptConfidence | None) -> None:
+    """The before-generation baselines as predictors (scored like the others), or a note saying why not."""
+    if prompt_time is None:
+        section["prompt_time_note"] = "not computed (no model pass over the prompts in this run)"
+        return
+    section["prompt_time"] = prompt_time.info
+    for key in prompt_time.scores:
+        if "sae" in prompt_time.scores[key]:
+            scores[key] = prompt_time.pair(key)
+            predictors[key] = {"name": PROMPT_TIME_NAMES[key]}
+
+
+def _beyond_prompt_confidence(section: dict[str, Any], scores: dict[str, tuple[np.ndarray, np.ndarray]],
+                              predictors: dict[str, dict[str, Any]], prompt_time: PromptConfidence | None,
+                              inputs: Phase3Inputs, n_boot: int, seed: int) -> None:
+    """Does the latent (probe) add anything to the best before-generation confidence (chosen on hyperparams)?"""
+    if prompt_time is None or inputs.sae is None:
+        return
+    chosen = chosen_before_generation(prompt_time, inputs.sae.correct, inputs.hyperparams.correct)
+    section["prompt_time_chosen"] = chosen
+    if chosen is None:
+        return
+    base_sae, base_val = scores[chosen]
+    for key in ("latent", "probe"):
+        if key in scores:
+            predictors[key]["beyond_prompt_confidence"] = baselines.beyond_confounds(
+                base_sae[:, None], scores[key][0], inputs.sae.correct, base_val[:, None], scores[key][1],
+                inputs.validation.correct, n_boot, seed,
+            ).to_dict()
 
 
 def _verdicts(predictors: dict[str, dict[str, Any]], used: list[str]) -> list[str]:
@@ -261,7 +304,7 @@ def summary_lines(section: dict[str, Any] | None) -> list[str]:
               "#### Confounds and confidence against the latent and the probe", "",
               "| predictor | AUROC [95% CI] (0.5) | + confounds vs confounds alone: gain [95% CI] |", "|---|---|---|"]
     for name, auc in section["confounds"].items():
-        lines.append(f"| confound: {name} | {_auc(auc)} | |")
+        lines.append(f"| confound: {name} [before generation] | {_auc(auc)} | |")
     for p in section["predictors"].values():
         b = p.get("beyond_confounds")
         gain = f"{b['delta']:+.3f} [{b['delta_low']:+.3f}, {b['delta_high']:+.3f}]" if b else "n/a"
@@ -270,7 +313,7 @@ def summary_lines(section: dict[str, Any] | None) -> list[str]:
     for p in section["predictors"].values():
         c = p.get("beyond_confidence")
         if c:
-            lines.append(f"The {p['name']} beside the model's confidence: AUROC of mean_logprob alone "
+            lines.append(f"The {p['name']} beside the model's confidence: AUROC of mean_logprob [after generation] alone "
                          f"{c['auroc_confounds']:.3f}, with the predictor added {c['auroc_with_predictor']:.3f}, gain "
                          f"{c['delta']:+.3f} [{c['delta_low']:+.3f}, {c['delta_high']:+.3f}] "
                          f"({'adds information' if c['adds_information'] else '**adds no information shown**'}).")

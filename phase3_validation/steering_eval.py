@@ -49,6 +49,7 @@ split shares one folder and is generated once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ from common.errors import PipelineError
 from common.executor import Executor
 from common.generation import GenerationConfig
 from common.generation_loop import Job, generate_and_execute
-from common.humaneval import HUMANEVAL_PROMPT_VERSION, humaneval_job
+from common.humaneval import humaneval_job, humaneval_prompt_version, humaneval_stop_sequences
 from common.model_presets import apply_prompt_format
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
 from common.saes import load_sae
@@ -399,8 +400,12 @@ def split_jobs(split: SplitTasks, tokenizer: Any) -> list[Job]:
     return jobs
 
 
-def humaneval_split_jobs(split: SplitTasks) -> list[Job]:
+def humaneval_split_jobs(split: SplitTasks, tokenizer: Any = None) -> list[Job]:
     """HumanEval's jobs (``common.humaneval.humaneval_job``), each prompt checked against the HumanEval Phase 1 run's.
+
+    In the run's recorded format (``split.prompt_format``); the instruction
+    (chat) format needs the tokenizer, so without one its prompts are checked
+    later, when the model's tokenizer builds them.
 
     Why a separate builder: HumanEval's prompt is the release's own text and
     its test is one ``check(entry_point)`` call, not MBPP's template and
@@ -408,8 +413,10 @@ def humaneval_split_jobs(split: SplitTasks) -> list[Job]:
     would compare steered programs with a baseline made from another prompt).
     """
     jobs = []
+    if split.prompt_format == "chat" and tokenizer is None:
+        return []
     for problem, base in zip(split.tasks.to_dict("records"), split.baseline.itertuples()):
-        job = humaneval_job(problem)
+        job = humaneval_job(problem, split.prompt_format, tokenizer)
         if job.prompt != base.prompt:
             raise PipelineError(
                 f"HumanEval task {int(problem['task_id'])} ({problem.get('name', '?')}): the prompt of the HumanEval file "
@@ -423,10 +430,11 @@ def humaneval_split_jobs(split: SplitTasks) -> list[Job]:
 def _split_jobs_and_prompt(split: SplitTasks, tokenizer: Any) -> tuple[list[Job], dict[str, Any]]:
     """The split's jobs and what identifies their prompts and tests in the checkpoint key."""
     if split.benchmark == "humaneval":
-        jobs = humaneval_split_jobs(split)
+        jobs = humaneval_split_jobs(split, tokenizer)
         # The tests decide the labels: a different HumanEval file must not resume another file's runs.
         blob = "\0".join(f"{j.key}\0{j.prompt}\0{j.test_setup_code}\0{j.tests}" for j in jobs)
-        return jobs, {"prompt": HUMANEVAL_PROMPT_VERSION, "jobs": hashlib.sha256(blob.encode()).hexdigest()[:16]}
+        return jobs, {"prompt": humaneval_prompt_version(split.prompt_format),
+                      "jobs": hashlib.sha256(blob.encode()).hexdigest()[:16]}
     return split_jobs(split, tokenizer), {"prompt": PROMPT_TEMPLATE_VERSION}
 
 
@@ -466,9 +474,12 @@ def steered_generation(
     n_resumed = len({r["key"] for r in checkpointer.load()})
     ctx.folders.add(folder)
     desc = f"phase 3 {split.name} {label}"
+    gen_cfg = ctx.gen_cfg
+    if split.benchmark == "humaneval":  # HumanEval's own stop sequences (its judge cuts the completion there)
+        gen_cfg = dataclasses.replace(gen_cfg, stop_sequences=humaneval_stop_sequences(split.prompt_format))
     with steer(ctx.model, layer, vector, ctx.hook_point, ctx.positions):
         records = generate_and_execute(
-            ctx.model, ctx.tokenizer, jobs, ctx.gen_cfg, [], ctx.executor, checkpointer, desc=desc
+            ctx.model, ctx.tokenizer, jobs, gen_cfg, [], ctx.executor, checkpointer, desc=desc
         )
     checkpointer.flush()
     table = pd.DataFrame(records)

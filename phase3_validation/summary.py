@@ -14,6 +14,7 @@ from typing import Any
 
 from common.neuronpedia import latent_markdown
 from phase3_validation.confounds import summary_lines as reviewer_lines
+from phase3_validation.prompt_confidence import summary_lines as availability_lines
 from phase3_validation.prompting import summary_lines as prompting_lines
 from phase3_validation.statistical import BASELINE_NOTES, NO_THRESHOLD
 
@@ -135,6 +136,7 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
     lines.append("")
     lines += _probe_layers(stat)
     lines += reviewer_lines(stat.get("reviewer_baselines"))
+    lines += _availability_lines(stat)
     if stat.get("temperature_note"):
         lines += [f"Temperatures > 0: {stat['temperature_note']}", ""]
     elif stat.get("temperatures"):
@@ -393,6 +395,11 @@ def _transfer_steering_lines(steering: dict[str, Any]) -> list[str]:
               f"{check['n_tasks']} programs differ, {check['n_label_flips']} labels flipped"
               + (f" ({'; '.join(check['notes'])})" if check["notes"] else "") + ".", ""]
     return lines
+
+
+def _availability_lines(stat: dict[str, Any]) -> list[str]:
+    """When each predictor is known (before or after generation), and the before-generation baselines' details."""
+    return availability_lines(stat.get("reviewer_baselines"))
 
 
 def render_summary(doc: dict[str, Any]) -> str:

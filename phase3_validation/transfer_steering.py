@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.artifacts import PHASE1_DATASET
+from common.artifacts import PHASE1_DATASET, recorded_prompt_format
 from common.errors import PipelineError
 from common.humaneval import humaneval_tasks
 from phase3_validation.inputs import SplitTasks
@@ -89,6 +89,7 @@ def load_transfer_split(tset: TransferSet, humaneval_path: str | None) -> tuple[
         name=BENCHMARK, table_path=tset.dataset_path,
         tasks=problems.loc[tset.task_ids].reset_index(drop=True),
         baseline=table.loc[tset.task_ids].reset_index(drop=True), benchmark=BENCHMARK,
+        prompt_format=recorded_prompt_format(tset.meta),
     )
     humaneval_split_jobs(split)  # a prompt that differs from the Phase 1 run's is one line now, not after the model loads
     return split, source

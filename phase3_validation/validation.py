@@ -53,7 +53,7 @@ from common.prompts import PROMPT_TEMPLATE_VERSION
 from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
 from common.storage import RecordCheckpointer, atomic_write_bytes, atomic_write_text, json_safe, write_json, write_parquet
 from common.tasks import model_slug
-from phase3_validation import confounds, plots, prompting
+from phase3_validation import confounds, plots, prompt_confidence, prompting
 from phase3_validation.inputs import Phase3Inputs, SplitTasks, load_inputs
 from phase3_validation.probes import MIN_PROBE_CLASS, ProbeResults, evaluate_probes, fit_layer
 from phase3_validation.statistical import (
@@ -252,7 +252,6 @@ def run(cfg: PipelineConfig) -> Path:
         scale_layer(inputs.results.top[direction][0].layer, cfg.hook_point, saved)  # refuse before any work
     evaluations = validate_latents(inputs, cfg.top_latents_validated, cfg.bootstrap, cfg.seed)
     probes = evaluate_probes(inputs, cfg.bootstrap, cfg.seed)
-    reviewer = confounds.evaluate(inputs, probes, evaluations, cfg.bootstrap, cfg.seed)  # reviewer baselines
     small_notes = [note for note in (split_too_small(hp.correct, "hyperparams", MIN_THRESHOLD_CLASS,
                                                "choose a threshold"), probes.small_note) if note]
     for note in small_notes:
@@ -273,6 +272,9 @@ def run(cfg: PipelineConfig) -> Path:
         if not 0 <= layer < num_layers(model):
             raise PipelineError(f"the {direction}-preferring latent's layer {layer} is not a layer of {cfg.model}")
     batch_size = cfg.batch_size or phase1_gen.get("batch_size") or auto_batch_size(model, device)
+    # The reviewer baselines, with the confidence baselines known before generation (one prompt-only pass).
+    prompt_time = prompt_confidence.compute(model, tokenizer, inputs, int(batch_size))
+    reviewer = confounds.evaluate(inputs, probes, evaluations, cfg.bootstrap, cfg.seed, prompt_time)
     gen_cfg = GenerationConfig(max_new_tokens=int(max_new_tokens), batch_size=int(batch_size), temperature=0.0, seed=cfg.seed)
     out_dir = phase_dir(cfg.data_dir, "3")
     executor_cfg = executor_config_for(cfg)
@@ -352,6 +354,8 @@ def run(cfg: PipelineConfig) -> Path:
         "prompt_format": val.prompt_format,
         "executor": executor_cfg.to_dict(), "git_commit": git_commit(),
         "prompting_instruction": prompting.INSTRUCTION,
+        # The question behind the self-assessment baseline (a confidence baseline known before generation).
+        "self_assessment_prompt": (reviewer.get("prompt_time") or {}).get("self_assessment_template"),
     }
     doc: dict[str, Any] = {
         "phase": "3",

@@ -89,16 +89,3 @@ def test_check_humaneval_cli_counts_and_exit_code(tmp_path):
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "does not exist" in bad.stderr
-
-
-@requires_real_humaneval
-def test_entry_point_of_a_humaneval_program_is_the_checked_function(problems):
-    """A completion that never defines the checked function is labelled missing_entry_point, not run."""
-    from common.labelling import MISSING_ENTRY_POINT, entry_point, precheck
-
-    first = problems.iloc[0].to_dict()
-    pieces = program_pieces(first, "    return True\n")
-    assert entry_point(pieces["tests"], pieces["test_setup_code"]) == "has_close_elements"
-    verdict = precheck(0, "def other():\n    return 1\n", pieces["tests"], pieces["test_setup_code"])
-    assert verdict is not None and verdict.outcome == MISSING_ENTRY_POINT
-    assert precheck(0, pieces["code"], pieces["tests"], pieces["test_setup_code"]) is None

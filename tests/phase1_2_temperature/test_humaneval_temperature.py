@@ -16,8 +16,7 @@ from common.activations import activation_path
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import Executor, ExecutorConfig
-from common.humaneval import HUMANEVAL_PROMPT_VERSION, completion_program, humaneval_tasks, program_pieces
-from common.labelling import precheck, submit_generation
+from common.humaneval import HUMANEVAL_PROMPT_VERSION, humaneval_completion, humaneval_tasks, program_pieces
 from common.metadata import file_sha256
 from phase1_2_temperature.temperature_phase import build_jobs, temperature_table_name
 from tests.helpers import REAL_HUMANEVAL, REPO_ROOT, requires_real_humaneval
@@ -43,22 +42,22 @@ def _problems():
 
 
 def _rerun_by_hand(table: pd.DataFrame) -> tuple[list, list]:
-    """Each row's program run again through common.humaneval's pieces: prompt + completion, test, check(entry_point).
+    """Each row's completion (cut at the Codex stop sequences) run again as the harness's program.
 
-    Returns (the sandbox's verdicts, the outcomes with common.labelling's precheck naming a program that never
-    defines the entry point ``missing_entry_point`` rather than the sandbox's NameError).
+    Returns (the sandbox's verdicts, their outcomes, an empty completion's failure named ``no_code``).
     """
     problems = _problems()
     items = []
     for row in table.itertuples():
         problem = {**problems.loc[row.task_id].to_dict(), "task_id": row.task_id}
         assert row.prompt == problem["prompt"]  # the release's prompt, verbatim: no MBPP template, no chat
-        assert row.extracted_code == completion_program(problem, row.generated_text)
-        items.append({**program_pieces(problem, ""), "code": row.extracted_code})
+        completion = humaneval_completion(problem, row.generated_text, "plain")
+        assert row.extracted_code == problem["prompt"] + completion
+        items.append(program_pieces(problem, completion))
     with Executor(ExecutorConfig(workers=2)) as executor:
         verdicts = executor.run_many(items, progress=False)
-    named = [precheck(i["task_id"], i["code"], i["tests"], i["test_setup_code"]) or v for i, v in zip(items, verdicts)]
-    return verdicts, [v.outcome for v in named]
+    empty = [i["code"] == problems.loc[i["task_id"], "prompt"] + "\n" + problems.loc[i["task_id"], "test"] for i in items]
+    return verdicts, ["no_code" if e and not v.passed else v.outcome for e, v in zip(empty, verdicts)]
 
 
 def test_humaneval_samples_land_in_their_own_folder_with_labels_that_rerun(tiny_model_dir, tmp_path):
@@ -160,8 +159,8 @@ def test_a_run_that_died_before_publishing_resumes_without_generating(tiny_model
 
 
 def test_canonical_solutions_pass_through_the_jobs_phase_1_2_builds(tiny_model):
-    """The labelling sanity check: Phase 1.2's own jobs, labelled as generate_and_execute labels them (prefix +
-    completion, extraction, precheck, test, check), pass all 164 canonical completions and fail a wrong one,
+    """The labelling sanity check: Phase 1.2's own jobs, labelled as generate_and_execute labels them (the job's
+    judge: the harness's program), pass all 164 canonical completions and fail a wrong one,
     so a pass in the tables means the check ran and passed."""
     _, tokenizer = tiny_model
     problems = humaneval_tasks(REAL_HUMANEVAL)
@@ -169,7 +168,7 @@ def test_canonical_solutions_pass_through_the_jobs_phase_1_2_builds(tiny_model):
     assert [j.key for j in jobs] == [f"{i}@T0.5" for i in range(164)]
 
     def label(executor, job, completion):
-        return submit_generation(executor, job.task_id, job.code_prefix + completion, job.test_setup_code, job.tests)[1]
+        return job.judge(executor, completion)[1]
 
     with Executor(ExecutorConfig(workers=2)) as executor:
         good = [f.result() for f in [label(executor, j, c) for j, c in zip(jobs, problems["canonical_solution"])]]
@@ -178,12 +177,12 @@ def test_canonical_solutions_pass_through_the_jobs_phase_1_2_builds(tiny_model):
     assert not any(r.passed for r in bad)
 
 
-def test_chat_format_is_refused_before_anything_moves(tiny_model_dir, tmp_path):
+def test_an_unknown_format_or_an_mbpp_input_is_refused_before_anything_moves(tiny_model_dir, tmp_path):
     cfg = _cfg(tmp_path, tiny_model_dir, temperatures=[0.9], samples_per_task=1, end=0)
     folder = phase1_2_temperature.run(cfg)
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    with pytest.raises(PipelineError, match="plain"):
-        phase1_2_temperature.run(dataclasses.replace(cfg, prompt_format="chat"))
+    with pytest.raises(PipelineError, match="plain or chat"):
+        phase1_2_temperature.run(dataclasses.replace(cfg, prompt_format="markdown"))
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
     assert not (folder / "archive").exists()
     with pytest.raises(PipelineError, match="--input"):
@@ -206,12 +205,6 @@ def _one_line(stderr: str) -> str:
 
 
 def test_cli_refusals_are_one_line_and_write_nothing(tiny_model_dir, tmp_path):
-    out = _cli("--dataset", "humaneval", "--humaneval-path", str(REAL_HUMANEVAL), "--model", str(tiny_model_dir),
-               "--device", "cpu", "--prompt-format", "chat", data_dir=tmp_path / "chat")
-    assert out.returncode == 2
-    assert "plain (not chat)" in _one_line(out.stderr)
-    assert not (tmp_path / "chat").exists()  # refused before the lock and the log file
-
     out = _cli("--dataset", "humaneva1", data_dir=tmp_path / "bad")
     assert out.returncode == 2
     assert "invalid choice: 'humaneva1'" in _one_line(out.stderr)

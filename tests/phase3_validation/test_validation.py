@@ -490,6 +490,9 @@ def test_outputs_written(e2e):
     assert len(metrics) == 4 * 3 and (metrics["split"] == "humaneval").sum() == 4
     meta = json.loads((out / f"validation_{stamp}_metadata.json").read_text())
     assert meta["phase"] == "3" and meta["coefficients"] == [-3.0, 0.0, 3.0] and "phase2_results" in meta["inputs"]
+    # No sae split here: the before-generation baselines are not computed, and the summary still says when each
+    # predictor is known.
+    assert "self_assessment_prompt" in meta and "### When each predictor is known" in summary.read_text()
 
 
 def test_transfer_section_scores_the_humaneval_run_at_mbpp_thresholds(e2e):
