@@ -18,6 +18,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 import phase0_difficulty
 import phase1_0_generation
 import phase3_validation
+from common.artifacts import STEERING_OUTCOMES
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp
@@ -51,6 +52,7 @@ from tests.phase3_validation.builders import (
     write_splits,
     write_synthetic_phase1,
 )
+from tests.phase3_validation.steering_checks import check_steering_p_values
 
 # --------------------------------------------------------------------------- rates and tests (pure)
 
@@ -853,90 +855,10 @@ def test_phase12_folder_with_two_runs_is_one_line_and_writes_nothing(planted_dat
 # --------------------------------------------------------------------------- per-task outcomes: every p re-derived
 
 
-def _passed(outcomes: pd.DataFrame, split: str, direction: str, run: str, alpha: float) -> pd.Series:
-    rows = outcomes[(outcomes["split"] == split) & (outcomes["direction"] == direction) & (outcomes["run"] == run)
-                    & (outcomes["alpha"] == alpha)]
-    assert len(rows), (split, direction, run, alpha)
-    return rows.set_index("task_id")["passed"].astype(bool).sort_index()
-
-
-def _brute_force_p(target: np.ndarray, controls: list[np.ndarray]) -> float | None:
-    """The permutation p by enumerating every assignment of the target label on the tasks where runs differ."""
-    values = np.stack([target, *controls], axis=1)
-    varying = values[(values != values[:, :1]).any(axis=1)]
-    n, k1 = varying.shape
-    if k1 ** n > 200_000:
-        return None
-    choices = np.array(list(np.ndindex(*(k1,) * n))) if n else np.zeros((1, 0), dtype=int)
-    sums = varying[np.arange(n), choices].sum(axis=1) if n else np.zeros(1)
-    return float(np.mean(sums >= varying[:, 0].sum() - 1e-9))
-
-
-def _check_row(outcomes, split, direction, run, alpha, row, test=None):
-    """Recompute one steered run's McNemar p and p vs controls (and each control's) from the outcomes alone."""
-    base = _passed(outcomes, split, "none", "alpha0", 0.0)
-    after = _passed(outcomes, split, direction, run, alpha).loc[base.index]
-    corrected, corrupted = int((~base & after).sum()), int((base & ~after).sum())
-    expected_mcnemar = 1.0 if corrected + corrupted == 0 else sps.binomtest(corrected, corrected + corrupted).pvalue
-    assert row["mcnemar_p"] == pytest.approx(expected_mcnemar)
-    n_controls = row["n_controls"]
-    controls = [_passed(outcomes, split, direction, f"control_{i}", alpha).loc[base.index] for i in range(n_controls)]
-    sign = 1 if direction == "correct" else -1
-    effect = lambda a: sign * ((~base & a).astype(int) - (base & ~a).astype(int)).to_numpy()  # noqa: E731
-    got = control_comparison(base.to_numpy(), after.to_numpy(), [c.to_numpy() for c in controls], direction,
-                             require_both=split != "humaneval")
-    assert row["p_vs_controls"] == pytest.approx(got["p_vs_controls"])
-    brute = _brute_force_p(effect(after), [effect(c) for c in controls])
-    if brute is not None:
-        assert row["p_vs_controls"] == pytest.approx(brute)
-    if test is not None:
-        for mine, again, c in zip(test["per_control"], got["per_control"], controls):
-            ahead = int((effect(after) > effect(c)).sum())
-            behind = int((effect(after) < effect(c)).sum())
-            assert (mine["tasks_target_ahead"], mine["tasks_control_ahead"]) == (ahead, behind)
-            assert mine["paired_p"] == pytest.approx(1.0 if ahead + behind == 0 else
-                                                     sps.binomtest(ahead, ahead + behind).pvalue) == again["paired_p"]
-    return 1
-
-
 def test_every_steering_p_value_rederives_from_the_outcomes_file(e2e):
-    from common.artifacts import STEERING_OUTCOMES
-    from phase3_validation.steering_stats import is_degenerate
-
     doc = json.loads(_output(e2e, "validation", ".json").read_text())
     outcomes = STEERING_OUTCOMES.read_table(_output(e2e, "steering_outcomes", ".parquet"))
-    key = ["split", "direction", "run", "alpha", "task_id"]
-    assert not outcomes.duplicated(key).any()
-    assert set(outcomes["run"]) == {"alpha0", "target", "control_0", "control_1", "prompting"}
-    assert (outcomes["degenerate"] == [is_degenerate(t, c) for t, c in
-                                       zip(outcomes["generated_text"], outcomes["extracted_code"])]).all()
-    checked = 0
-    for direction, info in doc["steering"]["directions"].items():
-        for experiment, run in ((info, "target"), (info.get("diff_means"), "diffmeans")):
-            if experiment is None:
-                continue
-            for row in experiment["grid_hyperparams"]:
-                checked += _check_row(outcomes, "hyperparams", direction, run, row["alpha"], row)
-            checked += _check_row(outcomes, "validation", direction, run, experiment["chosen_alpha"],
-                                  experiment["validation"], experiment["control_test"])
-        for row in info["opposite_sign"]["grid_hyperparams"]:
-            checked += _check_row(outcomes, "hyperparams", direction, "target", row["alpha"], row)
-    for direction, info in doc["transfer"]["steering"]["directions"].items():
-        checked += _check_row(outcomes, "humaneval", direction, "target", info["alpha"], info["humaneval"],
-                              info["control_test"])
-    assert checked == 2 * 3 + 2  # per direction: grid, validation, opposite; then HumanEval
-    prompting = doc["steering"]["prompting_baseline"]["rates"]
-    base = _passed(outcomes, "validation", "none", "alpha0", 0.0)
-    after = _passed(outcomes, "validation", "none", "prompting", 0.0).loc[base.index]
-    b, c = int((~base & after).sum()), int((base & ~after).sum())
-    assert prompting["mcnemar_p"] == pytest.approx(1.0 if b + c == 0 else sps.binomtest(b, b + c).pvalue)
-    # The changed tasks are kept, and are those whose program or label differs from the alpha = 0 rerun.
     steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
-    for row in steering[steering["role"].isin(["grid", "validation", "opposite", "transfer"])].itertuples():
-        base_rows = outcomes[(outcomes["split"] == row.split) & (outcomes["run"] == "alpha0")].set_index("task_id")
-        mine = outcomes[(outcomes["split"] == row.split) & (outcomes["direction"] == row.direction)
-                        & (outcomes["run"] == "target") & (outcomes["alpha"] == row.alpha)].set_index("task_id")
-        mine = mine.loc[base_rows.index]
-        differ = (mine["extracted_code"] != base_rows["extracted_code"]) | (mine["passed"] != base_rows["passed"])
-        assert sorted(row.changed_task_ids) == sorted(int(t) for t in base_rows.index[differ])
-        assert row.n_degenerate == int(mine["degenerate"].sum())
+    assert set(outcomes["run"]) == {"alpha0", "target", "control_0", "control_1", "prompting"}
+    # Per direction: grid (one alpha > 0), validation, opposite sign (one alpha < 0); then HumanEval's two.
+    assert check_steering_p_values(doc, outcomes, steering) == 2 * 3 + 2
