@@ -285,6 +285,15 @@ def _steering_rules_lines(steering: dict[str, Any]) -> list[str]:
     return lines + [""] if lines else []
 
 
+def _unsteered_degenerate_lines(steering: dict[str, Any]) -> list[str]:
+    """Degenerate outputs of the runs without steering, the floor for every steered run's count."""
+    runs = steering.get("unsteered_degenerate") or {}
+    if not runs:
+        return []
+    cells = [f"{name} {r['n_degenerate']} ({_f(r['degenerate_rate'])})" for name, r in runs.items()]
+    return [f"Degenerate outputs without steering (count, share of tasks): {'; '.join(cells)}.", ""]
+
+
 def _steering_section(doc: dict[str, Any]) -> list[str]:
     steering = doc["steering"]
     cfg = doc["configuration"]
@@ -325,6 +334,7 @@ def _steering_section(doc: dict[str, Any]) -> list[str]:
             lines += ["Separate experiment, against the hypothesis (alpha < 0, hyperparams split only, never chosen):", ""]
             lines += _grid_table(opposite["grid_hyperparams"], None) + [""]
     lines += prompting_lines(steering.get("prompting_baseline"), steering)
+    lines += _unsteered_degenerate_lines(steering)
     return lines
 
 

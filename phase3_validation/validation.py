@@ -74,7 +74,7 @@ from phase3_validation.steering_eval import (
     steered_generation,
     steering_row,
 )
-from phase3_validation.steering_stats import DEGENERATE_RULE, NULL
+from phase3_validation.steering_stats import DEGENERATE_RULE, NULL, degenerate_rates
 from phase3_validation.summary import render_flipped_examples, render_summary
 from phase3_validation.transfer import load_transfer_set, no_run_note, transfer_flags, transfer_statistics
 from phase3_validation.transfer_steering import load_transfer_split, steer_transfer
@@ -82,7 +82,7 @@ from phase3_validation.transfer_steering import load_transfer_split, steer_trans
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("correct", "incorrect")
-CONTROL_TEST_RULE = (f"one-sided within-task permutation test (null: {NULL}); statistic: the target's summed per-task "
+CONTROL_TEST_RULE = (f"one-sided within-task permutation test; null: {NULL}; statistic: the target's summed per-task "
                      "effect (+1 moved the predicted way, -1 the other way, 0 unchanged) minus the mean control's; exact "
                      "by convolution (Monte Carlo with its standard error when the effects are not integers); each "
                      "control's own exact paired sign test beside it")
@@ -312,6 +312,11 @@ def run(cfg: PipelineConfig) -> Path:
         steering_rows.append(steering_row("prompting", "none", "instruction", zero_layer, None, 0.0, "validation",
                                           prompting_result["rates"], prompting_result["changes_vs_alpha0"], prompting_run,
                                           bases["validation"].correct))
+    # Degenerate outputs without any steering: the floor every steered run's count is read against.
+    unsteered_degenerate = {f"{name} alpha = 0 rerun": degenerate_rates(base.correct, base.correct, base.rerun.degenerate)
+                            for name, base in bases.items()}
+    unsteered_degenerate["validation prompting baseline"] = degenerate_rates(
+        bases["validation"].correct, prompting_run.correct, prompting_run.degenerate)
     notes = _alpha0_notes(inputs, gen_cfg, str(dtype))
     alpha0_check: dict[str, Any] = {}
     for name, base in bases.items():
@@ -387,6 +392,7 @@ def run(cfg: PipelineConfig) -> Path:
             "directions": directions,
             "alpha0_check": alpha0_check,
             "prompting_baseline": prompting_result,
+            "unsteered_degenerate": unsteered_degenerate,
         },
         "outputs": {k: str(v) for k, v in paths.items() if k != "metadata"},
     }

@@ -862,3 +862,11 @@ def test_every_steering_p_value_rederives_from_the_outcomes_file(e2e):
     assert set(outcomes["run"]) == {"alpha0", "target", "control_0", "control_1", "prompting"}
     # Per direction: grid (one alpha > 0), validation, opposite sign (one alpha < 0); then HumanEval's two.
     assert check_steering_p_values(doc, outcomes, steering) == 2 * 3 + 2
+    unsteered = doc["steering"]["unsteered_degenerate"]
+    for split in ("hyperparams", "validation"):
+        rows = outcomes[(outcomes["split"] == split) & (outcomes["run"] == "alpha0")]
+        assert unsteered[f"{split} alpha = 0 rerun"]["n_degenerate"] == int(rows["degenerate"].sum())
+    summary = e2e["summary"].read_text()
+    for text in ("Norm matching:", "Within-task permutation test against all 2 controls", "Degenerate output:",
+                 "corruption without degenerate outputs", "Degenerate outputs without steering"):
+        assert text in summary, text
