@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-sim", type=int, default=1000, help="simulated studies per scenario (>= 1000 to certify)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.n_sim < 1:
+        parser.error(f"--n-sim must be at least 1, got {args.n_sim}")
     fpr, power = simulate(args.n_sim, args.seed)
     print(f"steering_vs_controls false_positive_rate {fpr:.4f} coverage_or_power {power:.4f} n_sim {args.n_sim}")
 
