@@ -310,6 +310,8 @@ def measure_site_norm(model: torch.nn.Module, tokenizer: Any, prompts: list[str]
     if getattr(tokenizer, "padding_side", "left") != "left":
         raise PipelineError("measuring the residual norm needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
     device = next(model.parameters()).device
+    # The decoder alone: the hooked layer is inside it, and no (batch, seq, vocab) logits are computed.
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     seen: list[torch.Tensor] = []
     norms: list[np.ndarray] = []
     handle = read_hook(model, layer, lambda hidden: seen.append(hidden[:, -1, :].detach().to(torch.float32).cpu()),
@@ -320,8 +322,8 @@ def measure_site_norm(model: torch.nn.Module, tokenizer: Any, prompts: list[str]
                 enc = tokenizer(prompts[start:start + max(1, batch_size)], return_tensors="pt", padding=True).to(device)
                 mask = enc["attention_mask"]
                 seen.clear()
-                model(input_ids=enc["input_ids"], attention_mask=mask,
-                      position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0), use_cache=False)
+                decoder(input_ids=enc["input_ids"], attention_mask=mask,
+                        position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0), use_cache=False)
                 norms.append(seen[0].double().norm(dim=1).numpy())
     finally:
         handle.remove()
