@@ -48,7 +48,8 @@ REPEAT_MIN_COPIES = 4  # the periodic stretch holds at least this many copies of
 REPEAT_MIN_SHARE = 0.5  # ... and covers at least this share of the (whitespace-collapsed) text
 REPEAT_MIN_CHARS = 16  # shorter texts are never called repetitive
 DEGENERATE_RULE = (
-    "a generation is degenerate when extraction found no program in it (empty extracted code), or when, after "
+    "a generation is degenerate when extraction found no program in it that parses (empty extracted code: prose "
+    "only, or code broken from its first statement), or when, after "
     "stripping it and collapsing every run of whitespace to one space, it holds at least "
     f"{REPEAT_MIN_CHARS} characters and a stretch made of at least {REPEAT_MIN_COPIES} back-to-back copies of one "
     f"unit of 1-{REPEAT_MAX_UNIT} characters covers at least {REPEAT_MIN_SHARE:.0%} of it (e.g. '8888...', "
