@@ -175,6 +175,7 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
         if info["grid_hyperparams"] and max(r["excess_effect"] for r in info["grid_hyperparams"]) <= 0:
             flags.append(f"No alpha > 0 gave the {direction}-preferring latent an effect above its controls on "
                          "hyperparams: its steering numbers are the least-bad alpha, not an effect.")
+    flags += _degenerate_flags(doc)
     flags += [f"{note.capitalize()}." for note in doc.get("small_split_notes", [])]
     flags += transfer_flags(doc.get("transfer"))
     probes = doc["statistical"].get("probes") or {}
@@ -182,6 +183,24 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
         flags.append(f"Probe baselines: {probes['note']}.")
     flags += [f"{flag}." for flag in (doc["statistical"].get("reviewer_baselines") or {}).get("flags", [])]
     return flags
+
+
+def _degenerate_flags(doc: dict[str, Any]) -> list[str]:
+    """A steered validation run whose generations are mostly degenerate broke the model; its corruption is not wrong code."""
+    flags = []
+    for direction, info in doc["steering"]["directions"].items():
+        v = info["validation"]
+        if (v.get("degenerate_rate") or 0) >= 0.5:
+            flags.append(f"At the chosen alpha {info['chosen_alpha']:g}, {v['n_degenerate']} of {v['n_tasks']} "
+                         f"{direction}-preferring steered validation generations are degenerate (no program that parses, "
+                         "or one short unit repeated): its corruption measures a broken model, not wrong code; "
+                         f"without them the corruption rate is {_share(v)}.")
+    return flags
+
+
+def _share(v: dict[str, Any]) -> str:
+    n = v.get("n_initially_correct_nondegenerate") or 0
+    return f"{v['n_corrupted_nondegenerate']}/{n}" if n else "undefined (no initially-correct task left)"
 
 
 def _with_rows(table: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:

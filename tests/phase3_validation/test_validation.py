@@ -866,6 +866,10 @@ def test_every_steering_p_value_rederives_from_the_outcomes_file(e2e):
     for split in ("hyperparams", "validation"):
         rows = outcomes[(outcomes["split"] == split) & (outcomes["run"] == "alpha0")]
         assert unsteered[f"{split} alpha = 0 rerun"]["n_degenerate"] == int(rows["degenerate"].sum())
+    for direction, info in doc["steering"]["directions"].items():
+        broken = info["validation"]["degenerate_rate"] >= 0.5
+        assert broken == any(f.startswith("At the chosen alpha") and f"{direction}-preferring steered" in f
+                             for f in doc["flags"])
     summary = e2e["summary"].read_text()
     for text in ("Norm matching:", "Within-task permutation test against all 2 controls", "Degenerate output:",
                  "corruption without degenerate outputs", "Degenerate outputs without steering"):
