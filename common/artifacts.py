@@ -188,11 +188,18 @@ PHASE2_SCORES = Artifact(
      "mean_correct", "mean_incorrect", "t_stat", "general_freq", "general_flagged"),
     "Phase 2 score arrays",
 )
+STEERING_OUTCOMES = Artifact(
+    "steering_outcomes", "3", "steering_outcomes_{ts}.parquet",
+    ("split", "direction", "run", "alpha", "task_id", "passed", "outcome", "degenerate", "degenerate_reason",
+     "generated_text", "extracted_code", "layer", "latent", "vector_norm"),
+    "Phase 3 per-task steering outcomes (one row per split, direction, run, alpha and task; run is alpha0, target, "
+    "control_<i>, diffmeans or prompting)",
+)
 
 ALL: tuple[Artifact, ...] = (
     DIFFICULTY, SPLIT, SPLIT_METADATA, PHASE1_DATASET, PHASE1_METADATA, PHASE1_ACTIVATION,
     TEMPERATURE_TABLE, TEMPERATURE_METADATA, TEMPERATURE_ACTIVATION,
-    PHASE2_RESULTS, PHASE2_METADATA, PHASE2_TOP, PHASE2_SCORES,
+    PHASE2_RESULTS, PHASE2_METADATA, PHASE2_TOP, PHASE2_SCORES, STEERING_OUTCOMES,
 )
 
 

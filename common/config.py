@@ -207,8 +207,8 @@ class PipelineConfig:
         default_factory=lambda: [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0],
     )
     hook_point: str = option(
-        "resid_post", help="where the steering vector is added; alpha is scaled by the norm measured there (resid_pre of layer L "
-        "= saved layer L-1); resid_mid is refused (no saved activations to scale by)", scope="3",
+        "resid_post", help="where the steering vector is added; alpha is scaled by the mean residual norm measured there "
+        "(a forward pass over the hyperparams prompts, last prompt token), at any of the three sites", scope="3",
         choices=("resid_pre", "resid_mid", "resid_post"), group="phase 3 (validation)",
     )
     steer_positions: str = option(

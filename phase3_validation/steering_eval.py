@@ -4,10 +4,14 @@ For the rank-1 latent of each direction:
 
 1. the vector is its SAE decoder row (``W_dec[latent]``, unit norm) at its
    layer, times alpha x the mean L2 norm of the residual stream *at the hook
-   point used* (measured on the hyperparams split's saved activations:
-   ``resid_post`` of layer L is saved layer L, ``resid_pre`` of layer L is
-   saved layer L - 1; ``resid_mid`` is not saved and is refused), so alpha is
-   in units of a typical residual vector there;
+   point used* (resid_pre, resid_mid or resid_post of that layer), measured
+   by a forward pass over the hyperparams split's prompts at their last
+   token with a read hook on that very site (:func:`measure_site_norm`), so
+   alpha is in units of a typical residual vector there at every site. For
+   resid_pre and resid_post the norm of Phase 1.0's saved activations at the
+   same site is recorded beside as a cross-check. Every control and the
+   difference-of-means vector are unit vectors scaled the same way, so each
+   has exactly the target's L2 norm at the hook point;
 2. every rate is measured against the **alpha = 0 rerun of the same split**,
    made through the same code path with exactly the same batches as the
    steered runs (a zero vector is added), because greedy bf16 decoding is not
@@ -29,12 +33,14 @@ For the rank-1 latent of each direction:
 5. controls (rule 8): random latents of the same layer whose separation score
    is near zero, steered at the same alpha and norm on the same tasks. Each
    task scores +1 if a run moved it the predicted way, -1 the other way, 0
-   if unchanged; the target is compared with each control by an exact sign
-   test of (target - control) over the tasks where they differ, and with all
-   controls at once by an exact sign test of (target - mean control) per task: the
-   controls share the target's tasks, so pooling their runs as independent
-   trials would overstate the evidence (three identical controls give one
-   control's p). Each control's rate and how many the target beats are shown;
+   if unchanged; the target is compared with all controls at once by a
+   within-task permutation test (``steering_stats``: the null is that target
+   and controls are exchangeable on each task), and with each control by an
+   exact sign test of (target - control) over the tasks where they differ.
+   Each control's rate and how many the target beats are shown. Every run
+   also reports how many of its generations are degenerate (no program, or
+   one short unit repeated: ``steering_stats.DEGENERATE_RULE``) and its
+   corruption rate without them, so a broken model is not read as wrong code;
 6. the difference-of-class-means direction of the latent's layer (sae split,
    ``probes.py``) is steered the same way, with the same controls, as the
    simplest baseline an SAE latent must beat.
@@ -44,7 +50,10 @@ executed on CPU workers while the GPU generates, checkpointed): each steered
 run has its own checkpoint folder under ``data/phase3/checkpoints/``, keyed by
 everything that determines its output, so a rerun after a crash resumes.
 A zero vector gives the same output at any layer, so every alpha = 0 run of a
-split shares one folder and is generated once.
+split shares one folder and is generated once. Every run's per-task outcome
+(label, outcome, degenerate flag, generated text) is kept for
+``steering_outcomes_<ts>.parquet`` (:func:`outcome_rows`), from which every
+steering p-value can be derived again.
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ from common.errors import PipelineError
 from common.executor import Executor
 from common.generation import GenerationConfig
 from common.generation_loop import Job, generate_and_execute
+from common.hooks import read_hook
 from common.humaneval import humaneval_job, humaneval_prompt_version, humaneval_stop_sequences
 from common.model_presets import apply_prompt_format
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
@@ -74,6 +84,7 @@ from common.steering import steer, transformer_lens_hook_name
 from common.storage import RecordCheckpointer
 from common.tasks import run_key
 from phase3_validation.inputs import LatentRef, Phase2Results, Phase3Inputs, SplitTasks
+from phase3_validation.steering_stats import degenerate_rates, degenerate_reason, permutation_test_vs_controls
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +107,10 @@ CONTROL_RULE = (
     "drawn without replacement with numpy default_rng([seed, layer, latent])"
 )
 SCALE_SOURCE = {"resid_post": 0, "resid_pre": -1}  # hook point -> offset of the saved layer that holds its vectors
+SCALE_RULE = ("alpha x the mean L2 norm of the residual stream at the hook point used, measured by a forward pass over "
+              "the hyperparams split's prompts at their last token (a read hook on that very site); the target, every "
+              "control and the difference-of-means vector are unit vectors scaled alike, so all have the same L2 norm "
+              "there; for resid_pre/resid_post the norm of Phase 1.0's saved activations at that site is recorded beside")
 
 
 # --------------------------------------------------------------------------- pure rate arithmetic
@@ -211,17 +226,20 @@ def task_effects(baseline_correct: np.ndarray, steered_correct: np.ndarray, dire
 
 def control_comparison(baseline_correct: np.ndarray, target_correct: np.ndarray,
                        controls_correct: list[np.ndarray], direction: str, require_both: bool = True) -> dict[str, Any]:
-    """The target against each control and against all controls, paired by task (see the module docstring).
+    """The target against all controls and against each control, paired by task (see the module docstring).
 
-    Per task, :func:`task_effects` of target and control. Per control: an
-    exact sign test of target effect - control effect over the tasks where
-    they differ (McNemar's test when only one kind of flip occurs). Over all
-    controls: an exact sign test of target effect - mean control effect per
-    task, so identical controls give one control's p. ``n_beaten`` counts the
-    controls whose predicted effect (rate difference) is strictly below the
-    target's; ``mean_control_effect`` is what the alpha choice subtracts.
-    ``require_both=False`` scores a one-class baseline by the rate it has
-    (:func:`predicted_effect` with ``missing_as_zero``).
+    Per task, :func:`task_effects` of target and controls. Over all controls:
+    the one-sided within-task permutation test
+    (:func:`~phase3_validation.steering_stats.permutation_test_vs_controls`,
+    null: the k + 1 runs are exchangeable on each task), whose p is
+    ``p_vs_controls``, the p behind every "beats its controls". Per control,
+    beside it: an exact sign test of target effect - control effect over the
+    tasks where they differ (McNemar's test when only one kind of flip
+    occurs). ``n_beaten`` counts the controls whose predicted effect (rate
+    difference) is strictly below the target's; ``mean_control_effect`` is
+    what the alpha choice subtracts. ``require_both=False`` scores a
+    one-class baseline by the rate it has (:func:`predicted_effect` with
+    ``missing_as_zero``).
     """
     if not controls_correct:
         raise PipelineError("no control runs to compare the steered latent with")
@@ -229,24 +247,25 @@ def control_comparison(baseline_correct: np.ndarray, target_correct: np.ndarray,
     target_rates = steering_rates(baseline_correct, target_correct, require_both=require_both)
     target_effect = predicted_effect(target_rates, direction, lenient)
     target_tasks = task_effects(baseline_correct, target_correct, direction)
+    control_tasks = [task_effects(baseline_correct, c, direction) for c in controls_correct]
     per_control = []
-    for control in controls_correct:
+    for control, tasks in zip(controls_correct, control_tasks):
         rates = steering_rates(baseline_correct, control, require_both=require_both)
         entry = {k: rates[k] for k in ("n_corrected", "n_initially_incorrect", "correction_rate",
                                        "n_corrupted", "n_initially_correct", "corruption_rate")}
         entry["predicted_effect"] = predicted_effect(rates, direction, lenient)
-        test = paired_sign_test(target_tasks, [task_effects(baseline_correct, control, direction)])
+        test = paired_sign_test(target_tasks, [tasks])
         entry.update(tasks_target_ahead=test["n_target_above"], tasks_control_ahead=test["n_target_below"],
                      paired_p=test["p"])
         per_control.append(entry)
-    sign = paired_sign_test(target_tasks, [task_effects(baseline_correct, c, direction) for c in controls_correct])
+    permutation = permutation_test_vs_controls(target_tasks, control_tasks)
     out: dict[str, Any] = {
         "n_controls": len(controls_correct), "per_control": per_control,
         "target_effect": target_effect,
         "mean_control_effect": float(np.mean([c["predicted_effect"] for c in per_control])),
         "n_beaten": int(sum(target_effect > c["predicted_effect"] for c in per_control)),
-        "sign_test": {k: v for k, v in sign.items() if k != "mean_control"},
-        "p_vs_controls": sign["p"],
+        "permutation_test": permutation,
+        "p_vs_controls": permutation["p"],
     }
     out["excess_effect"] = target_effect - out["mean_control_effect"]
     return out
@@ -262,22 +281,57 @@ def select_coefficient(grid: list[dict[str, Any]]) -> float:
     return float(min(tied))
 
 
-def scale_layer(layer: int, hook_point: str, saved_layers: list[int]) -> int:
-    """The saved layer whose vectors are the residual stream at ``blocks.{layer}.hook_{hook_point}``.
+def saved_layer_for(layer: int, hook_point: str, saved_layers: list[int]) -> int | None:
+    """The saved layer whose vectors are the residual stream at ``blocks.{layer}.hook_{hook_point}``, if any.
 
     ``resid_post`` of layer L is what Phase 1.0 saved as layer L; ``resid_pre``
-    of layer L is the output of layer L - 1. ``resid_mid`` is never saved, so
-    its norm cannot be measured and it is refused rather than scaled by
-    another site's norm.
+    of layer L is the output of layer L - 1. ``resid_mid`` is never saved, nor
+    is a layer Phase 1.0 skipped: None. Only a cross-check of the measured
+    norm (:func:`measure_site_norm`) uses it.
     """
     if hook_point not in SCALE_SOURCE:
-        raise PipelineError(f"--hook-point {hook_point}: Phase 1.0 saved no {hook_point} activations, so alpha "
-                            f"cannot be scaled by the residual norm there; use resid_post or resid_pre")
+        return None
     source = layer + SCALE_SOURCE[hook_point]
-    if source not in saved_layers:
-        raise PipelineError(f"--hook-point {hook_point} at layer {layer} is scaled by saved layer {source}'s "
-                            f"activations, which Phase 1.0 did not save (saved: {saved_layers})")
-    return source
+    return source if source in saved_layers else None
+
+
+def measure_site_norm(model: torch.nn.Module, tokenizer: Any, prompts: list[str], layer: int, hook_point: str,
+                      batch_size: int) -> float:
+    """Mean L2 norm of ``blocks.{layer}.hook_{hook_point}`` at the last prompt token over ``prompts``: alpha's unit.
+
+    Why a forward pass: the norm must be measured where the vector is added,
+    and resid_mid is never saved. The prompts are tokenized as generation
+    tokenizes them (left padding, so the last column is every prompt's last
+    token; position ids from the attention mask, as ``generate`` makes them),
+    and a read hook (``common.hooks.read_hook``) sees exactly the tensor the
+    steering hook adds to.
+    """
+    if not prompts:
+        raise PipelineError("no prompts to measure the residual-stream norm on")
+    if getattr(tokenizer, "padding_side", "left") != "left":
+        raise PipelineError("measuring the residual norm needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
+    device = next(model.parameters()).device
+    # The decoder alone: the hooked layer is inside it, and no (batch, seq, vocab) logits are computed.
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    seen: list[torch.Tensor] = []
+    norms: list[np.ndarray] = []
+    handle = read_hook(model, layer, lambda hidden: seen.append(hidden[:, -1, :].detach().to(torch.float32).cpu()),
+                       hook_point)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(prompts), max(1, batch_size)):
+                enc = tokenizer(prompts[start:start + max(1, batch_size)], return_tensors="pt", padding=True).to(device)
+                mask = enc["attention_mask"]
+                seen.clear()
+                decoder(input_ids=enc["input_ids"], attention_mask=mask,
+                        position_ids=(mask.long().cumsum(-1) - 1).clamp(min=0), use_cache=False)
+                norms.append(seen[0].double().norm(dim=1).numpy())
+    finally:
+        handle.remove()
+    values = np.concatenate(norms)
+    if not np.isfinite(values).all() or values.mean() == 0:
+        raise PipelineError(f"the residual norm at {transformer_lens_hook_name(layer, hook_point)} is zero or not finite")
+    return float(values.mean())
 
 
 def choose_control_latents(
@@ -362,6 +416,10 @@ class SteeringContext:
     # Runs already made in this process, by checkpoint folder: a control at an alpha shared by several
     # experiments (latent, diff of means) is generated once.
     runs: dict[Path, SteeredRun] = field(default_factory=dict)
+    # Per-task outcomes of every run, by (split, direction, run, alpha): steering_outcomes_<ts>.parquet.
+    outcomes: dict[tuple[str, str, str, float], pd.DataFrame] = field(default_factory=dict)
+    # The measured residual norm at the hook point, by layer (both directions may share a layer).
+    site_norms: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -376,6 +434,56 @@ class SteeredRun:
     @property
     def correct(self) -> np.ndarray:
         return self.records["passed"].to_numpy(dtype=bool)
+
+    @property
+    def degenerate_reasons(self) -> list[str | None]:
+        """Per task, why its generation is degenerate (``steering_stats.DEGENERATE_RULE``), or None."""
+        texts = self.records["generated_text"].fillna("").astype(str)
+        codes = self.records["extracted_code"].fillna("").astype(str)
+        return [degenerate_reason(t, c) for t, c in zip(texts, codes)]
+
+    @property
+    def degenerate(self) -> np.ndarray:
+        return np.array([r is not None for r in self.degenerate_reasons], dtype=bool)
+
+
+OUTCOME_COLUMNS = ("split", "direction", "run", "alpha", "task_id", "passed", "outcome", "degenerate",
+                   "degenerate_reason", "generated_text", "extracted_code", "layer", "latent", "vector_norm")
+
+
+def outcome_rows(split: str, direction: str, run_name: str, alpha: float, run: SteeredRun, layer: int,
+                 latent: int | None, vector_norm: float) -> pd.DataFrame:
+    """One row per task of ``run``: the per-task record ``steering_outcomes_<ts>.parquet`` keeps.
+
+    ``run_name``: ``alpha0``, ``target``, ``control_<i>`` (i-th control, in
+    the order of ``control_selection.latents``), ``diffmeans`` or ``prompting``.
+    """
+    records = run.records
+    reasons = run.degenerate_reasons
+    return pd.DataFrame({
+        "split": split, "direction": direction, "run": run_name, "alpha": float(alpha),
+        "task_id": records["task_id"].astype(int).to_numpy(),
+        "passed": records["passed"].to_numpy(dtype=bool), "outcome": records["outcome"].astype(str).to_numpy(),
+        "degenerate": [r is not None for r in reasons], "degenerate_reason": reasons,
+        "generated_text": records["generated_text"].fillna("").astype(str).to_numpy(),
+        "extracted_code": records["extracted_code"].fillna("").astype(str).to_numpy(),
+        "layer": int(layer), "latent": latent, "vector_norm": float(vector_norm),
+    }, columns=list(OUTCOME_COLUMNS))
+
+
+def record_outcomes(ctx: SteeringContext, split: str, direction: str, run_name: str, alpha: float, run: SteeredRun,
+                    layer: int, latent: int | None, vector_norm: float) -> None:
+    """Keep ``run``'s per-task outcomes once (a control shared by two experiments at one alpha is one run)."""
+    key = (split, direction, run_name, float(alpha))
+    if key not in ctx.outcomes:
+        ctx.outcomes[key] = outcome_rows(split, direction, run_name, alpha, run, layer, latent, vector_norm)
+
+
+def outcomes_table(ctx: SteeringContext) -> pd.DataFrame:
+    """Every kept run's per-task outcomes, in the order they were run."""
+    if not ctx.outcomes:
+        return pd.DataFrame(columns=list(OUTCOME_COLUMNS))
+    return pd.concat(list(ctx.outcomes.values()), ignore_index=True)
 
 
 def split_jobs(split: SplitTasks, tokenizer: Any) -> list[Job]:
@@ -524,19 +632,24 @@ class SplitBaseline:
 
 
 def steering_row(role: str, direction: str, vector: str, layer: int, latent: int | None, alpha: float,
-                 split: str, rates: dict[str, Any], changes: dict[str, Any], run: SteeredRun) -> dict[str, Any]:
+                 split: str, rates: dict[str, Any], changes: dict[str, Any], run: SteeredRun,
+                 baseline_correct: np.ndarray) -> dict[str, Any]:
     """One row of ``steering_<ts>.parquet``: which run, its rates and program changes.
 
     ``role``: ``grid`` (hyperparams, alpha > 0), ``validation`` (chosen alpha),
     ``opposite`` (hyperparams, alpha < 0), ``transfer`` (HumanEval, the MBPP
     alpha), ``control_<that>`` for the control latents of each, ``alpha0``
     for the reruns; ``vector``: ``sae_latent``,
-    ``diff_means`` or ``zero``.
+    ``diff_means`` or ``zero``. ``changed_task_ids`` (programs or labels that
+    differ from the alpha = 0 rerun) is kept; the degenerate-output counts
+    and the corruption rate without degenerate outputs
+    (``steering_stats.degenerate_rates``) are beside the rates.
     """
     return {
         "direction": direction, "role": role, "vector": vector, "layer": layer, "latent": latent,
         "alpha": float(alpha), "split": split,
-        **rates, **{k: v for k, v in changes.items() if k != "changed_task_ids"},
+        **rates, **changes,
+        **degenerate_rates(baseline_correct, run.correct, run.degenerate),
         "n_resumed": run.n_resumed,
     }
 
@@ -560,34 +673,54 @@ def measure_at_alpha(ctx: SteeringContext, base: SplitBaseline, target: Steerabl
                      require_both: bool = True) -> tuple[dict[str, Any], dict[str, Any], SteeredRun]:
     """Target and every control at one alpha on one split: (target row, control comparison, target run).
 
+    Every vector is its unit direction x alpha x ``scale``, so target and
+    controls have the same L2 norm (recorded as ``vector_norm``). Each run's
+    per-task outcomes are kept (:func:`record_outcomes`).
     ``require_both=False`` (HumanEval transfer): a baseline with one class
     gives the rate that exists and NaN for the other instead of an error.
     """
     split = base.split
-    run = steered_generation(ctx, split, target.layer, alpha * scale * target.unit,
-                             f"{direction}_{target.label}_a{alpha:g}")
+    vector = alpha * scale * target.unit
+    run = steered_generation(ctx, split, target.layer, vector, f"{direction}_{target.label}_a{alpha:g}")
+    norm = float(vector.norm())
+    record_outcomes(ctx, split.name, direction, "target" if target.vector == "sae_latent" else "diffmeans", alpha, run,
+                    target.layer, target.latent, norm)
     what = f"{split.name} split, {target.label}, alpha {alpha:g}"
     rates = rates_with_baselines(base.correct, split.correct, run.correct, what, require_both)
     row = steering_row(role, direction, target.vector, target.layer, target.latent, alpha, split.name, rates,
-                       program_changes(base.rerun.records, split.task_ids, run), run)
-    control_runs = []
-    for control in controls:
-        c_run = steered_generation(ctx, split, control.layer, alpha * scale * control.unit,
-                                   f"control_{control.label}_a{alpha:g}")
+                       program_changes(base.rerun.records, split.task_ids, run), run, base.correct)
+    row["vector_norm"] = norm
+    control_runs, control_rows = [], []
+    for i, control in enumerate(controls):
+        c_vector = alpha * scale * control.unit
+        c_run = steered_generation(ctx, split, control.layer, c_vector, f"control_{control.label}_a{alpha:g}")
+        record_outcomes(ctx, split.name, direction, f"control_{i}", alpha, c_run, control.layer, control.latent,
+                        float(c_vector.norm()))
         control_runs.append(c_run)
         c_rates = rates_with_baselines(base.correct, split.correct, c_run.correct, f"{split.name}, control {control.label}",
                                        require_both)
         c_row = steering_row(f"control_{role}", direction, "sae_latent", control.layer, control.latent, alpha,
-                             split.name, c_rates, program_changes(base.rerun.records, split.task_ids, c_run), c_run)
+                             split.name, c_rates, program_changes(base.rerun.records, split.task_ids, c_run), c_run,
+                             base.correct)
         c_row["predicted_effect"] = predicted_effect(c_rates, direction, not require_both)
         c_row["experiment"] = target.vector  # whose controls (the same runs serve both experiments at one alpha)
+        c_row["vector_norm"] = float(c_vector.norm())
+        control_rows.append(c_row)
         rows.append(c_row)
     test = control_comparison(base.correct, run.correct, [c.correct for c in control_runs], direction, require_both)
+    for entry, c_row in zip(test["per_control"], control_rows):
+        entry.update({k: c_row[k] for k in DEGENERATE_KEYS})
     row.update(predicted_effect=test["target_effect"], mean_control_effect=test["mean_control_effect"],
                excess_effect=test["excess_effect"], n_controls_beaten=test["n_beaten"],
-               n_controls=test["n_controls"], p_vs_controls=test["p_vs_controls"], experiment=target.vector)
+               n_controls=test["n_controls"], p_vs_controls=test["p_vs_controls"],
+               p_vs_controls_method=test["permutation_test"]["method"],
+               p_vs_controls_mc_se=test["permutation_test"]["mc_se"], experiment=target.vector)
     rows.append(row)
     return row, test, run
+
+
+DEGENERATE_KEYS = ("n_degenerate", "degenerate_rate", "n_corrupted_nondegenerate", "n_initially_correct_nondegenerate",
+                   "corruption_rate_nondegenerate")
 
 
 def hypothesis_experiment(ctx: SteeringContext, inputs: Phase3Inputs, bases: dict[str, SplitBaseline],
@@ -642,8 +775,9 @@ class DirectionSteering:
 
     target: LatentRef
     hook_name: str
-    residual_norm: float
-    scale_layer: int
+    residual_norm: float  # measured by a forward pass at the hook point (measure_site_norm): alpha's unit
+    scale_layer: int | None  # the saved layer holding the same site (None: resid_mid, or not saved)
+    saved_layer_norm: float | None  # that layer's mean norm from Phase 1.0's saved activations: a cross-check
     latent: dict[str, Any]
     opposite: dict[str, Any]
     diff_means: dict[str, Any] | None
@@ -661,6 +795,7 @@ class DirectionSteering:
         return {
             "target": self.target.to_dict(), "hypothesis": HYPOTHESIS[self.target.direction],
             "hook_name": self.hook_name, "residual_norm": self.residual_norm, "scale_layer": self.scale_layer,
+            "saved_layer_norm": self.saved_layer_norm, "scale_rule": SCALE_RULE,
             "selection_rule": SELECTION_RULE, "chosen_alpha": self.latent["chosen_alpha"],
             "grid_hyperparams": self.latent["grid_hyperparams"], "validation": self.latent["validation"],
             "control_test": self.latent["control_test"], "opposite_sign": self.opposite,
@@ -668,6 +803,22 @@ class DirectionSteering:
             "control_selection": self.control_info,
             "flipped_example_task_ids": {kind: [e["task_id"] for e in examples] for kind, examples in self.flipped.items()},
         }
+
+
+def site_norm(ctx: SteeringContext, inputs: Phase3Inputs, layer: int) -> tuple[float, int | None, float | None]:
+    """(measured norm at ``ctx.hook_point`` of ``layer``, saved layer of that site or None, its saved-activation norm).
+
+    Measured once per layer with :func:`measure_site_norm` over the
+    hyperparams split's prompts (built and checked as the steered runs build
+    them).
+    """
+    if layer not in ctx.site_norms:
+        prompts = [job.prompt for job in split_jobs(inputs.hyperparams, ctx.tokenizer)]
+        ctx.site_norms[layer] = measure_site_norm(ctx.model, ctx.tokenizer, prompts, layer, ctx.hook_point,
+                                                  ctx.gen_cfg.batch_size)
+    source = saved_layer_for(layer, ctx.hook_point, inputs.saved_layers())
+    saved = None if source is None else mean_residual_norm(inputs.activations(inputs.hyperparams, source))
+    return ctx.site_norms[layer], source, saved
 
 
 def steer_direction(
@@ -708,11 +859,10 @@ def steer_direction(
         latent = Steerable("sae_latent", layer, target.latent, unit_direction(sae.W_dec[target.latent]))
         controls = [Steerable("sae_latent", layer, c, unit_direction(sae.W_dec[c])) for c in control_latents]
     del sae
-    source = scale_layer(layer, ctx.hook_point, inputs.saved_layers())
-    scale = mean_residual_norm(inputs.activations(inputs.hyperparams, source))
+    scale, source, saved_norm = site_norm(ctx, inputs, layer)
     hook_name = transformer_lens_hook_name(layer, ctx.hook_point)
-    logger.info("steering %s-preferring %s at %s: mean residual norm %.4g there (saved layer %d)",
-                direction, target.name, hook_name, scale, source)
+    logger.info("steering %s-preferring %s at %s: mean residual norm %.4g there (forward pass; saved layer %s: %s)",
+                direction, target.name, hook_name, scale, source, "n/a" if saved_norm is None else f"{saved_norm:.4g}")
     rows: list[dict[str, Any]] = []
     main = hypothesis_experiment(ctx, inputs, bases, latent, controls, coefficients, scale, direction, rows)
     opposite = opposite_sign_experiment(ctx, bases, latent, controls, coefficients, scale, direction, rows)
@@ -722,7 +872,8 @@ def steer_direction(
         dm = Steerable("diff_means", layer, None, unit_direction(sign * np.asarray(diff_means_direction)))
         diff_means = hypothesis_experiment(ctx, inputs, bases, dm, controls, coefficients, scale, direction, rows)
     result = DirectionSteering(
-        target=target, hook_name=hook_name, residual_norm=scale, scale_layer=source, latent=main, opposite=opposite,
+        target=target, hook_name=hook_name, residual_norm=scale, scale_layer=source, saved_layer_norm=saved_norm,
+        latent=main, opposite=opposite,
         diff_means=diff_means, diff_means_note=diff_means_note, control_info=control_info,
         flipped=flipped_examples(bases["validation"], main["run"]), latent_vector=latent, control_vectors=controls,
     )

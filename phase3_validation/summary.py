@@ -201,35 +201,99 @@ def _rate_cell(r: dict[str, Any], kind: str, prefix: str = "") -> str:
 
 def _grid_table(grid: list[dict[str, Any]], chosen: float | None) -> list[str]:
     lines = ["| alpha | correction [95% CI] | corruption [95% CI] | predicted effect | mean control effect | "
-             "excess over controls | controls beaten | programs changed vs alpha 0 |", "|---|---|---|---|---|---|---|---|"]
+             "excess over controls | controls beaten | p vs controls (permutation) | degenerate outputs | "
+             "programs changed vs alpha 0 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for g in grid:
         mark = " (chosen)" if chosen is not None and g["alpha"] == chosen else ""
         lines.append(f"| {g['alpha']:g}{mark} | {_rate_cell(g, 'correction')} | {_rate_cell(g, 'corruption')} | "
                      f"{g['predicted_effect']:+.3f} | {g['mean_control_effect']:+.3f} | {g['excess_effect']:+.3f} | "
-                     f"{g['n_controls_beaten']}/{g['n_controls']} | {g['n_programs_changed']}/{g['n_tasks']} |")
+                     f"{g['n_controls_beaten']}/{g['n_controls']} | {_p_vs_controls(g)} | {_degenerate_cell(g)} | "
+                     f"{g['n_programs_changed']}/{g['n_tasks']} |")
     return lines
 
 
 def _validation_table(name: str, v: dict[str, Any], test: dict[str, Any], controls: list[int],
                       where: str = "validation split") -> list[str]:
-    lines = [f"| run ({where}) | correction [95% CI] | corruption [95% CI] | predicted effect | "
-             "tasks moved more by target / by control, paired sign test p |", "|---|---|---|---|---|",
-             f"| {name} | {_rate_cell(v, 'correction')} | {_rate_cell(v, 'corruption')} | {v['predicted_effect']:+.3f} | |"]
+    lines = [f"| run ({where}) | correction [95% CI] | corruption [95% CI] | predicted effect | degenerate outputs | "
+             "corruption without degenerate outputs | tasks moved more by target / by control, paired sign test p |",
+             "|---|---|---|---|---|---|---|",
+             f"| {name} | {_rate_cell(v, 'correction')} | {_rate_cell(v, 'corruption')} | {v['predicted_effect']:+.3f} | "
+             f"{_degenerate_cell(v)} | {_nondegenerate_cell(v)} | |"]
     for latent, c in zip(controls, test["per_control"]):
         lines.append(f"| control latent {latent} | {c['n_corrected']}/{c['n_initially_incorrect']} = "
                      f"{_f(c['correction_rate'])} | {c['n_corrupted']}/{c['n_initially_correct']} = "
-                     f"{_f(c['corruption_rate'])} | {c['predicted_effect']:+.3f} | "
-                     f"{c['tasks_target_ahead']} / {c['tasks_control_ahead']}, p = {_p(c['paired_p'])} |")
-    sign = test["sign_test"]
+                     f"{_f(c['corruption_rate'])} | {c['predicted_effect']:+.3f} | {_degenerate_cell(c)} | "
+                     f"{_nondegenerate_cell(c)} | {c['tasks_target_ahead']} / {c['tasks_control_ahead']}, "
+                     f"p = {_p(c['paired_p'])} |")
     lines += ["", f"{name} beats **{test['n_beaten']} of {test['n_controls']}** controls on the predicted effect "
-                  f"(excess over their mean {test['excess_effect']:+.3f}). Paired sign test against the mean control "
-                  "per task (+1 moved the predicted way, -1 the other way, 0 unchanged): target ahead on "
-                  f"{sign['n_target_above']} tasks, behind on {sign['n_target_below']}, p = {_p(sign['p'])}. "
+                  f"(excess over their mean {test['excess_effect']:+.3f}). {_control_test_sentence(test)} "
                   f"Exact McNemar test against the alpha = 0 rerun ({v['n_corrected']} corrected, "
                   f"{v['n_corrupted']} corrupted): p = {_p(v['mcnemar_p'])}. Beside it, against Phase 1.0's labels "
                   f"(other batches): correction {_rate_cell(v, 'correction', 'phase1_')}, corruption "
                   f"{_rate_cell(v, 'corruption', 'phase1_')}, McNemar p = {_p(v['phase1_mcnemar_p'])}.", ""]
     return lines
+
+
+# --------------------------------------------------------------------------- steering tests (controls, degenerate)
+
+
+def _p_vs_controls(row: dict[str, Any]) -> str:
+    """The permutation p against the controls, with its Monte Carlo error when it has one."""
+    se = row.get("p_vs_controls_mc_se")
+    extra = f" (MC s.e. {se:.2g})" if se else ""
+    return f"{_p(row.get('p_vs_controls'))}{extra}"
+
+
+def _degenerate_cell(row: dict[str, Any]) -> str:
+    if row.get("n_degenerate") is None:
+        return "n/a"
+    return f"{row['n_degenerate']}/{row.get('n_tasks', row.get('n_initially_correct', 0) + row.get('n_initially_incorrect', 0))}"
+
+
+def _nondegenerate_cell(row: dict[str, Any]) -> str:
+    if row.get("n_initially_correct_nondegenerate") is None:
+        return "n/a"
+    return (f"{row['n_corrupted_nondegenerate']}/{row['n_initially_correct_nondegenerate']} = "
+            f"{_f(row['corruption_rate_nondegenerate'])}")
+
+
+def _control_test_sentence(test: dict[str, Any]) -> str:
+    """The one test behind "beats its controls": the within-task permutation test, and how p was computed."""
+    perm = test.get("permutation_test") or {}
+    how = ("exact" if perm.get("method") == "exact" else
+           f"Monte Carlo, {perm.get('n_resamples')} relabellings, s.e. {_p(perm.get('mc_se'))}")
+    return (f"Within-task permutation test against all {test['n_controls']} controls (null: on every task the target "
+            "and its controls are exchangeable; statistic: target's summed effect minus the mean control's, "
+            f"{_f(perm.get('statistic'), 2)}, over {perm.get('n_tasks_runs_differ', '?')} tasks where the runs differ): "
+            f"one-sided p = **{_p(test['p_vs_controls'])}** ({how}).")
+
+
+def _norm_source(info: dict[str, Any]) -> str:
+    saved = info.get("saved_layer_norm")
+    beside = (f"saved layer {info['scale_layer']}'s activations give {saved:.4g}" if saved is not None
+              else "no saved activations at this site")
+    return f"measured by a forward pass over the hyperparams prompts at the hook point; {beside}"
+
+
+def _steering_rules_lines(steering: dict[str, Any]) -> list[str]:
+    """How the controls are matched and tested, and what counts as a degenerate output."""
+    lines = []
+    if steering.get("scale_rule"):
+        lines.append(f"Norm matching: {steering['scale_rule']}.")
+    if steering.get("control_test_rule"):
+        lines.append(f"\"Beats its controls\": {steering['control_test_rule']}.")
+    if steering.get("degenerate_rule"):
+        lines.append(f"Degenerate output: {steering['degenerate_rule']}; corruption is shown with and without them.")
+    return lines + [""] if lines else []
+
+
+def _unsteered_degenerate_lines(steering: dict[str, Any]) -> list[str]:
+    """Degenerate outputs of the runs without steering, the floor for every steered run's count."""
+    runs = steering.get("unsteered_degenerate") or {}
+    if not runs:
+        return []
+    cells = [f"{name} {r['n_degenerate']} ({_f(r['degenerate_rate'])})" for name, r in runs.items()]
+    return [f"Degenerate outputs without steering (count, share of tasks): {'; '.join(cells)}.", ""]
 
 
 def _steering_section(doc: dict[str, Any]) -> list[str]:
@@ -242,12 +306,13 @@ def _steering_section(doc: dict[str, Any]) -> list[str]:
              f"greedy decoding, {cfg['max_new_tokens']} new tokens at most. Every rate is against the alpha = 0 "
              "rerun of the same split (same batches as the steered runs; section 4 shows how it differs from Phase "
              f"1.0). Alpha: {steering['selection_rule']}. Intervals are exact (Clopper-Pearson) 95%.", ""]
+    lines += _steering_rules_lines(steering)
     for direction, info in steering["directions"].items():
         t = info["target"]
         controls = info["control_selection"]["latents"]
         lines += [f"### {direction}-preferring latent L{t['layer']}/{t['latent']} (rank 1)", "",
                   f"Hypothesis: {info['hypothesis']}. Hook `{info['hook_name']}`, mean residual norm "
-                  f"{info['residual_norm']:.4g} (saved layer {info['scale_layer']}), chosen alpha "
+                  f"{info['residual_norm']:.4g} ({_norm_source(info)}), chosen alpha "
                   f"**{info['chosen_alpha']:g}**. Controls: {len(controls)} random latents of layer {t['layer']} with "
                   f"|separation| <= {cfg['control_max_separation']} ({', '.join(map(str, controls))}), same alpha and "
                   "norm, same tasks.", "",
@@ -271,6 +336,7 @@ def _steering_section(doc: dict[str, Any]) -> list[str]:
             lines += ["Separate experiment, against the hypothesis (alpha < 0, hyperparams split only, never chosen):", ""]
             lines += _grid_table(opposite["grid_hyperparams"], None) + [""]
     lines += prompting_lines(steering.get("prompting_baseline"), steering)
+    lines += _unsteered_degenerate_lines(steering)
     return lines
 
 
@@ -370,7 +436,8 @@ def _transfer_steering_lines(steering: dict[str, Any]) -> list[str]:
              f"Rule: {steering['rule']}. Scale: {steering['scale_source']}. Baseline: {steering['baseline']}; "
              f"{sizes['n']} tasks, {sizes['n_correct_alpha0']} pass at alpha = 0 ({sizes['n_correct_phase1']} in the "
              f"HumanEval Phase 1 run); at most {steering['max_new_tokens']} new tokens. Intervals are exact "
-             "(Clopper-Pearson) 95%; p vs controls is the paired sign test against the mean control per task.", ""]
+             "(Clopper-Pearson) 95%; p vs controls is the within-task permutation test (null: target and controls "
+             "exchangeable on each task).", ""]
     if steering.get("note"):
         lines += [f"**Note:** {steering['note']}.", ""]
     lines += ["| direction | latent | alpha (MBPP hyperparams) | MBPP validation correction | MBPP validation corruption | "

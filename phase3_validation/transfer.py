@@ -231,8 +231,8 @@ def transfer_flags(transfer: dict[str, Any] | None) -> list[str]:
     measured = (steering.get("directions") or {}) if steering.get("measured") else {}
     for direction, info in measured.items():
         test = info["control_test"]
-        if test["p_vs_controls"] >= 0.05 or test["n_beaten"] < test["n_controls"]:
+        if test["p_vs_controls"] >= 0.05:
             flags.append(f"Steering the {direction}-preferring latent on HumanEval at the MBPP alpha {info['alpha']:g} "
-                         f"beats {test['n_beaten']} of {test['n_controls']} controls (paired sign test p = "
-                         f"{test['p_vs_controls']:.3g}): its causal effect is not shown to transfer.")
+                         f"is not distinguishable from its {test['n_controls']} controls (within-task permutation test "
+                         f"p = {test['p_vs_controls']:.3g}): its causal effect is not shown to transfer.")
     return flags

@@ -40,6 +40,7 @@ from phase3_validation.steering_eval import (
     humaneval_split_jobs,
     measure_at_alpha,
     rates_with_baselines,
+    record_outcomes,
     steered_generation,
     steering_row,
 )
@@ -51,8 +52,8 @@ RULE = ("for each direction's rank-1 latent: the alpha chosen on the MBPP hyperp
         "hook site and residual-norm scale (measured on MBPP hyperparams) and the same control latents, applied "
         "unchanged to HumanEval; rates against HumanEval's alpha = 0 rerun (same batches); nothing is chosen on HumanEval")
 ALPHA_SOURCE = "chosen on the MBPP hyperparams split (not re-chosen on HumanEval)"
-SCALE_SOURCE = ("mean L2 norm of the residual stream at the hook point, MBPP hyperparams split, last prompt token "
-                "(the MBPP steering's scale; not re-measured on HumanEval)")
+SCALE_SOURCE = ("mean L2 norm of the residual stream at the hook point, measured by a forward pass over the MBPP "
+                "hyperparams split's prompts at their last token (the MBPP steering's scale; not re-measured on HumanEval)")
 BASELINE = "HumanEval alpha = 0 rerun (same batches as the steered runs); HumanEval Phase 1.0 labels beside"
 ROLE = "transfer"
 
@@ -158,6 +159,7 @@ def steer_transfer(
         raise PipelineError("internal: the MBPP steering kept no vectors to transfer")
     zero = torch.zeros_like(first.latent_vector.unit)
     base = SplitBaseline(split, steered_generation(ctx, split, zero_layer, zero, "alpha0"))
+    record_outcomes(ctx, BENCHMARK, "none", "alpha0", 0.0, base.rerun, zero_layer, None, 0.0)
     note = _one_class_note(base.correct)
     if note:
         logger.warning("phase 3 HumanEval steering: %s", note)
@@ -180,7 +182,8 @@ def steer_transfer(
                     test["n_beaten"], test["n_controls"])
     zero_rates = rates_with_baselines(base.correct, split.correct, base.correct, "HumanEval, alpha 0", require_both=False)
     changes = base.versus_phase1()
-    rows.append(steering_row("alpha0", "none", "zero", zero_layer, None, 0.0, BENCHMARK, zero_rates, changes, base.rerun))
+    rows.append(steering_row("alpha0", "none", "zero", zero_layer, None, 0.0, BENCHMARK, zero_rates, changes, base.rerun,
+                             base.correct))
     correct = base.correct
     section = {
         "measured": True, "note": note, "rule": RULE, "alpha_source": ALPHA_SOURCE, "scale_source": SCALE_SOURCE,

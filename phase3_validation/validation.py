@@ -13,6 +13,9 @@ and writes, under ``data/phase3/`` with one timestamp:
 - ``steering_<ts>.parquet``: one row per steered run (latent or control,
   alpha, split) with rates, intervals and tests, the HumanEval steering
   transfer included (``split == "humaneval"``, ``transfer_steering.py``);
+- ``steering_outcomes_<ts>.parquet``: one row per (split, direction, run,
+  alpha, task) with the label, outcome, degenerate flag and generated text,
+  from which every steering p-value can be derived again (docs/steering.md);
 - ``roc_<ts>.png``, ``metrics_by_temperature_<ts>.png``,
   ``steering_grid_<ts>.png``;
 - ``flipped_examples_<ts>.md``; ``summary_<ts>.md`` and a copy as
@@ -35,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from common.artifacts import STEERING_OUTCOMES
 from common.config import PipelineConfig, model_of_phase1
 from common.errors import PipelineError
 from common.executor import Executor, executor_config_for
@@ -65,17 +69,19 @@ from phase3_validation.statistical import (
 )
 from phase3_validation.steering_eval import (
     OPPOSITE_RULE,
-    SCALE_SOURCE,
+    SCALE_RULE,
     SELECTION_RULE,
     DirectionSteering,
     SplitBaseline,
     SteeringContext,
+    outcomes_table,
     rates_with_baselines,
-    scale_layer,
+    record_outcomes,
     steer_direction,
     steered_generation,
     steering_row,
 )
+from phase3_validation.steering_stats import DEGENERATE_RULE, NULL, degenerate_rates
 from phase3_validation.summary import render_flipped_examples, render_summary
 from phase3_validation.transfer import load_transfer_set, no_run_note, transfer_flags, transfer_statistics
 from phase3_validation.transfer_steering import load_transfer_split, steer_transfer
@@ -83,6 +89,10 @@ from phase3_validation.transfer_steering import load_transfer_split, steer_trans
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("correct", "incorrect")
+CONTROL_TEST_RULE = (f"one-sided within-task permutation test; null: {NULL}; statistic: the target's summed per-task "
+                     "effect (+1 moved the predicted way, -1 the other way, 0 unchanged) minus the mean control's; exact "
+                     "by convolution (Monte Carlo with its standard error when the effects are not integers); each "
+                     "control's own exact paired sign test beside it")
 
 
 def check_config(cfg: PipelineConfig) -> None:
@@ -95,9 +105,6 @@ def check_config(cfg: PipelineConfig) -> None:
         raise PipelineError(f"--coefficients must be finite numbers, got {cfg.coefficients}")
     if cfg.hook_point not in HOOK_POINTS:
         raise PipelineError(f"--hook-point must be one of {', '.join(HOOK_POINTS)}, got {cfg.hook_point!r}")
-    if cfg.hook_point not in SCALE_SOURCE:
-        raise PipelineError(f"--hook-point {cfg.hook_point}: Phase 1.0 saves no {cfg.hook_point} activations, so alpha "
-                            "cannot be scaled by the residual norm there; use resid_post or resid_pre")
     if not any(a > 0 for a in cfg.coefficients):
         raise PipelineError(f"--coefficients {cfg.coefficients} has no alpha > 0, the sign the hypothesis predicts "
                             "(negative alphas are only the opposite-sign experiment)")
@@ -167,13 +174,15 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
                          f"(predicted effect {v['predicted_effect']:+.3f}: {v['n_corrected']} corrected, "
                          f"{v['n_corrupted']} corrupted); a small McNemar p here is evidence against it, not for it.")
         test = info["control_test"]
-        if test["p_vs_controls"] >= 0.05 or test["n_beaten"] < test["n_controls"]:
-            flags.append(f"The {direction}-preferring latent's effect on validation beats {test['n_beaten']} of "
-                         f"{test['n_controls']} random-latent controls at the same alpha and norm (paired sign test "
-                         f"p = {test['p_vs_controls']:.3g}): not distinguishable from controls.")
+        if test["p_vs_controls"] >= 0.05:
+            flags.append(f"The {direction}-preferring latent's effect on validation is not distinguishable from its "
+                         f"{test['n_controls']} random-latent controls at the same alpha and norm (within-task "
+                         f"permutation test p = {test['p_vs_controls']:.3g}; it beats {test['n_beaten']} of them on "
+                         "the rate difference).")
         if info["grid_hyperparams"] and max(r["excess_effect"] for r in info["grid_hyperparams"]) <= 0:
             flags.append(f"No alpha > 0 gave the {direction}-preferring latent an effect above its controls on "
                          "hyperparams: its steering numbers are the least-bad alpha, not an effect.")
+    flags += _degenerate_flags(doc)
     flags += [f"{note.capitalize()}." for note in doc.get("small_split_notes", [])]
     flags += transfer_flags(doc.get("transfer"))
     probes = doc["statistical"].get("probes") or {}
@@ -181,6 +190,24 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
         flags.append(f"Probe baselines: {probes['note']}.")
     flags += [f"{flag}." for flag in (doc["statistical"].get("reviewer_baselines") or {}).get("flags", [])]
     return flags
+
+
+def _degenerate_flags(doc: dict[str, Any]) -> list[str]:
+    """A steered validation run whose generations are mostly degenerate broke the model; its corruption is not wrong code."""
+    flags = []
+    for direction, info in doc["steering"]["directions"].items():
+        v = info["validation"]
+        if (v.get("degenerate_rate") or 0) >= 0.5:
+            flags.append(f"At the chosen alpha {info['chosen_alpha']:g}, {v['n_degenerate']} of {v['n_tasks']} "
+                         f"{direction}-preferring steered validation generations are degenerate (no program that parses, "
+                         "or one short unit repeated): its corruption measures a broken model, not wrong code; "
+                         f"without them the corruption rate is {_share(v)}.")
+    return flags
+
+
+def _share(v: dict[str, Any]) -> str:
+    n = v.get("n_initially_correct_nondegenerate") or 0
+    return f"{v['n_corrupted_nondegenerate']}/{n}" if n else "undefined (no initially-correct task left)"
 
 
 def _with_rows(table: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -247,9 +274,6 @@ def run(cfg: PipelineConfig) -> Path:
     logger.info("phase 3: model %s (%s), %s prompts as Phase 1.0's", model_id, model_note, val.prompt_format)
 
     # ---- statistical validation and probe baselines (CPU, cheap) ----------------------------------
-    saved = inputs.saved_layers()
-    for direction in DIRECTIONS:
-        scale_layer(inputs.results.top[direction][0].layer, cfg.hook_point, saved)  # refuse before any work
     evaluations = validate_latents(inputs, cfg.top_latents_validated, cfg.bootstrap, cfg.seed)
     probes = evaluate_probes(inputs, cfg.bootstrap, cfg.seed)
     small_notes = [note for note in (split_too_small(hp.correct, "hyperparams", MIN_THRESHOLD_CLASS,
@@ -294,6 +318,8 @@ def run(cfg: PipelineConfig) -> Path:
         # The primary baseline: each split rerun at alpha = 0 with exactly the batches its steered runs use.
         bases = {split.name: SplitBaseline(split, steered_generation(ctx, split, zero_layer, zero, "alpha0"))
                  for split in (hp, val)}
+        for name, base in bases.items():
+            record_outcomes(ctx, name, "none", "alpha0", 0.0, base.rerun, zero_layer, None, 0.0)
         for direction in DIRECTIONS:
             dm_direction, dm_note = _diff_means_for(inputs, probes, direction, cfg.seed)
             result, rows = steer_direction(
@@ -310,8 +336,15 @@ def run(cfg: PipelineConfig) -> Path:
         steering_rows += transfer_rows
         # Prompting baseline: the same validation problems with a fixed instruction asking for care, no steering.
         prompting_result, prompting_run = prompting.prompting_baseline(ctx, bases["validation"])
+        record_outcomes(ctx, "validation", "none", "prompting", 0.0, prompting_run, zero_layer, None, 0.0)
         steering_rows.append(steering_row("prompting", "none", "instruction", zero_layer, None, 0.0, "validation",
-                                          prompting_result["rates"], prompting_result["changes_vs_alpha0"], prompting_run))
+                                          prompting_result["rates"], prompting_result["changes_vs_alpha0"], prompting_run,
+                                          bases["validation"].correct))
+    # Degenerate outputs without any steering: the floor every steered run's count is read against.
+    unsteered_degenerate = {f"{name} alpha = 0 rerun": degenerate_rates(base.correct, base.correct, base.rerun.degenerate)
+                            for name, base in bases.items()}
+    unsteered_degenerate["validation prompting baseline"] = degenerate_rates(
+        bases["validation"].correct, prompting_run.correct, prompting_run.degenerate)
     notes = _alpha0_notes(inputs, gen_cfg, str(dtype))
     alpha0_check: dict[str, Any] = {}
     for name, base in bases.items():
@@ -319,7 +352,7 @@ def run(cfg: PipelineConfig) -> Path:
         alpha0_check[name] = {**changes, "notes": notes}
         zero_rates = rates_with_baselines(base.correct, base.split.correct, base.correct, f"{name} split, alpha 0")
         steering_rows.append(steering_row("alpha0", "none", "zero", zero_layer, None, 0.0, name, zero_rates,
-                                          changes, base.rerun))
+                                          changes, base.rerun, base.correct))
 
     # ---- outputs -------------------------------------------------------------------------------
     stamp = timestamp()
@@ -327,6 +360,7 @@ def run(cfg: PipelineConfig) -> Path:
         "validation": out_dir / f"validation_{stamp}.json",
         "metrics": out_dir / f"metrics_{stamp}.parquet",
         "steering": out_dir / f"steering_{stamp}.parquet",
+        "steering_outcomes": STEERING_OUTCOMES.path(cfg.data_dir, ts=stamp),
         "probe_metrics": out_dir / f"probe_metrics_{stamp}.parquet",
         "roc_png": out_dir / f"roc_{stamp}.png",
         "metrics_by_temperature_png": out_dir / f"metrics_by_temperature_{stamp}.png",
@@ -381,12 +415,14 @@ def run(cfg: PipelineConfig) -> Path:
             "selection_rule": SELECTION_RULE,
             "opposite_sign_rule": OPPOSITE_RULE,
             "baseline": "each split's alpha = 0 rerun (same batches as the steered runs); Phase 1.0 labels beside",
-            "scale_rule": "alpha x mean L2 norm of the residual stream at the hook point used (resid_post of layer L = "
-                          "saved layer L, resid_pre of layer L = saved layer L-1), hyperparams split, last prompt token",
+            "scale_rule": SCALE_RULE,
+            "control_test_rule": CONTROL_TEST_RULE,
+            "degenerate_rule": DEGENERATE_RULE,
             "position_policy": cfg.steer_positions,
             "directions": directions,
             "alpha0_check": alpha0_check,
             "prompting_baseline": prompting_result,
+            "unsteered_degenerate": unsteered_degenerate,
         },
         "outputs": {k: str(v) for k, v in paths.items() if k != "metadata"},
     }
@@ -400,6 +436,7 @@ def run(cfg: PipelineConfig) -> Path:
     metrics = _with_rows(metrics, transfer.latents)
     probe_metrics = _with_rows(probe_metrics, transfer.probes)
     steering_table = pd.DataFrame(steering_rows)
+    outcomes = outcomes_table(ctx)
     figures = {
         "roc_png": plots.roc_curves(evaluations),
         "metrics_by_temperature_png": plots.metrics_by_temperature(metrics),
@@ -412,6 +449,7 @@ def run(cfg: PipelineConfig) -> Path:
 
     write_parquet(metrics, paths["metrics"])
     write_parquet(steering_table, paths["steering"])
+    STEERING_OUTCOMES.write(outcomes, paths["steering_outcomes"])
     write_parquet(probe_metrics, paths["probe_metrics"])
     for name, png in figures.items():
         atomic_write_bytes(paths[name], png)

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import REPO_ROOT
+from tests.phase3_validation.steering_checks import check_steering_p_values
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +57,14 @@ def test_phase2_and_phase3_results_are_valid(demo_run):
     assert any("stability" in json.loads(p.read_text()) for p in validation if not p.name.endswith("_metadata.json"))
     metrics = pd.read_parquet(next((data / "phase3").glob("metrics_*.parquet")))
     assert metrics["auroc"].dropna().between(0, 1).all() and metrics["f1"].dropna().between(0, 1).all()
-    steering = pd.read_parquet(next((data / "phase3").glob("steering_*.parquet")))
+    steering = pd.read_parquet(next((data / "phase3").glob("steering_2*.parquet")))
     assert {"grid", "validation", "control_validation", "opposite", "alpha0"} <= set(steering["role"])
     assert {"sae_latent", "diff_means"} <= set(steering["vector"])  # the diff-of-means steering baseline ran
+    # Every steering p-value in the results, the diff-of-means ones included, re-derives from the per-task outcomes.
+    doc = json.loads(next(p for p in (data / "phase3").glob("validation_*.json")
+                          if not p.name.endswith("_metadata.json")).read_text())
+    outcomes = pd.read_parquet(next((data / "phase3").glob("steering_outcomes_*.parquet")))
+    assert "diffmeans" in set(outcomes["run"]) and check_steering_p_values(doc, outcomes, steering) > 8
     # HumanEval (the demo's second problem set) has its own alpha = 0 rerun for the steering transfer.
     assert set(steering.loc[steering["role"] == "alpha0", "split"]) == {"hyperparams", "validation", "humaneval"}
     probes = pd.read_parquet(next((data / "phase3").glob("probe_metrics_*.parquet")))

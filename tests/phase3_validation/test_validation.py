@@ -18,6 +18,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 import phase0_difficulty
 import phase1_0_generation
 import phase3_validation
+from common.artifacts import STEERING_OUTCOMES
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp
@@ -36,7 +37,6 @@ from phase3_validation.steering_eval import (
     control_comparison,
     mean_residual_norm,
     rates_with_baselines,
-    scale_layer,
     select_coefficient,
     steering_rates,
     transition_counts,
@@ -52,6 +52,7 @@ from tests.phase3_validation.builders import (
     write_splits,
     write_synthetic_phase1,
 )
+from tests.phase3_validation.steering_checks import check_steering_p_values
 
 # --------------------------------------------------------------------------- rates and tests (pure)
 
@@ -96,7 +97,9 @@ def test_one_class_baseline_gives_the_rate_that_exists_when_allowed():
     test = control_comparison(base, target, [control], "correct", require_both=False)
     # The predicted effect counts the flips that could happen: the correction rate alone.
     assert test["target_effect"] == pytest.approx(2 / 6) and test["per_control"][0]["predicted_effect"] == pytest.approx(1 / 6)
-    assert test["n_beaten"] == 1 and test["sign_test"]["n_target_above"] == 1 and test["sign_test"]["n_target_below"] == 0
+    c = test["per_control"][0]
+    assert test["n_beaten"] == 1 and (c["tasks_target_ahead"], c["tasks_control_ahead"]) == (1, 0)
+    assert test["p_vs_controls"] == pytest.approx(0.5)  # one task differs: the target's +1 is drawn half the time
     against = control_comparison(base, target, [control], "incorrect", require_both=False)
     assert against["target_effect"] == pytest.approx(-2 / 6) and against["n_beaten"] == 0
     everyone = np.ones(6, dtype=bool)  # every task passes at alpha = 0: corruption only
@@ -165,11 +168,15 @@ def test_controls_are_compared_paired_by_task():
     control = _run(1, 2)  # corrects task 0, corrupts tasks 10-11
     one = control_comparison(base, target, [control], "correct")
     three = control_comparison(base, target, [control, control, control], "correct")
-    assert one["p_vs_controls"] == three["p_vs_controls"]  # repeated controls add no evidence
+    assert one["per_control"][0]["paired_p"] == three["per_control"][2]["paired_p"]
     # Per task (+1 corrected, -1 corrupted): the target is ahead on tasks 1-5 and 11, behind on none.
     c = one["per_control"][0]
     assert (c["tasks_target_ahead"], c["tasks_control_ahead"]) == (6, 0)
-    assert c["paired_p"] == pytest.approx(sps.binomtest(6, 6, 0.5).pvalue) == one["p_vs_controls"]
+    assert c["paired_p"] == pytest.approx(sps.binomtest(6, 6, 0.5).pvalue)
+    # One control: the permutation test swaps target and control on each task, a one-sided sign test.
+    assert one["p_vs_controls"] == pytest.approx(sps.binomtest(6, 6, 0.5, alternative="greater").pvalue)
+    # Three controls alike: on each of the 6 tasks the target's value is drawn with probability 1/4.
+    assert three["p_vs_controls"] == pytest.approx(0.25 ** 6)
     assert c["correction_rate"] == pytest.approx(0.1) and c["predicted_effect"] == pytest.approx(0.1 - 0.2)
     assert one["n_beaten"] == 1 and three["n_beaten"] == 3
     assert one["excess_effect"] == pytest.approx((0.6 - 0.1) - (0.1 - 0.2))
@@ -179,18 +186,10 @@ def test_controls_are_compared_paired_by_task():
     assert rev["n_beaten"] == 0
     better = control_comparison(base, target, [control, _run(9, 0)], "correct")
     assert better["n_beaten"] == 1 and better["n_controls"] == 2
-    # Against the mean of two different controls: task 0 ties (all correct it); ahead on 1-5 and 11, behind on 6-8, 10.
-    assert (better["sign_test"]["n_target_above"], better["sign_test"]["n_target_below"]) == (6, 4)
-    assert better["p_vs_controls"] == pytest.approx(sps.binomtest(6, 10, 0.5).pvalue)
-
-
-def test_scale_is_read_where_the_vector_is_added():
-    assert scale_layer(3, "resid_post", [0, 1, 2, 3]) == 3
-    assert scale_layer(3, "resid_pre", [0, 1, 2, 3]) == 2
-    with pytest.raises(PipelineError, match="saved no resid_mid"):
-        scale_layer(3, "resid_mid", [0, 1, 2, 3])
-    with pytest.raises(PipelineError, match="did not save"):
-        scale_layer(0, "resid_pre", [0, 1, 2, 3])
+    # Against all controls: the within-task permutation test (target and controls exchangeable on each task).
+    perm = better["permutation_test"]
+    assert better["p_vs_controls"] == perm["p"] and perm["method"] == "exact" and perm["n_controls"] == 2
+    assert perm["n_tasks_runs_differ"] == 10  # tasks 1-8, 10 and 11 (task 0: all three correct it)
 
 
 def test_control_latents_near_zero_seeded_prefer_firing():
@@ -729,7 +728,7 @@ def test_model_mismatch_with_phase1_is_an_error(e2e, tmp_path):
 
 
 def test_prompt_position_policy_runs(e2e, caplog):
-    """--steer-positions prompt goes through the same path (and is recorded)."""
+    """--steer-positions prompt goes through the same path (and is recorded); resid_pre's norm is measured there."""
     model_dir = Path(e2e["cfg"].model)
     cfg = _cfg(e2e["data"], e2e["problems"], model_dir, steer_positions="prompt", hook_point="resid_pre",
                n_random_controls=1, top_latents_validated=1)
@@ -737,9 +736,31 @@ def test_prompt_position_policy_runs(e2e, caplog):
         summary = phase3_validation.run(cfg)
     text = summary.read_text()
     assert "position policy: `prompt`" in text and "hook point: `resid_pre`" in text
-    assert "(saved layer 0)" in text  # resid_pre of layer 1 is scaled by saved layer 0's norm
-    with pytest.raises(PipelineError, match="saves no resid_mid"):
-        phase3_validation.run(_cfg(e2e["data"], e2e["problems"], model_dir, hook_point="resid_mid"))
+    assert "saved layer 0's activations give" in text  # resid_pre of layer 1 = saved layer 0, shown beside
+    doc = json.loads(summary.with_name(summary.name.replace("summary_", "validation_").replace(".md", ".json")).read_text())
+    for info in doc["steering"]["directions"].values():
+        # The forward pass over the hyperparams prompts sees the same vectors Phase 1.0 saved at that site.
+        assert info["scale_layer"] == 0 and info["residual_norm"] == pytest.approx(info["saved_layer_norm"], rel=1e-3)
+
+
+def test_resid_mid_is_steered_with_the_norm_measured_there(e2e):
+    """resid_mid has no saved activations: its norm comes from the forward pass, recorded, and alpha scales by it."""
+    model_dir = Path(e2e["cfg"].model)
+    summary = phase3_validation.run(_cfg(e2e["data"], e2e["problems"], model_dir, hook_point="resid_mid",
+                                         coefficients=[3.0], n_random_controls=1, top_latents_validated=1))
+    stamp = summary.stem.removeprefix("summary_")
+    doc = json.loads((summary.parent / f"validation_{stamp}.json").read_text())
+    post = json.loads(_output(e2e, "validation", ".json").read_text())
+    for direction, info in doc["steering"]["directions"].items():
+        assert info["hook_name"].endswith("hook_resid_mid") and info["scale_layer"] is None
+        assert info["saved_layer_norm"] is None and info["residual_norm"] > 0
+        assert info["residual_norm"] != pytest.approx(post["steering"]["directions"][direction]["residual_norm"])
+    outcomes = pd.read_parquet(summary.parent / f"steering_outcomes_{stamp}.parquet")
+    steered = outcomes[outcomes["run"].isin(["target", "control_0"])]
+    norms = {d: doc["steering"]["directions"][d]["residual_norm"] for d in ("correct", "incorrect")}
+    # Target and control have the same length at the hook point: alpha x the measured norm.
+    assert np.allclose(steered["vector_norm"], steered["alpha"].abs() * steered["direction"].map(norms), rtol=1e-5)
+    assert "no saved activations at this site" in summary.read_text()
 
 
 def test_runs_on_real_phase2_results(e2e, tmp_path):
@@ -832,3 +853,27 @@ def test_phase12_folder_with_two_runs_is_one_line_and_writes_nothing(planted_dat
     assert len(errors) == 1 and "Traceback" not in out.stderr
     assert "dataset_temp_0_9.parquet is not part of the run" in errors[0] and "two runs" in errors[0]
     assert sorted(p.name for p in (data / "phase3").iterdir() if not p.name.startswith(".")) == ["logs"]  # .lock aside
+
+
+# --------------------------------------------------------------------------- per-task outcomes: every p re-derived
+
+
+def test_every_steering_p_value_rederives_from_the_outcomes_file(e2e):
+    doc = json.loads(_output(e2e, "validation", ".json").read_text())
+    outcomes = STEERING_OUTCOMES.read_table(_output(e2e, "steering_outcomes", ".parquet"))
+    steering = pd.read_parquet(_output(e2e, "steering", ".parquet"))
+    assert set(outcomes["run"]) == {"alpha0", "target", "control_0", "control_1", "prompting"}
+    # Per direction: grid (one alpha > 0), validation, opposite sign (one alpha < 0); then HumanEval's two.
+    assert check_steering_p_values(doc, outcomes, steering) == 2 * 3 + 2
+    unsteered = doc["steering"]["unsteered_degenerate"]
+    for split in ("hyperparams", "validation"):
+        rows = outcomes[(outcomes["split"] == split) & (outcomes["run"] == "alpha0")]
+        assert unsteered[f"{split} alpha = 0 rerun"]["n_degenerate"] == int(rows["degenerate"].sum())
+    for direction, info in doc["steering"]["directions"].items():
+        broken = info["validation"]["degenerate_rate"] >= 0.5
+        assert broken == any(f.startswith("At the chosen alpha") and f"{direction}-preferring steered" in f
+                             for f in doc["flags"])
+    summary = e2e["summary"].read_text()
+    for text in ("Norm matching:", "Within-task permutation test against all 2 controls", "Degenerate output:",
+                 "corruption without degenerate outputs", "Degenerate outputs without steering"):
+        assert text in summary, text
