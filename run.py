@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_phase(number: str, cfg: PipelineConfig) -> int:
     from common.logging_utils import add_file_log, remove_file_log
-    from common.paths import phase_dir, timestamp
+    from common.paths import mark_data_dir, phase_dir, timestamp
 
     threads = os.environ.get("PVA_TORCH_THREADS")
     if threads and number in ("1", "1.2", "2", "3"):
@@ -368,6 +368,7 @@ def _run_phase(number: str, cfg: PipelineConfig) -> int:
     entry = _load_entry(PHASES[number])
     # The benchmark's own folder (MBPP: the data dir itself): a HumanEval run locks and logs beside its outputs.
     data_dir = benchmark_data_dir(cfg.data_dir, cfg.dataset)
+    mark_data_dir(cfg.data_dir)  # the user's data directory, also when the outputs go to its humaneval/ folder
     # One run per phase folder; a launcher worker locks its own shard folder (the launcher holds the phase's).
     lock_dir = cfg.shard_dir or phase_dir(data_dir, number)
     with exclusive(lock_dir, f"phase {number}"):
