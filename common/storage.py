@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,37 @@ logger = logging.getLogger(__name__)
 TMP_PREFIX = ".tmp-"
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``).
+
+    Why not only ``os.umask``: reading it that way sets it for a moment, and a
+    file another thread creates in that moment would get the wrong mode.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_write_mode(target: Path) -> int:
+    """The mode ``open(target, "w")`` would leave: an existing file keeps its own, a new one gets 0666 less the umask.
+
+    Why: ``tempfile.mkstemp`` creates 0600 whatever the umask, so every atomic
+    write made shared data directories unreadable to colleagues and turned a
+    0644 file into 0600 when it was rewritten.
+    """
+    try:
+        st = target.stat()
+    except OSError:
+        return 0o666 & ~current_umask()
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success.
@@ -37,7 +69,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=target.suffix, dir=target.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes 0600 whatever the umask; a shared data directory must get what a plain write gives.
+        os.fchmod(fd, plain_write_mode(target))
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
