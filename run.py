@@ -298,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "options":
             print(options_markdown(), end="")
             return 0
+        if args.command in ("check-mbpp", "check-humaneval") and args.json_path:
+            from common.storage import check_writable
+
+            check_writable(args.json_path, "--json")  # before any problem is loaded or run
         if args.command == "check-mbpp":
             from common.check_mbpp import check_mbpp_cli
 

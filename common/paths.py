@@ -85,6 +85,21 @@ def is_data_dir(folder: str | Path) -> bool:
     return marker.is_file() and not marker.is_symlink()
 
 
+def enclosing_data_dir(path: str | Path) -> Path | None:
+    """The data directory ``path`` lies in: the nearest marked folder above it, or the folder above a phase folder.
+
+    Why the second rule: a data directory written before the marker existed
+    still has its phase folders, and a file inside one must be recognised.
+    """
+    here = Path(path).resolve()
+    for folder in here.parents:
+        if is_data_dir(folder):
+            return folder
+        if folder.name in PHASE_DIRS.values() and folder.parent != folder:
+            return folder.parent
+    return None
+
+
 def pipeline_folder(data_dir: str | Path, name: str) -> Path:
     """A top-level pipeline folder (``sweep``, ``demo``, ``labels``...) of a data directory, created and marked."""
     if name not in PIPELINE_ENTRIES:

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.errors import PipelineError
+
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
@@ -83,6 +85,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_writable(path: str | Path, flag: str) -> Path:
+    """Refuse in one line, before any work, an output that could not be written at the end.
+
+    Why: ``label --output`` to a read-only place and ``check-humaneval --json
+    DIR`` failed only after every program had run, naming a temporary file.
+    The nearest existing folder on the way is probed by creating (and removing)
+    a temporary file in it, which is what the atomic write will need; root's
+    permission bypass and read-only mounts are thus judged as they really are.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise PipelineError(f"{flag} {target} is a directory; give a file name")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise PipelineError(f"{flag} {target}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+    except OSError as exc:
+        raise PipelineError(f"{flag} {target}: cannot write in {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return target
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -24,7 +24,7 @@ from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata, file_sha256
-from common.paths import phase_dir, resolve_input, timestamp
+from common.paths import phase_dir, timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def set_aside_other_splits(out_dir: Path, settings: dict[str, object]) -> RunRec
 def run(cfg: PipelineConfig) -> Path:
     """Write the three split parquets and ``split_metadata.json``; return the folder."""
     clock = RunClock()
-    difficulty_path = resolve_input(cfg.input, cfg.data_dir, "0", DIFFICULTY.glob())
+    difficulty_path = DIFFICULTY.resolve(cfg.input, cfg.data_dir)
     difficulty = DIFFICULTY.read_table(difficulty_path)
     problems = load_mbpp(cfg.mbpp_path)
     unknown = set(difficulty["task_id"]) ^ set(problems["task_id"])
