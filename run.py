@@ -278,6 +278,10 @@ def _load_entry(spec: str) -> Callable[..., Any]:
     return func
 
 
+# Commands that never ask the Hugging Face hub for anything (the demo builds its model and data itself).
+_NO_HUB_COMMANDS = ("options", "models", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -289,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(getattr(args, "verbose", False))
     try:
         cfg = _config_from_args(args)
+        if args.command not in _NO_HUB_COMMANDS:
+            from common.hub import go_offline_if_unreachable
+
+            go_offline_if_unreachable()  # offline: fail at once in one line, not after a minute of retries
         if args.command == "sweep":
             from sweep.runner import run_sweep
 
