@@ -16,6 +16,7 @@ Every user-facing error is one line on stderr and exit code 2 (docs/design.md se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -291,12 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     from common.logging_utils import setup_logging
 
     setup_logging(getattr(args, "verbose", False))
+    hub_state = contextlib.ExitStack()  # the offline switch lasts as long as this command
     try:
         cfg = _config_from_args(args)
         if args.command not in _NO_HUB_COMMANDS:
-            from common.hub import go_offline_if_unreachable
+            from common.hub import offline_if_unreachable
 
-            go_offline_if_unreachable()  # offline: fail at once in one line, not after a minute of retries
+            hub_state.enter_context(offline_if_unreachable())  # offline: one line at once, not a minute of retries
         if args.command == "sweep":
             from sweep.runner import run_sweep
 
@@ -355,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        hub_state.close()
     return 2
 
 

@@ -15,10 +15,12 @@ the setting through the environment and do not probe again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,13 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
         socket.setdefaulttimeout(previous)
 
 
+# The module-level offline flags the libraries read at import time.
+_FLAGS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+    ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")),
+)
+
+
 def set_offline() -> None:
     """Switch ``huggingface_hub``, ``datasets`` and ``transformers`` to offline mode for this process and its children.
 
@@ -60,13 +69,34 @@ def set_offline() -> None:
     imported get their module-level flag set too.
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
-    hub_constants = sys.modules.get("huggingface_hub.constants")
-    if hub_constants is not None:
-        hub_constants.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
-    datasets_config = sys.modules.get("datasets.config")
-    if datasets_config is not None:
-        datasets_config.HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
-        datasets_config.HF_DATASETS_OFFLINE = True  # type: ignore[attr-defined]
+    for module_name, names in _FLAGS:
+        module = sys.modules.get(module_name)
+        for name in names if module is not None else ():
+            setattr(module, name, True)
+
+
+@contextlib.contextmanager
+def offline_if_unreachable() -> Iterator[bool]:
+    """:func:`go_offline_if_unreachable` for the block, then everything as it was.
+
+    Why restore: ``run.main`` is also called inside other processes (tests, a
+    notebook); the offline switch must not outlive the command that made it.
+    """
+    saved_env = os.environ.get("HF_HUB_OFFLINE")
+    before = {m: {n: getattr(sys.modules[m], n) for n in names if hasattr(sys.modules[m], n)}
+              for m, names in _FLAGS if m in sys.modules}
+    try:
+        yield go_offline_if_unreachable()
+    finally:
+        if saved_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = saved_env
+        for module_name, names in _FLAGS:
+            module = sys.modules.get(module_name)
+            for name in names if module is not None else ():
+                # a module imported inside the block gets what it would have read from the restored environment
+                setattr(module, name, before.get(module_name, {}).get(name, offline_requested()))
 
 
 def go_offline_if_unreachable() -> bool:

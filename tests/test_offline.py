@@ -76,7 +76,7 @@ def test_probe_finds_a_listening_hub_and_a_closed_one(monkeypatch):
     assert hub.hub_reachable() is False
 
 
-def test_going_offline_reaches_the_libraries_already_imported(monkeypatch):
+def test_going_offline_reaches_the_libraries_and_ends_with_the_command(monkeypatch):
     import datasets.config
     import huggingface_hub.constants
 
@@ -85,6 +85,23 @@ def test_going_offline_reaches_the_libraries_already_imported(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    assert hub.go_offline_if_unreachable() is True
-    assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.is_offline_mode()
-    assert datasets.config.HF_HUB_OFFLINE is True
+    with hub.offline_if_unreachable() as offline:
+        assert offline is True
+        assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.is_offline_mode()
+        assert datasets.config.HF_HUB_OFFLINE is True
+    assert os.environ["HF_HUB_OFFLINE"] == "0" and not huggingface_hub.constants.is_offline_mode()
+    assert datasets.config.HF_HUB_OFFLINE is False
+
+
+def test_in_process_run_main_leaves_the_process_as_it_was(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    from run import main
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("PVA_HUMANEVAL_PATH", raising=False)
+    assert main(["check-humaneval"]) == 2
+    assert "--humaneval-path" in capsys.readouterr().err
+    assert "HF_HUB_OFFLINE" not in os.environ and huggingface_hub.constants.HF_HUB_OFFLINE is False
