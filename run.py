@@ -58,6 +58,14 @@ PHASES: dict[str, str] = {
 # Phases that load --model itself (Phase 3 loads Phase 1.0's model and checks it there; Phase 2 only maybe).
 MODEL_PHASES = ("1", "1.2")
 
+# The docs call Phase 1 "Phase 1.0" (beside 1.2); either spelling runs it.
+PHASE_ALIASES = {"1.0": "1"}
+
+
+def phase_number(text: str) -> str:
+    """The phase key of a phase number as typed (``1.0`` -> ``1``)."""
+    return PHASE_ALIASES.get(text.strip(), text.strip())
+
 
 _TYPE_HINTS = typing.get_type_hints(PipelineConfig)
 
@@ -87,8 +95,8 @@ def _str_list(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
 
 
-def _checked(parse: Callable[[str], Any], minimum: float | None) -> Callable[[str], Any]:
-    """``parse`` plus the field's rules: lists not empty, numbers at least ``minimum``."""
+def _checked(parse: Callable[[str], Any], minimum: float | None, above: float | None = None) -> Callable[[str], Any]:
+    """``parse`` plus the field's rules: lists not empty, numbers at least ``minimum`` and greater than ``above``."""
 
     def check(text: str) -> Any:
         value = parse(text)
@@ -97,6 +105,8 @@ def _checked(parse: Callable[[str], Any], minimum: float | None) -> Callable[[st
             raise argparse.ArgumentTypeError(f"expected at least one value, got {text!r}")
         if minimum is not None and any(v < minimum for v in values):
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text!r}")
+        if above is not None and any(v <= above for v in values):
+            raise argparse.ArgumentTypeError(f"must be greater than {above:g}, got {text!r}")
         return value
 
     check.__name__ = parse.__name__  # argparse names the type in its messages
@@ -125,7 +135,7 @@ def _add_option(group: Any, f: dataclasses.Field) -> None:
     shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, list) else default
     help_text = meta["help"] + (f" (default {shown})" if default is not None else "")
     group.add_argument(
-        flag_of(f), dest=f.name, type=_checked(_parser_of(_TYPE_HINTS[f.name]), meta["minimum"]), choices=meta["choices"],
+        flag_of(f), dest=f.name, type=_checked(_parser_of(_TYPE_HINTS[f.name]), meta["minimum"], meta.get("above")), choices=meta["choices"],
         default=argparse.SUPPRESS, help=help_text.replace("%", "%%"),
     )
 
@@ -159,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         "phase", help="run one phase of the pipeline",
         description="Run one phase. An option that does not apply to the chosen phase is refused.",
     )
-    phase.add_argument("number", choices=list(PHASES), help="which phase to run")
+    phase.add_argument("number", type=phase_number, choices=list(PHASES), help="which phase to run (1.0 is 1)")
     _add_config_options(phase, "phase", phases=True)
 
     check = sub.add_parser("check-mbpp", help="run every reference solution through the executor")
@@ -243,6 +253,11 @@ def _sweep_passthrough(extra: list[str], args: argparse.Namespace) -> dict[str, 
     owned = [f for f in fields if f.name in _SWEEP_OWNED]
     if owned:
         raise PipelineError(f"run.py sweep sets {flag_of(owned[0])} itself for each model and step; drop it")
+    if given.get("dataset", "mbpp") != "mbpp":  # Phase 2 and 3 of each chain read MBPP's Phase 1 outputs
+        raise PipelineError(
+            f"run.py sweep runs the MBPP study; --dataset {given['dataset']} is not part of it (after the sweep, run "
+            "`python3 run.py phase 1 --dataset humaneval --model M --data-dir <data dir>/models/<name>` for the transfer)"
+        )
     return {number: [w for f in fields if applies_to(f, number) for w in _as_tokens(f, given[f.name])] for number in PHASES}
 
 
@@ -278,6 +293,14 @@ def _load_entry(spec: str) -> Callable[..., Any]:
         raise PipelineError(f"{module_name} is not built yet (see README: which phases exist)")
     return func
 
+
+# What a rerun does after Ctrl-C, where it is not "resume": these commands keep no checkpoints.
+_ON_INTERRUPT = {
+    "label": "nothing was written; rerunning the same command labels every row again (labelling does not resume)",
+    "train-saes": "no SAE is complete until the run ends; rerunning the same command starts training over",
+    "check-mbpp": "nothing was written; rerunning runs every solution again",
+    "check-humaneval": "nothing was written; rerunning runs every solution again",
+}
 
 # Commands that never ask the Hugging Face hub for anything (the demo builds its model and data itself).
 _NO_HUB_COMMANDS = ("options", "models", "demo")
@@ -355,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        print(f"interrupted: {_ON_INTERRUPT.get(args.command, 'rerun the same command to resume')}", file=sys.stderr)
         return 130
     finally:
         hub_state.close()

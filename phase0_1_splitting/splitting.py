@@ -51,8 +51,12 @@ def split_tasks(
     difficulty: pd.DataFrame, fractions: tuple[float, ...], n_strata: int, seed: int
 ) -> pd.DataFrame:
     """Assign every task to one split; returns task_id, stratum, split."""
-    if len(fractions) != len(SPLIT_NAMES) or any(f < 0 for f in fractions):
-        raise PipelineError(f"--split-fractions needs {len(SPLIT_NAMES)} non-negative numbers")
+    if len(fractions) != len(SPLIT_NAMES) or any(f <= 0 for f in fractions):
+        # Every split is read: sae by Phase 2, hyperparams and validation by Phase 3.
+        raise PipelineError(
+            f"--split-fractions needs {len(SPLIT_NAMES)} numbers greater than 0 ({', '.join(SPLIT_NAMES)}: "
+            f"Phase 2 reads sae, Phase 3 hyperparams and validation), got {','.join(f'{f:g}' for f in fractions)}"
+        )
     total = float(sum(fractions))
     if not np.isclose(total, 1.0):
         raise PipelineError(f"--split-fractions must sum to 1, got {total:g}")
@@ -66,7 +70,14 @@ def split_tasks(
         sizes = allocate(len(shuffled), fractions)
         labels = np.repeat(np.array(SPLIT_NAMES), sizes)
         parts.append(shuffled.assign(split=labels))
-    return pd.concat(parts).sort_values("task_id").reset_index(drop=True)
+    out = pd.concat(parts).sort_values("task_id").reset_index(drop=True)
+    empty = [name for name in SPLIT_NAMES if not (out["split"] == name).any()]
+    if empty:
+        raise PipelineError(
+            f"--split-fractions {','.join(f'{f:g}' for f in fractions)} leaves the {empty[0]} split of {len(out)} tasks "
+            "empty; give it a larger fraction"
+        )
+    return out
 
 
 def set_aside_other_splits(out_dir: Path, settings: dict[str, object]) -> RunRecord | None:

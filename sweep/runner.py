@@ -8,6 +8,7 @@ phase's own checkpoints. A failed step stops only its own model's chain.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,11 @@ def run_sweep(cfg: PipelineConfig, passthrough: dict[str, list[str]], poll: floa
     print(table)
     print(f"comparison table -> {outputs['table_md']}")
     if failed:
-        print(f"error: step(s) {', '.join(failed)} failed; rerun the same command to resume", flush=True)
-        return 1
+        logs = {s.name: s.log for s in run.steps}
+        more = f" (and {len(failed) - 1} more: {', '.join(failed[1:])})" if len(failed) > 1 else ""
+        print(f"error: sweep step {failed[0]} failed, see {logs[failed[0]]}{more}; "
+              "fix it and rerun the same command to resume", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 
