@@ -7,6 +7,7 @@ must not change when a user moves their results between machines.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from datetime import datetime
@@ -63,6 +64,8 @@ def mark_data_dir(data_dir: str | Path) -> Path:
     never rewritten, so its creation time is when the pipeline first wrote there.
     """
     folder = Path(data_dir)
+    if folder.exists() and not folder.is_dir():  # mkdir would say "File exists", which misleads
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / DATA_DIR_MARKER
     if not marker.exists():
