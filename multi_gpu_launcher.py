@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     try:
+        if args.backend == "local":  # local workers inherit the answer; SLURM nodes may see another network
+            from common.hub import go_offline_if_unreachable
+
+            go_offline_if_unreachable()
         return _launch(args, passthrough)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

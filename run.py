@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     hub_state = contextlib.ExitStack()  # the offline switch lasts as long as this command
     try:
         cfg = _config_from_args(args)
-        if args.command not in _NO_HUB_COMMANDS:
+        # A SLURM sweep's jobs run on nodes whose network may differ: they find out for themselves.
+        if args.command not in _NO_HUB_COMMANDS and not (args.command == "sweep" and cfg.backend == "slurm"):
             from common.hub import offline_if_unreachable
 
             hub_state.enter_context(offline_if_unreachable())  # offline: one line at once, not a minute of retries
