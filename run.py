@@ -297,7 +297,7 @@ def _load_entry(spec: str) -> Callable[..., Any]:
 # What a rerun does after Ctrl-C, where it is not "resume": these commands keep no checkpoints.
 _ON_INTERRUPT = {
     "label": "nothing was written; rerunning the same command labels every row again (labelling does not resume)",
-    "train-saes": "no SAE is complete until the run ends; rerunning the same command starts training over",
+    "train-saes": "layers already saved are kept; rerunning the same command (same --output) trains only the rest",
     "check-mbpp": "nothing was written; rerunning runs every solution again",
     "check-humaneval": "nothing was written; rerunning runs every solution again",
 }
