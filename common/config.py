@@ -157,7 +157,7 @@ class PipelineConfig:
         None, help="jsonl or parquet file with task_id and generated_text to label (required)", scope="label", group="label"
     )
     label_output: str | None = option(
-        None, help="where run.py label writes its table (default: <input>_labelled.<ext>)", scope="label", flag="--output",
+        None, help="where run.py label writes its table (default: <input>_labelled.<ext>; inside a data directory, in its labels/ folder)", scope="label", flag="--output",
         group="label",
     )
 
