@@ -54,7 +54,8 @@ DONE_MARKER = "worker_done.json"
 
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", required=True, choices=["1", "1.2"], help="which generating phase to run")
+    parser.add_argument("--phase", required=True, type=lambda t: "1" if t.strip() == "1.0" else t.strip(), choices=["1", "1.2"],
+                        help="which generating phase to run (1.0 is 1)")
     parser.add_argument("--start", type=int, help="first task position among all tasks sorted by task_id, inclusive (default 0); as in run.py")
     parser.add_argument("--end", type=int, help="last task position, inclusive (default: the last task); phase 1.2 runs the validation tasks in start..end")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"hub id or local model folder (default {DEFAULT_MODEL})")
@@ -147,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     try:
+        if args.backend == "local":  # local workers inherit the answer; SLURM nodes may see another network
+            from common.hub import go_offline_if_unreachable
+
+            go_offline_if_unreachable()
         return _launch(args, passthrough)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -246,13 +251,20 @@ def _launch_locked(
     }
     if args.phase == "1":
         out = module.publish(cfg, merged["dataset"], settings, earlier, (start, end), {}, clock, extra)
-        print(f"merged dataset: {len(merged['dataset'])} rows -> {out}")
+        print(f"merged dataset: {len(merged['dataset'])} rows of this slice -> {out} ({_rows_in(out)} rows in all)")
     else:
         by_temperature = {float(t): merged[module.temperature_table_name(t)] for t in cfg.temperatures}
         out = module.publish(cfg, by_temperature, settings, earlier, (start, end), {}, clock, extra)
         for name, df in merged.items():
-            print(f"merged {name}: {len(df)} rows -> {out / name}")
+            print(f"merged {name}: {len(df)} rows of this slice -> {out / name} ({_rows_in(out / name)} rows in all)")
     return 0
+
+
+def _rows_in(table: Path) -> int:
+    """Rows of a published table: with an earlier run's slices merged in, more than this launch merged."""
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(table).metadata.num_rows)
 
 
 def _slurm_options(args: argparse.Namespace) -> SlurmOptions:

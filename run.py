@@ -20,6 +20,7 @@ Every user-facing error is one line on stderr and exit code 2 (docs/design.md se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -59,6 +60,14 @@ PHASES: dict[str, str] = {
 # Phases that load --model itself (Phase 3 loads Phase 1.0's model and checks it there; Phase 2 only maybe).
 MODEL_PHASES = ("1", "1.2")
 
+# The docs call Phase 1 "Phase 1.0" (beside 1.2); either spelling runs it.
+PHASE_ALIASES = {"1.0": "1"}
+
+
+def phase_number(text: str) -> str:
+    """The phase key of a phase number as typed (``1.0`` -> ``1``)."""
+    return PHASE_ALIASES.get(text.strip(), text.strip())
+
 
 _TYPE_HINTS = typing.get_type_hints(PipelineConfig)
 
@@ -88,8 +97,8 @@ def _str_list(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
 
 
-def _checked(parse: Callable[[str], Any], minimum: float | None) -> Callable[[str], Any]:
-    """``parse`` plus the field's rules: lists not empty, numbers at least ``minimum``."""
+def _checked(parse: Callable[[str], Any], minimum: float | None, above: float | None = None) -> Callable[[str], Any]:
+    """``parse`` plus the field's rules: lists not empty, numbers at least ``minimum`` and greater than ``above``."""
 
     def check(text: str) -> Any:
         value = parse(text)
@@ -98,6 +107,8 @@ def _checked(parse: Callable[[str], Any], minimum: float | None) -> Callable[[st
             raise argparse.ArgumentTypeError(f"expected at least one value, got {text!r}")
         if minimum is not None and any(v < minimum for v in values):
             raise argparse.ArgumentTypeError(f"must be at least {minimum:g}, got {text!r}")
+        if above is not None and any(v <= above for v in values):
+            raise argparse.ArgumentTypeError(f"must be greater than {above:g}, got {text!r}")
         return value
 
     check.__name__ = parse.__name__  # argparse names the type in its messages
@@ -126,7 +137,7 @@ def _add_option(group: Any, f: dataclasses.Field) -> None:
     shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, list) else default
     help_text = meta["help"] + (f" (default {shown})" if default is not None else "")
     group.add_argument(
-        flag_of(f), dest=f.name, type=_checked(_parser_of(_TYPE_HINTS[f.name]), meta["minimum"]), choices=meta["choices"],
+        flag_of(f), dest=f.name, type=_checked(_parser_of(_TYPE_HINTS[f.name]), meta["minimum"], meta.get("above")), choices=meta["choices"],
         default=argparse.SUPPRESS, help=help_text.replace("%", "%%"),
     )
 
@@ -160,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         "phase", help="run one phase of the pipeline",
         description="Run one phase. An option that does not apply to the chosen phase is refused.",
     )
-    phase.add_argument("number", choices=list(PHASES), help="which phase to run")
+    phase.add_argument("number", type=phase_number, choices=list(PHASES), help="which phase to run (1.0 is 1)")
     _add_config_options(phase, "phase", phases=True)
 
     check = sub.add_parser("check-mbpp", help="run every reference solution through the executor")
@@ -286,6 +297,11 @@ def _sweep_passthrough(extra: list[str], args: argparse.Namespace) -> dict[str, 
     owned = [f for f in fields if f.name in _SWEEP_OWNED]
     if owned:
         raise PipelineError(f"run.py sweep sets {flag_of(owned[0])} itself for each model and step; drop it")
+    if given.get("dataset", "mbpp") != "mbpp":  # Phase 2 and 3 of each chain read MBPP's Phase 1 outputs
+        raise PipelineError(
+            f"run.py sweep runs the MBPP study; --dataset {given['dataset']} is not part of it (after the sweep, run "
+            "`python3 run.py phase 1 --dataset humaneval --model M --data-dir <data dir>/models/<name>` for the transfer)"
+        )
     return {number: [w for f in fields if applies_to(f, number) for w in _as_tokens(f, given[f.name])] for number in PHASES}
 
 
@@ -322,6 +338,18 @@ def _load_entry(spec: str) -> Callable[..., Any]:
     return func
 
 
+# What a rerun does after Ctrl-C, where it is not "resume": these commands keep no checkpoints.
+_ON_INTERRUPT = {
+    "label": "nothing was written; rerunning the same command labels every row again (labelling does not resume)",
+    "train-saes": "layers already saved are kept; rerunning the same command (same --output) trains only the rest",
+    "check-mbpp": "nothing was written; rerunning runs every solution again",
+    "check-humaneval": "nothing was written; rerunning runs every solution again",
+}
+
+# Commands that never ask the Hugging Face hub for anything (the demo builds its model and data itself).
+_NO_HUB_COMMANDS = ("options", "models", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -331,8 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     from common.logging_utils import setup_logging
 
     setup_logging(getattr(args, "verbose", False))
+    hub_state = contextlib.ExitStack()  # the offline switch lasts as long as this command
     try:
         cfg = _config_from_args(args)
+        # A SLURM sweep's jobs run on nodes whose network may differ: they find out for themselves.
+        if args.command not in _NO_HUB_COMMANDS and not (args.command == "sweep" and cfg.backend == "slurm"):
+            from common.hub import offline_if_unreachable
+
+            hub_state.enter_context(offline_if_unreachable())  # offline: one line at once, not a minute of retries
         if args.command == "sweep":
             from sweep.runner import run_sweep
 
@@ -358,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
             from common.corpus_builder import build_corpus_cli
 
             return build_corpus_cli(args.kind, args.out, args.roots, args.max_chars)
+        if args.command in ("check-mbpp", "check-humaneval") and args.json_path:
+            from common.storage import check_writable
+
+            check_writable(args.json_path, "--json")  # before any problem is loaded or run
         if args.command == "check-mbpp":
             from common.check_mbpp import check_mbpp_cli
 
@@ -401,14 +439,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        print(f"interrupted: {_ON_INTERRUPT.get(args.command, 'rerun the same command to resume')}", file=sys.stderr)
         return 130
+    finally:
+        hub_state.close()
     return 2
 
 
 def _run_phase(number: str, cfg: PipelineConfig) -> int:
     from common.logging_utils import add_file_log, remove_file_log
-    from common.paths import phase_dir, timestamp
+    from common.paths import mark_data_dir, phase_dir, timestamp
 
     threads = os.environ.get("PVA_TORCH_THREADS")
     if threads and number in ("1", "1.2", "2", "3"):
@@ -428,6 +468,7 @@ def _run_phase(number: str, cfg: PipelineConfig) -> int:
     entry = _load_entry(PHASES[number])
     # The benchmark's own folder (MBPP: the data dir itself): a HumanEval run locks and logs beside its outputs.
     data_dir = benchmark_data_dir(cfg.data_dir, cfg.dataset)
+    mark_data_dir(cfg.data_dir)  # the user's data directory, also when the outputs go to its humaneval/ folder
     # One run per phase folder; a launcher worker locks its own shard folder (the launcher holds the phase's).
     lock_dir = cfg.shard_dir or phase_dir(data_dir, number)
     with exclusive(lock_dir, f"phase {number}"):

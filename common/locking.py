@@ -42,3 +42,44 @@ def exclusive(folder: str | Path, what: str) -> Iterator[Path]:
         yield path
     finally:
         handle.close()  # closing the descriptor releases the lock
+
+
+def holder_of(lock_file: str | Path) -> str | None:
+    """Who holds the lock in ``lock_file`` (its recorded pid), or None when nobody does; creates nothing.
+
+    Why a shared, non-blocking probe: it fails exactly when a phase holds the
+    exclusive lock, and it is released at once, so a dry run of ``clean_data.py``
+    can report a running phase without taking or creating any lock.
+    """
+    try:
+        handle = open(lock_file, encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    return None
+
+
+@contextlib.contextmanager
+def exclusive_all(folders: list[Path], what: str) -> Iterator[list[Path]]:
+    """Hold the lock of every folder in ``folders`` (existing ones only) for the block, or refuse in one line.
+
+    Used by ``clean_data.py``: while it holds every phase's lock, no phase can
+    start on the folders it is deleting, and it never deletes under a running one.
+    """
+    with contextlib.ExitStack() as stack:
+        held = []
+        for folder in folders:
+            if folder.is_dir():
+                try:
+                    held.append(stack.enter_context(exclusive(folder, what)))
+                except PipelineError:
+                    holder = holder_of(folder / LOCK_NAME) or "another process"
+                    raise PipelineError(
+                        f"a run holds the lock on {folder} ({holder}); wait for it to finish"
+                    ) from None
+        yield held

@@ -39,6 +39,8 @@ is why the held-out FVU and L0 of every layer are recorded.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -57,6 +59,8 @@ from common.storage import write_json
 logger = logging.getLogger(__name__)
 
 REPORT_FILENAME = "sae_training_report.json"
+# Written in a layer folder after its weights: the layer is whole and was trained with the recorded key.
+LAYER_DONE = "training_done.json"
 # Activations of one collection pass are kept in memory (float32); more layers than fit are collected in groups.
 ACTIVATION_MEMORY_BYTES = 8 * 1024**3
 
@@ -321,11 +325,18 @@ def train_saes(
         if report["n_train_tokens"] < 1:
             raise PipelineError("the SAE training corpus leaves no training token after the held-out texts")
         for layer in group:
-            t1 = time.perf_counter()
-            trained = train_one(layer, acts[layer][~held].to(train_device), model_name, cfg)
-            seconds = time.perf_counter() - t1
             folder = out / f"layer_{layer}"
-            trained.save_inference_model(folder)
+            key = layer_training_key(model_name, cfg, encoded, layer)
+            seconds = finished_layer(folder, key)
+            if seconds is None:
+                (folder / LAYER_DONE).unlink(missing_ok=True)  # a kill while saving must not leave an old marker
+                t1 = time.perf_counter()
+                trained = train_one(layer, acts[layer][~held].to(train_device), model_name, cfg)
+                seconds = time.perf_counter() - t1
+                trained.save_inference_model(folder)
+                write_json(folder / LAYER_DONE, {"key": key, "train_seconds": seconds})
+            else:
+                logger.info("SAE layer %d: trained by an earlier, interrupted run with these settings; kept", layer)
             sae = SAE.load_from_disk(folder, device="cpu", dtype="float32")
             # None (not NaN, which is not JSON) when a single text leaves nothing to hold out.
             fvu, l0 = sae_fvu_and_l0(sae, acts[layer][held]) if held.any() else (None, None)
@@ -339,3 +350,29 @@ def train_saes(
         del acts
     write_json(out / REPORT_FILENAME, report)
     return folders
+
+
+def layer_training_key(model_name: str, cfg: SAETrainingConfig, encoded: list[list[int]], layer: int) -> str:
+    """What makes one layer's SAE the same: model, training settings, the exact token ids, the layer."""
+    digest = hashlib.sha256(json.dumps({"model": model_name, "cfg": cfg.to_dict(), "layer": layer}, sort_keys=True).encode())
+    for ids in encoded:
+        digest.update(b"|" + ",".join(map(str, ids)).encode())
+    return digest.hexdigest()[:20]
+
+
+def finished_layer(folder: Path, key: str) -> float | None:
+    """The training seconds of a layer saved whole by an earlier run with the same key; None when it must be trained.
+
+    Why resume per layer: training is the long part, and every layer is seeded
+    on its own (``cfg.seed * 1000 + layer``, batches ``cfg.seed + layer``), so a
+    layer kept from an interrupted run equals the one a fresh run would train.
+    The marker is written after the weights, so its presence means they are whole.
+    """
+    try:
+        done = json.loads((folder / LAYER_DONE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict) or done.get("key") != key:
+        return None
+    return float(done.get("train_seconds", 0.0))
+

@@ -24,11 +24,16 @@ from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.metadata import RunClock, build_metadata
 from common.sae_training import REPORT_FILENAME, SAETrainingConfig, read_corpus_file, train_saes
+from common.storage import check_writable
 
 logger = logging.getLogger(__name__)
 
 HUB_CORPUS = "NeelNanda/pile-10k"
 
+
+# --tokens also caps how much of the corpus is read; below this a corpus of short texts
+# gives one or two texts, and nothing is left to hold out (10 tokens trained on 52, none held out).
+MIN_TRAIN_TOKENS = 1000
 
 def _hub_texts(n_docs: int) -> list[str]:
     try:
@@ -79,8 +84,12 @@ def train_saes_cli(cfg: PipelineConfig) -> int:
         raise PipelineError(f"{out} already holds trained SAEs ({REPORT_FILENAME}); choose another --output")
     if out.exists() and not out.is_dir():
         raise PipelineError(f"--output {out} is a file, not a folder")
-    if cfg.train_tokens < 1:
-        raise PipelineError(f"--tokens must be >= 1, got {cfg.train_tokens}")
+    check_writable(out / REPORT_FILENAME, "--output")  # before the model is loaded or a token collected
+    if cfg.train_tokens < MIN_TRAIN_TOKENS:
+        raise PipelineError(
+            f"--tokens {cfg.train_tokens} is too few: at least {MIN_TRAIN_TOKENS} are needed so that whole texts "
+            "can be held out to measure each SAE (held-out FVU and L0)"
+        )
     if cfg.train_width is not None and cfg.train_width < 1:
         raise PipelineError(f"--width must be >= 1, got {cfg.train_width}")
     clock = RunClock()

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +23,42 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.errors import PipelineError
+
 logger = logging.getLogger(__name__)
 
 TMP_PREFIX = ".tmp-"
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``).
+
+    Why not only ``os.umask``: reading it that way sets it for a moment, and a
+    file another thread creates in that moment would get the wrong mode.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_write_mode(target: Path) -> int:
+    """The mode ``open(target, "w")`` would leave: an existing file keeps its own, a new one gets 0666 less the umask.
+
+    Why: ``tempfile.mkstemp`` creates 0600 whatever the umask, so every atomic
+    write made shared data directories unreadable to colleagues and turned a
+    0644 file into 0600 when it was rewritten.
+    """
+    try:
+        st = target.stat()
+    except OSError:
+        return 0o666 & ~current_umask()
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o666 & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -37,7 +71,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=target.suffix, dir=target.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes 0600 whatever the umask; a shared data directory must get what a plain write gives.
+        os.fchmod(fd, plain_write_mode(target))
+    finally:
+        os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -47,6 +85,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_writable(path: str | Path, flag: str) -> Path:
+    """Refuse in one line, before any work, an output that could not be written at the end.
+
+    Why: ``label --output`` to a read-only place and ``check-humaneval --json
+    DIR`` failed only after every program had run, naming a temporary file.
+    The nearest existing folder on the way is probed by creating (and removing)
+    a temporary file in it, which is what the atomic write will need; root's
+    permission bypass and read-only mounts are thus judged as they really are.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise PipelineError(f"{flag} {target} is a directory; give a file name")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise PipelineError(f"{flag} {target}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=TMP_PREFIX, dir=folder)
+    except OSError as exc:
+        raise PipelineError(f"{flag} {target}: cannot write in {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return target
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

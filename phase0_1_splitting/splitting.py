@@ -24,7 +24,7 @@ from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata, file_sha256
-from common.paths import phase_dir, resolve_input, timestamp
+from common.paths import phase_dir, timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +51,12 @@ def split_tasks(
     difficulty: pd.DataFrame, fractions: tuple[float, ...], n_strata: int, seed: int
 ) -> pd.DataFrame:
     """Assign every task to one split; returns task_id, stratum, split."""
-    if len(fractions) != len(SPLIT_NAMES) or any(f < 0 for f in fractions):
-        raise PipelineError(f"--split-fractions needs {len(SPLIT_NAMES)} non-negative numbers")
+    if len(fractions) != len(SPLIT_NAMES) or any(f <= 0 for f in fractions):
+        # Every split is read: sae by Phase 2, hyperparams and validation by Phase 3.
+        raise PipelineError(
+            f"--split-fractions needs {len(SPLIT_NAMES)} numbers greater than 0 ({', '.join(SPLIT_NAMES)}: "
+            f"Phase 2 reads sae, Phase 3 hyperparams and validation), got {','.join(f'{f:g}' for f in fractions)}"
+        )
     total = float(sum(fractions))
     if not np.isclose(total, 1.0):
         raise PipelineError(f"--split-fractions must sum to 1, got {total:g}")
@@ -66,7 +70,14 @@ def split_tasks(
         sizes = allocate(len(shuffled), fractions)
         labels = np.repeat(np.array(SPLIT_NAMES), sizes)
         parts.append(shuffled.assign(split=labels))
-    return pd.concat(parts).sort_values("task_id").reset_index(drop=True)
+    out = pd.concat(parts).sort_values("task_id").reset_index(drop=True)
+    empty = [name for name in SPLIT_NAMES if not (out["split"] == name).any()]
+    if empty:
+        raise PipelineError(
+            f"--split-fractions {','.join(f'{f:g}' for f in fractions)} leaves the {empty[0]} split of {len(out)} tasks "
+            "empty; give it a larger fraction"
+        )
+    return out
 
 
 def set_aside_other_splits(out_dir: Path, settings: dict[str, object]) -> RunRecord | None:
@@ -95,7 +106,7 @@ def set_aside_other_splits(out_dir: Path, settings: dict[str, object]) -> RunRec
 def run(cfg: PipelineConfig) -> Path:
     """Write the three split parquets and ``split_metadata.json``; return the folder."""
     clock = RunClock()
-    difficulty_path = resolve_input(cfg.input, cfg.data_dir, "0", DIFFICULTY.glob())
+    difficulty_path = DIFFICULTY.resolve(cfg.input, cfg.data_dir)
     difficulty = DIFFICULTY.read_table(difficulty_path)
     problems = load_mbpp(cfg.mbpp_path)
     unknown = set(difficulty["task_id"]) ^ set(problems["task_id"])

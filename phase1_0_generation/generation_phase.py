@@ -55,7 +55,7 @@ from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
 from common.model_presets import apply_prompt_format
 from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
-from common.paths import phase_dir, resolve_input, timestamp
+from common.paths import phase_dir, timestamp
 from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION, build_prompt
 from common.storage import RecordCheckpointer
 from common.tasks import model_slug, run_key, tasks_in_range
@@ -75,7 +75,7 @@ def load_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path | None]:
         if cfg.input:
             raise PipelineError("--input names a Phase 0 difficulty mapping of MBPP; --dataset humaneval takes none")
         return humaneval_tasks(cfg.humaneval_path), None
-    difficulty_path = resolve_input(cfg.input, cfg.data_dir, "0", DIFFICULTY.glob())
+    difficulty_path = DIFFICULTY.resolve(cfg.input, cfg.data_dir)
     difficulty = DIFFICULTY.read_table(difficulty_path)
     problems = load_mbpp(cfg.mbpp_path)
     tasks = problems.merge(difficulty[["task_id", "cyclomatic_complexity"]], on="task_id", how="inner")
@@ -140,10 +140,12 @@ def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> tuple[Path, RunR
     datasets and the activations go, together, to ``archive/<run id>/``.
     """
     folder = phase_dir(data_dir, "1")
-    datasets = [p for p in folder.glob(PHASE1_DATASET.glob()) if not p.name.endswith("_metadata.json")]
+    # Exact names only: a labelled copy or any other file dropped here is neither merged nor archived.
+    datasets = PHASE1_DATASET.existing(data_dir)
     if not datasets:  # nothing published yet (a first run, or one resuming after a crash)
         return None
-    newest = PHASE1_DATASET.newest(data_dir)
+    listed = [p for p in datasets if PHASE1_DATASET.listed_by_its_run(p)]
+    newest = PHASE1_DATASET.newest(data_dir) if listed else max(datasets)
     record = None
     try:
         meta = PHASE1_METADATA.read_json(metadata_path_of(newest), needed=("run",))

@@ -38,7 +38,7 @@ from common.artifacts import (
 )
 from common.config import PipelineConfig
 from common.errors import PipelineError
-from common.paths import PHASE_COMMANDS, phase_dir, require_file, resolve_input
+from common.paths import PHASE_COMMANDS, phase_dir, require_file
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def split_task_ids(cfg: PipelineConfig, split: str) -> tuple[list[int], Path]:
 def load_sae_split(cfg: PipelineConfig) -> SplitData:
     """Sae-split tasks labelled by the newest (or ``--input``) Phase 1.0 dataset table."""
     task_ids, split_path = split_task_ids(cfg, "sae")
-    dataset_path = resolve_input(cfg.input, cfg.data_dir, "1", PHASE1_DATASET.glob())
+    dataset_path = PHASE1_DATASET.resolve(cfg.input, cfg.data_dir)
     if dataset_path.is_dir():
         raise PipelineError(f"--input {dataset_path} is a folder; for --split sae it must be a Phase 1.0 dataset parquet")
     table = PHASE1_DATASET.read_table(dataset_path, needed=("task_id", "passed"))

@@ -8,6 +8,7 @@ phase's own checkpoints. A failed step stops only its own model's chain.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.metadata import RunClock, build_metadata
-from common.paths import find_newest, timestamp
+from common.paths import find_newest, pipeline_folder, timestamp
 from common.slurm_backend import SlurmOptions, parse_extra
 from common.storage import atomic_write_text, read_json, write_json
 from common.tasks import run_key
@@ -84,7 +85,7 @@ def run_sweep(cfg: PipelineConfig, passthrough: dict[str, list[str]], poll: floa
     data_dir = Path(cfg.data_dir).resolve()
     models = resolve_models(list(cfg.models or []), data_dir, cfg.sae_path)
     key = run_key({"models": [m.spec for m in models], "sae_path": cfg.sae_path, "args": passthrough})
-    root = data_dir / "sweep" / f"sweep_{key}"
+    root = pipeline_folder(data_dir, "sweep") / f"sweep_{key}"
     run = SweepRun(root, models, plan_steps(models, data_dir, passthrough, root / "logs"))
     for model in models:
         link_shared_phases(model, data_dir)
@@ -111,8 +112,11 @@ def run_sweep(cfg: PipelineConfig, passthrough: dict[str, list[str]], poll: floa
     print(table)
     print(f"comparison table -> {outputs['table_md']}")
     if failed:
-        print(f"error: step(s) {', '.join(failed)} failed; rerun the same command to resume", flush=True)
-        return 1
+        logs = {s.name: s.log for s in run.steps}
+        more = f" (and {len(failed) - 1} more: {', '.join(failed[1:])})" if len(failed) > 1 else ""
+        print(f"error: sweep step {failed[0]} failed, see {logs[failed[0]]}{more}; "
+              "fix it and rerun the same command to resume", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

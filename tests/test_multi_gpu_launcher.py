@@ -163,3 +163,17 @@ def test_humaneval_is_refused_in_one_line_before_anything_is_written(tmp_path, t
         "error: multi_gpu_launcher.py runs MBPP only; run --dataset humaneval with run.py phase 1.2"
     ]
     assert not data.exists()
+
+
+def test_the_row_count_printed_is_the_published_files(tmp_path, tiny_model_dir):
+    """A second slice is merged with the first into one dataset: the line gives both counts, the total the file's."""
+    data = tmp_path / "data"
+    phase0_difficulty.run(PipelineConfig(data_dir=str(data), mbpp_path=str(DEMO_PROBLEMS)))
+    assert _launch(data, tiny_model_dir).returncode == 0
+    out = _launch(data, tiny_model_dir, "--start", "0", "--end", "1", "--phase", "1.0")  # 1.0: the docs' name of phase 1
+    assert out.returncode == 0, out.stdout + out.stderr
+    from common.artifacts import PHASE1_DATASET
+
+    dataset = PHASE1_DATASET.newest(data)
+    assert len(pd.read_parquet(dataset)) == 7
+    assert f"merged dataset: 2 rows of this slice -> {dataset} (7 rows in all)" in out.stdout

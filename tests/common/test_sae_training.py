@@ -119,3 +119,69 @@ def test_train_saes_bad_input_is_one_line(tiny_model_dir, tmp_path):
     assert not (tmp_path / "b" / REPORT_FILENAME).exists()
     no_output = _run("train-saes", "--model", str(tiny_model_dir), "--corpus", str(GENERAL))
     assert no_output.returncode == 2 and "--output" in no_output.stderr
+
+
+def test_an_interrupted_training_keeps_finished_layers_and_trains_only_the_rest(tiny_model, tmp_path):
+    """A run killed after layer 0 was saved: the rerun keeps layer 0 as it is and trains layer 1 as a fresh run would."""
+    import shutil
+
+    from common.sae_training import LAYER_DONE, SAETrainingConfig, train_saes
+
+    model, tokenizer = tiny_model
+    texts = read_corpus_file(GENERAL) + read_corpus_file(DEMO_PROBLEMS)
+    cfg = SAETrainingConfig(d_sae=48, training_tokens=1024, corpus_tokens=3000, batch_size=256)
+    whole = tmp_path / "whole"
+    train_saes(model, tokenizer, texts, [0, 1], whole, cfg, model_name="tiny")
+    weights = {layer: (whole / f"layer_{layer}" / "sae_weights.safetensors").read_bytes() for layer in (0, 1)}
+
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    shutil.rmtree(cut / "layer_1")  # killed while layer 1 trained: no report, layer 0 whole with its marker
+    (cut / REPORT_FILENAME).unlink()
+    kept = (cut / "layer_0" / "sae_weights.safetensors").stat().st_mtime_ns
+    train_saes(model, tokenizer, texts, [0, 1], cut, cfg, model_name="tiny")
+    assert (cut / "layer_0" / "sae_weights.safetensors").stat().st_mtime_ns == kept  # not written again
+    assert (cut / "layer_1" / "sae_weights.safetensors").read_bytes() == weights[1]  # seeded per layer: identical
+    assert read_json(cut / REPORT_FILENAME)["layers"]["0"]["heldout_fvu"] == read_json(whole / REPORT_FILENAME)["layers"]["0"]["heldout_fvu"]
+
+    # Other settings: the kept layer is not reused.
+    other = SAETrainingConfig(d_sae=40, training_tokens=1024, corpus_tokens=3000, batch_size=256)
+    (cut / REPORT_FILENAME).unlink()
+    train_saes(model, tokenizer, texts, [0], cut, other, model_name="tiny")
+    assert load_sae(SAESource(local_path=str(cut)), 0).cfg.d_sae == 40
+    assert read_json(cut / "layer_0" / LAYER_DONE)["key"] != read_json(whole / "layer_0" / LAYER_DONE)["key"]
+
+
+@pytest.mark.slow
+def test_train_saes_after_ctrl_c_resumes_as_it_says(tiny_model_dir, tmp_path):
+    """SIGINT while layer 1 trains: exit 130 and a line saying the rerun trains only the rest; the rerun keeps layer 0."""
+    import signal
+    import time
+
+    out = tmp_path / "saes"
+    args = ["train-saes", "--model", str(tiny_model_dir), "--output", str(out), "--layers", "0,1",
+            "--corpus", f"{GENERAL},{DEMO_PROBLEMS}", "--width", "64", "--tokens", "400000", "--device", "cpu"]
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "run.py"), *args], stdout=subprocess.PIPE, stderr=err,
+                                text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+        try:
+            deadline = time.monotonic() + 600
+            while "SAE layer 0: held-out FVU" not in err_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stderr = err_path.read_text()
+    assert proc.returncode == 130, stderr
+    # A line of its own, or after tqdm's bar (interrupted mid-line; it is drawn once more as it is closed).
+    message = "interrupted: layers already saved are kept; rerunning the same command (same --output) trains only the rest"
+    assert [line for line in stderr.splitlines() if line.endswith(message)], stderr
+    assert (out / "layer_0" / "training_done.json").is_file() and not (out / REPORT_FILENAME).exists()
+    again = _run(*args)
+    assert again.returncode == 0, again.stderr
+    assert "SAE layer 0: trained by an earlier, interrupted run with these settings; kept" in again.stderr
+    assert "SAE layer 1: trained by an earlier" not in again.stderr

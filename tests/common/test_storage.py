@@ -1,4 +1,7 @@
 
+import os
+import stat
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -80,3 +83,48 @@ def test_resume_continues_numbering(tmp_path):
     assert [r["task_id"] for r in RecordCheckpointer(tmp_path, 2, 100, 3).load()] == list(range(7))
     ck2.clear()
     assert not tmp_path.exists()
+
+
+@pytest.fixture(params=[0o022, 0o077, 0o002])
+def umask(request):
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def _mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_atomic_writes_give_the_mode_a_plain_write_gives(tmp_path, umask):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # the reference: what open(..., "w") gives under this umask
+    assert _mode(plain) == 0o666 & ~umask
+    written = [
+        write_json(tmp_path / "a.json", {"a": 1}),
+        write_parquet(pd.DataFrame({"x": [1]}), tmp_path / "b.parquet"),
+        save_npz(tmp_path / "c.npz", x=np.arange(3)),
+        atomic_write_text(tmp_path / "d.txt", "d"),
+    ]
+    assert {p.name: _mode(p) for p in written} == {p.name: _mode(plain) for p in written}
+
+
+def test_rewriting_keeps_an_existing_files_mode_as_a_plain_write_does(tmp_path, umask):
+    target = tmp_path / "shared.json"
+    reference = tmp_path / "reference.json"
+    for path in (target, reference):
+        path.write_text("{}")
+        path.chmod(0o644)
+    reference.write_text('{"a": 1}')  # a plain rewrite keeps 0644 whatever the umask
+    write_json(target, {"a": 1})
+    assert _mode(target) == _mode(reference) == 0o644
+    assert read_json(target) == {"a": 1}
+
+
+def test_the_umask_is_read_without_being_changed(umask):
+    from common.storage import current_umask
+
+    assert current_umask() == umask
+    assert os.umask(umask) == umask  # still the one the fixture set
