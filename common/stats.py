@@ -19,6 +19,7 @@ Conventions used throughout:
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -208,13 +209,24 @@ class PermutationNull:
         self.n_latents += d
         self.n_layers += 1
 
+    @property
+    def family_max(self) -> np.ndarray:
+        """Per shuffle, the largest separation in *either* direction over every latent seen.
+
+        Why one family for both directions: Phase 2 reports a winner in each
+        direction, so a per-direction null would test twice at 0.05 and let
+        the family-wise error reach about 10%. Comparing either direction's
+        score with the maximum over both keeps it at 0.05 for the pair.
+        """
+        return np.maximum(self.null_max["correct"], self.null_max["incorrect"])
+
     def p_value(self, score: float | np.ndarray, direction: str) -> np.ndarray:
-        """Family-wise p-value(s) of observed separation score(s) in ``direction``."""
+        """Family-wise p-value(s) of observed separation score(s) in ``direction``, against both directions' maxima."""
         if direction not in DIRECTIONS:
             raise PipelineError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         if self.n_layers == 0:
             raise PipelineError("the permutation null has seen no layer yet")
-        return family_p_values(score, self.null_max[direction])
+        return family_p_values(score, self.family_max)
 
     def to_dict(self) -> dict:
         """What the results file records: seed, sizes, and the null maxima themselves."""
@@ -226,6 +238,7 @@ class PermutationNull:
             "n_latents": self.n_latents,
             "null_max_correct": self.null_max["correct"].tolist(),
             "null_max_incorrect": self.null_max["incorrect"].tolist(),
+            "null_max_family": self.family_max.tolist(),
         }
 
 
@@ -265,6 +278,43 @@ def family_p_values(scores: float | np.ndarray, null_max: np.ndarray) -> np.ndar
     sorted_null = np.sort(null_max)
     beaten = null_max.size - np.searchsorted(sorted_null, scores_arr - _TIE_TOLERANCE, side="left")
     return (1.0 + beaten) / (1.0 + null_max.size)
+
+
+def monte_carlo_verdict(p: float, n_permutations: int, alpha: float = 0.05) -> dict[str, Any]:
+    """A permutation p-value with its Monte Carlo standard error, and whether that error can flip it at ``alpha``.
+
+    Why: with P shuffles the p-value is itself an estimate, with standard
+    error sqrt(p (1 - p) / P); 50 shuffles can call the same latent 0.137 or
+    0.043 depending on the seed. A verdict is only given when p is more than
+    two standard errors from ``alpha``; otherwise it is "undecided at this
+    number of shuffles", with the number of shuffles that would put that p
+    two standard errors away (4 p (1 - p) / (p - alpha)^2).
+    """
+    if n_permutations < 1:
+        raise PipelineError(f"n_permutations must be >= 1, got {n_permutations}")
+    if not 0.0 <= p <= 1.0:
+        raise PipelineError(f"a p-value must lie in [0, 1], got {p}")
+    se = math.sqrt(p * (1.0 - p) / n_permutations)
+    gap = abs(p - alpha)
+    decided = gap > 2.0 * se
+    needed: int | None = None
+    if not decided:
+        needed = math.ceil(4.0 * p * (1.0 - p) / gap**2) + 1 if gap > 0 else None
+    return {
+        "p": float(p), "mc_se": se, "n_permutations": int(n_permutations), "alpha": alpha,
+        "decision": ("below" if p < alpha else "above") if decided else "undecided",
+        "shuffles_needed": needed,
+        "more_shuffles_needed": None if needed is None else max(0, needed - int(n_permutations)),
+    }
+
+
+def shuffles_for_margin(margin: float = 0.01, alpha: float = 0.05) -> int:
+    """Shuffles so that two Monte Carlo standard errors at p = ``alpha`` are at most ``margin``.
+
+    The default (0.01) leaves undecided only p-values in (0.04, 0.06): about
+    1,900 shuffles, which is why Phase 2's default is 2,000.
+    """
+    return math.ceil(4.0 * alpha * (1.0 - alpha) / margin**2)
 
 
 # --------------------------------------------------------------------------- validation metrics

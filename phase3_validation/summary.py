@@ -38,33 +38,59 @@ def _rate(k: int, n: int, rate: float, lo: float, hi: float) -> str:
     return f"{k}/{n} = {_f(rate)} {_ci(lo, hi)}"
 
 
+def _mc_cell(mc: dict[str, Any] | None) -> str:
+    """The family p with its Monte Carlo standard error, and the verdict it supports."""
+    if not mc:
+        return "n/a | not recorded"
+    p = f"{_p(mc['p'])} +- {mc['mc_se']:.2g}"
+    if mc["decision"] == "below":
+        return f"{p} | yes"
+    if mc["decision"] == "above":
+        return f"{p} | **no**"
+    more = mc.get("more_shuffles_needed")
+    need = f"about {more} more shuffles needed" if more is not None else "p equals 0.05"
+    return f"{p} | undecided at this number of shuffles ({need})"
+
+
 def _null_section(doc: dict[str, Any]) -> list[str]:
     null = doc["phase2_null"]
     lines = ["## 1. Did Phase 2's latents beat the permutation null?", ""]
     n_perm = null.get("n_permutations", "?")
+    n_family = null.get("n_latents_in_family", "?")
     floor = f"1/{1 + n_perm} = {1 / (1 + n_perm):.3g}" if isinstance(n_perm, int) else "1/(1 + shuffles)"
-    lines.append(f"Phase 2 shuffled the sae-split labels {n_perm} times (seed {null.get('seed', '?')}) and kept the "
-                 "maximum separation score over all layers and latents each time; p_family = (1 + number of "
-                 "shuffles whose maximum is at or above the latent's score) / (1 + number of shuffles), so the "
-                 f"smallest possible p_family is {floor}.")
+    lines.append(f"Phase 2 shuffled the sae-split labels {n_perm} times (seed {null.get('seed', '?')}) and kept, each "
+                 f"time, the largest separation score in either direction out of {n_family} unflagged latents (one "
+                 "family for both directions); p_family = (1 + number of shuffles whose maximum is at or above the "
+                 f"latent's score) / (1 + number of shuffles), so the smallest possible p_family is {floor}. "
+                 "Beside it, its Monte Carlo standard error sqrt(p (1 - p) / shuffles); within two of them from 0.05 "
+                 "the verdict is undecided at this number of shuffles.")
     lines += ["", "Split: sae (where Phase 2 ranked the latents).", "",
-              "| direction | rank-1 latent | separation | p_family | beats the null |", "|---|---|---|---|---|"]
+              "| direction | rank-1 latent | separation | p_family +- MC SE | beats the null |", "|---|---|---|---|---|"]
+    mcs = null.get("mc_verdicts") or {}
     for direction, top in doc["phase2_top"].items():
         beats = null.get("beats_null", {}).get(direction)
-        verdict = "yes" if beats else ("**no**" if beats is not None else "not recorded")
-        if top:
-            lines.append(f"| {direction} | L{top['layer']}/{top['latent']} | {_f(top['separation_score'])} | "
-                         f"{_p(top.get('p_family'))} | {verdict} |")
+        if mcs.get(direction):
+            cells = _mc_cell(mcs[direction])
         else:
-            lines.append(f"| {direction} | none | | | {verdict} |")
+            cells = f"{_p(top.get('p_family')) if top else ''} | " + (
+                "yes" if beats else ("**no**" if beats is not None else "not recorded"))
+        if top:
+            lines.append(f"| {direction} | L{top['layer']}/{top['latent']} | {_f(top['separation_score'])} | {cells} |")
+        else:
+            lines.append(f"| {direction} | none | | {cells} |")
     lines.append("")
     if null.get("verdict"):
         lines += [f"Phase 2's verdict: {null['verdict']}.", ""]
     for direction in ("correct", "incorrect"):
-        if null.get("beats_null", {}).get(direction) is False:
-            lines.append(f"**No {direction}-preferring latent beat the shuffled-label null**: its best separation "
-                         "score is within what chance produces, so the numbers below for it describe a latent "
-                         "that may have been chosen by chance.")
+        mc = mcs.get(direction) or {}
+        if mc.get("decision") == "undecided":
+            lines.append(f"**The {direction}-preferring latent is undecided at {n_perm} shuffles**: rerun Phase 2 with "
+                         f"more (`--permutations {mc.get('shuffles_needed') or n_perm}`) before reading its numbers "
+                         "as more than exploratory.")
+        elif null.get("beats_null", {}).get(direction) is False:
+            lines.append(f"**No {direction}-preferring latent beat the shuffled-label null** out of {n_family} unflagged "
+                         "latents: its best separation score is within what chance produces, so the numbers below for "
+                         "it describe a latent that may have been chosen by chance.")
     return lines + [""]
 
 
