@@ -247,9 +247,9 @@ def null_summary(null: PermutationNull, top: dict[str, list[dict[str, Any]]]) ->
     }
     if seen:
         quantiles["family"] = {f"{q}%": float(np.percentile(null.family_max, q)) for q in NULL_QUANTILES}
-    mc = {d: (monte_carlo_verdict(top[d][0]["p_family"], null.n_permutations, BEATS_NULL_ALPHA) if top[d] else None)
+    mc: dict[str, dict[str, Any] | None] = {d: (monte_carlo_verdict(top[d][0]["p_family"], null.n_permutations, BEATS_NULL_ALPHA) if top[d] else None)
           for d in DIRECTIONS}
-    beats = {d: mc[d] is not None and mc[d]["decision"] == "below" for d in DIRECTIONS}
+    beats = {d: (mc[d] or {}).get("decision") == "below" for d in DIRECTIONS}
     verdict = "; ".join(_direction_verdict(d, top[d][0] if top[d] else None, mc[d], null.n_latents)
                         for d in DIRECTIONS)
     return {
