@@ -15,7 +15,7 @@ from typing import Any
 from common.neuronpedia import latent_markdown
 from phase3_validation.confounds import summary_lines as reviewer_lines
 from phase3_validation.prompting import summary_lines as prompting_lines
-from phase3_validation.statistical import BASELINE_NOTES, NO_THRESHOLD
+from phase3_validation.statistical import BASELINE_NOTES, NO_THRESHOLD, NO_THRESHOLD_ON_SET
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -100,11 +100,21 @@ def _latent(doc: dict[str, Any], lat: dict[str, Any]) -> str:
     return latent_markdown(desc, lat["layer"], lat["latent"])
 
 
+def _no_threshold_text(row: dict[str, Any]) -> str:
+    """Why a row has no threshold metrics: none was chosen, or the chosen one puts this set in one class."""
+    return NO_THRESHOLD_ON_SET if row.get("threshold_status") == "one class on this set" else NO_THRESHOLD
+
+
+def _auprc_cell(row: dict[str, Any]) -> str:
+    """AUPRC beside its baseline, the prevalence of the positive class (absent in older results: n/a)."""
+    return f"{_f(row.get('auprc'))} ({_f(row.get('auprc_baseline_prevalence', row.get('base_rate')))})"
+
+
 def _metric_cells(row: dict[str, Any]) -> str:
-    """AUROC, then the threshold metrics beside their baselines, or "no informative threshold"."""
-    auroc = f"{_f(row['auroc'])} {_ci(row['auroc_ci_lo'], row['auroc_ci_hi'])}"
+    """AUROC and AUPRC, then the threshold metrics beside their baselines, or why there are none."""
+    auroc = f"{_f(row['auroc'])} {_ci(row['auroc_ci_lo'], row['auroc_ci_hi'])} | {_auprc_cell(row)}"
     if not row.get("informative_threshold", True):
-        return f"{auroc} | {NO_THRESHOLD} | | | | n/a"
+        return f"{auroc} | {_no_threshold_text(row)} | | | | n/a"
     return (f"{auroc} | {_f(row['f1'])} ({_f(row['f1_baseline_always_positive'])}) | "
             f"{_f(row['precision'])} ({_f(row['precision_baseline_base_rate'])}) | "
             f"{_f(row['recall'])} ({_f(row['recall_baseline_random'])}) | "
@@ -131,13 +141,14 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
     stat = doc["statistical"]
     lines = ["## 2. Statistical validation (validation split, temperature 0)", "",
              "Threshold: best F1 on the hyperparams split among thresholds that split its tasks, applied unchanged "
-             f"to validation (rule 6); where no threshold splits them the row says \"{NO_THRESHOLD}\" and has no "
+             f"to validation (rule 6); where no threshold splits them the row says \"{NO_THRESHOLD}\", and where the "
+             f"threshold puts every validation task in one class it says \"{NO_THRESHOLD_ON_SET}\"; neither has "
              "threshold metrics. Each metric is followed by its baseline in parentheses. Probe rows: the same "
              "metrics for probes on the raw residual stream (fitted on the sae split, threshold on hyperparams, best "
              "layer chosen by hyperparams AUROC), the baseline every SAE latent should be read against.", "",
-             "| positive class | rank | score | AUROC [95% CI] (0.5) | F1 (always-positive) | precision (base rate) | "
-             "recall (random) | accuracy (majority) | threshold | n (positives) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| positive class | rank | score | AUROC [95% CI] (0.5) | AUPRC (prevalence) | F1 (flag everything) | "
+             "precision (base rate) | recall (random) | accuracy (majority) | threshold | n (positives) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for lat in stat["latents"]:
         row = _val0(lat["rows"])
         lines.append(f"| {lat['direction']} | {lat['rank']} | {_latent(doc, lat)} | "
@@ -165,8 +176,8 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
         lines += [f"Temperatures > 0: {stat['temperature_note']}", ""]
     elif stat.get("temperatures"):
         lines += ["### By Phase 1.2 temperature (validation split; one row per sample; AUROC CI resamples tasks)", "",
-                  "| positive class | score | T | AUROC [95% CI] | F1 (always-positive) | n samples (positives) |",
-                  "|---|---|---|---|---|---|"]
+                  "| positive class | score | T | AUROC [95% CI] | AUPRC (prevalence) | F1 (flag everything) | "
+                  "n samples (positives) |", "|---|---|---|---|---|---|---|"]
         scored = [(lat["direction"], f"#{lat['rank']} SAE latent L{lat['layer']}/{lat['latent']}", lat["rows"])
                   for lat in stat["latents"]]
         scored += [(entry["positive_class"], label, entry["rows"]) for label, entry in best]
@@ -176,10 +187,10 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
                     continue
                 note = f" {row['note']}" if row.get("note") else ""
                 f1 = (f"{_f(row['f1'])} ({_f(row['f1_baseline_always_positive'])})" if row.get("informative_threshold", True)
-                      else NO_THRESHOLD)
+                      else _no_threshold_text(row))
                 lines.append(f"| {positive} | {label} | {row['temperature']:g} | "
                              f"{_f(row['auroc'])} {_ci(row['auroc_ci_lo'], row['auroc_ci_hi'])}{note} | "
-                             f"{f1} | {row['n']} ({row['n_positive']}) |")
+                             f"{_auprc_cell(row)} | {f1} | {row['n']} ({row['n_positive']}) |")
         lines.append("")
     return lines
 
@@ -365,8 +376,9 @@ def _transfer_section(doc: dict[str, Any]) -> list[str]:
     if transfer["note"]:
         lines += [f"**Note:** {transfer['note']}.", ""]
     lines += ["| positive class | score | MBPP validation AUROC [95% CI] | HumanEval AUROC [95% CI] (0.5) | "
-              "MBPP validation F1 (always-positive) | HumanEval F1 (always-positive) | HumanEval accuracy (majority) | "
-              "threshold | HumanEval n (positives) |", "|---|---|---|---|---|---|---|---|---|"]
+              "HumanEval AUPRC (prevalence) | MBPP validation F1 (flag everything) | HumanEval F1 (flag everything) | "
+              "HumanEval accuracy (majority) | threshold | HumanEval n (positives) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in transfer["latents"] + transfer["probes"]:
         score = row["name"] if "probe" in row else f"rank {row['rank']}: {_latent(doc, row)}"
         mbpp = f"{_f(row['mbpp_validation_auroc'])} {_ci(row['mbpp_validation_auroc_ci_lo'], row['mbpp_validation_auroc_ci_hi'])}"
@@ -377,9 +389,9 @@ def _transfer_section(doc: dict[str, Any]) -> list[str]:
             acc = f"{_f(row['accuracy'])} ({_f(row['accuracy_baseline_majority'])})"
             threshold = f"{row['threshold']:.4g}"
         else:
-            f1, acc, threshold = NO_THRESHOLD, "", "n/a"
-        lines.append(f"| {row['positive_class']} | {score} | {mbpp} | {he} | {mbpp_f1} | {f1} | {acc} | {threshold} | "
-                     f"{row['n']} ({row['n_positive']}) |")
+            f1, acc, threshold = _no_threshold_text(row), "", "n/a"
+        lines.append(f"| {row['positive_class']} | {score} | {mbpp} | {he} | {_auprc_cell(row)} | {mbpp_f1} | {f1} | "
+                     f"{acc} | {threshold} | {row['n']} ({row['n_positive']}) |")
     if transfer.get("probe_note"):
         lines += ["", f"Probes: {transfer['probe_note']}."]
     return lines + [""] + _transfer_steering_lines(transfer["steering"])
