@@ -336,23 +336,37 @@ def _two_classes(y_true: np.ndarray) -> np.ndarray:
     return y
 
 
+AUROC_CI_METHODS = ("delong", "bootstrap")
+
+
 def auroc_with_ci(
     y_true: np.ndarray,
     scores: np.ndarray,
     n_bootstrap: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    method: str = "delong",
 ) -> tuple[float, float, float]:
-    """AUROC with a percentile-bootstrap confidence interval (rule 7).
+    """AUROC with a confidence interval (rule 7): DeLong's variance on the logit scale, or a percentile bootstrap.
 
-    Resamples tasks with replacement; a resample that happens to contain one
-    class only has no AUROC and is skipped (the interval uses the rest).
-    Returns (auroc, lo, hi); lo and hi are nan if no resample had both classes.
+    Why DeLong by default: the calibration bench (bench/calibration.py)
+    measured the percentile bootstrap's interval excluding 0.5 for an
+    unrelated score in about 6.3% of 80-task studies at a nominal 5%;
+    DeLong's variance, with the interval built on the logit scale (so it
+    stays inside [0, 1] and is not too narrow near the ends), held 4.6% there
+    and at most 5.2% from 20 to 200 tasks. ``n_bootstrap`` and ``seed`` are
+    used by ``method="bootstrap"`` only (resamples holding one class are
+    skipped; lo and hi are nan if none had both).
+    Returns (auroc, lo, hi).
     """
+    if method not in AUROC_CI_METHODS:
+        raise PipelineError(f"AUROC interval method must be one of {AUROC_CI_METHODS}, got {method!r}")
     y = _two_classes(y_true)
     s = np.asarray(scores, dtype=np.float64)
     if s.shape != y.shape:
         raise PipelineError(f"{s.shape[0] if s.ndim else 0} scores for {y.size} labels")
+    if method == "delong":
+        return delong_interval(y, s, confidence)
     auroc = float(roc_auc_score(y, s))
     boot = bootstrap_aurocs(y, s, n_bootstrap, seed)
     if boot.size < n_bootstrap:
@@ -363,6 +377,31 @@ def auroc_with_ci(
     alpha = (1.0 - confidence) / 2.0
     lo, hi = np.percentile(boot, [100 * alpha, 100 * (1 - alpha)])
     return auroc, float(lo), float(hi)
+
+
+def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(AUROC, lo, hi): DeLong's variance of the AUROC, the interval built on the logit scale.
+
+    The AUROC is the mean over positives of V10 (the share of negatives scored
+    below it, ties counting half), and over negatives of V01; DeLong's
+    variance is var(V10) / n_pos + var(V01) / n_neg. Both placements come from
+    mid-ranks (``scipy.stats.rankdata``), so this is O(n log n). A
+    zero variance (perfect separation, or a constant score) gives the point.
+    """
+    y = np.asarray(y_true, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    ranks = sps.rankdata(s)
+    v10 = (ranks[y] - sps.rankdata(s[y])) / n_neg
+    v01 = 1.0 - (ranks[~y] - sps.rankdata(s[~y])) / n_pos
+    auroc = float(v10.mean())
+    var = (v10.var(ddof=1) / n_pos if n_pos > 1 else 0.0) + (v01.var(ddof=1) / n_neg if n_neg > 1 else 0.0)
+    se = math.sqrt(max(var, 0.0))
+    if se == 0.0 or auroc in (0.0, 1.0):
+        return auroc, auroc, auroc
+    z = float(sps.norm.ppf(0.5 + confidence / 2.0))
+    centre, half = math.log(auroc / (1.0 - auroc)), z * se / (auroc * (1.0 - auroc))
+    return auroc, 1.0 / (1.0 + math.exp(-(centre - half))), 1.0 / (1.0 + math.exp(-(centre + half)))
 
 
 def bootstrap_aurocs(y_true: np.ndarray, scores: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:

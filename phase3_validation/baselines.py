@@ -26,7 +26,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from common.stats import bootstrap_aurocs
+from common.stats import bootstrap_aurocs, delong_interval
 
 CONFOUNDS = ("n_prompt_tokens", "cyclomatic_complexity", "n_asserts", "asserts_chars")
 COVERAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -63,7 +63,7 @@ def _percentiles(values: np.ndarray) -> tuple[float, float]:
 
 @dataclass
 class AurocWithInterval:
-    """An AUROC on the validation split with a percentile bootstrap 95% interval, and the AUPRC beside prevalence."""
+    """An AUROC on the validation split with DeLong's 95% interval, and the AUPRC beside the prevalence."""
 
     auroc: float
     low: float
@@ -77,9 +77,10 @@ class AurocWithInterval:
 
 
 def auroc_interval(y: np.ndarray, score: np.ndarray, n_boot: int, seed: int) -> AurocWithInterval:
+    """One predictor's AUROC with DeLong's interval (as every other single AUROC); n_boot and seed are unused."""
     y, score = np.asarray(y, dtype=bool), np.asarray(score, dtype=float)
-    low, high = _percentiles(_bootstrap(y, score, n_boot, seed))
-    return AurocWithInterval(float(roc_auc_score(y, score)), low, high,
+    auroc, low, high = delong_interval(y, score)
+    return AurocWithInterval(auroc, low, high,
                              float(average_precision_score(y, score)), float(y.mean()))
 
 

@@ -41,7 +41,7 @@ RULES = {
                  "reference solution (Phase 0); n_asserts and asserts_chars: number and total characters of the "
                  "task's asserts (split table test_list)",
     "single_auroc": "each feature's sign learnt by a one-feature logistic regression on the sae split; AUROC on "
-                    "validation with a percentile bootstrap 95% interval",
+                    "validation with DeLong's 95% interval (logit scale)",
     "beyond_confounds": "logistic regressions on the confounds alone, the predictor alone and both, fitted on the "
                         "sae split; on validation the combined model against the better of the confound model and "
                         "chance (0.5), against the predictor alone, and against 0.5, each with a paired bootstrap "

@@ -32,7 +32,8 @@ At temperature > 0 a task has several samples (one row each, all with the
 task's one activation, since activations depend on the prompt only). Samples
 of a task are not independent, so the AUROC interval there resamples *tasks*
 (each with all its samples), not rows; at temperature 0 (one row per task)
-this is the ordinary bootstrap of ``common.stats.auroc_with_ci``.
+the interval is DeLong's (``common.stats.auroc_with_ci``, calibrated by
+bench/calibration.py).
 """
 
 from __future__ import annotations
@@ -113,10 +114,14 @@ def clustered_bootstrap_aurocs(
 def auroc_interval(
     y: np.ndarray, scores: np.ndarray, n_bootstrap: int, seed: int, groups: np.ndarray | None = None
 ) -> tuple[float, float, float, str]:
-    """(AUROC, lo, hi, method): row bootstrap when each task has one row, task bootstrap otherwise."""
+    """(AUROC, lo, hi, method): DeLong when each task has one row, a bootstrap over tasks otherwise.
+
+    DeLong's variance treats rows as independent, which samples of one task
+    are not; the task bootstrap keeps them together.
+    """
     if groups is None or np.unique(groups).size == len(groups):
         auroc, lo, hi = auroc_with_ci(y, scores, n_bootstrap=n_bootstrap, seed=seed)
-        return auroc, lo, hi, "percentile bootstrap over tasks"
+        return auroc, lo, hi, "DeLong variance, logit scale"
     auroc = float(roc_auc_score(y, scores))
     boot = clustered_bootstrap_aurocs(y, scores, groups, n_bootstrap, seed)
     if boot.size == 0:

@@ -22,6 +22,7 @@ from common.stats import (
     bootstrap_aurocs,
     classification_metrics,
     clopper_pearson,
+    delong_interval,
     family_p_values,
     latent_scores,
     mcnemar_exact,
@@ -272,12 +273,31 @@ def test_auroc_with_ci():
     rng = np.random.default_rng(9)
     y = rng.random(80) < 0.4
     s = y * 0.8 + rng.normal(size=80)
-    auroc, lo, hi = auroc_with_ci(y, s, n_bootstrap=200, seed=3)
-    assert auroc == pytest.approx(roc_auc_score(y, s))
-    assert lo <= auroc <= hi and 0 <= lo < hi <= 1
-    assert auroc_with_ci(y, s, n_bootstrap=200, seed=3) == (auroc, lo, hi)
+    for method in ("delong", "bootstrap"):
+        auroc, lo, hi = auroc_with_ci(y, s, n_bootstrap=200, seed=3, method=method)
+        assert auroc == pytest.approx(roc_auc_score(y, s))
+        assert lo <= auroc <= hi and 0 <= lo < hi <= 1
+        assert auroc_with_ci(y, s, n_bootstrap=200, seed=3, method=method) == (auroc, lo, hi)
     with pytest.raises(PipelineError, match="one class"):
         auroc_with_ci(np.ones(5, dtype=bool), np.arange(5.0))
+    with pytest.raises(PipelineError, match="method"):
+        auroc_with_ci(y, s, method="wald")
+
+
+def test_delong_variance_by_hand_with_ties():
+    """DeLong's placements written out pair by pair, on scores with ties within and across classes."""
+    rng = np.random.default_rng(12)
+    y = rng.random(30) < 0.4
+    s = np.round(rng.normal(size=30) + y, 1)
+    pos, neg = s[y], s[~y]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    var = v10.var(ddof=1) / pos.size + v01.var(ddof=1) / neg.size
+    auroc, lo, hi = delong_interval(y, s)
+    assert auroc == pytest.approx(roc_auc_score(y, s)) == pytest.approx(psi.mean())
+    logit, half = math.log(auroc / (1 - auroc)), 1.959963984540054 * math.sqrt(var) / (auroc * (1 - auroc))
+    assert (lo, hi) == pytest.approx((1 / (1 + math.exp(-(logit - half))), 1 / (1 + math.exp(-(logit + half)))))
+    assert delong_interval(np.array([1, 1, 0, 0], bool), np.array([3.0, 2.0, 1.0, 0.0])) == (1.0, 1.0, 1.0)
 
 
 def test_bootstrap_aurocs_equal_roc_auc_score_per_resample():
@@ -294,7 +314,7 @@ def test_auroc_bootstrap_skips_one_class_resamples():
     # With 1 positive in 6, about a third of resamples have no positive.
     y = np.array([1, 0, 0, 0, 0, 0])
     s = np.array([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])
-    auroc, lo, hi = auroc_with_ci(y, s, n_bootstrap=100, seed=0)
+    auroc, lo, hi = auroc_with_ci(y, s, n_bootstrap=100, seed=0, method="bootstrap")
     assert (auroc, lo, hi) == (1.0, 1.0, 1.0)
 
 
