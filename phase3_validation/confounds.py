@@ -273,10 +273,10 @@ def _diff(d: dict[str, Any]) -> str:
     return f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
-def _gain_words(b: dict[str, Any]) -> str:
-    """The beyond-confounds comparison in words, old results (no paired comparisons) included."""
-    ref = "max(confounds, 0.5)" if "vs_confounds" in b else "confounds"
-    text = (f"AUROC confounds {b['auroc_confounds']:.3f}"
+def _gain_words(b: dict[str, Any], reference: str = "confounds") -> str:
+    """The comparison in words (``reference``: what the predictor is added to), old results included."""
+    ref = f"max({reference}, 0.5)" if "vs_confounds" in b else reference
+    text = (f"AUROC {reference} {b['auroc_confounds']:.3f}"
             + (f", predictor alone {b['auroc_predictor']:.3f}" if "auroc_predictor" in b else "")
             + f", combined {b['auroc_with_predictor']:.3f}; combined - {ref} "
               f"{b['delta']:+.3f} [{b['delta_low']:+.3f}, {b['delta_high']:+.3f}]")
@@ -306,12 +306,13 @@ def _flags(predictors: dict[str, dict[str, Any]]) -> list[str]:
         p = predictors.get(key)
         if p is None:
             continue
-        for what, label in (("beyond_confounds", "the trivial confounds"), ("beyond_confidence", "the model's own "
-                                                                            "confidence (mean log-probability)")):
+        for what, label, reference in (("beyond_confounds", "the trivial confounds", "confounds"),
+                                       ("beyond_confidence", "the model's own confidence (mean log-probability)",
+                                        CONFIDENCE)):
             b = p.get(what)
             if b and not b["adds_information"]:
                 flags.append(f"The {p['name']} adds no information shown beyond {label} on validation "
-                             f"({_gain_words(b)})")
+                             f"({_gain_words(b, reference)})")
     return flags
 
 
@@ -376,7 +377,7 @@ def summary_lines(section: dict[str, Any] | None) -> list[str]:
         c = p.get("beyond_confidence")
         if c:
             lines.append(f"The {p['name']} beside the model's confidence (mean_logprob in place of the confounds): "
-                         f"{_gain_words(c)} "
+                         f"{_gain_words(c, CONFIDENCE)} "
                          f"({'adds information' if c['adds_information'] else '**adds no information shown**'}).")
     for name, why in section.get("confounds_missing", {}).items():
         lines.append(f"Confound {name} not used: {why}.")

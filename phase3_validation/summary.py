@@ -388,8 +388,9 @@ def _transfer_section(doc: dict[str, Any]) -> list[str]:
             f1 = f"{_f(row['f1'])} ({_f(row['f1_baseline_always_positive'])})"
             acc = f"{_f(row['accuracy'])} ({_f(row['accuracy_baseline_majority'])})"
             threshold = f"{row['threshold']:.4g}"
-        else:
-            f1, acc, threshold = _no_threshold_text(row), "", "n/a"
+        else:  # the MBPP threshold is shown when one was chosen, even where it puts HumanEval in one class
+            f1, acc = _no_threshold_text(row), ""
+            threshold = "n/a" if math.isnan(row["threshold"]) else f"{row['threshold']:.4g}"
         lines.append(f"| {row['positive_class']} | {score} | {mbpp} | {he} | {_auprc_cell(row)} | {mbpp_f1} | {f1} | "
                      f"{acc} | {threshold} | {row['n']} ({row['n_positive']}) |")
     if transfer.get("probe_note"):
