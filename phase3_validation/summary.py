@@ -390,7 +390,8 @@ def _transfer_section(doc: dict[str, Any]) -> list[str]:
             threshold = f"{row['threshold']:.4g}"
         else:  # the MBPP threshold is shown when one was chosen, even where it puts HumanEval in one class
             f1, acc = _no_threshold_text(row), ""
-            threshold = "n/a" if math.isnan(row["threshold"]) else f"{row['threshold']:.4g}"
+            value = row.get("threshold")
+            threshold = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
         lines.append(f"| {row['positive_class']} | {score} | {mbpp} | {he} | {_auprc_cell(row)} | {mbpp_f1} | {f1} | "
                      f"{acc} | {threshold} | {row['n']} ({row['n_positive']}) |")
     if transfer.get("probe_note"):
