@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score
 
+from common.storage import json_safe
 from phase3_validation.statistical import NO_THRESHOLD_ON_SET, evaluate_at_threshold
-from phase3_validation.summary import _metric_cells
+from phase3_validation.summary import _metric_cells, _transfer_section
 
 
 def _set(seed: int = 0, n: int = 80):
@@ -53,3 +54,22 @@ def test_one_class_labels_leave_auprc_undefined():
     scores = np.linspace(0, 1, 10)
     row = evaluate_at_threshold(np.ones(10, dtype=bool), scores, 0.5, n_bootstrap=50, seed=0)
     assert math.isnan(row["auroc"]) and math.isnan(row["auprc"])
+
+
+def test_transfer_rows_read_back_from_json_render_each_threshold_status():
+    """Rows as Phase 3 writes them (NaN -> null): no threshold chosen, one class on HumanEval, informative."""
+    y, scores = _set(2)
+    rows = []
+    for name, threshold in (("none", None), ("one-class", scores.max() + 1), ("splits", float(np.median(scores)))):
+        row = evaluate_at_threshold(y, scores, threshold, n_bootstrap=50, seed=0)
+        rows.append({**row, "probe": "logistic", "name": name, "positive_class": "correct",
+                     "mbpp_validation_auroc": 0.7, "mbpp_validation_auroc_ci_lo": 0.6, "mbpp_validation_auroc_ci_hi": 0.8,
+                     "mbpp_validation_f1": 0.5, "mbpp_validation_f1_baseline_always_positive": 0.6})
+    transfer = {"measured": True, "sizes": {"n": 80, "n_correct": int(y.sum()), "n_incorrect": int((~y).sum())},
+                "rule": "r", "dataset": "d", "model": "m", "prompt_template_version": "v", "note": None,
+                "latents": [], "probes": rows, "steering": {"measured": False, "note": "n"}}
+    text = "\n".join(_transfer_section({"transfer": json_safe(transfer), "configuration": {}}))
+    lines = {name: next(ln for ln in text.splitlines() if f"| {name} |" in ln) for name in ("none", "one-class", "splits")}
+    assert "| no informative threshold |" in lines["none"] and "| n/a |" in lines["none"]
+    assert NO_THRESHOLD_ON_SET in lines["one-class"] and f"{scores.max() + 1:.4g}" in lines["one-class"]
+    assert f"{np.median(scores):.4g}" in lines["splits"] and "no informative" not in lines["splits"]
