@@ -182,7 +182,8 @@ class PipelineConfig:
     )
     top_k: int = option(20, help="latents ranked per direction", scope="2", minimum=1, group="phase 2 (SAE analysis)")
     permutations: int = option(
-        200, help="label shuffles of the permutation null", scope="2", minimum=1, group="phase 2 (SAE analysis)"
+        2000, help="label shuffles of the permutation null (2000: Monte Carlo error decides every p outside "
+        "0.04-0.06)", scope="2", minimum=1, group="phase 2 (SAE analysis)"
     )
     general_corpus: str | None = option(
         None, help="local .txt or .jsonl for the general-text filter (default: NeelNanda/pile-10k)", scope="2",

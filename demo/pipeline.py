@@ -41,9 +41,9 @@ DEMO_GENERAL_TEXT = DEMO_DIR / "general_text.txt"
 # Run settings per size: "demo" is what a user sees; "test" is the CI end-to-end test.
 _RUN_SETTINGS: dict[str, dict[str, Any]] = {
     "demo": dict(max_new_tokens=96, batch_size=16, temperatures=[0.4, 0.8], samples_per_task=3,
-                 coefficients=[-1.0, -0.5, 0.0, 0.5, 1.0], n_random_controls=3, permutations=200, bootstrap=1000),
+                 coefficients=[-1.0, -0.5, 0.0, 0.5, 1.0], n_random_controls=3, permutations=2000, bootstrap=1000),
     "test": dict(max_new_tokens=64, batch_size=16, temperatures=[0.8], samples_per_task=2,
-                 coefficients=[-1.0, 0.0, 1.0], n_random_controls=2, permutations=50, bootstrap=200),
+                 coefficients=[-1.0, 0.0, 1.0], n_random_controls=2, permutations=2000, bootstrap=200),
 }
 
 

@@ -17,6 +17,13 @@ Flow of ``run(cfg)`` (docs/design.md sections 2 and 4):
 5. Write everything only after all of it succeeded, each file atomically, the
    results JSON (what Phase 3 reads) last.
 
+Why one family for both directions: the study reports a winner in each
+direction, so each shuffle keeps the largest separation in either direction
+and both rank-1 latents are compared with that maximum (one test at 0.05 for
+the pair, not two). The p-value carries its Monte Carlo standard error;
+within two of them from 0.05 the verdict is "undecided at this number of
+shuffles" (``common.stats.monte_carlo_verdict``).
+
 Why the permutation null covers the unflagged latents only: the family a
 p-value speaks for is the set the ranking chose from; flagging depends on
 general text alone, never on the labels, so restricting the family to it
@@ -45,7 +52,7 @@ from common.metadata import RunClock, build_metadata
 from common.models import resolve_device
 from common.paths import phase_dir, timestamp
 from common.saes import SAESource, check_d_in, encode, fraction_of_variance_unexplained, load_sae, sae_hook_name
-from common.stats import DIRECTIONS, PermutationNull, latent_scores
+from common.stats import DIRECTIONS, PermutationNull, latent_scores, monte_carlo_verdict
 from common.storage import TMP_PREFIX, json_safe, save_npz
 from phase2_sae_analysis.general_filter import GeneralTextFilter, disabled_description
 from phase2_sae_analysis.inputs import SplitData, load_split, resolve_layers
@@ -205,35 +212,63 @@ def rank_direction(
             "t_stat": float(arrays["t_stat"][j]),
             "general_freq": float(arrays["general_freq"][j]),
             "p_family": float(p),
+            "p_family_mc_se": float(np.sqrt(p * (1.0 - p) / null.n_permutations)),
         })
     return entries
 
 
+def _direction_verdict(direction: str, entry: dict[str, Any] | None, mc: dict[str, Any] | None, n_family: int) -> str:
+    """One clause per direction, in the words the summary repeats."""
+    if entry is None or mc is None:
+        return f"no {direction}-preferring latent was ranked"
+    where = f"out of {n_family} unflagged latents (both directions)"
+    p = f"p_family = {mc['p']:.4g} +- {mc['mc_se']:.2g} (Monte Carlo SE)"
+    if mc["decision"] == "below":
+        return f"the rank-1 {direction}-preferring latent beats the null {where}: {p}"
+    if mc["decision"] == "above":
+        return f"no {direction}-preferring latent beats the null {where}: rank-1 {p}"
+    more = mc["more_shuffles_needed"]
+    need = f"about {more} more shuffles needed" if more is not None else "p equals alpha: no number of shuffles decides"
+    return (f"the rank-1 {direction}-preferring latent is undecided at this number of shuffles "
+            f"({mc['n_permutations']}) {where}: {p}; {need}")
+
+
 def null_summary(null: PermutationNull, top: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """The permutation null as the results file records it, with a plain verdict."""
+    """The permutation null as the results file records it, with a plain verdict per direction.
+
+    ``beats_null`` is True only when the rank-1 p is below alpha by more than
+    two Monte Carlo standard errors; ``mc_verdicts`` says when it is
+    undecided and how many more shuffles would decide it.
+    """
     seen = null.n_layers > 0
     quantiles = {
         d: ({f"{q}%": float(np.percentile(null.null_max[d], q)) for q in NULL_QUANTILES} if seen else None)
         for d in DIRECTIONS
     }
-    beats = {d: bool(top[d]) and top[d][0]["p_family"] < BEATS_NULL_ALPHA for d in DIRECTIONS}
-    winners = [d for d in DIRECTIONS if beats[d]]
-    verdict = (
-        "no latent beats the shuffled-label null in either direction (rank-1 p_family >= 0.05)"
-        if not winners
-        else "; ".join(f"the rank-1 {d}-preferring latent beats the null (p_family = {top[d][0]['p_family']:.4g})" for d in winners)
-    )
+    if seen:
+        quantiles["family"] = {f"{q}%": float(np.percentile(null.family_max, q)) for q in NULL_QUANTILES}
+    mc: dict[str, dict[str, Any] | None] = {d: (monte_carlo_verdict(top[d][0]["p_family"], null.n_permutations, BEATS_NULL_ALPHA) if top[d] else None)
+          for d in DIRECTIONS}
+    beats = {d: (mc[d] or {}).get("decision") == "below" for d in DIRECTIONS}
+    verdict = "; ".join(_direction_verdict(d, top[d][0] if top[d] else None, mc[d], null.n_latents)
+                        for d in DIRECTIONS)
     return {
         "n_permutations": null.n_permutations,
         "seed": null.seed,
-        "family": "all unflagged latents of all analysed layers",
+        "family": (f"all {null.n_latents} unflagged latents of all analysed layers, both directions: each shuffle "
+                   "keeps the largest separation in either direction"),
         "n_latents_in_family": null.n_latents,
-        "p_value": "(1 + #{shuffles whose maximum separation over the family >= score}) / (1 + n_permutations)",
+        "p_value": ("(1 + #{shuffles whose maximum separation over the family, either direction, >= score}) "
+                    "/ (1 + n_permutations)"),
+        "mc_rule": ("Monte Carlo SE = sqrt(p (1 - p) / n_permutations); a verdict needs |p - alpha| > 2 SE, "
+                    "otherwise undecided at this number of shuffles"),
+        "mc_verdicts": mc,
         "null_max_quantiles": quantiles,
         "alpha": BEATS_NULL_ALPHA,
         "beats_null": beats,
         "verdict": verdict,
         "null_max": {d: null.null_max[d].tolist() if seen else [] for d in DIRECTIONS},
+        "null_max_family": null.family_max.tolist() if seen else [],
     }
 
 
@@ -370,7 +405,7 @@ def run(cfg: PipelineConfig) -> Path:
             "device": str(device),
             "labels": document["labels"],
             "general_filter": general_info,
-            "permutation_null": {k: v for k, v in permutation.items() if k != "null_max"},
+            "permutation_null": {k: v for k, v in permutation.items() if k not in ("null_max", "null_max_family")},
             "fvu": fvu,
         },
     )

@@ -37,21 +37,28 @@ from phase3_validation.statistical import LatentEvaluation, split_too_small
 logger = logging.getLogger(__name__)
 
 CONFIDENCE = "mean_logprob"
+RESIDUALISED = "probe_length_residualised"
 RULES = {
     "confounds": "n_prompt_tokens: prompt length in tokens (Phase 1, no padding); cyclomatic_complexity: of the "
                  "reference solution (Phase 0); n_asserts and asserts_chars: number and total characters of the "
                  "task's asserts (split table test_list)",
     "single_auroc": "each feature's sign learnt by a one-feature logistic regression on the sae split; AUROC on "
-                    "validation with a percentile bootstrap 95% interval",
-    "beyond_confounds": "logistic regression on the confounds alone against confounds + predictor, both fitted on "
-                        "the sae split; AUROC gain on validation with a paired bootstrap 95% interval; the predictor "
-                        "adds information only if the whole interval is above 0",
+                    "validation with DeLong's 95% interval (logit scale)",
+    "beyond_confounds": "logistic regressions on the confounds alone, the predictor alone and both, fitted on the "
+                        "sae split; on validation the combined model against the better of the confound model and "
+                        "chance (0.5), against the predictor alone, and against 0.5, each with a paired bootstrap "
+                        f"95% interval; a gain or loss is called only when the whole interval is beyond "
+                        f"{baselines.GAIN_TOLERANCE} AUROC",
     "best_latent": "the validated SAE latent with the highest hyperparams AUROC (ties: Phase 2 order)",
     "best_probe": "the logistic probe layer with the highest hyperparams AUROC; its sae-split scores are out-of-fold "
                   "(5-fold cross-fitting), so the combined regression does not see in-sample probe scores",
     "beyond_confidence": "the same comparison with mean_logprob in place of the confounds",
     "coverage": "validation tasks ranked by each predictor's P(correct) (one-feature logistic regression fitted on "
-                "sae); pass rate among the top x% 'trusted' tasks",
+                "sae); pass rate among the top x% 'trusted' tasks, tasks tied at the cut taken in expectation over "
+                "their orderings, with a Clopper-Pearson 95% interval",
+    "length_residualised_probe": "the best layer's logistic probe refitted after removing the linear effect of "
+                                 "n_prompt_tokens from every activation dimension (one least-squares line per "
+                                 "dimension, fitted on the sae split only and applied to both splits)",
     "geometry": "cosine (sign kept) between the SAE latent's decoder row, the logistic probe's weight vector in "
                 "residual coordinates (coef / feature scale) and the sae-split difference of class means, at the "
                 "latent's layer; probe and difference of means point towards correct",
@@ -122,6 +129,50 @@ def _probe_scores(inputs: Phase3Inputs, layer: int, seed: int) -> tuple[np.ndarr
     return oof, full.decision_function(inputs.activations(inputs.validation, layer).astype(np.float64))
 
 
+def residualise_on_length(x_train: np.ndarray, len_train: np.ndarray, x_eval: np.ndarray, len_eval: np.ndarray
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the linear effect of prompt length from every activation dimension, fitted on the training rows only.
+
+    Why: prompt length alone predicts correctness (longer prompts, harder
+    tasks), and a residual-stream probe can read length off the activations.
+    One least-squares line per dimension, x_j ~ a_j + b_j * length, fitted on
+    the training split; both splits keep only what the line does not explain.
+    """
+    design = np.column_stack([np.ones(len(len_train)), np.asarray(len_train, dtype=np.float64)])
+    coef, *_ = np.linalg.lstsq(design, np.asarray(x_train, dtype=np.float64), rcond=None)  # (2, d)
+    eval_design = np.column_stack([np.ones(len(len_eval)), np.asarray(len_eval, dtype=np.float64)])
+    return (np.asarray(x_train, dtype=np.float64) - design @ coef,
+            np.asarray(x_eval, dtype=np.float64) - eval_design @ coef)
+
+
+def _residualised_probe_scores(inputs: Phase3Inputs, layer: int, len_sae: np.ndarray, len_val: np.ndarray,
+                               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The logistic probe of ``layer`` refitted on length-residualised vectors: out-of-fold sae, full-fit validation."""
+    assert inputs.sae is not None
+    x_sae, x_val = residualise_on_length(inputs.activations(inputs.sae, layer), len_sae,
+                                         inputs.activations(inputs.validation, layer), len_val)
+    y_sae = inputs.sae.correct
+    n_splits = int(min(5, y_sae.sum(), (~y_sae).sum()))
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    full = fit_logistic_probe(x_sae, y_sae, seed)
+    oof = cross_val_predict(full, x_sae, y_sae, cv=cv, method="decision_function")
+    return oof, full.decision_function(x_val)
+
+
+def _add_residualised_probe(inputs: Phase3Inputs, probe_layer: int | None, c_sae: pd.DataFrame, c_val: pd.DataFrame,
+                            scores: dict[str, tuple[np.ndarray, np.ndarray]], predictors: dict[str, dict[str, Any]],
+                            seed: int) -> str | None:
+    """Register the length-residualised probe beside the plain one; the one-line reason when it cannot be built."""
+    if probe_layer is None:
+        return None
+    if "n_prompt_tokens" not in c_sae.columns or c_sae["n_prompt_tokens"].nunique() < 2:
+        return "length-residualised probe not fitted: no varying n_prompt_tokens on the sae split"
+    scores[RESIDUALISED] = _residualised_probe_scores(inputs, probe_layer, c_sae["n_prompt_tokens"].to_numpy(),
+                                                      c_val["n_prompt_tokens"].to_numpy(), seed)
+    predictors[RESIDUALISED] = {"name": f"logistic probe L{probe_layer}, prompt length removed"}
+    return None
+
+
 def _geometry(inputs: Phase3Inputs, chosen: LatentEvaluation,
               sae_cache: dict[int, Any], seed: int) -> list[dict[str, Any]]:
     """One cosine table per reported latent (the rank-1 latent of each direction and the chosen best)."""
@@ -185,6 +236,8 @@ def evaluate(inputs: Phase3Inputs, probes: ProbeResults, evaluations: list[Laten
     else:
         scores["probe"] = _probe_scores(inputs, probe_layer, seed)
         predictors["probe"] = {"name": f"logistic probe L{probe_layer}"}
+    section["residualised_probe_note"] = _add_residualised_probe(inputs, probe_layer, c_sae, c_val, scores,
+                                                                 predictors, seed)
     conf_sae, conf_note = confidence(sae_split)
     section["confidence_note"] = conf_note
     if conf_sae is not None:
@@ -259,38 +312,91 @@ def _beyond_prompt_confidence(section: dict[str, Any], scores: dict[str, tuple[n
             ).to_dict()
 
 
+def _diff(d: dict[str, Any]) -> str:
+    return f"{d['delta']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def _gain_words(b: dict[str, Any], reference: str = "confounds") -> str:
+    """The comparison in words (``reference``: what the predictor is added to), old results included."""
+    ref = f"max({reference}, 0.5)" if "vs_confounds" in b else reference
+    text = (f"AUROC {reference} {b['auroc_confounds']:.3f}"
+            + (f", predictor alone {b['auroc_predictor']:.3f}" if "auroc_predictor" in b else "")
+            + f", combined {b['auroc_with_predictor']:.3f}; combined - {ref} "
+              f"{b['delta']:+.3f} [{b['delta_low']:+.3f}, {b['delta_high']:+.3f}]")
+    if "vs_predictor" in b:
+        text += f"; combined - predictor alone {_diff(b['vs_predictor'])}"
+    return text
+
+
 def _verdicts(predictors: dict[str, dict[str, Any]], used: list[str]) -> list[str]:
-    """One line per predictor: does it carry information beyond the confounds?"""
+    """One line per predictor: does it carry information beyond the confounds (interval beyond the tolerance)?"""
     if not used:
         return ["no confound could be built, so nothing is tested against them"]
     lines = []
     for p in predictors.values():
         b = p["beyond_confounds"]
         verdict = "carries information beyond" if b["adds_information"] else "carries **no** information shown beyond"
-        lines.append(f"The {p['name']} {verdict} the confounds ({', '.join(used)}): AUROC {b['auroc_confounds']:.3f} "
-                     f"-> {b['auroc_with_predictor']:.3f}, gain {b['delta']:+.3f} [{b['delta_low']:+.3f}, "
-                     f"{b['delta_high']:+.3f}].")
+        worse = (" Adding the confounds makes it worse than the predictor alone."
+                 if (b.get("vs_predictor") or {}).get("loss") else "")
+        lines.append(f"The {p['name']} {verdict} the confounds ({', '.join(used)}): {_gain_words(b)}.{worse}")
     return lines
 
 
 def _flags(predictors: dict[str, dict[str, Any]]) -> list[str]:
     """What the reader must see first: a latent or probe that adds nothing to the confounds or to the confidence."""
     flags = []
-    for key in ("latent", "probe"):
+    for key in ("latent", "probe", RESIDUALISED):
         p = predictors.get(key)
         if p is None:
             continue
-        for what, label in (("beyond_confounds", "the trivial confounds"), ("beyond_confidence", "the model's own "
-                                                                            "confidence (mean log-probability)")):
+        for what, label, reference in (("beyond_confounds", "the trivial confounds", "confounds"),
+                                       ("beyond_confidence", "the model's own confidence (mean log-probability)",
+                                        CONFIDENCE)):
             b = p.get(what)
             if b and not b["adds_information"]:
-                flags.append(f"The {p['name']} adds no information shown beyond {label} on validation (AUROC gain "
-                             f"{b['delta']:+.3f} [{b['delta_low']:+.3f}, {b['delta_high']:+.3f}])")
+                flags.append(f"The {p['name']} adds no information shown beyond {label} on validation "
+                             f"({_gain_words(b, reference)})")
     return flags
 
 
 def _auc(a: dict[str, float]) -> str:
     return f"{a['auroc']:.3f} [{a['low']:.3f}, {a['high']:.3f}]"
+
+
+def _auprc(a: dict[str, float]) -> str:
+    if "auprc" not in a:
+        return "n/a"
+    return f"{a['auprc']:.3f} ({a['auprc_baseline_prevalence']:.3f})"
+
+
+def _beyond_cells(b: dict[str, Any] | None) -> str:
+    """Predictor-alone, combined and the three paired comparisons of one predictor, as table cells."""
+    if not b:
+        return "n/a | n/a | n/a"
+    chance = b.get("combined_vs_chance")
+    combined = (f"{chance['auroc']:.3f} [{chance['low']:.3f}, {chance['high']:.3f}]" if chance
+                else f"{b['auroc_with_predictor']:.3f}")
+    gain = f"{b['delta']:+.3f} [{b['delta_low']:+.3f}, {b['delta_high']:+.3f}]"
+    vs_pred = _diff(b["vs_predictor"]) if b.get("vs_predictor") else "n/a"
+    return f"{combined} | {gain} | {vs_pred}"
+
+
+def _coverage_lines(cov: dict[str, Any]) -> list[str]:
+    """The coverage table: expected pass rate (ties averaged) with its Clopper-Pearson interval at every point."""
+    keys = list(cov["curves"])
+    lines = ["", "#### Coverage-accuracy: pass rate among the top x% trusted validation tasks", "",
+             f"Overall pass rate {cov['overall_pass_rate']:.3f} ({cov['n_validation']} tasks). Tasks tied at the cut "
+             "count in expectation over the orderings of the tie; brackets are Clopper-Pearson 95% intervals. "
+             "At 50% coverage: " + "; ".join(f"{k} {cov['pass_rate_at_50'][k]:.3f}" for k in keys) + ".", "",
+             "| coverage | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for i, row in enumerate(cov["curves"][keys[0]]):
+        cells = []
+        for k in keys:
+            r = cov["curves"][k][i]
+            ci = f" [{r['ci_lo']:.3f}, {r['ci_hi']:.3f}]" if "ci_lo" in r else ""
+            cells.append(f"{r['pass_rate']:.3f}{ci}")
+        lines.append(f"| {row['coverage']:.0%} ({row['n_trusted']}) | " + " | ".join(cells) + " |")
+    return lines
 
 
 def summary_lines(section: dict[str, Any] | None) -> list[str]:
@@ -302,24 +408,23 @@ def summary_lines(section: dict[str, Any] | None) -> list[str]:
         return lines + [f"{section['note'].capitalize()}.", ""]
     lines += ["Rules: " + "; ".join(f"{k}: {v}" for k, v in section["rules"].items()) + ".", "",
               "#### Confounds and confidence against the latent and the probe", "",
-              "| predictor | AUROC [95% CI] (0.5) | + confounds vs confounds alone: gain [95% CI] |", "|---|---|---|"]
+              "| predictor | AUROC [95% CI] (0.5) | AUPRC (prevalence) | confounds + predictor: AUROC [95% CI] (0.5) | "
+              "combined - max(confounds, 0.5) [95% CI] | combined - predictor alone [95% CI] |",
+              "|---|---|---|---|---|---|"]
     for name, auc in section["confounds"].items():
-        lines.append(f"| confound: {name} [before generation] | {_auc(auc)} | |")
+        lines.append(f"| confound: {name} [before generation] | {_auc(auc)} | {_auprc(auc)} | | | |")
     for p in section["predictors"].values():
-        b = p.get("beyond_confounds")
-        gain = f"{b['delta']:+.3f} [{b['delta_low']:+.3f}, {b['delta_high']:+.3f}]" if b else "n/a"
-        lines.append(f"| {p['name']} | {_auc(p['auroc'])} | {gain} |")
+        lines.append(f"| {p['name']} | {_auc(p['auroc'])} | {_auprc(p['auroc'])} | {_beyond_cells(p.get('beyond_confounds'))} |")
     lines.append("")
     for p in section["predictors"].values():
         c = p.get("beyond_confidence")
         if c:
-            lines.append(f"The {p['name']} beside the model's confidence: AUROC of mean_logprob [after generation] alone "
-                         f"{c['auroc_confounds']:.3f}, with the predictor added {c['auroc_with_predictor']:.3f}, gain "
-                         f"{c['delta']:+.3f} [{c['delta_low']:+.3f}, {c['delta_high']:+.3f}] "
+            lines.append(f"The {p['name']} beside the model's confidence (mean_logprob [after generation] in place "
+                         f"of the confounds): {_gain_words(c, CONFIDENCE)} "
                          f"({'adds information' if c['adds_information'] else '**adds no information shown**'}).")
     for name, why in section.get("confounds_missing", {}).items():
         lines.append(f"Confound {name} not used: {why}.")
-    for key in ("confidence_note", "probe_note"):
+    for key in ("confidence_note", "probe_note", "residualised_probe_note"):
         if section.get(key):
             lines.append(f"{section[key][0].upper()}{section[key][1:]}.")
     lines += [""] + [f"**{v}**" for v in section["verdicts"]] + [""]
@@ -328,13 +433,4 @@ def summary_lines(section: dict[str, Any] | None) -> list[str]:
         for pair in g["pairs"]:
             lines.append(f"| {g['layer']} | {g['latent']} ({g['direction']}) | {pair['a']} | {pair['b']} | "
                          f"{pair['cosine']:+.3f} |")
-    cov = section["coverage"]
-    keys = list(cov["curves"])
-    lines += ["", "#### Coverage-accuracy: pass rate among the top x% trusted validation tasks", "",
-              f"Overall pass rate {cov['overall_pass_rate']:.3f} ({cov['n_validation']} tasks). At 50% coverage: "
-              + "; ".join(f"{k} {cov['pass_rate_at_50'][k]:.3f}" for k in keys) + ".", "",
-              "| coverage | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for i, row in enumerate(cov["curves"][keys[0]]):
-        lines.append(f"| {row['coverage']:.0%} ({row['n_trusted']}) | "
-                     + " | ".join(f"{cov['curves'][k][i]['pass_rate']:.3f}" for k in keys) + " |")
-    return lines + [""]
+    return lines + _coverage_lines(section["coverage"]) + [""]

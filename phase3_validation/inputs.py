@@ -239,7 +239,8 @@ def load_phase2_results(cfg: PipelineConfig) -> Phase2Results:
         sae_source=source,
         top=top,
         beats_null={d: (None if beats.get(d) is None else bool(beats[d])) for d in DIRECTIONS},
-        null_info={k: v for k, v in null.items() if k not in ("null_max", "null_max_correct", "null_max_incorrect")},
+        null_info={k: v for k, v in null.items()
+                   if k not in ("null_max", "null_max_correct", "null_max_incorrect", "null_max_family")},
         scores_dir=_resolve_relative(raw["scores_dir"], path, data_dir),
     )
 

@@ -91,17 +91,22 @@ def metrics_by_temperature(metrics: pd.DataFrame) -> bytes:
 
 
 def coverage_accuracy(coverage: dict[str, Any]) -> bytes:
-    """Pass rate among the top x% trusted validation tasks per predictor, beside the overall pass rate."""
+    """Pass rate among the top x% trusted validation tasks per predictor (ties averaged), its 95% band, the overall rate."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for key, rows in coverage["curves"].items():
-        ax.plot([100 * r["coverage"] for r in rows], [r["pass_rate"] for r in rows], marker="o", label=key)
+        x = [100 * r["coverage"] for r in rows]
+        (line,) = ax.plot(x, [r["pass_rate"] for r in rows], marker="o", label=key)
+        if all("ci_lo" in r for r in rows):  # the Clopper-Pearson 95% band of each point (absent in older results)
+            ax.fill_between(x, [r["ci_lo"] for r in rows], [r["ci_hi"] for r in rows], color=line.get_color(),
+                            alpha=0.15, lw=0)
     ax.axhline(coverage["overall_pass_rate"], ls="--", color="grey",
                label=f"overall pass rate {coverage['overall_pass_rate']:.3f}")
     ax.set_xlabel("coverage: % of validation tasks trusted (top-ranked by the predictor)")
     ax.set_ylabel("pass rate among trusted tasks")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
-    ax.set_title(f"Coverage-accuracy on the validation split ({coverage['n_validation']} tasks)")
+    ax.set_title(f"Coverage-accuracy on the validation split ({coverage['n_validation']} tasks; "
+                 "band: Clopper-Pearson 95%)")
     return _png(fig)
 
 

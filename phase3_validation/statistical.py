@@ -14,10 +14,14 @@ direction:
   class, the row says "no informative threshold" and carries no F1,
   precision, recall or accuracy (the AUROC, which needs no threshold, stays);
 - on the validation split (temperature 0, and each Phase 1.2 temperature) the
-  AUROC with a bootstrap 95% CI, and at that fixed threshold F1, precision,
-  recall and accuracy, each beside its trivial baseline.
+  AUROC with a bootstrap 95% CI and the AUPRC beside the prevalence, and at
+  that fixed threshold F1, precision, recall and accuracy, each beside its
+  trivial baseline; when the threshold puts every row of the evaluated set in
+  one class, the row says "no informative threshold on this set" instead
+  (those metrics would be their baselines by construction).
 
-Baselines, and why each: AUROC 0.5 (a score unrelated to the label);
+Baselines, and why each: AUROC 0.5 (a score unrelated to the label); AUPRC
+the prevalence (the average precision of a score unrelated to the label);
 F1 of always predicting positive (2b / (1 + b) for base rate b), the F1 any
 classifier gets for free; precision's base rate b (the precision of any
 classifier that ignores the score); recall's predicted-positive rate (the
@@ -28,7 +32,8 @@ At temperature > 0 a task has several samples (one row each, all with the
 task's one activation, since activations depend on the prompt only). Samples
 of a task are not independent, so the AUROC interval there resamples *tasks*
 (each with all its samples), not rows; at temperature 0 (one row per task)
-this is the ordinary bootstrap of ``common.stats.auroc_with_ci``.
+the interval is DeLong's (``common.stats.auroc_with_ci``, calibrated by
+bench/calibration.py).
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Any
 
 import numpy as np
 from scipy import stats as sps
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
 from common.errors import PipelineError
@@ -50,12 +55,14 @@ from phase3_validation.inputs import LatentRef, Phase3Inputs, temperature_activa
 logger = logging.getLogger(__name__)
 
 NO_THRESHOLD = "no informative threshold"
+NO_THRESHOLD_ON_SET = "no informative threshold on this set"
 # Fewer tasks than this in a class of the hyperparams split: no threshold is chosen (one line says so).
 MIN_THRESHOLD_CLASS = 3
 
 BASELINE_NOTES: dict[str, str] = {
     "auroc": "0.5 (score unrelated to the label)",
-    "f1": "F1 of always predicting positive = 2b/(1+b), b = base rate",
+    "auprc": "prevalence b (average precision of a score unrelated to the label)",
+    "f1": "F1 of flagging everything (always predicting positive) = 2b/(1+b), b = base rate",
     "precision": "base rate b (precision of any score-blind classifier)",
     "recall": "predicted-positive rate (expected recall of a random classifier flagging as many)",
     "accuracy": "majority-class rate max(b, 1-b)",
@@ -107,10 +114,14 @@ def clustered_bootstrap_aurocs(
 def auroc_interval(
     y: np.ndarray, scores: np.ndarray, n_bootstrap: int, seed: int, groups: np.ndarray | None = None
 ) -> tuple[float, float, float, str]:
-    """(AUROC, lo, hi, method): row bootstrap when each task has one row, task bootstrap otherwise."""
+    """(AUROC, lo, hi, method): DeLong when each task has one row, a bootstrap over tasks otherwise.
+
+    DeLong's variance treats rows as independent, which samples of one task
+    are not; the task bootstrap keeps them together.
+    """
     if groups is None or np.unique(groups).size == len(groups):
         auroc, lo, hi = auroc_with_ci(y, scores, n_bootstrap=n_bootstrap, seed=seed)
-        return auroc, lo, hi, "percentile bootstrap over tasks"
+        return auroc, lo, hi, "DeLong variance, logit scale"
     auroc = float(roc_auc_score(y, scores))
     boot = clustered_bootstrap_aurocs(y, scores, groups, n_bootstrap, seed)
     if boot.size == 0:
@@ -138,31 +149,44 @@ def evaluate_at_threshold(
     """
     y = np.asarray(y, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
-    informative = threshold is not None
-    pred = scores >= threshold if informative else np.zeros_like(y)
+    chosen = threshold is not None
+    pred = scores >= threshold if chosen else np.zeros_like(y)
+    # A chosen threshold that puts every row of *this* set in one class is a trivial classifier here: its F1,
+    # precision and accuracy are the baselines' by construction, so they are not reported (validation and
+    # HumanEval alike).
+    one_class_here = chosen and (bool(pred.all()) or not pred.any())
+    informative = chosen and not one_class_here
     metrics = classification_metrics(y, pred)
     b = metrics["base_rate"]
-    notes = [] if informative else [NO_THRESHOLD]
+    notes = [] if chosen else [NO_THRESHOLD]
+    if one_class_here:
+        notes.append(f"{NO_THRESHOLD_ON_SET}: the threshold predicts {'positive' if pred.all() else 'negative'} "
+                     f"for all {y.size} rows")
     row: dict[str, Any] = {
-        "threshold": float(threshold) if informative and threshold is not None else float("nan"),
+        "threshold": float(threshold) if chosen and threshold is not None else float("nan"),
         "informative_threshold": informative,
+        "threshold_status": "informative" if informative else ("one class on this set" if chosen else "none chosen"),
         "n": metrics["n"],
         "n_tasks": int(np.unique(groups).size) if groups is not None else metrics["n"],
         "n_positive": metrics["n_positive"],
         "base_rate": b,
         "firing_rate": float((scores > 0).mean()),
+        "predicted_positive_rate_at_threshold": float(pred.mean()) if chosen else float("nan"),
     }
     if y.all() or not y.any():
-        row.update(auroc=float("nan"), auroc_ci_lo=float("nan"), auroc_ci_hi=float("nan"), auroc_ci_method="")
+        row.update(auroc=float("nan"), auroc_ci_lo=float("nan"), auroc_ci_hi=float("nan"), auroc_ci_method="",
+                   auprc=float("nan"))
         notes.append("one class only: AUROC undefined")
     else:
         auroc, lo, hi, method = auroc_interval(y, scores, n_bootstrap, seed, groups)
-        row.update(auroc=auroc, auroc_ci_lo=lo, auroc_ci_hi=hi, auroc_ci_method=method)
+        row.update(auroc=auroc, auroc_ci_lo=lo, auroc_ci_hi=hi, auroc_ci_method=method,
+                   auprc=float(average_precision_score(y, scores)))
     row["note"] = "; ".join(notes)
     predicted_positive_rate = float(pred.mean()) if informative else float("nan")
     nan = float("nan")
     row.update(
         auroc_baseline=0.5,
+        auprc_baseline_prevalence=b,
         f1=metrics["f1"] if informative else nan,
         f1_baseline_always_positive=metrics["always_positive_f1"],
         precision=metrics["precision"] if informative else nan,

@@ -16,7 +16,7 @@ from common.neuronpedia import latent_markdown
 from phase3_validation.confounds import summary_lines as reviewer_lines
 from phase3_validation.prompt_confidence import summary_lines as availability_lines
 from phase3_validation.prompting import summary_lines as prompting_lines
-from phase3_validation.statistical import BASELINE_NOTES, NO_THRESHOLD
+from phase3_validation.statistical import BASELINE_NOTES, NO_THRESHOLD, NO_THRESHOLD_ON_SET
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -39,33 +39,59 @@ def _rate(k: int, n: int, rate: float, lo: float, hi: float) -> str:
     return f"{k}/{n} = {_f(rate)} {_ci(lo, hi)}"
 
 
+def _mc_cell(mc: dict[str, Any] | None) -> str:
+    """The family p with its Monte Carlo standard error, and the verdict it supports."""
+    if not mc:
+        return "n/a | not recorded"
+    p = f"{_p(mc['p'])} +- {mc['mc_se']:.2g}"
+    if mc["decision"] == "below":
+        return f"{p} | yes"
+    if mc["decision"] == "above":
+        return f"{p} | **no**"
+    more = mc.get("more_shuffles_needed")
+    need = f"about {more} more shuffles needed" if more is not None else "p equals 0.05"
+    return f"{p} | undecided at this number of shuffles ({need})"
+
+
 def _null_section(doc: dict[str, Any]) -> list[str]:
     null = doc["phase2_null"]
     lines = ["## 1. Did Phase 2's latents beat the permutation null?", ""]
     n_perm = null.get("n_permutations", "?")
+    n_family = null.get("n_latents_in_family", "?")
     floor = f"1/{1 + n_perm} = {1 / (1 + n_perm):.3g}" if isinstance(n_perm, int) else "1/(1 + shuffles)"
-    lines.append(f"Phase 2 shuffled the sae-split labels {n_perm} times (seed {null.get('seed', '?')}) and kept the "
-                 "maximum separation score over all layers and latents each time; p_family = (1 + number of "
-                 "shuffles whose maximum is at or above the latent's score) / (1 + number of shuffles), so the "
-                 f"smallest possible p_family is {floor}.")
+    lines.append(f"Phase 2 shuffled the sae-split labels {n_perm} times (seed {null.get('seed', '?')}) and kept, each "
+                 f"time, the largest separation score in either direction out of {n_family} unflagged latents (one "
+                 "family for both directions); p_family = (1 + number of shuffles whose maximum is at or above the "
+                 f"latent's score) / (1 + number of shuffles), so the smallest possible p_family is {floor}. "
+                 "Beside it, its Monte Carlo standard error sqrt(p (1 - p) / shuffles); within two of them from 0.05 "
+                 "the verdict is undecided at this number of shuffles.")
     lines += ["", "Split: sae (where Phase 2 ranked the latents).", "",
-              "| direction | rank-1 latent | separation | p_family | beats the null |", "|---|---|---|---|---|"]
+              "| direction | rank-1 latent | separation | p_family +- MC SE | beats the null |", "|---|---|---|---|---|"]
+    mcs = null.get("mc_verdicts") or {}
     for direction, top in doc["phase2_top"].items():
         beats = null.get("beats_null", {}).get(direction)
-        verdict = "yes" if beats else ("**no**" if beats is not None else "not recorded")
-        if top:
-            lines.append(f"| {direction} | L{top['layer']}/{top['latent']} | {_f(top['separation_score'])} | "
-                         f"{_p(top.get('p_family'))} | {verdict} |")
+        if mcs.get(direction):
+            cells = _mc_cell(mcs[direction])
         else:
-            lines.append(f"| {direction} | none | | | {verdict} |")
+            cells = f"{_p(top.get('p_family')) if top else ''} | " + (
+                "yes" if beats else ("**no**" if beats is not None else "not recorded"))
+        if top:
+            lines.append(f"| {direction} | L{top['layer']}/{top['latent']} | {_f(top['separation_score'])} | {cells} |")
+        else:
+            lines.append(f"| {direction} | none | | {cells} |")
     lines.append("")
     if null.get("verdict"):
         lines += [f"Phase 2's verdict: {null['verdict']}.", ""]
     for direction in ("correct", "incorrect"):
-        if null.get("beats_null", {}).get(direction) is False:
-            lines.append(f"**No {direction}-preferring latent beat the shuffled-label null**: its best separation "
-                         "score is within what chance produces, so the numbers below for it describe a latent "
-                         "that may have been chosen by chance.")
+        mc = mcs.get(direction) or {}
+        if mc.get("decision") == "undecided":
+            lines.append(f"**The {direction}-preferring latent is undecided at {n_perm} shuffles**: rerun Phase 2 with "
+                         f"more (`--permutations {mc.get('shuffles_needed') or n_perm}`) before reading its numbers "
+                         "as more than exploratory.")
+        elif null.get("beats_null", {}).get(direction) is False:
+            lines.append(f"**No {direction}-preferring latent beat the shuffled-label null** out of {n_family} unflagged "
+                         "latents: its best separation score is within what chance produces, so the numbers below for "
+                         "it describe a latent that may have been chosen by chance.")
     return lines + [""]
 
 
@@ -75,11 +101,21 @@ def _latent(doc: dict[str, Any], lat: dict[str, Any]) -> str:
     return latent_markdown(desc, lat["layer"], lat["latent"])
 
 
+def _no_threshold_text(row: dict[str, Any]) -> str:
+    """Why a row has no threshold metrics: none was chosen, or the chosen one puts this set in one class."""
+    return NO_THRESHOLD_ON_SET if row.get("threshold_status") == "one class on this set" else NO_THRESHOLD
+
+
+def _auprc_cell(row: dict[str, Any]) -> str:
+    """AUPRC beside its baseline, the prevalence of the positive class (absent in older results: n/a)."""
+    return f"{_f(row.get('auprc'))} ({_f(row.get('auprc_baseline_prevalence', row.get('base_rate')))})"
+
+
 def _metric_cells(row: dict[str, Any]) -> str:
-    """AUROC, then the threshold metrics beside their baselines, or "no informative threshold"."""
-    auroc = f"{_f(row['auroc'])} {_ci(row['auroc_ci_lo'], row['auroc_ci_hi'])}"
+    """AUROC and AUPRC, then the threshold metrics beside their baselines, or why there are none."""
+    auroc = f"{_f(row['auroc'])} {_ci(row['auroc_ci_lo'], row['auroc_ci_hi'])} | {_auprc_cell(row)}"
     if not row.get("informative_threshold", True):
-        return f"{auroc} | {NO_THRESHOLD} | | | | n/a"
+        return f"{auroc} | {_no_threshold_text(row)} | | | | n/a"
     return (f"{auroc} | {_f(row['f1'])} ({_f(row['f1_baseline_always_positive'])}) | "
             f"{_f(row['precision'])} ({_f(row['precision_baseline_base_rate'])}) | "
             f"{_f(row['recall'])} ({_f(row['recall_baseline_random'])}) | "
@@ -106,13 +142,14 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
     stat = doc["statistical"]
     lines = ["## 2. Statistical validation (validation split, temperature 0)", "",
              "Threshold: best F1 on the hyperparams split among thresholds that split its tasks, applied unchanged "
-             f"to validation (rule 6); where no threshold splits them the row says \"{NO_THRESHOLD}\" and has no "
+             f"to validation (rule 6); where no threshold splits them the row says \"{NO_THRESHOLD}\", and where the "
+             f"threshold puts every validation task in one class it says \"{NO_THRESHOLD_ON_SET}\"; neither has "
              "threshold metrics. Each metric is followed by its baseline in parentheses. Probe rows: the same "
              "metrics for probes on the raw residual stream (fitted on the sae split, threshold on hyperparams, best "
              "layer chosen by hyperparams AUROC), the baseline every SAE latent should be read against.", "",
-             "| positive class | rank | score | AUROC [95% CI] (0.5) | F1 (always-positive) | precision (base rate) | "
-             "recall (random) | accuracy (majority) | threshold | n (positives) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| positive class | rank | score | AUROC [95% CI] (0.5) | AUPRC (prevalence) | F1 (flag everything) | "
+             "precision (base rate) | recall (random) | accuracy (majority) | threshold | n (positives) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for lat in stat["latents"]:
         row = _val0(lat["rows"])
         lines.append(f"| {lat['direction']} | {lat['rank']} | {_latent(doc, lat)} | "
@@ -141,8 +178,8 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
         lines += [f"Temperatures > 0: {stat['temperature_note']}", ""]
     elif stat.get("temperatures"):
         lines += ["### By Phase 1.2 temperature (validation split; one row per sample; AUROC CI resamples tasks)", "",
-                  "| positive class | score | T | AUROC [95% CI] | F1 (always-positive) | n samples (positives) |",
-                  "|---|---|---|---|---|---|"]
+                  "| positive class | score | T | AUROC [95% CI] | AUPRC (prevalence) | F1 (flag everything) | "
+                  "n samples (positives) |", "|---|---|---|---|---|---|---|"]
         scored = [(lat["direction"], f"#{lat['rank']} SAE latent L{lat['layer']}/{lat['latent']}", lat["rows"])
                   for lat in stat["latents"]]
         scored += [(entry["positive_class"], label, entry["rows"]) for label, entry in best]
@@ -152,10 +189,10 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
                     continue
                 note = f" {row['note']}" if row.get("note") else ""
                 f1 = (f"{_f(row['f1'])} ({_f(row['f1_baseline_always_positive'])})" if row.get("informative_threshold", True)
-                      else NO_THRESHOLD)
+                      else _no_threshold_text(row))
                 lines.append(f"| {positive} | {label} | {row['temperature']:g} | "
                              f"{_f(row['auroc'])} {_ci(row['auroc_ci_lo'], row['auroc_ci_hi'])}{note} | "
-                             f"{f1} | {row['n']} ({row['n_positive']}) |")
+                             f"{_auprc_cell(row)} | {f1} | {row['n']} ({row['n_positive']}) |")
         lines.append("")
     return lines
 
@@ -407,8 +444,9 @@ def _transfer_section(doc: dict[str, Any]) -> list[str]:
     if transfer["note"]:
         lines += [f"**Note:** {transfer['note']}.", ""]
     lines += ["| positive class | score | MBPP validation AUROC [95% CI] | HumanEval AUROC [95% CI] (0.5) | "
-              "MBPP validation F1 (always-positive) | HumanEval F1 (always-positive) | HumanEval accuracy (majority) | "
-              "threshold | HumanEval n (positives) |", "|---|---|---|---|---|---|---|---|---|"]
+              "HumanEval AUPRC (prevalence) | MBPP validation F1 (flag everything) | HumanEval F1 (flag everything) | "
+              "HumanEval accuracy (majority) | threshold | HumanEval n (positives) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in transfer["latents"] + transfer["probes"]:
         score = row["name"] if "probe" in row else f"rank {row['rank']}: {_latent(doc, row)}"
         mbpp = f"{_f(row['mbpp_validation_auroc'])} {_ci(row['mbpp_validation_auroc_ci_lo'], row['mbpp_validation_auroc_ci_hi'])}"
@@ -418,10 +456,12 @@ def _transfer_section(doc: dict[str, Any]) -> list[str]:
             f1 = f"{_f(row['f1'])} ({_f(row['f1_baseline_always_positive'])})"
             acc = f"{_f(row['accuracy'])} ({_f(row['accuracy_baseline_majority'])})"
             threshold = f"{row['threshold']:.4g}"
-        else:
-            f1, acc, threshold = NO_THRESHOLD, "", "n/a"
-        lines.append(f"| {row['positive_class']} | {score} | {mbpp} | {he} | {mbpp_f1} | {f1} | {acc} | {threshold} | "
-                     f"{row['n']} ({row['n_positive']}) |")
+        else:  # the MBPP threshold is shown when one was chosen, even where it puts HumanEval in one class
+            f1, acc = _no_threshold_text(row), ""
+            value = row.get("threshold")
+            threshold = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
+        lines.append(f"| {row['positive_class']} | {score} | {mbpp} | {he} | {_auprc_cell(row)} | {mbpp_f1} | {f1} | "
+                     f"{acc} | {threshold} | {row['n']} ({row['n_positive']}) |")
     if transfer.get("probe_note"):
         lines += ["", f"Probes: {transfer['probe_note']}."]
     return lines + [""] + _transfer_steering_lines(transfer["steering"])

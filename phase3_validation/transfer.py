@@ -215,18 +215,37 @@ def transfer_statistics(
     return out
 
 
+def auroc_transfer_flag(row: dict[str, Any], what: str) -> str | None:
+    """The read-first line for one HumanEval row, or None when its interval lies above 0.5.
+
+    Two outcomes are flagged, each by its own words: an interval holding 0.5
+    ("does not transfer") and an interval entirely below 0.5 ("reverses
+    sign": the score predicts the *other* class on HumanEval, which a reader
+    of "does not transfer" would not guess).
+    """
+    lo, hi = row.get("auroc_ci_lo"), row.get("auroc_ci_hi")
+    if lo is None or hi is None or lo != lo or hi != hi:
+        return None
+    interval = f"AUROC {row['auroc']:.3f} [{lo:.3f}, {hi:.3f}]"
+    if hi < 0.5:
+        return (f"The {what} reverses sign on HumanEval: {interval} lies entirely below 0.5, so on HumanEval it "
+                f"predicts the opposite class to the one it was chosen for on MBPP.")
+    if lo <= 0.5:
+        return f"The {what} does not transfer to HumanEval: {interval} includes 0.5."
+    return None
+
+
 def transfer_flags(transfer: dict[str, Any] | None) -> list[str]:
-    """Read-first lines: a rank-1 latent whose HumanEval AUROC interval holds 0.5 does not transfer."""
+    """Read-first lines: a rank-1 latent that does not transfer to HumanEval, or whose sign reverses there."""
     if not transfer or not transfer.get("measured"):
         return []
     flags = []
     for row in transfer["latents"]:
-        lo, hi = row.get("auroc_ci_lo"), row.get("auroc_ci_hi")
-        if row["rank"] != 1 or lo is None or hi is None or lo != lo or hi != hi:
+        if row["rank"] != 1:
             continue
-        if lo <= 0.5 <= hi:
-            flags.append(f"The rank-1 {row['direction']}-preferring latent {row['name']} does not transfer to HumanEval: "
-                         f"AUROC {row['auroc']:.3f} [{lo:.3f}, {hi:.3f}] includes 0.5.")
+        flag = auroc_transfer_flag(row, f"rank-1 {row['direction']}-preferring latent {row['name']}")
+        if flag:
+            flags.append(flag)
     steering = transfer.get("steering") or {}
     measured = (steering.get("directions") or {}) if steering.get("measured") else {}
     for direction, info in measured.items():

@@ -146,7 +146,12 @@ def _flags(doc: dict[str, Any], inputs: Phase3Inputs) -> list[str]:
     flags = []
     for direction in DIRECTIONS:
         beats = inputs.results.beats_null.get(direction)
-        if beats is False:
+        mc = (inputs.results.null_info.get("mc_verdicts") or {}).get(direction) or {}
+        if mc.get("decision") == "undecided":
+            flags.append(f"Phase 2's rank-1 {direction}-preferring latent is undecided at this number of shuffles "
+                         f"(p_family {mc['p']:.3g} +- {mc['mc_se']:.2g}; about {mc.get('more_shuffles_needed')} more "
+                         "needed): treat its results as exploratory.")
+        elif beats is False:
             flags.append(f"No {direction}-preferring latent beat Phase 2's permutation null: treat its results as exploratory.")
         elif beats is None:
             flags.append(f"Phase 2's results record no permutation-null verdict for {direction}-preferring latents.")

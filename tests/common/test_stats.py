@@ -6,6 +6,8 @@ numbers, so the vectorised code is checked against something independent.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -20,11 +22,14 @@ from common.stats import (
     bootstrap_aurocs,
     classification_metrics,
     clopper_pearson,
+    delong_interval,
     family_p_values,
     latent_scores,
     mcnemar_exact,
+    monte_carlo_verdict,
     paired_sign_test,
     permutation_null,
+    shuffles_for_margin,
 )
 
 # ---------------------------------------------------------------- fixtures (own module scope)
@@ -268,12 +273,31 @@ def test_auroc_with_ci():
     rng = np.random.default_rng(9)
     y = rng.random(80) < 0.4
     s = y * 0.8 + rng.normal(size=80)
-    auroc, lo, hi = auroc_with_ci(y, s, n_bootstrap=200, seed=3)
-    assert auroc == pytest.approx(roc_auc_score(y, s))
-    assert lo <= auroc <= hi and 0 <= lo < hi <= 1
-    assert auroc_with_ci(y, s, n_bootstrap=200, seed=3) == (auroc, lo, hi)
+    for method in ("delong", "bootstrap"):
+        auroc, lo, hi = auroc_with_ci(y, s, n_bootstrap=200, seed=3, method=method)
+        assert auroc == pytest.approx(roc_auc_score(y, s))
+        assert lo <= auroc <= hi and 0 <= lo < hi <= 1
+        assert auroc_with_ci(y, s, n_bootstrap=200, seed=3, method=method) == (auroc, lo, hi)
     with pytest.raises(PipelineError, match="one class"):
         auroc_with_ci(np.ones(5, dtype=bool), np.arange(5.0))
+    with pytest.raises(PipelineError, match="method"):
+        auroc_with_ci(y, s, method="wald")
+
+
+def test_delong_variance_by_hand_with_ties():
+    """DeLong's placements written out pair by pair, on scores with ties within and across classes."""
+    rng = np.random.default_rng(12)
+    y = rng.random(30) < 0.4
+    s = np.round(rng.normal(size=30) + y, 1)
+    pos, neg = s[y], s[~y]
+    psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    var = v10.var(ddof=1) / pos.size + v01.var(ddof=1) / neg.size
+    auroc, lo, hi = delong_interval(y, s)
+    assert auroc == pytest.approx(roc_auc_score(y, s)) == pytest.approx(psi.mean())
+    logit, half = math.log(auroc / (1 - auroc)), 1.959963984540054 * math.sqrt(var) / (auroc * (1 - auroc))
+    assert (lo, hi) == pytest.approx((1 / (1 + math.exp(-(logit - half))), 1 / (1 + math.exp(-(logit + half)))))
+    assert delong_interval(np.array([1, 1, 0, 0], bool), np.array([3.0, 2.0, 1.0, 0.0])) == (1.0, 1.0, 1.0)
 
 
 def test_bootstrap_aurocs_equal_roc_auc_score_per_resample():
@@ -290,7 +314,7 @@ def test_auroc_bootstrap_skips_one_class_resamples():
     # With 1 positive in 6, about a third of resamples have no positive.
     y = np.array([1, 0, 0, 0, 0, 0])
     s = np.array([0.9, 0.1, 0.2, 0.3, 0.4, 0.5])
-    auroc, lo, hi = auroc_with_ci(y, s, n_bootstrap=100, seed=0)
+    auroc, lo, hi = auroc_with_ci(y, s, n_bootstrap=100, seed=0, method="bootstrap")
     assert (auroc, lo, hi) == (1.0, 1.0, 1.0)
 
 
@@ -394,3 +418,58 @@ def test_mcnemar_exact():
     assert mcnemar_exact(0, 0) == 1.0
     # 2 vs 8: P(X<=2) for Bin(10, 1/2) is 56/1024; two-sided doubles it.
     assert mcnemar_exact(2, 8) == pytest.approx(2 * 56 / 1024)
+
+
+def test_family_null_takes_the_maximum_over_both_directions():
+    """One family for both directions: each direction's p compares with max(correct max, incorrect max) per shuffle."""
+    rng = np.random.default_rng(21)
+    fire = rng.random((40, 30)) < 0.3
+    correct = rng.random(40) < 0.5
+    null = PermutationNull(correct, n_permutations=25, seed=2)
+    null.update(fire)
+    max_c, max_i = _null_by_loop(fire, null.shuffled)
+    family = np.maximum(max_c, max_i)
+    np.testing.assert_array_equal(null.family_max, family)
+    score = float(np.median(family))
+    expected = (1 + (family >= score - 1e-9).sum()) / 26
+    assert null.p_value(score, "correct")[()] == pytest.approx(expected)
+    assert null.p_value(score, "incorrect")[()] == pytest.approx(expected)
+    # Never smaller than a one-direction p: the joint family is the stricter one.
+    assert expected >= (1 + (max_c >= score - 1e-9).sum()) / 26
+    assert null.to_dict()["null_max_family"] == family.tolist()
+
+
+def test_family_null_holds_its_level_for_two_directions_where_a_per_direction_null_does_not():
+    """Under exchangeable labels, "either rank-1 latent has p <= 0.05" must happen in about 5% of studies, not 10%."""
+    rng = np.random.default_rng(0)
+    n_studies, joint, per_direction = 400, 0, 0
+    for _ in range(n_studies):
+        fire = rng.random((40, 60)) < 0.3
+        correct = rng.permutation(np.arange(40) < 20)
+        null = PermutationNull(correct, n_permutations=99, seed=int(rng.integers(1 << 30)))
+        null.update(fire)
+        sep = latent_scores(fire.astype(np.float32), correct)["separation_correct"]
+        best_c, best_i = float(sep.max()), float((-sep).max())
+        joint += bool(min(null.p_value(best_c, "correct"), null.p_value(best_i, "incorrect")) <= 0.05)
+        per_direction += bool(min(family_p_values(best_c, null.null_max["correct"]),
+                                  family_p_values(best_i, null.null_max["incorrect"])) <= 0.05)
+    assert joint / n_studies <= 0.075
+    assert per_direction > joint  # the per-direction family rejects more often
+
+
+def test_monte_carlo_verdict_by_hand():
+    decided = monte_carlo_verdict(0.01, 2000)
+    assert decided["decision"] == "below" and decided["mc_se"] == pytest.approx(math.sqrt(0.01 * 0.99 / 2000))
+    assert decided["more_shuffles_needed"] is None
+    assert monte_carlo_verdict(0.2, 2000)["decision"] == "above"
+    # 0.043 at 2,000 shuffles: SE 0.0045, two SE 0.009 > 0.007 from 0.05, so undecided.
+    close = monte_carlo_verdict(0.043, 2000)
+    assert close["decision"] == "undecided"
+    needed = math.ceil(4 * 0.043 * 0.957 / 0.007**2) + 1
+    assert close["shuffles_needed"] == needed and close["more_shuffles_needed"] == needed - 2000
+    assert monte_carlo_verdict(0.043, needed)["decision"] == "below"
+    # The smallest p 50 shuffles can give is still undecided: 50 shuffles cannot certify 0.05.
+    assert monte_carlo_verdict(1 / 51, 50)["decision"] == "undecided"
+    assert shuffles_for_margin(0.01) == 1900
+    with pytest.raises(PipelineError, match="p-value"):
+        monte_carlo_verdict(1.5, 10)

@@ -38,7 +38,7 @@ from tests.artifact_builders import write_phase1_run, write_temperature_run
 
 D_MODEL, D_SAE, LAYERS = 64, 32, (0, 1)
 PLANT_LAYER, PLANT_LATENT = 1, 7
-PERMUTATIONS, TOP_K = 50, 5
+PERMUTATIONS, TOP_K = 400, 5
 SAE_IDS = list(range(11, 43))  # 32 sae-split tasks
 STAMP = "20260101_000000_000000"
 
@@ -237,6 +237,23 @@ def test_full_arrays_equal_a_hand_computation(planted):
                     assert arrays["t_stat"][j] == pytest.approx(welch, rel=1e-4)
     with np.load(scores_dir / f"layer_{PLANT_LAYER}.npz") as arrays:
         assert arrays["separation_correct"][PLANT_LATENT] == 1.0
+
+
+def test_verdict_names_the_family_and_is_undecided_with_too_few_shuffles(planted, tmp_path):
+    """The planted latent beats the null out of N unflagged latents at 400 shuffles, and 50 cannot certify it."""
+    _, _, _, res = planted
+    null = res["permutation_null"]
+    n_family = null["n_latents_in_family"]
+    assert f"out of {n_family} unflagged latents" in null["verdict"]
+    assert null["mc_verdicts"]["correct"]["decision"] == "below"
+    assert len(null["null_max_family"]) == PERMUTATIONS
+    np.testing.assert_array_equal(null["null_max_family"],
+                                  np.maximum(null["null_max"]["correct"], null["null_max"]["incorrect"]))
+    saes = build_sae_run(tmp_path)
+    few = strict_json(phase2_sae_analysis.run(cfg_for(tmp_path, saes, permutations=50)))["permutation_null"]
+    assert few["mc_verdicts"]["correct"]["decision"] == "undecided" and few["beats_null"]["correct"] is False
+    assert "undecided at this number of shuffles (50)" in few["verdict"]
+    assert few["mc_verdicts"]["correct"]["more_shuffles_needed"] > 0
 
 
 def test_top_latents_parquet(planted):

@@ -12,12 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from common.config import PipelineConfig
 from common.storage import write_parquet
 from phase3_validation import baselines, confounds
 from phase3_validation.inputs import load_inputs
-from phase3_validation.probes import evaluate_probes
+from phase3_validation.probes import evaluate_probes, fit_logistic_probe
 from phase3_validation.statistical import validate_latents
 from tests.phase3_validation.builders import (
     latent_item,
@@ -88,7 +89,11 @@ def test_planted_latent_beats_noise_confounds_and_confidence(built):
     for auc in section["confounds"].values():  # noise: the interval holds chance
         assert auc["low"] <= 0.5 + 0.05 and auc["high"] >= 0.5 - 0.05
     preds = section["predictors"]
-    assert set(preds) == {"latent", "probe", "mean_logprob"}
+    assert set(preds) == {"latent", "probe", "probe_length_residualised", "mean_logprob"}
+    # Length is noise here, so removing it leaves the probe as good as it was.
+    assert preds["probe_length_residualised"]["auroc"]["auroc"] > 0.99
+    for p in preds.values():  # AUPRC beside the prevalence for every predictor
+        assert 0 <= p["auroc"]["auprc"] <= 1 + 1e-12 and p["auroc"]["auprc_baseline_prevalence"] == pytest.approx(0.5)
     assert preds["latent"]["auroc"]["auroc"] > 0.99 and preds["latent"]["beyond_confounds"]["adds_information"]
     assert preds["probe"]["auroc"]["auroc"] > 0.99 and preds["probe"]["beyond_confounds"]["adds_information"]
     assert 0.6 < preds["mean_logprob"]["auroc"]["auroc"] < preds["latent"]["auroc"]["auroc"]
@@ -114,7 +119,9 @@ def test_coverage_of_a_perfect_latent_and_the_base_rate(built):
     section = built[2]
     cov = section["coverage"]
     assert cov["overall_pass_rate"] == pytest.approx(0.5) and cov["n_validation"] == 40
-    assert set(cov["curves"]) == {"latent", "probe", "mean_logprob", "n_prompt_tokens"}
+    assert set(cov["curves"]) == {"latent", "probe", "probe_length_residualised", "mean_logprob", "n_prompt_tokens"}
+    for rows in cov["curves"].values():
+        assert all(r["ci_lo"] <= r["pass_rate"] <= r["ci_hi"] for r in rows)
     assert cov["pass_rate_at_50"]["latent"] == 1.0  # 50% coverage = the base rate: a perfect predictor trusts only passes
     assert cov["curves"]["latent"][-1]["pass_rate"] == pytest.approx(0.5)  # 100% coverage = everything
 
@@ -126,6 +133,7 @@ def test_dataset_without_logprobs_drops_only_that_predictor(reviewer_data):
     assert "confidence baseline unavailable" in section["confidence_note"] and "mean_logprob" in section["confidence_note"]
     assert "n_prompt_tokens" in section["confounds_missing"]
     assert set(section["predictors"]) == {"latent", "probe"} and "n_prompt_tokens" not in section["coverage"]["curves"]
+    assert "length-residualised probe not fitted" in section["residualised_probe_note"]
     text = "\n".join(confounds.summary_lines(section))
     assert "Confidence baseline unavailable" in text and "Confound n_prompt_tokens not used" in text
 
@@ -161,5 +169,28 @@ def test_a_noisy_copy_of_prompt_length_is_reported_and_flagged_as_adding_nothing
     verdict = confounds._verdicts(predictors, ["n_prompt_tokens"])[0]
     assert "carries **no** information shown beyond the confounds (n_prompt_tokens)" in verdict
     assert confounds._flags(predictors) == [
-        f"The SAE latent L1/7 adds no information shown beyond the trivial confounds on validation (AUROC gain "
-        f"{gain.delta:+.3f} [{gain.delta_low:+.3f}, {gain.delta_high:+.3f}])"]
+        f"The SAE latent L1/7 adds no information shown beyond the trivial confounds on validation (AUROC confounds "
+        f"{gain.auroc_confounds:.3f}, predictor alone {gain.auroc_predictor:.3f}, combined {gain.auroc_with_predictor:.3f}; "
+        f"combined - max(confounds, 0.5) {gain.delta:+.3f} [{gain.delta_low:+.3f}, {gain.delta_high:+.3f}]; combined "
+        f"- predictor alone {gain.vs_predictor.delta:+.3f} [{gain.vs_predictor.low:+.3f}, {gain.vs_predictor.high:+.3f}])"]
+
+
+def test_length_residualised_probe_loses_a_signal_that_is_only_prompt_length():
+    """Activations that carry prompt length (and noise) predict correctness only through it: removing the linear
+    effect of length, fitted on the training split, leaves the refitted probe near chance while the plain one is not."""
+    rng = np.random.default_rng(11)
+
+    def split(n):
+        length = rng.normal(200, 50, n)
+        y = rng.random(n) < 1 / (1 + np.exp((length - 200) / 20))
+        x = np.outer(length, rng.normal(size=12) * 0 + np.linspace(1, 2, 12)) / 100 + rng.normal(0, 0.3, (n, 12))
+        return length, y, x
+
+    (len_tr, y_tr, x_tr), (len_ev, y_ev, x_ev) = split(300), split(300)
+    plain = fit_logistic_probe(x_tr, y_tr, 0).decision_function(x_ev)
+    r_tr, r_ev = confounds.residualise_on_length(x_tr, len_tr, x_ev, len_ev)
+    np.testing.assert_allclose(r_tr.mean(axis=0), 0, atol=1e-9)  # least squares: residuals centred on training rows
+    assert abs(np.corrcoef(r_tr[:, 0], len_tr)[0, 1]) < 1e-9
+    residualised = fit_logistic_probe(r_tr, y_tr, 0).decision_function(r_ev)
+    assert roc_auc_score(y_ev, plain) > 0.75
+    assert abs(roc_auc_score(y_ev, residualised) - 0.5) < 0.1

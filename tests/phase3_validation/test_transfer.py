@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -60,13 +62,14 @@ def _mbpp(tmp_path):
     return data, sae_dir
 
 
-def _humaneval(data, n=24, shift=None, model=DEFAULT_MODEL, seed=1, signal=True):
+def _humaneval(data, n=24, shift=None, model=DEFAULT_MODEL, seed=1, signal=True, reverse=False):
     """A HumanEval Phase 1.0 run (task ids 0..n-1, a third correct) under data/humaneval, as the real phase writes it."""
     rng = np.random.default_rng(seed)
     root = data / "humaneval"
     passed = {t: t % 3 == 0 for t in range(n)}
     # signal=False: the vectors follow a coin flip unrelated to the label, so nothing can transfer.
-    acts = {t: _vector(rng, passed[t] if signal else bool(rng.random() < 0.5), shift) for t in range(n)}
+    # reverse=True: the vectors follow the opposite label, so every score's sign reverses on this set.
+    acts = {t: _vector(rng, (passed[t] != reverse) if signal else bool(rng.random() < 0.5), shift) for t in range(n)}
     for t in range(n):
         save_task_activations(root / "phase1_0" / "activations", t, {LAYER: acts[t]}, "correct" if passed[t] else "incorrect")
     write_phase1_run(root, pd.DataFrame({"task_id": list(range(n)), "passed": [passed[t] for t in range(n)]}), model=model)
@@ -133,10 +136,16 @@ def test_threshold_is_not_rechosen_on_humaneval(tmp_path):
     row = result.latents[0]
     assert row["direction"] == "correct" and row["threshold"] == evaluations[0].threshold
     assert row["auroc"] > 0.95
-    # Every task is above the MBPP threshold: F1 is exactly the always-positive baseline, which a threshold
-    # re-chosen on HumanEval (F1 near 1 at this AUROC) would have hidden.
-    assert row["predicted_positive_rate"] == 1.0
-    assert row["f1"] == pytest.approx(row["f1_baseline_always_positive"])
+    # Every task is above the MBPP threshold: the rule flags everything, so its F1 would be the flag-everything
+    # baseline by construction. The row says so instead of printing it (a threshold re-chosen on HumanEval, F1
+    # near 1 at this AUROC, would have hidden it).
+    assert row["predicted_positive_rate_at_threshold"] == 1.0
+    assert not row["informative_threshold"] and row["threshold_status"] == "one class on this set"
+    assert math.isnan(row["f1"]) and math.isnan(row["accuracy"]) and row["tp"] == -1
+    assert "no informative threshold on this set" in row["note"]
+    rendered = "\n".join(_transfer_section({"transfer": json_safe(result.to_dict()), "configuration": {}}))
+    line = next(ln for ln in rendered.splitlines() if row["name"] in ln)
+    assert "no informative threshold on this set" in line and "F1" not in line
 
 
 def test_latent_that_does_not_transfer_is_flagged(tmp_path):
@@ -147,6 +156,18 @@ def test_latent_that_does_not_transfer_is_flagged(tmp_path):
     assert all(r["auroc_ci_lo"] <= 0.5 <= r["auroc_ci_hi"] for r in doc["latents"])
     flags = transfer_flags(doc)
     assert len(flags) == 2 and all("does not transfer to HumanEval" in f for f in flags)
+
+
+def test_latent_whose_sign_reverses_is_flagged_as_reversed(tmp_path):
+    """An interval entirely below 0.5 is its own flag, not "does not transfer"."""
+    data, _ = _mbpp(tmp_path)
+    _humaneval(data, n=60, reverse=True)
+    _, _, result = _transfer(data)
+    doc = json_safe(result.to_dict())
+    assert all(r["auroc_ci_hi"] < 0.5 for r in doc["latents"])
+    flags = transfer_flags(doc)
+    assert len(flags) == 2 and all("reverses sign on HumanEval" in f for f in flags)
+    assert not any("does not transfer" in f for f in flags)
 
 
 def test_no_humaneval_run_is_one_line_naming_the_command(tmp_path):

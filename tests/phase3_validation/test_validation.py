@@ -689,7 +689,8 @@ def test_summary_reports_null_intervals_baselines_and_config(e2e):
     text = e2e["summary"].read_text()
     assert "No correct-preferring latent beat the shuffled-label null" in text
     assert "beat Phase 2's permutation null" in text
-    assert "AUROC [95% CI] (0.5)" in text and "always-positive" in text and "base rate" in text
+    assert "AUROC [95% CI] (0.5)" in text and "F1 (flag everything)" in text and "base rate" in text
+    assert "AUPRC (prevalence)" in text
     assert "Clopper-Pearson" in text and "McNemar" in text and "sign test" in text and "beats **" in text
     assert "alpha = 0 rerun against Phase 1.0" in text and "| validation | 1 | 1 (0) | 6 |" in text
     assert "| hyperparams | 0 | 0 (0) | 4 |" in text
