@@ -1,33 +1,35 @@
-"""Batched generation with activation capture in the same prefill (docs/design.md section 5, rules 1 and 5).
+"""Generation with activation capture: the engine every phase uses, and the static batches it replaced.
 
-How a batch runs:
-- prompts are sorted by token length, longest first (similar lengths share a
-  batch, so little padding; an out-of-memory error shows up in the first batch,
-  not hours in);
-- the batch is LEFT padded with an attention mask. ``generate`` derives the
-  position ids from that mask (``attention_mask.cumsum(-1) - 1``, see
-  ``GenerationMixin._prepare_position_ids_for_generation`` in transformers
-  5.23), so every real token has the rotary position it has unbatched, and the
-  last prompt token of every row is the last column of the prefill;
-- ``LastTokenCapture`` records resid_post of each requested layer at that
-  column during the prefill, once per prompt;
-- each row stops on its own: EOS (handled by ``generate``) or a stop sequence
-  (``_RowStopper``); finished rows are filled with pad tokens while the others
-  go on, and the batch ends when every row has finished or hit
-  ``max_new_tokens``;
-- each batch's results are yielded as soon as it finishes, so the caller can
-  hand the programs to CPU executor workers while the next batch generates.
+The engine (:func:`generate_batches`, docs/generation.md) keeps ``batch_size``
+rows in flight over one KV cache. A row that finishes (EOS, a stop sequence
+ending in generated text, or ``max_new_tokens``) leaves at once and the next
+waiting sequences take its place, so no pass computes a row past its end and
+the batch stays full until the queue is empty:
 
-Samples (``samples_per_prompt`` > 1, Phase 1.2) use ``num_return_sequences``:
-``generate`` repeats each prompt before the prefill, so its k copies sit in
-rows b*k .. b*k+k-1; the activations are taken from row b*k and shared by the
-k results (they depend on the prompt only; captured once per prompt).
+- the cache is left padded with an attention mask; every row's tokens are
+  contiguous and end in the last column, position ids come from the mask
+  (``cumsum - 1``), so every token has the rotary position it has unbatched;
+- joining sequences are prefilled together in a pass of their own (each
+  distinct prompt once, samples share its cache rows), then padded on the left
+  to the batch's width and concatenated to it; leaving rows are dropped with
+  ``index_select`` and columns that are padding in every remaining row are cut;
+- ``LastTokenCapture`` records resid_post of each requested layer at the last
+  column of each prefill pass: the last prompt token, once per prompt;
+- decode steps feed one token per row, so steering hooks see prefill passes
+  (sequence length > 1) and decode steps (length 1) exactly as under ``generate``.
 
-Reproducibility: greedy decoding (temperature 0) is deterministic and, within
-float tolerance, independent of batching (tested). Sampling is seeded once per
-batch from ``(seed, batch number)``: the same command with the same prompts and
-batch size gives the same samples. A sample does not stay the same when the
-batch composition changes (``generate`` has no per-row random generator).
+Reproducibility: greedy decoding does not depend on the batch (rule 5; float
+tolerance, tested against ``generate``). A sampled sequence draws from its own
+``torch.Generator`` seeded with ``sample_seed(prompt seed, sample index)``, so
+its sample does not depend on its neighbours, on when it joined, or on whether
+the run was resumed (only a last-bit change in the logits could move a draw
+that sits on a boundary).
+
+The static path (:func:`generate_static_batches`) is what every phase did
+before: fixed batches, longest prompt first, each one ``model.generate`` call
+that runs until its longest row ends, finished rows padded. No phase uses it;
+it is the reference the engine is tested and benchmarked against
+(``bench/phase1_throughput.py``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ _PROMPT_TAIL_CHARS = 32
 
 @dataclass
 class GenerationConfig:
-    """How to generate. ``batch_size`` counts sequences (prompts x samples_per_prompt) per ``generate`` call."""
+    """How to generate. ``batch_size`` counts sequences (rows) in flight at once, samples included."""
 
     max_new_tokens: int = 512
     batch_size: int = 8
@@ -96,8 +98,8 @@ class GenerationResult:
     ``index`` is the prompt's position in the list given to ``generate_batches``.
     ``activations`` maps layer -> float32 vector (d_model,) at the last prompt
     token; the samples of one prompt share the same arrays (captured once per
-    prompt). ``gen_time_s`` is the batch's wall time divided by its number of
-    sequences (rows of a batch run together; this is their amortised cost).
+    prompt). ``gen_time_s`` is the sequence's amortised cost: each pass's wall
+    time divided over the rows it computed, summed over the passes it was in.
     ``stop_reason`` is ``eos``, ``stop_sequence`` or ``max_new_tokens``.
     ``generated_token_ids`` are the ``n_generated_tokens`` new token ids (EOS included).
     """
@@ -229,13 +231,12 @@ def _eos_ids(model: transformers.PreTrainedModel, tokenizer: transformers.PreTra
 def auto_batch_size(
     model: transformers.PreTrainedModel, device: torch.device, max_tokens_per_sequence: int = 1024
 ) -> int:
-    """A batch size (sequences per ``generate`` call) that fits the free GPU memory; 8 on CPU.
+    """A batch size (rows in flight) that fits the free GPU memory; 8 on CPU.
 
     Why this estimate: during generation memory grows with the KV cache
     (2 x layers x kv heads x head_dim per token), plus the prefill's MLP
     activations and the logits. Half the free memory is budgeted, for
-    fragmentation and the prefill peak. Capped at 128: beyond that the batch
-    mostly waits for its slowest row.
+    fragmentation and the prefill peak. Capped at 128 rows.
     """
     if device.type != "cuda":
         return 8
