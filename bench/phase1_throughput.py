@@ -135,18 +135,22 @@ def build_gemma_shapes(prompts: list[str], device: torch.device, dtype: torch.dt
 
 
 def timed(generate: Generate, model, tokenizer, prompts: list[str], cfg: GenerationConfig, label: str):
-    """Results (sorted by prompt) and wall time of one way over all prompts, capturing every layer."""
+    """Results (sorted by prompt), wall time and process CPU time of one way over all prompts, capturing every layer.
+
+    CPU time is printed beside wall time because on a shared CPU other
+    processes stretch the wall time of whichever way happens to run under load.
+    """
     device = next(model.parameters()).device
     results: list[GenerationResult] = []
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for finished in generate(model, tokenizer, prompts, None, cfg):
         results.extend(finished)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     log(f"  [{label}] {len(results)} sequences, {sum(r.n_generated_tokens for r in results)} useful tokens, "
-        f"{seconds:.1f} s")
-    return sorted(results, key=lambda r: (r.index, r.sample_index)), seconds
+        f"{seconds:.1f} s wall, {cpu:.1f} s CPU")
+    return sorted(results, key=lambda r: (r.index, r.sample_index)), seconds, cpu
 
 
 def bandwidth_bound(model, device: torch.device, batch_size: int, context: int) -> str | None:
@@ -156,8 +160,10 @@ def bandwidth_bound(model, device: torch.device, batch_size: int, context: int) 
     if gbs is None:
         return None
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    config = model.config
-    kv = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * next(model.parameters()).element_size()
+    config = getattr(model.config, "text_config", None) or model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    kv = 2 * config.num_hidden_layers * kv_heads * head_dim * next(model.parameters()).element_size()
     step_bytes = weights + batch_size * context * kv
     steps = gbs * 1e9 / step_bytes
     return f"{steps * batch_size:.0f} tokens/s ({gbs:.0f} GB/s, {weights / 1e9:.2f} GB weights, batch {batch_size}, " \
@@ -223,16 +229,18 @@ def main(argv: list[str] | None = None) -> int:
         timed(generate_batches, model, tokenizer, prompts[:2], GenerationConfig(max_new_tokens=4, batch_size=2), "warm-up")
         repeats = args.repeats or (1 if device.type == "cuda" else 2)
         times: dict[str, list[float]] = {"static": [], "engine": []}
+        cpu: dict[str, list[float]] = {"static": [], "engine": []}
         results: dict[str, list[GenerationResult]] = {}
         for rep in range(repeats):
             log(f"round {rep + 1}/{repeats}")
             for label, generate in (("static", generate_static_batches), ("engine", generate_batches)):
-                results[label], seconds = timed(generate, model, tokenizer, prompts, cfg, label)
+                results[label], seconds, cpu_seconds = timed(generate, model, tokenizer, prompts, cfg, label)
                 times[label].append(seconds)
-        return report(model, device, dtype, batch_size, lengths, times, results)
+                cpu[label].append(cpu_seconds)
+        return report(model, device, dtype, batch_size, lengths, times, cpu, results)
 
 
-def report(model, device, dtype, batch_size: int, lengths: list[int], times, results) -> int:
+def report(model, device, dtype, batch_size: int, lengths: list[int], times, cpu, results) -> int:
     static, engine = results["static"], results["engine"]
     useful = sum(r.n_generated_tokens for r in engine)
     static_tps = sum(r.n_generated_tokens for r in static) / min(times["static"])
@@ -248,7 +256,9 @@ def report(model, device, dtype, batch_size: int, lengths: list[int], times, res
         stops[r.stop_reason] = stops.get(r.stop_reason, 0) + 1
     ratio = engine_tps / static_tps
     log("")
-    log(f"times per round (s): static {[round(t, 1) for t in times['static']]}, engine {[round(t, 1) for t in times['engine']]}")
+    log(f"wall per round (s): static {[round(t, 1) for t in times['static']]}, engine {[round(t, 1) for t in times['engine']]}")
+    log(f"CPU per round (s): static {[round(t, 1) for t in cpu['static']]}, engine {[round(t, 1) for t in cpu['engine']]}; "
+        f"ratio by best CPU time {min(cpu['static']) / min(cpu['engine']):.2f}")
     log(f"generated lengths: min {min(r.n_generated_tokens for r in engine)}, "
         f"median {int(np.median([r.n_generated_tokens for r in engine]))}, max {max(r.n_generated_tokens for r in engine)}; "
         f"stop reasons {stops}")
