@@ -31,7 +31,7 @@ import transformers
 from tqdm import tqdm
 
 from common.executor import ExecutionResult, Executor
-from common.generation import GenerationConfig, GenerationResult, generate_batches, plan_batches
+from common.generation import GenerationConfig, GenerationResult, generate_batches
 from common.labelling import submit_generation
 from common.seeding import derive_seed
 from common.storage import RecordCheckpointer
@@ -67,12 +67,6 @@ OnRecord = Callable[[Job, GenerationResult, ExecutionResult, dict[str, Any]], No
 def job_seed(seed: int, job_key: str) -> int:
     """A job's seed: the run's seed and the job's key (crc32 of its text), so it is the same in every rerun and slice."""
     return derive_seed(seed, zlib.crc32(job_key.encode("utf-8")))
-
-
-def plan_job_batches(tokenizer: transformers.PreTrainedTokenizerBase, jobs: list[Job], prompts_per_batch: int) -> list[list[Job]]:
-    """Fixed batches over all jobs (``plan_batches``, ties by job key): the static batches the engine is measured against."""
-    lengths = [len(ids) for ids in tokenizer([j.prompt for j in jobs])["input_ids"]] if jobs else []
-    return [[jobs[i] for i in batch] for batch in plan_batches(lengths, [j.key for j in jobs], prompts_per_batch)]
 
 
 def generate_and_execute(
