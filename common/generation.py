@@ -395,15 +395,61 @@ class _Row:
     reason: str | None = None
 
 
+class _RoomyLayer(transformers.DynamicLayer):
+    """A full cache layer whose keys and values sit in a buffer with room to grow.
+
+    Why: ``DynamicLayer.update`` concatenates, i.e. copies the whole cache of
+    the layer at every decode step; here a step writes one column. ``keys`` and
+    ``values`` are views of the filled part, so everything that reads them
+    (attention, ``get_seq_length``, the mask sizes) sees a normal layer.
+    ``replace`` is how ``_Slots`` installs rows it selected or merged.
+    """
+
+    HEADROOM = 64  # columns added beyond what is needed when the buffer grows
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+    _keys: torch.Tensor
+    _values: torch.Tensor
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        keys, values = self.keys, self.values
+        if not self.is_initialized or keys is None or values is None:
+            self.lazy_initialization(key_states, value_states)
+            self.replace(key_states, value_states)
+            return key_states, value_states
+        n, add = keys.shape[-2], key_states.shape[-2]
+        if n + add > self._keys.shape[-2]:
+            self.replace(keys, values, extra=add)
+        self._keys[:, :, n : n + add] = key_states
+        self._values[:, :, n : n + add] = value_states
+        self.keys, self.values = self._keys[:, :, : n + add], self._values[:, :, : n + add]
+        return self.keys, self.values
+
+    def replace(self, keys: torch.Tensor, values: torch.Tensor, extra: int = 0) -> None:
+        """Hold exactly these keys and values, in a fresh buffer with room for ``extra`` + HEADROOM more columns."""
+        n = keys.shape[-2]
+        shape = (*keys.shape[:2], n + extra + self.HEADROOM, keys.shape[-1])
+        self._keys, self._values = keys.new_empty(shape), values.new_empty(shape)
+        self._keys[:, :, :n], self._values[:, :, :n] = keys, values
+        self.keys, self.values = self._keys[:, :, :n], self._values[:, :, :n]
+
+
+def _new_cache() -> transformers.DynamicCache:
+    """A cache of full ``_RoomyLayer`` layers, created as the model first writes to each."""
+    cache = transformers.DynamicCache()
+    cache.layer_class_to_replicate = _RoomyLayer
+    return cache
+
+
 class _Slots:
     """The batch in flight: a left-padded KV cache, its attention mask and one ``_Row`` per cache row.
 
     Every row's tokens are contiguous and end in the last column, so a column's
     distance from the last one is the same token distance in every row (what a
     sliding window compares) and the next token of every row goes in one new
-    column. The cache holds every layer in full (``DynamicCache()`` without a
-    config): sliding-window layers are masked, not trimmed, because a trimmed
-    layer cannot be padded or merged row by row.
+    column. The cache holds every layer in full (``_new_cache``, no config):
+    sliding-window layers are masked, not trimmed, because a trimmed layer
+    cannot be padded or merged row by row.
     """
 
     def __init__(self) -> None:
@@ -427,8 +473,7 @@ class _Slots:
         first = int(self.mask.any(dim=0).nonzero()[0, 0])
         self.mask = self.mask[:, first:]
         for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, first:]
-            layer.values = layer.values.index_select(0, index)[:, :, first:]
+            layer.replace(layer.keys.index_select(0, index)[:, :, first:], layer.values.index_select(0, index)[:, :, first:])
 
     def join(self, rows: list[_Row], cache: transformers.DynamicCache, mask: torch.Tensor) -> None:
         """Add rows whose prompt was just prefilled; the shorter side is padded on the left to a common length."""
@@ -438,8 +483,10 @@ class _Slots:
         width = max(self.mask.shape[1], mask.shape[1])
         self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(mask, width)])
         for mine, theirs in zip(self.cache.layers, cache.layers):
-            mine.keys = torch.cat([_left_pad(mine.keys, width, dim=2), _left_pad(theirs.keys, width, dim=2)])
-            mine.values = torch.cat([_left_pad(mine.values, width, dim=2), _left_pad(theirs.values, width, dim=2)])
+            mine.replace(
+                torch.cat([_left_pad(mine.keys, width, dim=2), _left_pad(theirs.keys, width, dim=2)]),
+                torch.cat([_left_pad(mine.values, width, dim=2), _left_pad(theirs.values, width, dim=2)]),
+            )
         self.rows.extend(rows)
 
 
@@ -496,7 +543,7 @@ class _Engine:
         enc = self.tokenizer([self.prompts[i] for i in unique], return_tensors="pt", padding=True).to(self.device)
         mask = enc["attention_mask"]
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        cache = transformers.DynamicCache()
+        cache = _new_cache()
         if self.capture is not None:
             with self.capture:
                 logits = self._forward(enc["input_ids"], mask, positions, cache)
@@ -511,7 +558,7 @@ class _Engine:
             where = torch.tensor([unique.index(r.index) for r in rows], device=self.device)
             mask, logits = mask.index_select(0, where), logits.index_select(0, where)
             for layer in cache.layers:
-                layer.keys, layer.values = layer.keys.index_select(0, where), layer.values.index_select(0, where)
+                layer.replace(layer.keys.index_select(0, where), layer.values.index_select(0, where))
         return cache, mask, logits
 
     def step(self, slots: _Slots) -> torch.Tensor:
