@@ -27,13 +27,9 @@ import shutil
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from common.errors import PipelineError  # noqa: E402
-from common.locking import LOCK_NAME, exclusive_all, holder_of  # noqa: E402
-from common.paths import DATA_DIR_MARKER, PHASE_DIRS, PIPELINE_ENTRIES, is_data_dir  # noqa: E402
+from common.errors import PipelineError
+from common.locking import LOCK_NAME, exclusive_all, holder_of
+from common.paths import DATA_DIR_MARKER, PHASE_DIRS, PIPELINE_ENTRIES, is_data_dir
 
 
 def _size(path: Path) -> int | None:

@@ -37,14 +37,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-REPO_ROOT = Path(__file__).resolve().parent
+from common.config import DEFAULT_MODEL, PipelineConfig
+from common.errors import PipelineError
+from common.metadata import RunClock
+from common.paths import phase_dir, timestamp
+from common.storage import write_json
+from common.tasks import model_slug, position_slices, run_key, tasks_in_range
 
-from common.config import DEFAULT_MODEL, PipelineConfig  # noqa: E402
-from common.errors import PipelineError  # noqa: E402
-from common.metadata import RunClock  # noqa: E402
-from common.paths import phase_dir, timestamp  # noqa: E402
-from common.storage import write_json  # noqa: E402
-from common.tasks import model_slug, position_slices, run_key, tasks_in_range  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent
 
 if TYPE_CHECKING:
     from common.slurm_backend import SlurmOptions

@@ -32,9 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent
-
-from common.config import (  # noqa: E402
+from common.config import (
     EVERY_COMMAND,
     PipelineConfig,
     applies_to,
@@ -44,7 +42,9 @@ from common.config import (  # noqa: E402
     option_fields,
     options_markdown,
 )
-from common.errors import PipelineError  # noqa: E402
+from common.errors import PipelineError
+
+REPO_ROOT = Path(__file__).resolve().parent
 
 logger = logging.getLogger("run")
 

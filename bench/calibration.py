@@ -33,7 +33,7 @@ Tests (docs/statistics.md says what each null is and why):
 - ``steering_vs_controls``: registered when ``bench/calibration_steering.py``
   exists (its ``simulate(n_sim, seed) -> (false_positive_rate, power)``).
 
-Usage (from the repo root): python3 bench/calibration.py [--n-sim N] [--seed S] [--only NAME ...] [--check]
+Usage (from the repo root): python3 -m bench.calibration [--n-sim N] [--seed S] [--only NAME ...] [--check]
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 

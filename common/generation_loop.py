@@ -1,22 +1,28 @@
-"""Generate, execute and checkpoint: the loop that Phases 1.0, 1.2 and 3 share.
+"""Generate, execute and checkpoint: the loop that every generating phase shares.
 
-Why one loop: batching, overlap of GPU generation with CPU test execution, and
-resume after a kill are subtle, and must behave the same in every phase that
-generates code.
+Why one loop: continuous generation, overlap of generation with CPU test
+execution, and resume after a kill are subtle, and must behave the same in
+Phase 1.0, Phase 1.2, Phase 3 (steering, controls, prompting) and the
+HumanEval runs.
 
-How resume stays exact: the batches are fixed *before* anything runs, from the
-whole job list (sorted by prompt length), and each batch's sampling seed comes
-from ``(seed, batch number)``. A rerun skips the batches whose records are all
-checkpointed and regenerates the others whole, dropping the rows already
-recorded. So a batch always has the same composition and seed, and a run that
-was killed produces the same samples as one that never was.
+How it runs: every (job, sample) sequence not yet checkpointed goes into one
+queue for ``generate_batches`` (rows leave the batch when they finish and
+waiting sequences take their place); each finished sequence is handed to an
+executor worker at once, and its record is checkpointed when its verdict is in.
+
+How resume stays exact: a sequence's result does not depend on the batch it
+ran in. Greedy decoding is batch-independent (rule 5, tested), and a sampled
+sequence draws from its own generator, seeded from ``(seed, job key, sample
+index)`` (``job_seed`` and ``common.generation.sample_seed``), never from a
+batch number. So a rerun generates only the sequences without a record, and
+they come out as they would have in a run that was never killed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import logging
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,8 +31,9 @@ import transformers
 from tqdm import tqdm
 
 from common.executor import ExecutionResult, Executor
-from common.generation import GenerationConfig, GenerationResult, generate_batches, plan_batches
+from common.generation import GenerationConfig, GenerationResult, generate_batches
 from common.labelling import submit_generation
+from common.seeding import derive_seed
 from common.storage import RecordCheckpointer
 
 logger = logging.getLogger(__name__)
@@ -58,10 +65,9 @@ def record_key(job_key: str, sample_index: int) -> str:
 OnRecord = Callable[[Job, GenerationResult, ExecutionResult, dict[str, Any]], None]
 
 
-def plan_job_batches(tokenizer: transformers.PreTrainedTokenizerBase, jobs: list[Job], prompts_per_batch: int) -> list[list[Job]]:
-    """Fixed batches over all jobs (``plan_batches``, ties by job key), so a rerun plans the same."""
-    lengths = [len(ids) for ids in tokenizer([j.prompt for j in jobs])["input_ids"]] if jobs else []
-    return [[jobs[i] for i in batch] for batch in plan_batches(lengths, [j.key for j in jobs], prompts_per_batch)]
+def job_seed(seed: int, job_key: str) -> int:
+    """A job's seed: the run's seed and the job's key (crc32 of its text), so it is the same in every rerun and slice."""
+    return derive_seed(seed, zlib.crc32(job_key.encode("utf-8")))
 
 
 def generate_and_execute(
@@ -85,13 +91,9 @@ def generate_and_execute(
     done: dict[str, dict[str, Any]] = {r["key"]: r for r in checkpointer.load()}
     if done:
         logger.info("resuming: %d record(s) already checkpointed", len(done))
-    batches = plan_job_batches(tokenizer, jobs, gen_cfg.prompts_per_batch)
-    remaining = [
-        (number, batch)
-        for number, batch in enumerate(batches)
-        if any(record_key(j.key, s) not in done for j in batch for s in range(k))
-    ]
-    total = sum(len(b) for _, b in remaining) * k
+    todo = [j for j in jobs if any(record_key(j.key, s) not in done for s in range(k))]
+    wanted = [(i, s) for i, j in enumerate(todo) for s in range(k) if record_key(j.key, s) not in done]
+    total = len(wanted)
     pending: list[tuple[Job, GenerationResult, str, concurrent.futures.Future[ExecutionResult]]] = []
 
     def drain(block: bool) -> None:
@@ -130,14 +132,14 @@ def generate_and_execute(
         bar.update(1)
 
     with tqdm(total=total, desc=desc, unit="seq") as bar:
-        for number, batch in remaining:
-            cfg = dataclasses.replace(gen_cfg, batch_size=len(batch) * k)
-            prompts = [j.prompt for j in batch]
-            for results in generate_batches(model, tokenizer, prompts, layers, cfg, first_batch_number=number):
+        if wanted:
+            finished = generate_batches(
+                model, tokenizer, [j.prompt for j in todo], layers, gen_cfg,
+                prompt_seeds=[job_seed(gen_cfg.seed, j.key) for j in todo], wanted=wanted,
+            )
+            for results in finished:
                 for result in results:
-                    job = batch[result.index]
-                    if record_key(job.key, result.sample_index) in done:
-                        continue
+                    job = todo[result.index]
                     if job.judge is not None:
                         code, future = job.judge(executor, result.generated_text)
                     else:
@@ -145,7 +147,7 @@ def generate_and_execute(
                             executor, job.task_id, result.generated_text, job.test_setup_code, job.tests
                         )
                     pending.append((job, result, code, future))
-            drain(block=False)
+                drain(block=False)
         drain(block=True)
     checkpointer.flush()
     return [done[record_key(j.key, s)] for j in jobs for s in range(k)]

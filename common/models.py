@@ -1,14 +1,18 @@
 """Loading the model (hub id or local folder) and its TransformerLens view.
 
-Why one module: every GPU phase loads the model the same way (eager attention,
-left padding, eval mode), and every failure to load must reach the user as one
+Why one module: every GPU phase loads the model the same way (the attention
+kernel its architecture allows, left padding, eval mode), and every failure to load must reach the user as one
 line that says what was asked for and what to do (docs/design.md sections 6 and 7).
 
-Eager attention is not a detail: Gemma-2 softcaps its attention logits at 50.
-In transformers 5.23 ``eager_attention_forward`` of ``modeling_gemma2`` applies
-``tanh(x / 50) * 50`` before the mask; the ``sdpa`` kernel has no softcap
-(``sdpa_attention_forward`` raises when asked for one, and Gemma-2 declares
-``_supports_sdpa = False``). Final logits are softcapped at 30 in
+Attention is chosen per architecture (:func:`attention_implementation`):
+Gemma-2 softcaps its attention logits at 50. In transformers 5.23
+``eager_attention_forward`` of ``modeling_gemma2`` applies ``tanh(x / 50) * 50``
+before the mask; the ``sdpa`` kernel has no softcap (``sdpa_attention_forward``
+raises when asked for one, and Gemma-2 declares ``_supports_sdpa = False``), so
+Gemma-2 gets eager, or on CUDA in half precision flash-attention 2 when it is
+installed (it takes the cap as ``softcap``). Llama and Gemma 3 have no attention
+softcap, and SDPA computes the same softmax(QK^T/sqrt(d) + mask)V as eager in
+one fused kernel, so they get ``sdpa``. Final logits are softcapped at 30 in
 ``Gemma2ForCausalLM.forward`` whatever the attention implementation.
 
 ``transformer_lens`` is imported inside ``to_hooked_transformer`` only: the GPU
@@ -33,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
+# The kernel for an architecture whose attention logits are softcapped, when nothing faster applies the cap.
 ATTN_IMPLEMENTATION = "eager"
 MODEL_FLAG_HINT = "`--model` also takes a local folder with config.json, weights and tokenizer files"
 
@@ -163,13 +168,30 @@ def _check_local_folder(folder: Path) -> None:
         )
 
 
+def attention_implementation(
+    config: transformers.PretrainedConfig, device: torch.device, dtype: torch.dtype
+) -> str:
+    """The attention kernel for this architecture: exact for it, and the fastest such one installed.
+
+    No attention softcap (Llama, Gemma 3): ``sdpa``. A softcap (Gemma 2):
+    ``flash_attention_2`` on CUDA in fp16/bf16 when flash-attn is installed
+    (it applies the cap), else ``eager`` (the only other kernel that applies it).
+    """
+    if getattr(text_config(config), "attn_logit_softcapping", None) is None:
+        return "sdpa"
+    half = dtype in (torch.float16, torch.bfloat16)
+    if device.type == "cuda" and half and transformers.utils.is_flash_attn_2_available():
+        return "flash_attention_2"
+    return ATTN_IMPLEMENTATION
+
+
 def load_model_and_tokenizer(
     model: str, device: torch.device, dtype: torch.dtype
 ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a hub id or a local folder, ready for batched generation.
 
-    The model uses eager attention (the only one that softcaps Gemma-2's
-    attention logits) and is in eval mode; the tokenizer pads on the left (the
+    The model uses the attention kernel its architecture allows
+    (:func:`attention_implementation`) and is in eval mode; the tokenizer pads on the left (the
     last prompt token is then the last column for every row, which is where
     generation continues and where activations are read) and has a pad token.
     """
@@ -182,9 +204,8 @@ def load_model_and_tokenizer(
     logger.info("loading %s %s", "model folder" if is_local else "hub model (or its local cache)", source)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-        hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, attn_implementation=ATTN_IMPLEMENTATION
-        )
+        attention = attention_implementation(transformers.AutoConfig.from_pretrained(source), device, dtype)
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attention)
     except (OSError, ValueError) as exc:
         if is_local:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -17,7 +17,7 @@ EXPECTED = {"phase2_family_p", "auroc_interval", "mcnemar", "coverage_interval",
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "bench/calibration.py", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "bench.calibration", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
