@@ -21,11 +21,6 @@ README_MAX_LINES = 300
 # Pages written on other branches at the same time as the README that links
 # them; a link to one of these may dangle until those branches are merged.
 # Once they exist the entry is inert (the link is checked like any other).
-PAGES_WRITTEN_ELSEWHERE = frozenset({
-    "docs/statistics.md", "docs/steering.md", "docs/baselines.md", "docs/humaneval.md",
-    "docs/generation.md", "docs/offline.md", "docs/data-safety.md", "docs/corpora.md",
-    "docs/results/calibration.md", "docs/results/phase1-throughput.md", "docs/results/smollm2-135m.md",
-})
 
 FENCE = re.compile(r"^(```|~~~)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -77,8 +72,7 @@ def broken_links(path: Path) -> list[str]:
         root = REPO_ROOT.resolve()
         rel = dest.relative_to(root).as_posix() if dest.is_relative_to(root) else str(dest)
         if not dest.exists():
-            if rel not in PAGES_WRITTEN_ELSEWHERE:
-                broken.append(f"{target} (no such file: {rel})")
+            broken.append(f"{target} (no such file: {rel})")
             continue
         if anchor and dest.suffix == ".md" and anchor not in {slug(h) for h in headings(dest)}:
             broken.append(f"{target} (no heading '{anchor}' in {rel})")
@@ -101,8 +95,8 @@ def test_no_two_sections_share_a_title(path):
     assert sorted({s for s in slugs if slugs.count(s) > 1}) == []
 
 
-def test_the_checks_catch_a_dead_link_a_bad_anchor_and_a_pending_page(tmp_path, monkeypatch):
-    """The link check itself can fail: a missing file and a missing heading are reported, a pending page is not."""
+def test_the_checks_catch_a_dead_link_and_a_bad_anchor(tmp_path, monkeypatch):
+    """The link check itself can fail: a missing file and a missing heading are reported."""
     import tests.test_docs as module
 
     monkeypatch.setattr(module, "REPO_ROOT", tmp_path)
@@ -111,7 +105,7 @@ def test_the_checks_catch_a_dead_link_a_bad_anchor_and_a_pending_page(tmp_path, 
     page = tmp_path / "README.md"
     page.write_text(
         "[ok](docs/real.md) [ok anchor](docs/real.md#some-code-here) [web](https://example.org/x)\n"
-        "[dead](docs/missing.md) [bad anchor](docs/real.md#nowhere) [pending](docs/offline.md)\n"
+        "[dead](docs/missing.md) [bad anchor](docs/real.md#nowhere)\n"
         "`[in code](docs/also-missing.md)`\n```\n[in a fence](docs/fenced-missing.md)\n```\n"
     )
     assert module.broken_links(page) == [
