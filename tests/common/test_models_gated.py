@@ -102,9 +102,11 @@ def _response(status: int) -> httpx.Response:
     RepositoryNotFoundError("401 Client Error: Repository Not Found", response=_response(401)),
 ])
 def test_hub_refusal_at_load_time_is_one_line_with_the_licence_page(tiny_model_dir, monkeypatch, exc):
-    """A refusal while loading the weights (the tokenizer came from elsewhere) becomes the same line."""
+    """A refusal while loading the weights (the tokenizer and config came from elsewhere) becomes the same line."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = transformers.AutoConfig.from_pretrained(tiny_model_dir)  # read first, to choose the attention kernel
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: config)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", _hub_refusal(exc))
     with pytest.raises(PipelineError) as err:
         load_model_and_tokenizer(GATED, torch.device("cpu"), torch.float32)
@@ -119,3 +121,15 @@ def test_repository_not_found_without_401_is_not_called_gated(monkeypatch):
     with pytest.raises(PipelineError) as err:
         load_model_and_tokenizer("someone/typo-model", torch.device("cpu"), torch.float32)
     assert "neither a local folder nor a model id" in str(err.value) and "licence" not in str(err.value)
+
+
+def test_hub_refusal_at_the_config_read_is_the_same_line(tiny_model_dir, monkeypatch):
+    """The config is read before the weights (to choose the attention kernel): a refusal there is the same line."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
+    refusal = GatedRepoError(f"Access to model {GATED} is restricted.", response=_response(403))
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", _hub_refusal(refusal))
+    with pytest.raises(PipelineError) as err:
+        load_model_and_tokenizer(GATED, torch.device("cpu"), torch.float32)
+    message = str(err.value)
+    assert "\n" not in message and "refused by the Hugging Face hub" in message and "HF_TOKEN" in message
