@@ -59,7 +59,7 @@ from common.generation import (
     generate_batches,
     generate_static_batches,
 )
-from common.models import load_model_and_tokenizer, resolve_device
+from common.models import load_model_and_tokenizer, resolve_device, text_sizes
 from common.prompts import build_prompt
 from demo.tiny_model import build_random_tiny_model, train_tokenizer
 
@@ -160,10 +160,8 @@ def bandwidth_bound(model, device: torch.device, batch_size: int, context: int) 
     if gbs is None:
         return None
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    config = getattr(model.config, "text_config", None) or model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    kv = 2 * config.num_hidden_layers * kv_heads * head_dim * next(model.parameters()).element_size()
+    sizes = text_sizes(model)
+    kv = 2 * sizes.n_layers * sizes.n_key_value_heads * sizes.d_head * next(model.parameters()).element_size()
     step_bytes = weights + batch_size * context * kv
     steps = gbs * 1e9 / step_bytes
     return f"{steps * batch_size:.0f} tokens/s ({gbs:.0f} GB/s, {weights / 1e9:.2f} GB weights, batch {batch_size}, " \

@@ -61,7 +61,7 @@ NO_SPELLINGS = ("No", " No", "no", " no")
 BEFORE = "before generation"
 AFTER = "after generation"
 KNOWN = {
-    "latent": BEFORE, "probe": BEFORE, "first_token_logprob": BEFORE, "first_token_entropy": BEFORE,
+    "latent": BEFORE, "probe": BEFORE, "probe_length_residualised": BEFORE, "first_token_logprob": BEFORE, "first_token_entropy": BEFORE,
     "self_assessment": BEFORE, "mean_logprob": AFTER,
 }
 NAMES = {

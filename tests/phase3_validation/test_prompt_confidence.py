@@ -111,9 +111,10 @@ def planted(tmp_path_factory):
 
 def test_before_generation_baselines_are_predictors_with_their_timing(planted):
     preds = planted["predictors"]
-    assert set(preds) == {"latent", "probe", "mean_logprob", "first_token_logprob", "first_token_entropy", "self_assessment"}
+    assert set(preds) == {"latent", "probe", "probe_length_residualised", "mean_logprob", "first_token_logprob",
+                          "first_token_entropy", "self_assessment"}
     assert preds["mean_logprob"]["known"] == "after generation" and "[after generation]" in preds["mean_logprob"]["name"]
-    for key in ("latent", "probe", "first_token_logprob", "first_token_entropy", "self_assessment"):
+    for key in ("latent", "probe", "probe_length_residualised", "first_token_logprob", "first_token_entropy", "self_assessment"):
         assert preds[key]["known"] == "before generation" and "[before generation]" in preds[key]["name"]
     assert preds["first_token_logprob"]["auroc"]["auroc"] > 0.75  # the planted signal
     assert abs(preds["first_token_entropy"]["auroc"]["auroc"] - 0.5) < 0.25  # noise
