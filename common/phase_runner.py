@@ -17,7 +17,7 @@ from typing import Any
 
 from common.config import PipelineConfig, benchmark_data_dir
 from common.errors import PipelineError
-from common.phases import phase
+from common.phases import PhaseSpec, phase
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,9 @@ def load_entry(spec: str) -> Callable[..., Any]:
     return func
 
 
-def _refuse_early(key: str, cfg: PipelineConfig) -> None:
+def _refuse_early(spec: PhaseSpec, cfg: PipelineConfig) -> None:
     """Refusals that must come before the lock and the log file, so a refused run writes nothing."""
-    if phase(key).generates:  # a generating phase loads --model itself
+    if spec.generates:  # a generating phase loads --model itself
         from common.models import check_gated_access
 
         check_gated_access(cfg.model)
@@ -56,7 +56,7 @@ def run_phase(key: str, cfg: PipelineConfig) -> Any:
         import torch  # a CPU worker of the launcher: one thread each, or they fight for the cores
 
         torch.set_num_threads(int(threads))
-    _refuse_early(spec.key, cfg)
+    _refuse_early(spec, cfg)
     entry = load_entry(spec.entry)
     # The benchmark's own folder (MBPP: the data dir itself): a HumanEval run locks and logs beside its outputs.
     data_dir = benchmark_data_dir(cfg.data_dir, cfg.dataset)
