@@ -29,7 +29,8 @@ from pathlib import Path
 
 from common.errors import PipelineError
 from common.locking import LOCK_NAME, exclusive_all, holder_of
-from common.paths import DATA_DIR_MARKER, PHASE_DIRS, PIPELINE_ENTRIES, is_data_dir
+from common.paths import DATA_DIR_MARKER, PIPELINE_ENTRIES, is_data_dir
+from common.phases import PHASES
 
 
 def _size(path: Path) -> int | None:
@@ -68,7 +69,7 @@ def lock_folders(data_dir: Path, own: list[Path]) -> list[Path]:
     are not followed, their targets are locked where they live.
     """
     roots = [data_dir, data_dir / "humaneval", *_real_dirs(sorted((data_dir / "models").glob("*")))]
-    folders = _real_dirs([root / name for root in _real_dirs(roots) for name in PHASE_DIRS.values()])
+    folders = _real_dirs([root / name for root in _real_dirs(roots) for name in (p.folder for p in PHASES)])
     for entry in _real_dirs(own):
         folders.extend(lock.parent for lock in entry.rglob(LOCK_NAME) if not lock.is_symlink())
     unique: dict[Path, Path] = {}

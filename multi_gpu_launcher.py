@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import subprocess
@@ -37,10 +38,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.config import DEFAULT_MODEL, PipelineConfig
+from common.config import DEFAULT_MODEL, GENERATING_PHASES, PipelineConfig
 from common.errors import PipelineError
 from common.metadata import RunClock
 from common.paths import phase_dir, timestamp
+from common.phases import canonical
+from common.phases import phase as spec_of
 from common.storage import write_json
 from common.tasks import model_slug, position_slices, run_key, tasks_in_range
 
@@ -54,7 +57,7 @@ DONE_MARKER = "worker_done.json"
 
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase", required=True, type=lambda t: "1" if t.strip() == "1.0" else t.strip(), choices=["1", "1.2"],
+    parser.add_argument("--phase", required=True, type=canonical, choices=GENERATING_PHASES,
                         help="which generating phase to run (1.0 is 1)")
     parser.add_argument("--start", type=int, help="first task position among all tasks sorted by task_id, inclusive (default 0); as in run.py")
     parser.add_argument("--end", type=int, help="last task position, inclusive (default: the last task); phase 1.2 runs the validation tasks in start..end")
@@ -84,14 +87,8 @@ def _visible_gpus() -> int:
 
 
 def _phase_module(phase: str) -> Any:
-    """The phase module whose task list, run settings and publish the launcher uses."""
-    if phase == "1":
-        from phase1_0_generation import generation_phase
-
-        return generation_phase
-    from phase1_2_temperature import temperature_phase
-
-    return temperature_phase
+    """The phase module whose task list, run settings and publish the launcher uses (the registry names it)."""
+    return importlib.import_module(str(spec_of(phase).shard_module))
 
 
 def _worker_config(args: argparse.Namespace, passthrough: list[str]) -> PipelineConfig:

@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib
-import logging
-import os
 import sys
 import types
 import typing
@@ -36,37 +33,18 @@ from common.config import (
     EVERY_COMMAND,
     PipelineConfig,
     applies_to,
-    benchmark_data_dir,
     default_of,
     flag_of,
     option_fields,
     options_markdown,
 )
 from common.errors import PipelineError
+from common.phases import canonical, phase_keys
 
 REPO_ROOT = Path(__file__).resolve().parent
 
-logger = logging.getLogger("run")
-
-# phase -> "module:function"; imported lazily so that `run.py phase 0` does not pay for torch.
-PHASES: dict[str, str] = {
-    "0": "phase0_difficulty:run",
-    "0.1": "phase0_1_splitting:run",
-    "1": "phase1_0_generation:run",
-    "1.2": "phase1_2_temperature:run",
-    "2": "phase2_sae_analysis:run",
-    "3": "phase3_validation:run",
-}
-# Phases that load --model itself (Phase 3 loads Phase 1.0's model and checks it there; Phase 2 only maybe).
-MODEL_PHASES = ("1", "1.2")
-
-# The docs call Phase 1 "Phase 1.0" (beside 1.2); either spelling runs it.
-PHASE_ALIASES = {"1.0": "1"}
-
-
-def phase_number(text: str) -> str:
-    """The phase key of a phase number as typed (``1.0`` -> ``1``)."""
-    return PHASE_ALIASES.get(text.strip(), text.strip())
+# Every phase, by key, from the registry (common/phases.py); each runs through common.phase_runner.
+PHASES: tuple[str, ...] = phase_keys()
 
 
 _TYPE_HINTS = typing.get_type_hints(PipelineConfig)
@@ -171,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         "phase", help="run one phase of the pipeline",
         description="Run one phase. An option that does not apply to the chosen phase is refused.",
     )
-    phase.add_argument("number", type=phase_number, choices=list(PHASES), help="which phase to run (1.0 is 1)")
+    phase.add_argument("number", type=canonical, choices=list(PHASES), help="which phase to run (1.0 is 1)")
     _add_config_options(phase, "phase", phases=True)
 
     check = sub.add_parser("check-mbpp", help="run every reference solution through the executor")
@@ -329,15 +307,6 @@ def config_for(argv: list[str]) -> PipelineConfig:
     return _config_from_args(args)
 
 
-def _load_entry(spec: str) -> Callable[..., Any]:
-    module_name, func_name = spec.split(":")
-    module = importlib.import_module(module_name)
-    func = getattr(module, func_name, None)
-    if func is None:
-        raise PipelineError(f"{module_name} is not built yet (see README: which phases exist)")
-    return func
-
-
 # What a rerun does after Ctrl-C, where it is not "resume": these commands keep no checkpoints.
 _ON_INTERRUPT = {
     "label": "nothing was written; rerunning the same command labels every row again (labelling does not resume)",
@@ -447,38 +416,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_phase(number: str, cfg: PipelineConfig) -> int:
-    from common.logging_utils import add_file_log, remove_file_log
-    from common.paths import mark_data_dir, phase_dir, timestamp
+    from common.phase_runner import run_phase
 
-    threads = os.environ.get("PVA_TORCH_THREADS")
-    if threads and number in ("1", "1.2", "2", "3"):
-        import torch  # a CPU worker of the launcher: one thread each, or they fight for the cores
-
-        torch.set_num_threads(int(threads))
-    from common.locking import exclusive
-
-    if number in MODEL_PHASES:  # before the lock and the log file: a refused run writes nothing
-        from common.models import check_gated_access
-
-        check_gated_access(cfg.model)
-    if cfg.dataset == "humaneval":  # refused here, like the gated check, so the refusal leaves no log file
-        from common.humaneval import check_humaneval_format
-
-        check_humaneval_format(cfg.prompt_format)
-    entry = _load_entry(PHASES[number])
-    # The benchmark's own folder (MBPP: the data dir itself): a HumanEval run locks and logs beside its outputs.
-    data_dir = benchmark_data_dir(cfg.data_dir, cfg.dataset)
-    mark_data_dir(cfg.data_dir)  # the user's data directory, also when the outputs go to its humaneval/ folder
-    # One run per phase folder; a launcher worker locks its own shard folder (the launcher holds the phase's).
-    lock_dir = cfg.shard_dir or phase_dir(data_dir, number)
-    with exclusive(lock_dir, f"phase {number}"):
-        log_path = phase_dir(data_dir, number) / "logs" / f"phase{number}_{timestamp()}.log"
-        handler = add_file_log(log_path)
-        try:
-            logger.info("phase %s: log file %s", number, log_path)
-            result = entry(cfg)
-        finally:
-            remove_file_log(handler)
+    result = run_phase(number, cfg)
     print(f"phase {number} done: {result}")
     return 0
 

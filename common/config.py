@@ -20,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.phases import PHASES, phase_keys
+
 DEFAULT_MODEL = "google/gemma-2-2b"
 
-# The commands an option can belong to: the phases (by number) and the tools.
-GENERATING_PHASES = ("1", "1.2")
-ALL_PHASES = ("0", "0.1", "1", "1.2", "2", "3")
+# The commands an option can belong to: the phases (by key, from the registry in common/phases.py) and the tools.
+GENERATING_PHASES = tuple(p.key for p in PHASES if p.generates)
+ALL_PHASES = phase_keys()
+MODEL_PHASES = tuple(p.key for p in PHASES if p.on_model)  # the phases that run on a model (take --model)
 EVERY_COMMAND = "*"
 
 
@@ -103,7 +106,7 @@ class PipelineConfig:
     model: str = option(
         DEFAULT_MODEL,
         help="preset (see run.py models), hub id or local model folder (Phases 2 and 3: Phase 1's model when left at the default)",
-        scope=("1", "1.2", "2", "3", "test-gpu", "train-saes"), group="generation",
+        scope=(*MODEL_PHASES, "test-gpu", "train-saes"), group="generation",
     )
     start: int | None = option(
         None, help="first task position, inclusive: positions count among all tasks sorted by task_id, in every phase "

@@ -14,25 +14,12 @@ from datetime import datetime
 from pathlib import Path
 
 from common.errors import PipelineError
+from common.phases import PHASES
 
-PHASE_DIRS: dict[str, str] = {
-    "0": "phase0",
-    "0.1": "phase0_1",
-    "1": "phase1_0",
-    "1.2": "phase1_2",
-    "2": "phase2",
-    "3": "phase3",
-}
-
+# Derived from the phase registry (common/phases.py): phase key -> its folder, and the command that fills it.
+PHASE_DIRS: dict[str, str] = {p.key: p.folder for p in PHASES}
 # The command a user runs to produce each phase's outputs; named in "missing input" errors.
-PHASE_COMMANDS: dict[str, str] = {
-    "0": "python3 run.py phase 0",
-    "0.1": "python3 run.py phase 0.1",
-    "1": "python3 run.py phase 1 --model google/gemma-2-2b",
-    "1.2": "python3 run.py phase 1.2 --model google/gemma-2-2b",
-    "2": "python3 run.py phase 2 --split sae",
-    "3": "python3 run.py phase 3",
-}
+PHASE_COMMANDS: dict[str, str] = {p.key: p.command for p in PHASES}
 
 # The file that says "the pipeline writes here": written when the pipeline first
 # writes into a data directory; clean_data.py refuses a directory without it.

@@ -29,6 +29,7 @@ import torch
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp
+from common.phases import PHASES
 from common.storage import write_json
 from demo.humaneval_view import write_humaneval_view
 
@@ -101,14 +102,27 @@ def _train_or_reuse(cache: Path, size: str, retrain: bool, seed: int) -> tuple[P
     return model_dir, sae_dir, summary
 
 
+def demo_steps(cfg: PipelineConfig, humaneval_view: Path) -> list[tuple[str, str, PipelineConfig]]:
+    """(step name, phase key, config) of every phase in registry order: a phase with splits once per split,
+    and after the last generating phase a Phase 1 run on the HumanEval view (Phase 3's transfer table reads it).
+    """
+    generating = [p.key for p in PHASES if p.generates]
+    steps: list[tuple[str, str, PipelineConfig]] = []
+    for spec in PHASES:
+        if spec.splits:
+            steps += [(f"{spec.key} ({split})", spec.key, dataclasses.replace(cfg, split=split)) for split in spec.splits]
+        else:
+            steps.append((spec.key, spec.key, cfg))
+        if generating and spec.key == generating[-1]:
+            first = generating[0]
+            steps.append((f"{first} (humaneval)", first,
+                          dataclasses.replace(cfg, dataset="humaneval", humaneval_path=str(humaneval_view))))
+    return steps
+
+
 def run_demo(data_dir: str, size: str = "demo", retrain: bool = False, seed: int = 42) -> dict[str, Any]:
     """Train (or reuse) the demo model and SAEs, then run every phase; return the output paths."""
-    import phase0_1_splitting
-    import phase0_difficulty
-    import phase1_0_generation
-    import phase1_2_temperature
-    import phase2_sae_analysis
-    import phase3_validation
+    from common.phase_runner import run_phase
 
     if size not in _RUN_SETTINGS:
         raise PipelineError(f"unknown demo size {size!r}: use demo or test")
@@ -121,20 +135,11 @@ def run_demo(data_dir: str, size: str = "demo", retrain: bool = False, seed: int
     view = write_humaneval_view(load_mbpp(DEMO_PROBLEMS), cache / "humaneval_view.jsonl.gz")
     timings: dict[str, float] = {"training": time.perf_counter() - t0}
     outputs: dict[str, str] = {}
-    steps = [
-        ("0", phase0_difficulty.run, cfg),
-        ("0.1", phase0_1_splitting.run, cfg),
-        ("1", phase1_0_generation.run, cfg),
-        ("1.2", phase1_2_temperature.run, cfg),
-        ("1 (humaneval)", phase1_0_generation.run, dataclasses.replace(cfg, dataset="humaneval", humaneval_path=str(view))),
-        ("2 (sae)", phase2_sae_analysis.run, dataclasses.replace(cfg, split="sae")),
-        ("2 (validation)", phase2_sae_analysis.run, dataclasses.replace(cfg, split="validation")),
-        ("3", phase3_validation.run, cfg),
-    ]
-    for name, entry, phase_cfg in steps:
+    # Each phase through run.py's own entry (lock and log file included), never its run() directly.
+    for name, key, phase_cfg in demo_steps(cfg, view):
         print(f"demo: phase {name} ...")
         t = time.perf_counter()
-        outputs[name] = str(entry(phase_cfg))
+        outputs[name] = str(run_phase(key, phase_cfg))
         timings[f"phase {name}"] = round(time.perf_counter() - t, 1)
     timings["total"] = round(time.perf_counter() - t0, 1)
     report = {"size": size, "seed": seed, "training": training, "outputs": outputs, "timings_s": timings, "config": cfg.to_dict()}

@@ -14,20 +14,33 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.config import applies_to, option_fields
 from common.errors import PipelineError
 from common.paths import PHASE_DIRS
+from common.phases import PHASES
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_PHASES = ("0", "0.1")
-MODEL_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("phase1", ("1",)),
-    ("phase1.2", ("1.2",)),
-    ("phase2-sae", ("2", "--split", "sae")),
-    ("phase2-validation", ("2", "--split", "validation")),
-    ("phase3", ("3",)),
-)
+# From the phase registry: the model-free phases run once and are shared; the others run per model, once per split.
+SHARED_PHASES: tuple[str, ...] = tuple(p.key for p in PHASES if not p.on_model)
+
+
+def _model_steps() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(step name, ``run.py phase`` arguments) of one model's chain: ``phase1``, ``phase1.2``, ``phase2-sae``, ..."""
+    steps: list[tuple[str, tuple[str, ...]]] = []
+    for spec in PHASES:
+        if not spec.on_model:
+            continue
+        if not spec.splits:
+            steps.append((f"phase{spec.key}", (spec.key,)))
+        steps.extend((f"phase{spec.key}-{split}", (spec.key, "--split", split)) for split in spec.splits)
+    return tuple(steps)
+
+
+MODEL_STEPS: tuple[tuple[str, tuple[str, ...]], ...] = _model_steps()
+# The phases that take --sae-path (the config's scope of the option says which).
+_SAE_PHASES = tuple(p.key for p in PHASES if applies_to(next(f for f in option_fields() if f.name == "sae_path"), p.key))
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -117,17 +130,18 @@ def plan_steps(models: list[SweepModel], data_dir: Path, passthrough: dict[str, 
     ``passthrough`` maps a phase number to the user's options that apply to that
     phase (run.py refuses an option given to a phase it means nothing to).
     """
-    steps = [
-        Step("phase0", ["phase", "0", "--data-dir", str(data_dir), *passthrough.get("0", [])], None, log_dir / "phase0.log"),
-        Step("phase0.1", ["phase", "0.1", "--data-dir", str(data_dir), *passthrough.get("0.1", [])], "phase0",
-             log_dir / "phase0.1.log"),
-    ]
+    steps: list[Step] = []
+    for key in SHARED_PHASES:
+        name = f"phase{key}"
+        steps.append(Step(name, ["phase", key, "--data-dir", str(data_dir), *passthrough.get(key, [])],
+                          steps[-1].name if steps else None, log_dir / f"{name}.log"))
+    shared_last = steps[-1].name if steps else None
     for model in models:
-        previous = "phase0.1"
+        previous = shared_last
         for step_name, phase_args in MODEL_STEPS:
             args = ["phase", *phase_args, "--data-dir", str(model.data_dir), "--model", model.spec,
                     *passthrough.get(phase_args[0], [])]
-            if model.sae_path and phase_args[0] in ("2", "3"):
+            if model.sae_path and phase_args[0] in _SAE_PHASES:
                 args += ["--sae-path", model.sae_path]
             name = f"{model.name}/{step_name}"
             steps.append(Step(name, args, previous, log_dir / model.name / f"{step_name}.log", model=model.name))
