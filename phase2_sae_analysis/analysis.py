@@ -283,7 +283,7 @@ def _write_scores(scores_dir: Path, results: dict[int, LayerResult]) -> None:
     tmp.mkdir(parents=True)
     try:
         for layer, res in sorted(results.items()):
-            save_npz(tmp / f"layer_{layer}.npz", **{k: res.arrays[k] for k in ARRAY_KEYS})
+            save_npz(tmp / PHASE2_SCORES.file_name(layer=layer), **{k: res.arrays[k] for k in ARRAY_KEYS})
         os.replace(tmp, scores_dir)
     finally:
         if tmp.exists():

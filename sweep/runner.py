@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.artifacts import PHASE3_VALIDATION
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.metadata import RunClock, build_metadata
-from common.paths import find_newest, pipeline_folder, timestamp
+from common.paths import pipeline_folder, timestamp
 from common.slurm_backend import SlurmOptions, parse_extra
 from common.storage import atomic_write_text, read_json, write_json
 from common.tasks import run_key
@@ -46,7 +47,7 @@ class SweepRun:
         record: dict[str, Any] = {"step": step.name, "args": step.args, "finished": timestamp(), "how": how}
         if step.args[1] == "3":
             data_dir = Path(step.args[step.args.index("--data-dir") + 1])
-            record["result"] = str(find_newest(data_dir, "3", "validation_*.json"))
+            record["result"] = str(PHASE3_VALIDATION.newest(data_dir))
         write_json(self.marker(step), record)
 
     def phase3_result(self, model: SweepModel) -> Path | None:
