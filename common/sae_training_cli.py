@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from common.config import PipelineConfig
+from common.config import PipelineConfig, check_option_limits
 from common.errors import PipelineError
 from common.metadata import RunClock, build_metadata
 from common.sae_training import REPORT_FILENAME, SAETrainingConfig, read_corpus_file, train_saes
@@ -30,10 +30,8 @@ logger = logging.getLogger(__name__)
 
 HUB_CORPUS = "NeelNanda/pile-10k"
 
-
-# --tokens also caps how much of the corpus is read; below this a corpus of short texts
-# gives one or two texts, and nothing is left to hold out (10 tokens trained on 52, none held out).
-MIN_TRAIN_TOKENS = 1000
+# --tokens also caps how much of the corpus is read; below MIN_TRAIN_TOKENS (declared on the option) a corpus
+# of short texts gives one or two texts, and nothing is left to hold out (10 tokens trained on 52, none held out).
 
 def _hub_texts(n_docs: int) -> list[str]:
     try:
@@ -85,13 +83,7 @@ def train_saes_cli(cfg: PipelineConfig) -> int:
     if out.exists() and not out.is_dir():
         raise PipelineError(f"--output {out} is a file, not a folder")
     check_writable(out / REPORT_FILENAME, "--output")  # before the model is loaded or a token collected
-    if cfg.train_tokens < MIN_TRAIN_TOKENS:
-        raise PipelineError(
-            f"--tokens {cfg.train_tokens} is too few: at least {MIN_TRAIN_TOKENS} are needed so that whole texts "
-            "can be held out to measure each SAE (held-out FVU and L0)"
-        )
-    if cfg.train_width is not None and cfg.train_width < 1:
-        raise PipelineError(f"--width must be >= 1, got {cfg.train_width}")
+    check_option_limits(cfg, "train-saes")  # --tokens at least MIN_TRAIN_TOKENS, --width at least 1
     clock = RunClock()
     texts, inputs = corpus_texts(cfg)
     device = resolve_device(cfg.device)

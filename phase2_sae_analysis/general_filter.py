@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import PipelineConfig
+from common.config import PipelineConfig, check_option_limits
 from common.corpus_files import read_documents
 from common.errors import PipelineError
 from common.general_text import TokenizedDocuments, collect_resid_post_all_tokens, tokenize_documents
@@ -154,8 +154,7 @@ class GeneralTextFilter:
         device: torch.device,
         budget_bytes: int = CORPUS_MEMORY_BUDGET_BYTES,
     ) -> GeneralTextFilter:
-        if not 0.0 < cfg.general_filter_threshold <= 1.0:
-            raise PipelineError(f"--general-filter-threshold must be in (0, 1], got {cfg.general_filter_threshold}")
+        check_option_limits(cfg, "2")  # the threshold's range, (0, 1], is declared on the option
         corpus = load_general_corpus(cfg)
         dtype = default_dtype(device)
         model, tokenizer = load_model_and_tokenizer(model_name, device, dtype)

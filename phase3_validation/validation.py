@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 
 from common.artifacts import PHASE3_METADATA, PHASE3_OUTPUTS, phase3_output_paths
-from common.config import PipelineConfig, model_of_phase1
+from common.config import PipelineConfig, check_option_limits, model_of_phase1
 from common.errors import PipelineError
 from common.executor import Executor, executor_config_for
 from common.generation import GenerationConfig, auto_batch_size
@@ -54,7 +54,7 @@ from common.models import (
 )
 from common.paths import phase_dir, timestamp
 from common.prompts import PROMPT_TEMPLATE_VERSION
-from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
+from common.steering import transformer_lens_hook_name
 from common.storage import RecordCheckpointer, json_safe
 from common.tasks import model_slug
 from phase3_validation import confounds, plots, prompt_confidence, prompting
@@ -103,21 +103,11 @@ def check_config(cfg: PipelineConfig) -> None:
         raise PipelineError(f"--coefficients has duplicates: {cfg.coefficients}")
     if not all(np.isfinite(cfg.coefficients)):
         raise PipelineError(f"--coefficients must be finite numbers, got {cfg.coefficients}")
-    if cfg.hook_point not in HOOK_POINTS:
-        raise PipelineError(f"--hook-point must be one of {', '.join(HOOK_POINTS)}, got {cfg.hook_point!r}")
     if not any(a > 0 for a in cfg.coefficients):
         raise PipelineError(f"--coefficients {cfg.coefficients} has no alpha > 0, the sign the hypothesis predicts "
                             "(negative alphas are only the opposite-sign experiment)")
-    if cfg.steer_positions not in POSITION_POLICIES:
-        raise PipelineError(f"--steer-positions must be one of {', '.join(POSITION_POLICIES)}, got {cfg.steer_positions!r}")
-    if cfg.n_random_controls < 1:
-        raise PipelineError("--n-random-controls must be at least 1 (rule 8: steering needs controls)")
-    if cfg.bootstrap < 1:
-        raise PipelineError("--bootstrap must be at least 1")
-    if cfg.top_latents_validated < 1:
-        raise PipelineError("top_latents_validated must be at least 1")
-    if cfg.steering_max_new_tokens is not None and cfg.steering_max_new_tokens < 1:
-        raise PipelineError("steering_max_new_tokens must be at least 1")
+    # The options' own limits (hook point, positions, at least one control, ...) as the config declares them.
+    check_option_limits(cfg, "3")
 
 
 def _split_sizes(split: SplitTasks) -> dict[str, int]:
