@@ -287,10 +287,9 @@ def publish(
 
 
 def _check_temperatures(cfg: PipelineConfig) -> None:
-    """The grid is not empty and has no repeats; each option's own limits are the config's (temperatures above 0)."""
+    """The grid is not empty and has no repeats (each temperature's bound, above 0, is the option's own)."""
     if not cfg.temperatures:
         raise PipelineError("--temperatures is empty")
-    check_option_limits(cfg, "1.2")  # also --dataset among the benchmarks and --samples-per-task at least 1
     if len(set(cfg.temperatures)) != len(cfg.temperatures):
         raise PipelineError(f"--temperatures has duplicates: {cfg.temperatures}")
 
@@ -304,6 +303,8 @@ def run(cfg: PipelineConfig) -> Path:
     _check_temperatures(cfg)
     if cfg.dataset == "humaneval":
         check_humaneval_format(cfg.prompt_format)  # before anything is read, loaded or moved aside
+    # Every option's declared limits: temperatures above 0, --dataset a benchmark, --samples-per-task at least 1, ...
+    check_option_limits(cfg, "1.2")
     cfg = dataclasses.replace(cfg, data_dir=str(benchmark_data_dir(cfg.data_dir, cfg.dataset)))
     sliced, split_path, start, end = select_tasks(cfg)
     # HumanEval's too: its Phase 1.0 run (under <data dir>/humaneval/) chose completion or instruction format.
