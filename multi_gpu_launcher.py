@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.artifacts import PHASE1_DATASET, PHASE1_METADATA, TEMPERATURE_METADATA, TEMPERATURE_TABLE
 from common.config import DEFAULT_MODEL, GENERATING_PHASES, PipelineConfig
 from common.errors import PipelineError
 from common.metadata import RunClock
@@ -105,9 +106,9 @@ def _worker_config(args: argparse.Namespace, passthrough: list[str]) -> Pipeline
 def _tables(phase: str, shard: Path) -> dict[str, Path]:
     """The tables a finished worker left in its shard folder, by name."""
     if phase == "1":
-        found = sorted(shard.glob("dataset_*.parquet"))
+        found = PHASE1_DATASET.in_folder(shard)
         return {"dataset": found[-1]} if found else {}
-    return {p.name: p for p in sorted(shard.glob("dataset_temp_*.parquet"))}
+    return {p.name: p for p in TEMPERATURE_TABLE.in_folder(shard)}
 
 
 def _merge(phase: str, shards: list[Path], expected_ids: list[int], samples: int) -> dict[str, Any]:
@@ -236,7 +237,7 @@ def _launch_locked(
     merged = _merge(args.phase, shards, chosen, samples)
     worker_meta = {}
     for shard in shards:
-        for meta_path in shard.glob("*metadata.json"):
+        for meta_path in [*PHASE1_METADATA.in_folder(shard), *TEMPERATURE_METADATA.in_folder(shard)]:
             worker_meta[shard.name] = json.loads(meta_path.read_text())
     extra = {
         "launcher": {"workers": len(slices), "device": "cpu" if on_cpu else "cuda", "slices": slices, "passthrough": passthrough,

@@ -40,7 +40,6 @@ The last line is ``ratio <x> outputs_equal <true|false>``.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
@@ -59,6 +58,7 @@ from common.generation import (
     generate_batches,
     generate_static_batches,
 )
+from common.mbpp import load_mbpp
 from common.models import load_model_and_tokenizer, resolve_device, text_sizes
 from common.prompts import build_prompt
 from demo.tiny_model import build_random_tiny_model, train_tokenizer
@@ -98,8 +98,8 @@ def synthetic_prompts(n: int, seed: int) -> list[str]:
 
 def mbpp_prompts(path: Path, n: int) -> list[str]:
     """The first ``n`` MBPP problems as Phase 1's plain prompt (problem text and its asserts)."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [build_prompt(row["text"], row["test_list"]) for row in rows[:n]]
+    rows = load_mbpp(path).head(n).to_dict("records")  # the pipeline's strict reader; the file is in task order
+    return [build_prompt(row["text"], row["test_list"]) for row in rows]
 
 
 def gemma_2_2b_config(n_layers: int) -> transformers.Gemma2Config:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.artifacts import PHASE1_ACTIVATION
 from common.errors import PipelineError
 from common.storage import save_npz
 
@@ -23,7 +24,7 @@ CLASSES = ("correct", "incorrect")
 
 def activation_path(folder: str | Path, task_id: int, layer: int, label: str | None = None) -> Path:
     base = Path(folder) if label is None else Path(folder) / label
-    return base / f"{task_id}_layer_{layer}.npz"
+    return base / PHASE1_ACTIVATION.file_name(task_id=task_id, layer=layer)
 
 
 def save_task_activations(

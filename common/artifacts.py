@@ -30,7 +30,7 @@ import pandas as pd
 from common.errors import PipelineError
 from common.metadata import file_sha256
 from common.paths import PHASE_COMMANDS, PHASE_DIRS, name_timestamp, timestamp
-from common.storage import read_json, write_json, write_parquet
+from common.storage import atomic_write_bytes, atomic_write_text, read_json, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,13 @@ class Artifact:
             raise ValueError(f"{self.key}: no value for {exc} in {self.pattern}") from exc
         return self.folder(data_dir) / name
 
+    def file_name(self, **values: Any) -> str:
+        """The last part of the path (``layer_3.npz``), for a file in a folder found some other way."""
+        try:
+            return Path(self.pattern).name.format(**values)
+        except KeyError as exc:
+            raise ValueError(f"{self.key}: no value for {exc} in {self.pattern}") from exc
+
     def regex(self, **values: Any) -> re.Pattern[str]:
         """The exact names this artifact can have (given fields fixed): nothing a user or a tool adds fits.
 
@@ -95,10 +102,25 @@ class Artifact:
             name = match.group(1)
             if name in values:
                 return re.escape(str(values[name]))
-            return _FIELD_REGEX.get(name, r"[^/]+?")
+            # Grouped: an alternation (``sae|hyperparams|validation``) must not swallow the rest of the name.
+            return f"(?:{_FIELD_REGEX.get(name, r'[^/]+?')})"
 
         pieces = re.split(r"(\{\w+\})", self.pattern)
         return re.compile("".join(field(m) if (m := re.fullmatch(r"\{(\w+)\}", p)) else re.escape(p) for p in pieces))
+
+    def in_folder(self, folder: str | Path, **values: Any) -> list[Path]:
+        """Files directly in ``folder`` whose names fit the pattern's last part exactly, sorted by name.
+
+        For a folder that is not the phase folder of a data directory: a
+        launcher worker's shard, a Phase 2 scores folder, one label's
+        activation folder.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            return []
+        name = Artifact(self.key, self.phase, Path(self.pattern).name, self.fields, self.description)
+        exact = name.regex(**values)
+        return sorted(p for p in folder.glob(name.glob(**values)) if exact.fullmatch(p.name))
 
     def existing(self, data_dir: str | Path, **values: Any) -> list[Path]:
         """Files in the phase folder whose names fit the pattern exactly, sorted by name."""
@@ -136,6 +158,15 @@ class Artifact:
                 f"run `{PHASE_COMMANDS[self.phase]}` first or point --input at a file"
             )
         return max(candidates, key=lambda p: (name_timestamp(p), p.name))
+
+    def latest(self, data_dir: str | Path, **values: Any) -> Path | None:
+        """The existing file with the newest timestamp in its name, or None: for readers to whom absence is normal.
+
+        Unlike :meth:`newest`, no run record is asked for and nothing is refused
+        (the study's report says "not measured" for a missing piece).
+        """
+        found = self.existing(data_dir, **values)
+        return max(found, key=lambda p: (name_timestamp(p) or "", p.name)) if found else None
 
     def resolve(self, explicit: str | None, data_dir: str | Path) -> Path:
         """``--input`` when given (must exist), otherwise :meth:`newest`."""
@@ -181,9 +212,17 @@ class Artifact:
         self.check(list(doc), p, needed)
         return doc
 
-    def write(self, obj: pd.DataFrame | dict[str, Any], path: str | Path) -> Path:
-        """Write atomically after checking the whole schema (a writer never leaves a field out)."""
+    def write(self, obj: pd.DataFrame | dict[str, Any] | str | bytes, path: str | Path) -> Path:
+        """Write atomically after checking the whole schema (a writer never leaves a field out).
+
+        Text (a Markdown page) and bytes (a PNG) have no schema; they are
+        written atomically like the rest.
+        """
         p = Path(path)
+        if isinstance(obj, bytes):
+            return atomic_write_bytes(p, obj)
+        if isinstance(obj, str):
+            return atomic_write_text(p, obj)
         if isinstance(obj, pd.DataFrame):
             self.check(list(obj.columns), p)
             return write_parquet(obj, p)
@@ -266,12 +305,80 @@ STEERING_OUTCOMES = Artifact(
     "Phase 3 per-task steering outcomes (one row per split, direction, run, alpha and task; run is alpha0, target, "
     "control_<i>, diffmeans or prompting)",
 )
+PHASE3_VALIDATION = Artifact(
+    "phase3_validation", "3", "validation_{ts}.json",
+    ("phase", "timestamp", "configuration", "inputs", "phase2_null", "phase2_top", "statistical",
+     "small_split_notes", "transfer", "steering", "outputs", "flags"),
+    "Phase 3 result document (everything machine-readable; the summary is rendered from it)",
+)
+PHASE3_METADATA = Artifact(
+    "phase3_metadata", "3", "validation_{ts}_metadata.json", ("phase", "config", "inputs", "outputs"),
+    "Phase 3 metadata",
+)
+# The tables' columns depend on what was measured (an empty table has none), so only their names are declared.
+PHASE3_METRICS = Artifact(
+    "phase3_metrics", "3", "metrics_{ts}.parquet", (),
+    "Phase 3 latent metrics (one row per latent x split and temperature, HumanEval transfer rows included)",
+)
+PHASE3_PROBE_METRICS = Artifact(
+    "phase3_probe_metrics", "3", "probe_metrics_{ts}.parquet", (),
+    "Phase 3 probe metrics (one row per probe x split and temperature)",
+)
+PHASE3_STEERING = Artifact(
+    "phase3_steering", "3", "steering_{ts}.parquet", (),
+    "Phase 3 steering table (one row per steered run, control and alpha = 0 rerun)",
+)
+PHASE3_ROC_PNG = Artifact("phase3_roc_png", "3", "roc_{ts}.png", (), "Phase 3 ROC plot")
+PHASE3_METRICS_BY_TEMPERATURE_PNG = Artifact(
+    "phase3_metrics_by_temperature_png", "3", "metrics_by_temperature_{ts}.png", (), "Phase 3 metrics-by-temperature plot",
+)
+PHASE3_STEERING_GRID_PNG = Artifact("phase3_steering_grid_png", "3", "steering_grid_{ts}.png", (), "Phase 3 steering plot")
+PHASE3_COVERAGE_PNG = Artifact(
+    "phase3_coverage_png", "3", "coverage_{ts}.png", (), "Phase 3 coverage-accuracy plot (only with reviewer coverage)",
+)
+PHASE3_FLIPPED_EXAMPLES = Artifact(
+    "phase3_flipped_examples", "3", "flipped_examples_{ts}.md", (), "Phase 3 flipped-program examples",
+)
+PHASE3_SUMMARY = Artifact("phase3_summary", "3", "summary_{ts}.md", (), "Phase 3 summary")
+PHASE3_SUMMARY_LATEST = Artifact("phase3_summary_latest", "3", "summary.md", (), "copy of the newest Phase 3 summary")
+DIFFICULTY_METADATA = Artifact(
+    "difficulty_metadata", "0", "difficulty_{ts}_metadata.json", ("phase", "config", "inputs", "outputs"),
+    "Phase 0 metadata",
+)
+
+# Phase 3's outputs of one run, by the key its result document's ``outputs`` and its metadata use.
+PHASE3_OUTPUTS: dict[str, Artifact] = {
+    "validation": PHASE3_VALIDATION,
+    "metrics": PHASE3_METRICS,
+    "steering": PHASE3_STEERING,
+    "steering_outcomes": STEERING_OUTCOMES,
+    "probe_metrics": PHASE3_PROBE_METRICS,
+    "roc_png": PHASE3_ROC_PNG,
+    "metrics_by_temperature_png": PHASE3_METRICS_BY_TEMPERATURE_PNG,
+    "steering_grid_png": PHASE3_STEERING_GRID_PNG,
+    "flipped_examples": PHASE3_FLIPPED_EXAMPLES,
+    "summary": PHASE3_SUMMARY,
+    "summary_latest": PHASE3_SUMMARY_LATEST,
+    "metadata": PHASE3_METADATA,
+    "coverage_png": PHASE3_COVERAGE_PNG,
+}
 
 ALL: tuple[Artifact, ...] = (
-    DIFFICULTY, SPLIT, SPLIT_METADATA, PHASE1_DATASET, PHASE1_METADATA, PHASE1_ACTIVATION,
+    DIFFICULTY, DIFFICULTY_METADATA, SPLIT, SPLIT_METADATA, PHASE1_DATASET, PHASE1_METADATA, PHASE1_ACTIVATION,
     TEMPERATURE_TABLE, TEMPERATURE_METADATA, TEMPERATURE_ACTIVATION,
-    PHASE2_RESULTS, PHASE2_METADATA, PHASE2_TOP, PHASE2_SCORES, STEERING_OUTCOMES,
+    PHASE2_RESULTS, PHASE2_METADATA, PHASE2_TOP, PHASE2_SCORES, *PHASE3_OUTPUTS.values(),
 )
+
+
+def phase3_output_paths(data_dir: str | Path, stamp: str, coverage: bool) -> dict[str, Path]:
+    """Where one Phase 3 run writes, by output key; the coverage plot only when it is drawn."""
+    keys = [k for k in PHASE3_OUTPUTS if coverage or k != "coverage_png"]
+    return {k: PHASE3_OUTPUTS[k].path(data_dir, ts=stamp) for k in keys}
+
+
+def phase3_summary_of(result: Path) -> Path:
+    """The ``summary_<ts>.md`` written beside a ``validation_<ts>.json`` (same run, same timestamp)."""
+    return result.parent / PHASE3_SUMMARY.pattern.format(ts=name_timestamp(result))
 
 
 def temperature_label(temperature: float) -> str:

@@ -29,6 +29,8 @@ GENERATING_PHASES = tuple(p.key for p in PHASES if p.generates)
 ALL_PHASES = phase_keys()
 MODEL_PHASES = tuple(p.key for p in PHASES if p.on_model)  # the phases that run on a model (take --model)
 EVERY_COMMAND = "*"
+# Fewer SAE training tokens leave no whole text to hold out for the held-out FVU and L0 (common/sae_training.py).
+MIN_TRAIN_TOKENS = 1000
 
 
 def option(
@@ -40,6 +42,7 @@ def option(
     choices: tuple[str, ...] | None = None,
     minimum: float | None = None,
     above: float | None = None,
+    maximum: float | None = None,
     group: str = "",
     default_factory: Callable[[], Any] | None = None,
     repeatable: bool = False,
@@ -50,7 +53,8 @@ def option(
     option means something; anywhere else run.py refuses it. ``minimum`` is the
     smallest accepted value of a number (or of each number in a list), ``above``
     a bound the numbers must exceed (for rules like "temperature > 0", so the
-    parser's message and the rule say the same); lists must not be empty. ``flag`` overrides the default ``--field-name``. A
+    parser's message and the rule say the same); lists must not be empty. ``maximum`` is the largest accepted value
+    (applied by :func:`check_option_limits`). ``flag`` overrides the default ``--field-name``. A
     ``repeatable`` option of a list type is given once per value.
     """
     metadata = {
@@ -60,6 +64,7 @@ def option(
         "choices": choices,
         "minimum": minimum,
         "above": above,
+        "maximum": maximum,
         "group": group,
         "repeatable": repeatable,
     }
@@ -197,7 +202,8 @@ class PipelineConfig:
         group="phase 2 (SAE analysis)",
     )
     general_filter_threshold: float = option(
-        0.02, help="drop latents firing on at least this share of general tokens", scope="2", minimum=0.0,
+        0.02, help="drop latents firing on at least this share of general tokens (above 0: at 0 every latent "
+        "is dropped; at most 1)", scope="2", above=0.0, maximum=1.0,
         group="phase 2 (SAE analysis)",
     )
     general_corpus_samples: int = option(
@@ -223,7 +229,8 @@ class PipelineConfig:
         group="phase 3 (validation)",
     )
     n_random_controls: int = option(
-        3, help="random near-zero-separation control latents", scope="3", minimum=0, group="phase 3 (validation)"
+        3, help="random near-zero-separation control latents, at least 1: every steering effect is tested "
+        "against its controls (docs/design.md rule 8)", scope="3", minimum=1, group="phase 3 (validation)"
     )
     control_max_separation: float = option(
         0.01, help="largest |separation| a random control latent may have", scope="3", minimum=0.0,
@@ -261,8 +268,9 @@ class PipelineConfig:
         None, help="latents per SAE (default 4 x d_model)", scope="train-saes", flag="--width", minimum=1, group="train-saes"
     )
     train_tokens: int = option(
-        2_000_000, help="training tokens per SAE; the corpus is read up to this many and cycled if shorter",
-        scope="train-saes", flag="--tokens", minimum=1, group="train-saes",
+        2_000_000, help=f"training tokens per SAE; the corpus is read up to this many and cycled if shorter (at "
+        f"least {MIN_TRAIN_TOKENS}, so that whole texts can be held out to measure each SAE)",
+        scope="train-saes", flag="--tokens", minimum=MIN_TRAIN_TOKENS, group="train-saes",
     )
 
     # Cluster: `run.py sweep` (multi_gpu_launcher.py has the same SLURM flags of its own).
@@ -382,6 +390,39 @@ def default_of(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return f.default
+
+
+def limit_error(f: dataclasses.Field, value: Any) -> str | None:
+    """What breaks the field's declared limits (``choices``, ``minimum``, ``above``) in ``value``; None when nothing.
+
+    Why here: an option's limits are stated once, on its field. The parser
+    applies them to what a user types; a phase applies them, through
+    :func:`check_option_limits`, to a config built in Python (the demo, the
+    tests), so no phase restates a bound, let alone another one.
+    """
+    meta = f.metadata
+    if value is None or isinstance(value, bool):
+        return None
+    if meta["choices"] and value not in meta["choices"]:
+        return f"must be one of {', '.join(meta['choices'])}, got {value!r}"
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if meta["minimum"] is not None and any(v < meta["minimum"] for v in numbers):
+        return f"must be at least {meta['minimum']:g}, got {value}"
+    if meta.get("above") is not None and any(v <= meta["above"] for v in numbers):
+        return f"must be greater than {meta['above']:g}, got {value}"
+    if meta.get("maximum") is not None and any(v > meta["maximum"] for v in numbers):
+        return f"must be at most {meta['maximum']:g}, got {value}"
+    return None
+
+
+def check_option_limits(cfg: PipelineConfig, command: str) -> None:
+    """Every option of ``command`` within its declared limits; else one line, worded as the parser words it."""
+    from common.errors import PipelineError
+
+    for f in option_fields():
+        if applies_to(f, command) and (problem := limit_error(f, getattr(cfg, f.name))):
+            raise PipelineError(f"{flag_of(f)}: {problem}")
 
 
 def options_markdown() -> str:

@@ -14,13 +14,13 @@ Formats:
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from common.errors import PipelineError
+from common.storage import jsonl_objects
 
 JSONL_UNIT = "jsonl rows (field text)"
 PARAGRAPH_UNIT = "paragraphs (blank-line separated)"
@@ -57,17 +57,41 @@ def read_documents(
 def _jsonl_documents(
     raw: str, p: Path, label: str, row_text: Callable[[dict[str, Any]], str] | None
 ) -> list[str]:
+    def no_text(number: int) -> str:
+        return f'{label} {p} line {number} has no string field "text"'
+
     texts: list[str] = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PipelineError(f"{label} {p} line {number} is not JSON: {exc.msg}") from exc
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise PipelineError(f'{label} {p} line {number} has no string field "text"')
+    for number, row in jsonl_objects(raw.splitlines(), lambda number, error: f"{label} {p} line {number} is not JSON: {error}",
+                                     no_text):
+        if not isinstance(row.get("text"), str):
+            raise PipelineError(no_text(number))
         text = row_text(row) if row_text is not None else row["text"]
         if text.strip():
             texts.append(text)
     return texts
+
+
+HUB_CORPUS = "NeelNanda/pile-10k"
+HUB_CORPUS_UNIT = "dataset rows (train split, field text)"
+
+
+def load_hub_corpus(refusal: Callable[[str], str]) -> Any:
+    """pile-10k's train split as a ``datasets.Dataset``: the default corpus of SAE training and the general filter.
+
+    Texts are read only for the rows a caller selects (:func:`hub_corpus_texts`).
+    When the hub cannot give it (offline, no cache), one line:
+    ``refusal(first line of the error)``, worded by the caller to name its
+    own local-file option.
+    """
+    try:
+        import datasets
+
+        return datasets.load_dataset(HUB_CORPUS, split="train")
+    except Exception as exc:  # datasets raises ConnectionError, OSError, DatasetNotFoundError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(refusal(first)) from exc
+
+
+def hub_corpus_texts(rows: Any, indices: Sequence[int]) -> list[str]:
+    """The ``text`` field of the selected rows of the hub corpus, in the given order."""
+    return [str(t) for t in rows.select(list(indices))["text"]]

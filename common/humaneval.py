@@ -24,7 +24,6 @@ from __future__ import annotations
 import ast
 import concurrent.futures
 import gzip
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import pandas as pd
 
 from common.errors import PipelineError
+from common.storage import jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +81,9 @@ def _rows_from_file(path: Path) -> list[dict[str, Any]]:
         raise PipelineError(f"HumanEval path {path} is a directory: give HumanEval.jsonl.gz or a jsonl file (--humaneval-path)")
     if not path.is_file():
         raise PipelineError(f"HumanEval file {path} does not exist (check --humaneval-path / PVA_HUMANEVAL_PATH)")
-    rows = []
-    for number, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PipelineError(f"HumanEval {path} line {number}: not valid JSON ({exc.msg})")
-        if not isinstance(obj, dict):
-            raise PipelineError(f"HumanEval {path} line {number}: not a JSON object")
-        rows.append(_validate_row(obj, f"{path} line {number}"))
-    return rows
+    objects = jsonl_objects(_read_lines(path), lambda number, error: f"HumanEval {path} line {number}: not valid JSON ({error})",
+                            lambda number: f"HumanEval {path} line {number}: not a JSON object")
+    return [_validate_row(obj, f"{path} line {number}") for number, obj in objects]
 
 
 def _rows_from_hub() -> list[dict[str, Any]]:

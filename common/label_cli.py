@@ -55,7 +55,7 @@ from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
 from common.paths import LABELS_DIR, enclosing_data_dir, pipeline_folder
 from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION
-from common.storage import atomic_write_text, check_writable, json_safe, write_json, write_parquet
+from common.storage import atomic_write_text, check_writable, json_safe, jsonl_objects, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -65,19 +65,10 @@ FORMATS = (".jsonl", ".parquet")
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    rows: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PipelineError(f"generations file {path}: line {number} is not JSON ({exc.msg})")
-            if not isinstance(row, dict):
-                raise PipelineError(f"generations file {path}: line {number} is not a JSON object")
-            rows.append(row)
-    return pd.DataFrame(rows)
+        objects = jsonl_objects(handle, lambda number, error: f"generations file {path}: line {number} is not JSON ({error})",
+                                lambda number: f"generations file {path}: line {number} is not a JSON object")
+    return pd.DataFrame([row for _, row in objects])
 
 
 _HUMANEVAL_ID = re.compile(r"HumanEval/(\d+)")

@@ -9,7 +9,6 @@ label hours later.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from common.errors import PipelineError
+from common.storage import jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +64,13 @@ def _validate_row(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _rows_from_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise PipelineError(f"cannot read MBPP file {path}: {exc}")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PipelineError(f"MBPP {path} line {number}: not valid JSON ({exc.msg})")
-        if not isinstance(obj, dict):
-            raise PipelineError(f"MBPP {path} line {number}: not a JSON object")
-        rows.append(_validate_row(obj, f"{path} line {number}"))
-    return rows
+    objects = jsonl_objects(lines, lambda number, error: f"MBPP {path} line {number}: not valid JSON ({error})",
+                            lambda number: f"MBPP {path} line {number}: not a JSON object")
+    return [_validate_row(obj, f"{path} line {number}") for number, obj in objects]
 
 
 def _rows_from_parquet(path: Path) -> list[dict[str, Any]]:

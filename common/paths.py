@@ -115,34 +115,6 @@ def name_timestamp(path: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def find_newest(data_dir: str | Path, phase: str, pattern: str) -> Path:
-    """The newest file matching ``pattern`` in a phase's folder, by the timestamp in its name.
-
-    Raises a PipelineError naming the command that produces it when there is none.
-    """
-    folder = Path(data_dir) / PHASE_DIRS[phase]
-    # A result's "<name>_metadata.json" shares its timestamp and would sort last: never an input.
-    candidates = [
-        p for p in folder.glob(pattern) if name_timestamp(p) is not None and not p.name.endswith("_metadata.json")
-    ]
-    if not candidates:
-        raise PipelineError(
-            f"no Phase {phase} output ({pattern}) in {folder}; run `{PHASE_COMMANDS[phase]}` "
-            f"first or point --input at a file"
-        )
-    return max(candidates, key=lambda p: (name_timestamp(p), p.name))
-
-
-def resolve_input(explicit: str | None, data_dir: str | Path, phase: str, pattern: str) -> Path:
-    """``--input`` when given (must exist), otherwise the newest output of ``phase``."""
-    if explicit:
-        path = Path(explicit)
-        if not path.exists():
-            raise PipelineError(f"--input {explicit} does not exist")
-        return path
-    return find_newest(data_dir, phase, pattern)
-
-
 def require_file(path: Path, phase: str) -> Path:
     """An output of an earlier phase with a fixed name; error naming the command if absent."""
     if not path.exists():

@@ -59,9 +59,14 @@ class PhaseSpec:
 
 _PHASE1_FILES = ("phase1_dataset", "phase1_metadata", "phase1_activation")
 _TEMPERATURE_FILES = ("temperature_table", "temperature_metadata", "temperature_activation")
+_PHASE3_FILES = (
+    "phase3_validation", "phase3_metrics", "phase3_steering", "steering_outcomes", "phase3_probe_metrics",
+    "phase3_roc_png", "phase3_metrics_by_temperature_png", "phase3_steering_grid_png", "phase3_flipped_examples",
+    "phase3_summary", "phase3_summary_latest", "phase3_metadata", "phase3_coverage_png",
+)
 
 PHASES: tuple[PhaseSpec, ...] = (
-    PhaseSpec("0", "difficulty", "phase0", "phase0_difficulty", on_model=False, writes=("difficulty",)),
+    PhaseSpec("0", "difficulty", "phase0", "phase0_difficulty", on_model=False, writes=("difficulty", "difficulty_metadata")),
     PhaseSpec("0.1", "split", "phase0_1", "phase0_1_splitting", on_model=False,
               writes=("split", "split_metadata"), reads=("difficulty",)),
     PhaseSpec("1", "generation", "phase1_0", "phase1_0_generation", aliases=("1.0",), example="--model google/gemma-2-2b",
@@ -72,7 +77,7 @@ PHASES: tuple[PhaseSpec, ...] = (
     PhaseSpec("2", "SAE analysis", "phase2", "phase2_sae_analysis", example="--split sae", splits=("sae", "validation"),
               writes=("phase2_results", "phase2_metadata", "phase2_top", "phase2_scores"),
               reads=("split", *_PHASE1_FILES, *_TEMPERATURE_FILES)),
-    PhaseSpec("3", "validation", "phase3", "phase3_validation", writes=("steering_outcomes",),
+    PhaseSpec("3", "validation", "phase3", "phase3_validation", writes=_PHASE3_FILES,
               reads=("split", *_PHASE1_FILES, *_TEMPERATURE_FILES, "phase2_results", "phase2_scores")),
 )
 

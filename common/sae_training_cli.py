@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from common.config import PipelineConfig
+from common.config import PipelineConfig, check_option_limits
+from common.corpus_files import HUB_CORPUS, hub_corpus_texts, load_hub_corpus
 from common.errors import PipelineError
 from common.metadata import RunClock, build_metadata
 from common.sae_training import REPORT_FILENAME, SAETrainingConfig, read_corpus_file, train_saes
@@ -28,25 +29,16 @@ from common.storage import check_writable
 
 logger = logging.getLogger(__name__)
 
-HUB_CORPUS = "NeelNanda/pile-10k"
 
-
-# --tokens also caps how much of the corpus is read; below this a corpus of short texts
-# gives one or two texts, and nothing is left to hold out (10 tokens trained on 52, none held out).
-MIN_TRAIN_TOKENS = 1000
+# --tokens also caps how much of the corpus is read; below MIN_TRAIN_TOKENS (declared on the option) a corpus
+# of short texts gives one or two texts, and nothing is left to hold out (10 tokens trained on 52, none held out).
 
 def _hub_texts(n_docs: int) -> list[str]:
-    try:
-        import datasets
-
-        rows = datasets.load_dataset(HUB_CORPUS, split="train")
-        return [str(t) for t in rows.select(range(min(n_docs, len(rows))))["text"]]
-    except Exception as exc:  # datasets raises ConnectionError, OSError, DatasetNotFoundError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(
-            f"no --corpus given and {HUB_CORPUS} cannot be loaded from the hub ({first}); offline, pass "
-            "--corpus FILE[,FILE] (.txt or .jsonl; e.g. demo/general_text.txt and an MBPP jsonl for code)"
-        ) from exc
+    rows = load_hub_corpus(lambda error: (
+        f"no --corpus given and {HUB_CORPUS} cannot be loaded from the hub ({error}); offline, pass "
+        "--corpus FILE[,FILE] (.txt or .jsonl; e.g. demo/general_text.txt and an MBPP jsonl for code)"
+    ))
+    return hub_corpus_texts(rows, range(min(n_docs, len(rows))))
 
 
 def _mbpp_texts(mbpp_path: str | None) -> list[str]:
@@ -85,13 +77,7 @@ def train_saes_cli(cfg: PipelineConfig) -> int:
     if out.exists() and not out.is_dir():
         raise PipelineError(f"--output {out} is a file, not a folder")
     check_writable(out / REPORT_FILENAME, "--output")  # before the model is loaded or a token collected
-    if cfg.train_tokens < MIN_TRAIN_TOKENS:
-        raise PipelineError(
-            f"--tokens {cfg.train_tokens} is too few: at least {MIN_TRAIN_TOKENS} are needed so that whole texts "
-            "can be held out to measure each SAE (held-out FVU and L0)"
-        )
-    if cfg.train_width is not None and cfg.train_width < 1:
-        raise PipelineError(f"--width must be >= 1, got {cfg.train_width}")
+    check_option_limits(cfg, "train-saes")  # --tokens at least MIN_TRAIN_TOKENS, --width at least 1
     clock = RunClock()
     texts, inputs = corpus_texts(cfg)
     device = resolve_device(cfg.device)

@@ -16,7 +16,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,30 @@ def json_safe(value: Any) -> Any:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def jsonl_objects(
+    lines: Iterable[str], not_json: Callable[[int, str], str], not_object: Callable[[int], str]
+) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line of a JSON-lines file, counted from 1.
+
+    Strict: a line that is not JSON, or is JSON but not an object, stops the
+    read with one line naming it, ``not_json(number, decoder message)`` or
+    ``not_object(number)``; each caller words that for its file (MBPP,
+    HumanEval, a generations table, a corpus). Blank lines are skipped.
+    """
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PipelineError(not_json(number, exc.msg)) from exc
+        if not isinstance(obj, dict):
+            raise PipelineError(not_object(number))
+        rows.append((number, obj))
+    return rows
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> Path:

@@ -45,7 +45,7 @@ from common.artifacts import (
     settings_with_prompt_format,
     temperature_label,
 )
-from common.config import PipelineConfig, benchmark_data_dir
+from common.config import PipelineConfig, benchmark_data_dir, check_option_limits
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
@@ -286,15 +286,12 @@ def publish(
     return folder
 
 
-def _check_temperatures(temperatures: list[float], samples: int) -> None:
-    if not temperatures:
+def _check_temperatures(cfg: PipelineConfig) -> None:
+    """The grid is not empty and has no repeats (each temperature's bound, above 0, is the option's own)."""
+    if not cfg.temperatures:
         raise PipelineError("--temperatures is empty")
-    if any(t <= 0 for t in temperatures):
-        raise PipelineError(f"--temperatures must be > 0 (temperature 0 is Phase 1.0), got {temperatures}")
-    if len(set(temperatures)) != len(temperatures):
-        raise PipelineError(f"--temperatures has duplicates: {temperatures}")
-    if samples < 1:
-        raise PipelineError("--samples-per-task must be at least 1")
+    if len(set(cfg.temperatures)) != len(cfg.temperatures):
+        raise PipelineError(f"--temperatures has duplicates: {cfg.temperatures}")
 
 
 def run(cfg: PipelineConfig) -> Path:
@@ -303,11 +300,11 @@ def run(cfg: PipelineConfig) -> Path:
     ``--dataset humaneval``: every HumanEval task in those positions, written under ``<data dir>/humaneval/``.
     """
     clock = RunClock()
-    _check_temperatures(cfg.temperatures, cfg.samples_per_task)
-    if cfg.dataset not in ("mbpp", "humaneval"):
-        raise PipelineError(f"--dataset {cfg.dataset!r} is not a benchmark of this pipeline (mbpp or humaneval)")
+    _check_temperatures(cfg)
     if cfg.dataset == "humaneval":
         check_humaneval_format(cfg.prompt_format)  # before anything is read, loaded or moved aside
+    # Every option's declared limits: temperatures above 0, --dataset a benchmark, --samples-per-task at least 1, ...
+    check_option_limits(cfg, "1.2")
     cfg = dataclasses.replace(cfg, data_dir=str(benchmark_data_dir(cfg.data_dir, cfg.dataset)))
     sliced, split_path, start, end = select_tasks(cfg)
     # HumanEval's too: its Phase 1.0 run (under <data dir>/humaneval/) chose completion or instruction format.

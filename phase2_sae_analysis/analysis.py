@@ -46,7 +46,7 @@ import torch
 from tqdm import tqdm
 
 from common.artifacts import PHASE2_METADATA, PHASE2_RESULTS, PHASE2_SCORES, PHASE2_TOP
-from common.config import PipelineConfig, model_of_phase1
+from common.config import PipelineConfig, check_option_limits, model_of_phase1
 from common.errors import PipelineError
 from common.metadata import RunClock, build_metadata
 from common.models import resolve_device
@@ -283,7 +283,7 @@ def _write_scores(scores_dir: Path, results: dict[int, LayerResult]) -> None:
     tmp.mkdir(parents=True)
     try:
         for layer, res in sorted(results.items()):
-            save_npz(tmp / f"layer_{layer}.npz", **{k: res.arrays[k] for k in ARRAY_KEYS})
+            save_npz(tmp / PHASE2_SCORES.file_name(layer=layer), **{k: res.arrays[k] for k in ARRAY_KEYS})
         os.replace(tmp, scores_dir)
     finally:
         if tmp.exists():
@@ -301,8 +301,7 @@ def _top_table(top: dict[str, list[dict[str, Any]]]) -> pd.DataFrame:
 def run(cfg: PipelineConfig) -> Path:
     """Run Phase 2 on ``cfg.split``; return the results JSON written."""
     clock = RunClock()
-    if cfg.top_k < 1:
-        raise PipelineError(f"--top-k must be >= 1, got {cfg.top_k}")
+    check_option_limits(cfg, "2")  # --top-k, --general-filter-threshold, ... within their declared limits
     data = load_split(cfg)
     layers = resolve_layers(data, cfg.layers)
     neighbours = {layer: neighbour_layer(layer, data.available_layers) for layer in layers}

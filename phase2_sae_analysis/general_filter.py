@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.config import PipelineConfig
-from common.corpus_files import read_documents
+from common.config import PipelineConfig, check_option_limits
+from common.corpus_files import HUB_CORPUS, HUB_CORPUS_UNIT, hub_corpus_texts, load_hub_corpus, read_documents
 from common.errors import PipelineError
 from common.general_text import TokenizedDocuments, collect_resid_post_all_tokens, tokenize_documents
 from common.models import default_dtype, load_model_and_tokenizer, text_sizes
@@ -41,7 +41,7 @@ from common.saes import encode
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CORPUS = "NeelNanda/pile-10k"
+DEFAULT_CORPUS = HUB_CORPUS
 CORPUS_MEMORY_BUDGET_BYTES = 4 * 2**30
 ENCODE_CHUNK_TOKENS = 1024
 DEFAULT_CORPUS_BATCH = 16
@@ -76,17 +76,11 @@ def _read_local_corpus(path: Path) -> tuple[list[str], str]:
 
 
 def _load_hub_corpus() -> Any:
-    """pile-10k's train split as a ``datasets.Dataset`` (texts are read only for the sampled rows)."""
-    try:
-        import datasets
-
-        return datasets.load_dataset(DEFAULT_CORPUS, split="train")
-    except Exception as exc:  # datasets raises ConnectionError, OSError, DatasetNotFoundError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(
-            f"cannot load the general-text corpus {DEFAULT_CORPUS} through datasets ({first}); "
-            "use --general-corpus PATH (a local .txt or .jsonl file) or --no-general-filter"
-        ) from exc
+    """pile-10k's train split (texts are read only for the sampled rows)."""
+    return load_hub_corpus(lambda error: (
+        f"cannot load the general-text corpus {DEFAULT_CORPUS} through datasets ({error}); "
+        "use --general-corpus PATH (a local .txt or .jsonl file) or --no-general-filter"
+    ))
 
 
 def load_general_corpus(cfg: PipelineConfig) -> GeneralCorpus:
@@ -102,8 +96,8 @@ def load_general_corpus(cfg: PipelineConfig) -> GeneralCorpus:
     rows = _load_hub_corpus()
     indices = choose_documents(len(rows), cfg.general_corpus_samples, cfg.seed)
     return GeneralCorpus(
-        name=DEFAULT_CORPUS, source="datasets (Hugging Face hub)", unit="dataset rows (train split, field text)",
-        n_available=len(rows), indices=indices, texts=[str(t) for t in rows.select(indices)["text"]],
+        name=DEFAULT_CORPUS, source="datasets (Hugging Face hub)", unit=HUB_CORPUS_UNIT,
+        n_available=len(rows), indices=indices, texts=hub_corpus_texts(rows, indices),
     )
 
 
@@ -154,8 +148,7 @@ class GeneralTextFilter:
         device: torch.device,
         budget_bytes: int = CORPUS_MEMORY_BUDGET_BYTES,
     ) -> GeneralTextFilter:
-        if not 0.0 < cfg.general_filter_threshold <= 1.0:
-            raise PipelineError(f"--general-filter-threshold must be in (0, 1], got {cfg.general_filter_threshold}")
+        check_option_limits(cfg, "2")  # the threshold's range, (0, 1], is declared on the option
         corpus = load_general_corpus(cfg)
         dtype = default_dtype(device)
         model, tokenizer = load_model_and_tokenizer(model_name, device, dtype)

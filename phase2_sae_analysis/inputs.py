@@ -36,7 +36,7 @@ from common.artifacts import (
     load_temperature_run,
     read_phase1_metadata,
 )
-from common.config import PipelineConfig
+from common.config import PipelineConfig, check_option_limits
 from common.errors import PipelineError
 from common.paths import PHASE_COMMANDS, phase_dir, require_file
 
@@ -216,8 +216,7 @@ def load_validation_split(cfg: PipelineConfig) -> SplitData:
 
 def load_split(cfg: PipelineConfig) -> SplitData:
     """The tasks, labels and activation layout of ``cfg.split``; both classes must be present."""
-    if cfg.split not in SPLITS:
-        raise PipelineError(f"--split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
+    check_option_limits(cfg, "2")  # --split among the splits the config declares
     data = load_sae_split(cfg) if cfg.split == "sae" else load_validation_split(cfg)
     if data.n_correct == 0 or data.n_incorrect == 0:
         missing = "correct" if data.n_correct == 0 else "incorrect"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from common.artifacts import PHASE2_RESULTS, newest_phase2_results
+from common.artifacts import PHASE2_RESULTS, PHASE2_SCORES, newest_phase2_results
 from common.errors import PipelineError
 from common.stats import DIRECTIONS
 
@@ -43,7 +43,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 def _load_reference_scores(scores_dir: Path, layers: list[int]) -> dict[int, dict[str, np.ndarray]]:
     out = {}
     for layer in layers:
-        path = scores_dir / f"layer_{layer}.npz"
+        path = scores_dir / PHASE2_SCORES.file_name(layer=layer)
         with np.load(path) as data:
             out[layer] = {k: data[k] for k in ("separation_correct", "separation_incorrect", "general_flagged")}
     return out
@@ -72,7 +72,7 @@ def compute_stability(
     common = sorted(set(int(layer) for layer in reference["layers"]) & set(scores))
     if not common:
         return {**base, "reason": f"no layer in common: sae-split layers {reference['layers']}, this run {sorted(scores)}"}
-    missing = [layer for layer in common if not (scores_dir / f"layer_{layer}.npz").is_file()]
+    missing = [layer for layer in common if not (scores_dir / PHASE2_SCORES.file_name(layer=layer)).is_file()]
     if missing:
         return {**base, "reason": f"score arrays of layers {missing} are missing from {scores_dir}"}
     ref_scores = _load_reference_scores(scores_dir, common)

@@ -33,8 +33,10 @@ import pandas as pd
 
 from common.activations import activation_path, load_activation, load_layer_matrix
 from common.artifacts import (
+    PHASE1_ACTIVATION,
     PHASE1_DATASET,
     PHASE2_RESULTS,
+    PHASE2_SCORES,
     SPLIT,
     load_temperature_run,
     newest_phase2_results,
@@ -90,7 +92,7 @@ class Phase2Results:
         """Phase 2's per-latent score arrays of ``layer`` (``separation_correct``, ``f_correct``, ...)."""
         if self.scores_dir is None:
             raise PipelineError(f"{self.path} names no scores_dir: the control latents cannot be chosen")
-        path = self.scores_dir / f"layer_{layer}.npz"
+        path = self.scores_dir / PHASE2_SCORES.file_name(layer=layer)
         if not path.is_file():
             raise PipelineError(f"Phase 2 score arrays for layer {layer} missing: {path}")
         with np.load(path) as data:
@@ -158,7 +160,7 @@ class Phase3Inputs:
     def saved_layers(self) -> list[int]:
         """Layers Phase 1.0 saved activations for (read from the first hyperparams task's files)."""
         task, label = self.hyperparams.task_ids[0], self.hyperparams.label_folders[0]
-        found = (self.activation_dir / label).glob(f"{task}_layer_*.npz")
+        found = PHASE1_ACTIVATION.in_folder(self.activation_dir / label, task_id=task)
         return sorted(int(p.stem.rsplit("_", 1)[1]) for p in found)
 
     def activations(self, split: SplitTasks, layer: int) -> np.ndarray:
@@ -363,7 +365,7 @@ def load_inputs(cfg: PipelineConfig) -> Phase3Inputs:
 def _load_sae_split(data_dir: str, dataset: pd.DataFrame, dataset_path: Path,
                     hyperparams: SplitTasks, validation: SplitTasks, prompt_format: str) -> dict[str, Any]:
     """The sae split for the probe baselines, or a note saying why there is none (Phase 3 goes on without)."""
-    path = phase_dir(data_dir, "0.1", create=False) / "sae_mbpp.parquet"
+    path = SPLIT.path(data_dir, split="sae")
     if not path.is_file():
         note = f"no sae split ({path}): the probe baselines, which are fitted on it, are skipped"
         logger.warning(note)

@@ -38,8 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.artifacts import STEERING_OUTCOMES
-from common.config import PipelineConfig, model_of_phase1
+from common.artifacts import PHASE3_METADATA, PHASE3_OUTPUTS, phase3_output_paths
+from common.config import PipelineConfig, check_option_limits, model_of_phase1
 from common.errors import PipelineError
 from common.executor import Executor, executor_config_for
 from common.generation import GenerationConfig, auto_batch_size
@@ -54,8 +54,8 @@ from common.models import (
 )
 from common.paths import phase_dir, timestamp
 from common.prompts import PROMPT_TEMPLATE_VERSION
-from common.steering import HOOK_POINTS, POSITION_POLICIES, transformer_lens_hook_name
-from common.storage import RecordCheckpointer, atomic_write_bytes, atomic_write_text, json_safe, write_json, write_parquet
+from common.steering import transformer_lens_hook_name
+from common.storage import RecordCheckpointer, json_safe
 from common.tasks import model_slug
 from phase3_validation import confounds, plots, prompt_confidence, prompting
 from phase3_validation.inputs import Phase3Inputs, SplitTasks, load_inputs
@@ -103,21 +103,11 @@ def check_config(cfg: PipelineConfig) -> None:
         raise PipelineError(f"--coefficients has duplicates: {cfg.coefficients}")
     if not all(np.isfinite(cfg.coefficients)):
         raise PipelineError(f"--coefficients must be finite numbers, got {cfg.coefficients}")
-    if cfg.hook_point not in HOOK_POINTS:
-        raise PipelineError(f"--hook-point must be one of {', '.join(HOOK_POINTS)}, got {cfg.hook_point!r}")
     if not any(a > 0 for a in cfg.coefficients):
         raise PipelineError(f"--coefficients {cfg.coefficients} has no alpha > 0, the sign the hypothesis predicts "
                             "(negative alphas are only the opposite-sign experiment)")
-    if cfg.steer_positions not in POSITION_POLICIES:
-        raise PipelineError(f"--steer-positions must be one of {', '.join(POSITION_POLICIES)}, got {cfg.steer_positions!r}")
-    if cfg.n_random_controls < 1:
-        raise PipelineError("--n-random-controls must be at least 1 (rule 8: steering needs controls)")
-    if cfg.bootstrap < 1:
-        raise PipelineError("--bootstrap must be at least 1")
-    if cfg.top_latents_validated < 1:
-        raise PipelineError("top_latents_validated must be at least 1")
-    if cfg.steering_max_new_tokens is not None and cfg.steering_max_new_tokens < 1:
-        raise PipelineError("steering_max_new_tokens must be at least 1")
+    # The options' own limits (hook point, positions, at least one control, ...) as the config declares them.
+    check_option_limits(cfg, "3")
 
 
 def _split_sizes(split: SplitTasks) -> dict[str, int]:
@@ -361,22 +351,7 @@ def run(cfg: PipelineConfig) -> Path:
 
     # ---- outputs -------------------------------------------------------------------------------
     stamp = timestamp()
-    paths = {
-        "validation": out_dir / f"validation_{stamp}.json",
-        "metrics": out_dir / f"metrics_{stamp}.parquet",
-        "steering": out_dir / f"steering_{stamp}.parquet",
-        "steering_outcomes": STEERING_OUTCOMES.path(cfg.data_dir, ts=stamp),
-        "probe_metrics": out_dir / f"probe_metrics_{stamp}.parquet",
-        "roc_png": out_dir / f"roc_{stamp}.png",
-        "metrics_by_temperature_png": out_dir / f"metrics_by_temperature_{stamp}.png",
-        "steering_grid_png": out_dir / f"steering_grid_{stamp}.png",
-        "flipped_examples": out_dir / f"flipped_examples_{stamp}.md",
-        "summary": out_dir / f"summary_{stamp}.md",
-        "summary_latest": out_dir / "summary.md",
-        "metadata": out_dir / f"validation_{stamp}_metadata.json",
-    }
-    if reviewer.get("coverage"):
-        paths["coverage_png"] = out_dir / f"coverage_{stamp}.png"
+    paths = phase3_output_paths(cfg.data_dir, stamp, coverage=bool(reviewer.get("coverage")))
     layers = sorted({ev.latent.layer for ev in evaluations} | {inputs.results.top[d][0].layer for d in DIRECTIONS})
     configuration = {
         "model": cfg.model, "model_choice": model_note, "phase1_model": phase1_model, "device": str(device), "dtype": str(dtype),
@@ -452,21 +427,18 @@ def run(cfg: PipelineConfig) -> Path:
     flipped_text = render_flipped_examples(doc, flipped)
     summary_text = render_summary(doc)
 
-    write_parquet(metrics, paths["metrics"])
-    write_parquet(steering_table, paths["steering"])
-    STEERING_OUTCOMES.write(outcomes, paths["steering_outcomes"])
-    write_parquet(probe_metrics, paths["probe_metrics"])
-    for name, png in figures.items():
-        atomic_write_bytes(paths[name], png)
-    atomic_write_text(paths["flipped_examples"], flipped_text)
-    write_json(paths["validation"], doc)
-    atomic_write_text(paths["summary"], summary_text)
-    atomic_write_text(paths["summary_latest"], summary_text)
+    rendered: dict[str, pd.DataFrame | dict[str, Any] | str | bytes] = {
+        "metrics": metrics, "steering": steering_table, "steering_outcomes": outcomes, "probe_metrics": probe_metrics,
+        **figures, "flipped_examples": flipped_text, "validation": doc, "summary": summary_text,
+        "summary_latest": summary_text,
+    }
+    for name, content in rendered.items():
+        PHASE3_OUTPUTS[name].write(content, paths[name])
     meta = build_metadata(
         "3", cfg, clock, inputs={**inputs.input_paths(), **transfer.input_paths()}, outputs={k: v for k, v in paths.items() if k != "metadata"},
         extra={**configuration, "generation": dataclasses.asdict(gen_cfg), "flags": doc["flags"]},
     )
-    write_json(paths["metadata"], meta)
+    PHASE3_METADATA.write(meta, paths["metadata"])
     for folder in sorted(ctx.folders):
         RecordCheckpointer(folder).clear()
     for folder in (ctx.checkpoint_root, ctx.checkpoint_root.parent):

@@ -28,10 +28,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.artifacts import PHASE1_DATASET, load_temperature_run, metadata_path_of
+from common.artifacts import (
+    DIFFICULTY_METADATA,
+    PHASE1_DATASET,
+    PHASE1_METADATA,
+    PHASE2_METADATA,
+    PHASE2_RESULTS,
+    PHASE2_SCORES,
+    PHASE3_METADATA,
+    PHASE3_VALIDATION,
+    SPLIT,
+    SPLIT_METADATA,
+    TEMPERATURE_METADATA,
+    load_temperature_run,
+    metadata_path_of,
+    phase3_summary_of,
+)
 from common.config import PipelineConfig, benchmark_data_dir
 from common.errors import PipelineError
-from common.paths import PHASE_DIRS, name_timestamp
 from common.stats import clopper_pearson
 from common.storage import atomic_write_bytes, atomic_write_text, read_json
 from sweep.table import comparison_rows, render_table
@@ -67,12 +81,6 @@ class Page:
         return path
 
 
-def _newest(folder: Path, pattern: str) -> Path | None:
-    """The file matching ``pattern`` with the newest timestamp in its name (metadata files left out)."""
-    found = [p for p in folder.glob(pattern) if not p.name.endswith("_metadata.json")] if folder.is_dir() else []
-    return max(found, key=lambda p: (name_timestamp(p) or "", p.name)) if found else None
-
-
 def rate(k: int, n: int) -> str:
     """``k/n = r [lo, hi]`` with the exact (Clopper-Pearson) 95% interval."""
     if n == 0:
@@ -88,7 +96,7 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def phase1_dataset(data_dir: Path) -> Path | None:
-    return _newest(data_dir / PHASE_DIRS["1"], PHASE1_DATASET.glob(ts="*"))
+    return PHASE1_DATASET.latest(data_dir)
 
 
 def _settings(page: Page, record: dict[str, Any] | None) -> None:
@@ -116,7 +124,7 @@ def _mbpp(page: Page, data_dir: Path) -> pd.DataFrame | None:
     page.add(f"Pass rate, all tasks: {rate(int(passed.sum()), len(table))} (exact 95% interval).", "")
     page.add("| split | passed / tasks = rate [95% CI] |", "| --- | --- |")
     for split in SPLITS:
-        split_path = data_dir / PHASE_DIRS["0.1"] / f"{split}_mbpp.parquet"
+        split_path = SPLIT.path(data_dir, split=split)
         if not split_path.is_file():
             page.add(f"| {split} | {NOT_MEASURED} |")
             continue
@@ -133,7 +141,7 @@ def _mbpp(page: Page, data_dir: Path) -> pd.DataFrame | None:
 def _temperatures(page: Page, data_dir: Path) -> None:
     page.section("MBPP validation split, Phase 1.2 (sampling)")
     try:
-        run = load_temperature_run(data_dir / PHASE_DIRS["1.2"])
+        run = load_temperature_run(TEMPERATURE_METADATA.folder(data_dir))
     except PipelineError as exc:
         page.add(f"Pass rates by temperature: {NOT_MEASURED} ({exc}).")
         return
@@ -167,19 +175,19 @@ def _sae_report_path(data_dir: Path, record: dict[str, Any] | None) -> Path | No
         words = shlex.split(step["command"])
         if "train-saes" in words and "--output" in words:
             return Path(words[words.index("--output") + 1]) / "sae_training_report.json"
-    results = _newest(data_dir / PHASE_DIRS["2"], "results_sae_*.json")
+    results = PHASE2_RESULTS.latest(data_dir, split="sae")
     local = (read_json(results).get("sae") or {}).get("local_path") if results else None
     return Path(local) / "sae_training_report.json" if local else None
 
 
 def dead_latents(data_dir: Path) -> tuple[dict[str, int], Path | None]:
     """Per layer: latents that fire (> 0) on no sae-split task (Phase 2's firing shares of both classes are 0)."""
-    results = _newest(data_dir / PHASE_DIRS["2"], "results_sae_*.json")
+    results = PHASE2_RESULTS.latest(data_dir, split="sae")
     if results is None:
         return {}, None
     scores_dir = Path(read_json(results)["scores_dir"])
     dead = {}
-    for npz in sorted(scores_dir.glob("layer_*.npz")):
+    for npz in PHASE2_SCORES.in_folder(scores_dir):
         with np.load(npz) as arrays:
             dead[npz.stem.removeprefix("layer_")] = int(((arrays["f_correct"] == 0) & (arrays["f_incorrect"] == 0)).sum())
     return dead, results
@@ -208,7 +216,7 @@ def _saes(page: Page, data_dir: Path, record: dict[str, Any] | None) -> None:
 
 def _phase3(page: Page, data_dir: Path) -> dict[str, Any] | None:
     page.section("Latents, probes and steering (Phase 3)")
-    path = _newest(data_dir / PHASE_DIRS["3"], "validation_*.json")
+    path = PHASE3_VALIDATION.latest(data_dir)
     if path is None:
         page.add(f"Latents, probes, confounds, steering and HumanEval transfer: {NOT_MEASURED} (no Phase 3 output).")
         return None
@@ -218,8 +226,7 @@ def _phase3(page: Page, data_dir: Path) -> dict[str, Any] | None:
     if not any(v is not None for v in auprc):
         page.add(f"AUPRC: {NOT_MEASURED} (Phase 3's results hold no AUPRC).", "")
     _confounds(page, doc)
-    stamp = path.stem.removeprefix("validation_")
-    summary = data_dir / PHASE_DIRS["3"] / f"summary_{stamp}.md"
+    summary = phase3_summary_of(path)
     page.section("Phase 3 summary, as Phase 3 wrote it")
     if summary.is_file():
         text = page.read(summary).read_text()
@@ -244,23 +251,17 @@ def _confounds(page: Page, doc: dict[str, Any]) -> None:
 
 def _phase_metadata(data_dir: Path) -> list[tuple[str, Path | None]]:
     """Each phase's metadata file (the newest), in pipeline order."""
-    p = {k: data_dir / v for k, v in PHASE_DIRS.items()}
-    he = benchmark_data_dir(str(data_dir), "humaneval") / PHASE_DIRS["1"]
+    he = benchmark_data_dir(str(data_dir), "humaneval")
     return [
-        ("phase 0", _newest_meta(p["0"], "difficulty_*_metadata.json")),
-        ("phase 0.1", p["0.1"] / "split_metadata.json"),
-        ("phase 1 (MBPP)", _newest_meta(p["1"], "dataset_*_metadata.json")),
-        ("phase 1.2", p["1.2"] / "temperature_metadata.json"),
-        ("phase 2 (sae)", _newest_meta(p["2"], "results_sae_*_metadata.json")),
-        ("phase 2 (validation)", _newest_meta(p["2"], "results_validation_*_metadata.json")),
-        ("phase 1 (HumanEval)", _newest_meta(he, "dataset_*_metadata.json")),
-        ("phase 3", _newest_meta(p["3"], "validation_*_metadata.json")),
+        ("phase 0", DIFFICULTY_METADATA.latest(data_dir)),
+        ("phase 0.1", SPLIT_METADATA.path(data_dir)),
+        ("phase 1 (MBPP)", PHASE1_METADATA.latest(data_dir)),
+        ("phase 1.2", TEMPERATURE_METADATA.path(data_dir)),
+        ("phase 2 (sae)", PHASE2_METADATA.latest(data_dir, split="sae")),
+        ("phase 2 (validation)", PHASE2_METADATA.latest(data_dir, split="validation")),
+        ("phase 1 (HumanEval)", PHASE1_METADATA.latest(he)),
+        ("phase 3", PHASE3_METADATA.latest(data_dir)),
     ]
-
-
-def _newest_meta(folder: Path, pattern: str) -> Path | None:
-    found = list(folder.glob(pattern)) if folder.is_dir() else []
-    return max(found, key=lambda f: (name_timestamp(f) or "", f.name)) if found else None
 
 
 def _resources(page: Page, data_dir: Path, record: dict[str, Any] | None) -> None:
@@ -313,7 +314,7 @@ def _latent_row(doc: dict[str, Any], direction: str) -> dict[str, Any] | None:
 
 def _findings(page: Page, doc: dict[str, Any] | None, mbpp: pd.DataFrame | None, data_dir: Path) -> None:
     page.section("What this study finds, and what it cannot")
-    split_path = data_dir / PHASE_DIRS["0.1"] / "validation_mbpp.parquet"
+    split_path = SPLIT.path(data_dir, split="validation")
     if mbpp is not None and split_path.is_file():
         ids = set(pd.read_parquet(split_path, columns=["task_id"])["task_id"].astype(int))
         inside = mbpp[mbpp["task_id"].astype(int).isin(ids)]

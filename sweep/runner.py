@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.config import PipelineConfig
-from common.errors import PipelineError
+from common.artifacts import PHASE3_VALIDATION
+from common.config import PipelineConfig, check_option_limits
 from common.metadata import RunClock, build_metadata
-from common.paths import find_newest, pipeline_folder, timestamp
+from common.paths import pipeline_folder, timestamp
 from common.slurm_backend import SlurmOptions, parse_extra
 from common.storage import atomic_write_text, read_json, write_json
 from common.tasks import run_key
@@ -46,7 +46,7 @@ class SweepRun:
         record: dict[str, Any] = {"step": step.name, "args": step.args, "finished": timestamp(), "how": how}
         if step.args[1] == "3":
             data_dir = Path(step.args[step.args.index("--data-dir") + 1])
-            record["result"] = str(find_newest(data_dir, "3", "validation_*.json"))
+            record["result"] = str(PHASE3_VALIDATION.newest(data_dir))
         write_json(self.marker(step), record)
 
     def phase3_result(self, model: SweepModel) -> Path | None:
@@ -74,8 +74,7 @@ def slurm_options(cfg: PipelineConfig) -> SlurmOptions:
 def run_sweep(cfg: PipelineConfig, passthrough: dict[str, list[str]], poll: float = 2.0) -> int:
     """Check everything, run (or submit and watch) the steps, then print and save the comparison table."""
     clock = RunClock()
-    if cfg.backend not in ("local", "slurm"):
-        raise PipelineError(f"--backend must be local or slurm, got {cfg.backend!r}")
+    check_option_limits(cfg, "sweep")  # --backend local or slurm, the SLURM sizes, as the config declares them
     opts = slurm_options(cfg) if cfg.backend == "slurm" else None
     if opts is not None:  # every refusal before anything is written or submitted
         from common.slurm_backend import check_slurm, require_submitit

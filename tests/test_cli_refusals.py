@@ -60,10 +60,10 @@ def test_a_fraction_too_small_for_the_tasks_leaves_no_split_empty():
 
 
 def test_train_saes_refuses_too_few_tokens_with_the_minimum(tmp_path):
-    from common.sae_training_cli import MIN_TRAIN_TOKENS
+    from common.config import MIN_TRAIN_TOKENS
 
     line = _one_error(_run("train-saes", "--model", str(tmp_path / "m"), "--output", str(tmp_path / "out"), "--tokens", "10"))
-    assert f"--tokens 10 is too few: at least {MIN_TRAIN_TOKENS} are needed" in line
+    assert f"--tokens: must be at least {MIN_TRAIN_TOKENS}" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -1,7 +1,8 @@
 import pytest
 
+from common.artifacts import DIFFICULTY
 from common.errors import PipelineError
-from common.paths import find_newest, phase_dir, resolve_input, timestamp
+from common.paths import phase_dir, timestamp
 
 
 def test_newest_is_by_timestamp_in_name_not_mtime(tmp_path):
@@ -11,22 +12,22 @@ def test_newest_is_by_timestamp_in_name_not_mtime(tmp_path):
     new.write_text("new")
     old.write_text("old")  # written last: newest mtime, oldest name
     (folder / "difficulty_notimestamp.parquet").write_text("x")
-    assert find_newest(tmp_path, "0", "difficulty_*.parquet") == new
-    (folder / "difficulty_20250101_000000_000000_metadata.json").write_text("{}")
-    assert find_newest(tmp_path, "0", "difficulty_*") == new
+    assert DIFFICULTY.newest(tmp_path) == new
+    (folder / "difficulty_20260101_000000_000000_metadata.json").write_text("{}")
+    assert DIFFICULTY.newest(tmp_path) == new
 
 
 def test_missing_output_names_the_command(tmp_path):
     with pytest.raises(PipelineError, match=r"run `python3 run.py phase 0`"):
-        find_newest(tmp_path, "0", "difficulty_*.parquet")
+        DIFFICULTY.newest(tmp_path)
 
 
 def test_explicit_input_must_exist(tmp_path):
     with pytest.raises(PipelineError, match="does not exist"):
-        resolve_input(str(tmp_path / "nope.parquet"), tmp_path, "0", "*.parquet")
+        DIFFICULTY.resolve(str(tmp_path / "nope.parquet"), tmp_path)
     real = tmp_path / "x.parquet"
     real.write_text("x")
-    assert resolve_input(str(real), tmp_path, "0", "*.parquet") == real
+    assert DIFFICULTY.resolve(str(real), tmp_path) == real
 
 
 def test_timestamps_sort_and_differ():

@@ -1,6 +1,7 @@
 
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -128,3 +129,40 @@ def test_the_umask_is_read_without_being_changed(umask):
 
     assert current_umask() == umask
     assert os.umask(umask) == umask  # still the one the fixture set
+
+
+def test_jsonl_objects_numbers_lines_and_refuses_in_the_callers_words() -> None:
+    import ast as _ast
+
+    from common.errors import PipelineError
+    from common.storage import jsonl_objects
+
+    def not_json(number: int, error: str) -> str:
+        return f"f line {number}: bad ({error})"
+
+    def not_object(number: int) -> str:
+        return f"f line {number}: no object"
+
+    assert jsonl_objects(['{"a": 1}', "  ", '{"b": 2}\n'], not_json, not_object) == [(1, {"a": 1}), (3, {"b": 2})]
+    with pytest.raises(PipelineError, match=r"^f line 2: bad \(Expecting value\)$"):
+        jsonl_objects(['{"a": 1}', "nope"], not_json, not_object)
+    with pytest.raises(PipelineError, match="^f line 1: no object$"):
+        jsonl_objects(["[1, 2]"], not_json, not_object)
+    # The one reader: no other module decodes JSON lines in a loop of its own (the executor's pipe protocol aside).
+    repo = Path(__file__).resolve().parents[2]
+    loops = []
+    for path in sorted(repo.rglob("*.py")):
+        rel = path.relative_to(repo).as_posix()
+        if rel.split("/")[0] in {"tests", ".venv", "shared", "data"} or rel in {"common/storage.py", "common/executor.py"}:
+            continue
+        tree = _ast.parse(path.read_text(encoding="utf-8"))
+        for node in _ast.walk(tree):
+            if not isinstance(node, (_ast.For, _ast.ListComp, _ast.GeneratorExp)):
+                continue
+            targets = [node.target] if isinstance(node, _ast.For) else [g.target for g in node.generators]
+            names = {n.id for t in targets for n in _ast.walk(t) if isinstance(n, _ast.Name)}
+            for call in _ast.walk(node):  # json.loads(<the loop's own line>)
+                if (isinstance(call, _ast.Call) and _ast.unparse(call.func) == "json.loads" and call.args
+                        and isinstance(call.args[0], _ast.Name) and call.args[0].id in names):
+                    loops.append(f"{rel}:{call.lineno}")
+    assert loops == [], loops

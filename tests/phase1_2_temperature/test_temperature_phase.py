@@ -61,7 +61,7 @@ def test_samples_activations_and_reproducibility(tmp_path, tiny_model_dir):
 
 
 def test_bad_temperatures(tmp_path, tiny_model_dir):
-    with pytest.raises(PipelineError, match="must be > 0"):
+    with pytest.raises(PipelineError, match="must be greater than 0"):
         phase1_2_temperature.run(_cfg(tmp_path, tiny_model_dir, temperatures=[0.0]))
     with pytest.raises(PipelineError, match="empty"):
         phase1_2_temperature.run(_cfg(tmp_path, tiny_model_dir, temperatures=[]))
