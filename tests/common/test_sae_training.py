@@ -15,7 +15,7 @@ from common.errors import PipelineError
 from common.sae_training import REPORT_FILENAME, read_corpus_file
 from common.saes import SAESource, fraction_of_variance_unexplained, load_sae
 from common.storage import read_json
-from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
+from tests.helpers import DEMO_PROBLEMS, REPO_ROOT, interrupt_run_py
 
 GENERAL = REPO_ROOT / "demo" / "general_text.txt"
 
@@ -155,28 +155,12 @@ def test_an_interrupted_training_keeps_finished_layers_and_trains_only_the_rest(
 @pytest.mark.slow
 def test_train_saes_after_ctrl_c_resumes_as_it_says(tiny_model_dir, tmp_path):
     """SIGINT while layer 1 trains: exit 130 and a line saying the rerun trains only the rest; the rerun keeps layer 0."""
-    import signal
-    import time
-
     out = tmp_path / "saes"
     args = ["train-saes", "--model", str(tiny_model_dir), "--output", str(out), "--layers", "0,1",
             "--corpus", f"{GENERAL},{DEMO_PROBLEMS}", "--width", "64", "--tokens", "400000", "--device", "cpu"]
-    err_path = tmp_path / "stderr.txt"
-    with open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "run.py"), *args], stdout=subprocess.PIPE, stderr=err,
-                                text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-        try:
-            deadline = time.monotonic() + 600
-            while "SAE layer 0: held-out FVU" not in err_path.read_text() and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    stderr = err_path.read_text()
-    assert proc.returncode == 130, stderr
+    code, stderr = interrupt_run_py(args, "SAE layer 0: held-out FVU", tmp_path / "stderr.txt",
+                                    {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, limit_s=600)
+    assert code == 130, stderr
     # A line of its own, or after tqdm's bar (interrupted mid-line; it is drawn once more as it is closed).
     message = "interrupted: layers already saved are kept; rerunning the same command (same --output) trains only the rest"
     assert [line for line in stderr.splitlines() if line.endswith(message)], stderr
