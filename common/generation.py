@@ -255,6 +255,14 @@ def auto_batch_size(
     return size
 
 
+def _check_tokenizer(tokenizer: transformers.PreTrainedTokenizerBase) -> None:
+    """Batched generation reads the last prompt token from the last column: that needs left padding and a pad token."""
+    if tokenizer.padding_side != "left":
+        raise PipelineError("batched generation needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
+    if tokenizer.pad_token_id is None:
+        raise PipelineError("the tokenizer has no pad token; load it with common.models.load_model_and_tokenizer")
+
+
 def plan_batches(lengths: list[int], tiebreak: list, per_batch: int) -> list[list[int]]:
     """Positions grouped into fixed batches, longest prompt first (ties by ``tiebreak``).
 
@@ -284,10 +292,7 @@ def generate_static_batches(
     ``first_batch_number``, which a caller feeding one planned batch at a time
     sets to that batch's number) draws from ``derive_seed(cfg.seed, n)``.
     """
-    if tokenizer.padding_side != "left":
-        raise PipelineError("batched generation needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
-    if tokenizer.pad_token_id is None:
-        raise PipelineError("the tokenizer has no pad token; load it with common.models.load_model_and_tokenizer")
+    _check_tokenizer(tokenizer)
     if not prompts:
         return
     device = next(model.parameters()).device
@@ -657,10 +662,7 @@ def generate_batches(
     ``sample_seed(prompt seed, sample index)``, so its sample does not depend
     on which sequences share the batch or when it joined.
     """
-    if tokenizer.padding_side != "left":
-        raise PipelineError("batched generation needs a left-padding tokenizer (tokenizer.padding_side = 'left')")
-    if tokenizer.pad_token_id is None:
-        raise PipelineError("the tokenizer has no pad token; load it with common.models.load_model_and_tokenizer")
+    _check_tokenizer(tokenizer)
     if not prompts:
         return
     device = next(model.parameters()).device
