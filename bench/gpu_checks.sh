@@ -5,7 +5,9 @@
 #      with the engine's tokens/s against the memory-bandwidth bound;
 #   2. `run.py test-gpu` and a short `run.py phase 1` on a tiny local model on CUDA (bf16),
 #      i.e. the CUDA code paths of loading, batched generation, capture and labelling;
-#   3. the steering hooks in bf16 on CUDA, and the launcher with one GPU worker.
+#   3. the steering hooks in bf16 on CUDA, and the launcher with one GPU worker;
+#   4. batch invariance in float32 on CUDA: the same prompts in fixed batches of 16 and through the
+#      engine at 64 rows (other neighbours, other shapes) must give the same greedy tokens.
 # Usage, from the repository root: bash bench/gpu_checks.sh MODEL_DIR DATA_DIR OUT_DIR
 # DATA_DIR must hold a Phase 0 output for demo/problems.jsonl (phase 0 needs radon).
 set -u
@@ -28,3 +30,6 @@ timeout 120 python3 -m bench.gpu_steering_check "$MODEL_DIR" --device cuda 2>&1 
 echo "=== launcher, one GPU worker"
 timeout 120 python3 multi_gpu_launcher.py --phase 1 --start 0 --end 15 --model "$MODEL_DIR" --data-dir "$DATA_DIR" \
   --mbpp-path demo/problems.jsonl --max-new-tokens 16 --batch-size 8 2>&1 | tail -n 6 | tee "$OUT_DIR/launcher.log"
+echo "=== batch invariance, gemma-2-2b shapes, float32, fixed batches of 16 against the engine at 64"
+timeout 240 python3 -m bench.phase1_throughput --gemma-2-2b-shapes --device cuda --dtype float32 --forced \
+  --n-prompts 64 --max-new-tokens 64 --batch-size 16 --engine-batch-size 64 2>&1 | tail -n 8 | tee "$OUT_DIR/invariance.log"

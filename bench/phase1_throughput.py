@@ -40,6 +40,7 @@ The last line is ``ratio <x> outputs_equal <true|false>``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import tempfile
@@ -181,6 +182,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=None, help="rows at once (default 8 on CPU, auto on GPU)")
+    parser.add_argument("--engine-batch-size", type=int, default=None,
+                        help="the engine's rows at once, if not --batch-size: other neighbours and shapes for the same "
+                             "prompts, a batch-invariance check (compare outputs, not speed)")
     parser.add_argument("--forced", action="store_true", help="every row runs to --max-new-tokens (random weights)")
     parser.add_argument("--n-layers", type=int, default=26, help="gemma-2-2b-shapes only: fewer layers (CPU smoke test)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -223,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size = args.batch_size or (auto_batch_size(model, device) if device.type == "cuda" else 8)
         forced = args.max_new_tokens if args.forced else 0
         cfg = GenerationConfig(max_new_tokens=args.max_new_tokens, batch_size=batch_size, min_new_tokens=forced)
-        log(f"batch size {batch_size}; warm-up")
+        configs = {"static": cfg, "engine": dataclasses.replace(cfg, batch_size=args.engine_batch_size or batch_size)}
+        log(f"batch size {batch_size} (engine {configs['engine'].batch_size}); warm-up")
         timed(generate_batches, model, tokenizer, prompts[:2], GenerationConfig(max_new_tokens=4, batch_size=2), "warm-up")
         repeats = args.repeats or (1 if device.type == "cuda" else 2)
         times: dict[str, list[float]] = {"static": [], "engine": []}
@@ -232,14 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(repeats):
             log(f"round {rep + 1}/{repeats}")
             for label, generate in (("static", generate_static_batches), ("engine", generate_batches)):
-                results[label], seconds, cpu_seconds = timed(generate, model, tokenizer, prompts, cfg, label)
+                results[label], seconds, cpu_seconds = timed(generate, model, tokenizer, prompts, configs[label], label)
                 times[label].append(seconds)
                 cpu[label].append(cpu_seconds)
-        return report(model, device, dtype, batch_size, lengths, times, cpu, results)
+        return report(model, device, dtype, (batch_size, configs["engine"].batch_size), lengths, times, cpu, results)
 
 
-def report(model, device, dtype, batch_size: int, lengths: list[int], times, cpu, results) -> int:
+def report(model, device, dtype, batch_sizes: tuple[int, int], lengths: list[int], times, cpu, results) -> int:
     static, engine = results["static"], results["engine"]
+    batch_size, engine_batch_size = batch_sizes
     useful = sum(r.n_generated_tokens for r in engine)
     static_tps = sum(r.n_generated_tokens for r in static) / min(times["static"])
     engine_tps = useful / min(times["engine"])
@@ -261,9 +267,9 @@ def report(model, device, dtype, batch_size: int, lengths: list[int], times, cpu
         f"median {int(np.median([r.n_generated_tokens for r in engine]))}, max {max(r.n_generated_tokens for r in engine)}; "
         f"stop reasons {stops}")
     log(f"static : {static_tps:.1f} useful tokens/s (batch size {batch_size}, fixed batches)")
-    log(f"engine : {engine_tps:.1f} useful tokens/s (batch size {batch_size}, rows leave and join)")
+    log(f"engine : {engine_tps:.1f} useful tokens/s (batch size {engine_batch_size}, rows leave and join)")
     log(f"outputs equal: {sum(equal)}/{len(equal)} sequences; max |activation diff| static vs engine {act_diff:.3g}")
-    bound = bandwidth_bound(model, device, batch_size, int(np.mean(lengths)) + max(r.n_generated_tokens for r in engine) // 2)
+    bound = bandwidth_bound(model, device, engine_batch_size, int(np.mean(lengths)) + max(r.n_generated_tokens for r in engine) // 2)
     if bound:
         log(f"bandwidth bound: {bound}; engine at {100 * engine_tps / float(bound.split()[0]):.1f}% of it")
     all_equal = all(equal)
