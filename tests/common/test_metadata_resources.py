@@ -16,7 +16,7 @@ def test_peak_memory_counts_a_torch_tensor_and_restarts_with_each_phase():
     del tensor
     meta = build_metadata("3", PipelineConfig(), clock)
     assert meta["peak_rss_mb"] >= 300, meta["peak_rss_mb"]
-    assert meta["wall_time_s"] >= 0 and meta["peak_rss_children_mb"] >= 0
+    assert meta["wall_time_s"] >= 0 and "peak_rss_children_mb" not in meta
     assert meta["cuda_peak_allocated_mb"] is None or meta["cuda_peak_allocated_mb"] >= 0
     if meta["peak_rss_scope"] == "since the phase started":  # Linux: the next phase starts a fresh peak
         later = build_metadata("3", PipelineConfig(), RunClock())
