@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from common.errors import PipelineError
 from common.hooks import hook_name, model_layers, read_hook, remove_all
@@ -176,7 +177,9 @@ def collect_resid_post(
     model.eval()
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     try:
-        for start in range(0, len(encoded), batch_size):
+        # The corpus pass is SAE training's longest step on a CPU (tens of minutes): show where it is.
+        starts = range(0, len(encoded), batch_size)
+        for start in tqdm(starts, desc=f"reading layers {layers}", unit="batch", disable=len(starts) < 2):
             batch = encoded[start : start + batch_size]
             length = max(len(ids) for ids in batch)
             ids = torch.full((len(batch), length), pad, dtype=torch.long)
