@@ -5,8 +5,8 @@ predictors (``statistical.py``), steers the model along the rank-1 latent of
 each direction with controls and an alpha = 0 rerun (``steering_eval.py``),
 and writes, under ``data/phase3/`` with one timestamp:
 
-- ``validation_<ts>.json``: everything, machine-readable (the summary is
-  rendered from it);
+- ``validation_<ts>.json``: everything, machine-readable: the typed, versioned
+  result document (docs/outputs.md; the summary is rendered from it);
 - ``metrics_<ts>.parquet``: one row per latent x (split, temperature), every
   metric beside its baseline, plus the HumanEval transfer rows (``split ==
   "humaneval"``; likewise ``probe_metrics_<ts>.parquet`` for the probes);
@@ -21,10 +21,13 @@ and writes, under ``data/phase3/`` with one timestamp:
 - ``flipped_examples_<ts>.md``; ``summary_<ts>.md`` and a copy as
   ``summary.md``; ``validation_<ts>_metadata.json``.
 
-Order of work: all inputs are read and checked first, then the cheap
-statistical part, then the model is loaded for steering; nothing is written
-until everything is computed, so a failure never leaves half an output.
-Steering checkpoints are removed only after the outputs are written.
+Order of work (the steps of ``run``): all inputs are read and checked first
+(``_load``), then the cheap statistical part (``_statistics``), then the model
+is loaded (``_load_model``) for the reviewer baselines and steering
+(``_steer``); the typed result document (``common.phase3_result.Phase3Result``)
+is assembled (``_assemble``) and every output rendered from it (``_render``)
+before anything is written (``_write``), so a failure never leaves half an
+output. Steering checkpoints are removed only after the outputs are written.
 """
 
 from __future__ import annotations
@@ -530,12 +533,12 @@ def _steering_section(cfg: PipelineConfig, steering: _Steering, alpha0_check: di
     )
 
 
-def _assemble(loaded: _Loaded, stats: _Statistics, m: _Model, steering: _Steering, configuration: Phase3Configuration,
-              reviewer: dict[str, Any], stamp: str, paths: dict[str, Path]) -> Phase3Result:
+def _assemble(loaded: _Loaded, stats: _Statistics, steering: _Steering, alpha0_check: dict[str, dict[str, Any]],
+              configuration: Phase3Configuration, reviewer: dict[str, Any], stamp: str, paths: dict[str, Path]
+              ) -> Phase3Result:
     """The typed result document (values as computed, before ``json_safe``), its read-first flags included."""
     inputs = loaded.inputs
     results = inputs.results
-    alpha0_check = _alpha0_checks(steering, _alpha0_notes(inputs, m.gen_cfg, str(m.dtype)), _zero_layer(inputs))
     result = Phase3Result(
         schema_version=SCHEMA_VERSION, phase="3", timestamp=stamp, configuration=configuration,
         inputs={k: str(v) for k, v in _input_paths(loaded, stats).items()},
@@ -615,10 +618,12 @@ def run(cfg: PipelineConfig) -> Path:
     reviewer = _reviewer_baselines(loaded, stats, m)
     executor_cfg = executor_config_for(loaded.cfg)
     steering = _steer(loaded, stats, m, executor_cfg)
+    notes = _alpha0_notes(loaded.inputs, m.gen_cfg, str(m.dtype))
+    alpha0_check = _alpha0_checks(steering, notes, _zero_layer(loaded.inputs))
     stamp = timestamp()
     paths = phase3_output_paths(loaded.cfg.data_dir, stamp, coverage=bool(reviewer.get("coverage")))
     configuration = _configuration(loaded, stats, m, executor_cfg, reviewer)
-    raw = _assemble(loaded, stats, m, steering, configuration, reviewer, stamp, paths)
+    raw = _assemble(loaded, stats, steering, alpha0_check, configuration, reviewer, stamp, paths)
     # The document as it is written (NaN as null): the summary and the file say the same thing.
     result = from_json(Phase3Result, json_safe(to_json(raw)))
     rendered = _render(raw, result, stats, steering, paths)
