@@ -17,6 +17,7 @@ a run record lists, and refuse a folder holding files of another run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import shutil
@@ -30,7 +31,8 @@ import pandas as pd
 from common.errors import PipelineError
 from common.metadata import file_sha256
 from common.paths import PHASE_COMMANDS, PHASE_DIRS, name_timestamp, timestamp
-from common.storage import atomic_write_bytes, atomic_write_text, read_json, write_json, write_parquet
+from common.phase3_result import SCHEMA_VERSION, Phase3Result, Phase3ResultError, from_json, to_json
+from common.storage import atomic_write_bytes, atomic_write_text, json_safe, read_json, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -307,8 +309,7 @@ STEERING_OUTCOMES = Artifact(
 )
 PHASE3_VALIDATION = Artifact(
     "phase3_validation", "3", "validation_{ts}.json",
-    ("phase", "timestamp", "configuration", "inputs", "phase2_null", "phase2_top", "statistical",
-     "small_split_notes", "transfer", "steering", "outputs", "flags"),
+    tuple(f.name for f in dataclasses.fields(Phase3Result)),
     "Phase 3 result document (everything machine-readable; the summary is rendered from it)",
 )
 PHASE3_METADATA = Artifact(
@@ -379,6 +380,34 @@ def phase3_output_paths(data_dir: str | Path, stamp: str, coverage: bool) -> dic
 def phase3_summary_of(result: Path) -> Path:
     """The ``summary_<ts>.md`` written beside a ``validation_<ts>.json`` (same run, same timestamp)."""
     return result.parent / PHASE3_SUMMARY.pattern.format(ts=name_timestamp(result))
+
+
+def write_phase3_result(path: str | Path, result: Phase3Result) -> Path:
+    """Write Phase 3's result document atomically: its JSON form, NaN and infinities as null."""
+    return PHASE3_VALIDATION.write(json_safe(to_json(result)), path)
+
+
+def read_phase3_result(path: str | Path) -> Phase3Result:
+    """Phase 3's result document, checked against this code's schema; anything else is one line.
+
+    A file without ``schema_version`` was written before the field existed: it is read as version 1
+    when its keys are version 1's (they are the same document), and refused otherwise.
+    """
+    p = Path(path)
+    try:
+        doc = read_json(p)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"cannot read {PHASE3_VALIDATION.description} {p}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise PipelineError(f"{p} is not a {PHASE3_VALIDATION.description} (not a JSON object)")
+    version = doc.get("schema_version", 1)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise PipelineError(f"{p} is a Phase 3 result of schema version {version!r}; this code reads version "
+                            f"{SCHEMA_VERSION}: rerun Phase 3 with this code, or read it with the code that wrote it")
+    try:
+        return from_json(Phase3Result, {"schema_version": SCHEMA_VERSION, **doc})
+    except Phase3ResultError as exc:
+        raise PipelineError(f"{p} is not a Phase 3 result of schema version {SCHEMA_VERSION}: {exc}") from exc
 
 
 def temperature_label(temperature: float) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
+from common.phase3_result import DirectionSteeringResult
 from phase3_validation.statistical import LatentEvaluation
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def coverage_accuracy(coverage: dict[str, Any]) -> bytes:
     return _png(fig)
 
 
-def steering_grid(directions: dict[str, dict[str, Any]]) -> bytes:
+def steering_grid(directions: dict[str, DirectionSteeringResult]) -> bytes:
     """Rates (exact 95% CI) and the excess effect over controls across the hyperparams grid, chosen alpha marked.
 
     alpha < 0 points are the opposite-sign experiment (never chosen); every
@@ -118,7 +119,7 @@ def steering_grid(directions: dict[str, dict[str, Any]]) -> bytes:
     """
     fig, axes = plt.subplots(1, max(1, len(directions)), figsize=(11, 4.5), squeeze=False)
     for ax, (direction, info) in zip(axes[0], directions.items()):
-        grid = sorted(info["grid_hyperparams"] + info["opposite_sign"]["grid_hyperparams"], key=lambda r: r["alpha"])
+        grid = sorted(info.grid_hyperparams + info.opposite_sign["grid_hyperparams"], key=lambda r: r["alpha"])
         alphas = np.array([r["alpha"] for r in grid])
         # A small horizontal offset keeps the two rates' interval bars apart.
         offset = 0.01 * max(float(np.ptp(alphas)), 1e-6)
@@ -131,9 +132,9 @@ def steering_grid(directions: dict[str, dict[str, Any]]) -> bytes:
                 label="predicted effect - mean control effect")
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.axvline(0.0, color="grey", lw=0.8, ls=":")
-        ax.axvline(info["chosen_alpha"], ls=":", color="tab:blue", label=f"chosen alpha {info['chosen_alpha']:g}")
-        target = info["target"]
-        ax.set_title(f"{direction}-preferring L{target['layer']}/{target['latent']} (alpha < 0: opposite sign)")
+        ax.axvline(info.chosen_alpha, ls=":", color="tab:blue", label=f"chosen alpha {info.chosen_alpha:g}")
+        target = info.target
+        ax.set_title(f"{direction}-preferring L{target.layer}/{target.latent} (alpha < 0: opposite sign)")
         ax.set_xlabel("alpha (x mean residual norm at the hook point)")
         ax.set_ylabel("vs the alpha = 0 rerun")
         ax.set_ylim(-1.02, 1.02)

@@ -26,6 +26,7 @@ import pandas as pd
 
 from common.generation_loop import Job, generate_and_execute
 from common.model_presets import apply_prompt_format
+from common.phase3_result import DirectionSteeringResult
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
 from common.storage import RecordCheckpointer
 from common.tasks import run_key
@@ -105,7 +106,7 @@ def prompting_baseline(ctx: SteeringContext, base: SplitBaseline, instruction: s
     return result, run
 
 
-def summary_lines(result: dict[str, Any] | None, steering: dict[str, Any]) -> list[str]:
+def summary_lines(result: dict[str, Any] | None, directions: dict[str, DirectionSteeringResult]) -> list[str]:
     """The summary's prompting-baseline table, beside each direction's steering on the same validation problems."""
     lines = ["### Prompting baseline (validation split, greedy, no steering)", ""]
     if not result:
@@ -118,9 +119,9 @@ def summary_lines(result: dict[str, Any] | None, steering: dict[str, Any]) -> li
               f"[{r['correction_ci_lo']:.3f}, {r['correction_ci_hi']:.3f}] | {r['n_corrupted']}/{r['n_initially_correct']}"
               f" = {r['corruption_rate']:.3f} [{r['corruption_ci_lo']:.3f}, {r['corruption_ci_hi']:.3f}] | "
               f"{r['net_correction']:+.3f} | {r['mcnemar_p']:.3g} |"]
-    for direction, info in steering.get("directions", {}).items():
-        v, t = info["validation"], info["target"]
-        lines.append(f"| {direction}-preferring SAE latent L{t['layer']}/{t['latent']}, alpha {info['chosen_alpha']:g} | "
+    for direction, info in directions.items():
+        v, t = info.validation, info.target
+        lines.append(f"| {direction}-preferring SAE latent L{t.layer}/{t.latent}, alpha {info.chosen_alpha:g} | "
                      f"{v['n_corrected']}/{v['n_initially_incorrect']} = {v['correction_rate']:.3f} | "
                      f"{v['n_corrupted']}/{v['n_initially_correct']} = {v['corruption_rate']:.3f} | "
                      f"{v['correction_rate'] - v['corruption_rate']:+.3f} | {v['mcnemar_p']:.3g} |")

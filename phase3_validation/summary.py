@@ -1,7 +1,9 @@
-"""The one-page ``summary.md`` and ``flipped_examples.md``, written from the validation JSON.
+"""The one-page ``summary.md`` and ``flipped_examples.md``, written from the result document.
 
-Why from the JSON: the page a researcher pastes into a thesis must say
-exactly what the machine-readable results say, so both come from one dict.
+Why from the document: the page a researcher pastes into a thesis must say
+exactly what the machine-readable results say, so both come from one
+:class:`~common.phase3_result.Phase3Result` (the summary is rendered from the
+document as written, NaN as null).
 Every number stands beside its interval and its baseline (rule 7), the
 Phase 2 null result is stated plainly, and the alpha = 0 check is reported
 whatever its outcome.
@@ -13,6 +15,18 @@ import math
 from typing import Any
 
 from common.neuronpedia import latent_markdown
+from common.phase3_result import (
+    Alpha0Check,
+    DirectionSteeringResult,
+    Phase2Null,
+    Phase3Configuration,
+    Phase3Result,
+    ProbeEntry,
+    StatisticalSection,
+    SteeringSection,
+    TopLatent,
+    TransferSection,
+)
 from phase3_validation.confounds import summary_lines as reviewer_lines
 from phase3_validation.prompt_confidence import summary_lines as availability_lines
 from phase3_validation.prompting import summary_lines as prompting_lines
@@ -53,13 +67,13 @@ def _mc_cell(mc: dict[str, Any] | None) -> str:
     return f"{p} | undecided at this number of shuffles ({need})"
 
 
-def _null_section(doc: dict[str, Any]) -> list[str]:
-    null = doc["phase2_null"]
+def _null_section(null: Phase2Null, phase2_top: dict[str, TopLatent | None]) -> list[str]:
     lines = ["## 1. Did Phase 2's latents beat the permutation null?", ""]
-    n_perm = null.get("n_permutations", "?")
-    n_family = null.get("n_latents_in_family", "?")
+    # Phase 2's own section, as Phase 2 wrote it: a field it did not write reads "?".
+    n_perm = null.document.get("n_permutations", "?")
+    n_family = null.document.get("n_latents_in_family", "?")
     floor = f"1/{1 + n_perm} = {1 / (1 + n_perm):.3g}" if isinstance(n_perm, int) else "1/(1 + shuffles)"
-    lines.append(f"Phase 2 shuffled the sae-split labels {n_perm} times (seed {null.get('seed', '?')}) and kept, each "
+    lines.append(f"Phase 2 shuffled the sae-split labels {n_perm} times (seed {null.document.get('seed', '?')}) and kept, each "
                  f"time, the largest separation score in either direction out of {n_family} unflagged latents (one "
                  "family for both directions); p_family = (1 + number of shuffles whose maximum is at or above the "
                  f"latent's score) / (1 + number of shuffles), so the smallest possible p_family is {floor}. "
@@ -67,38 +81,37 @@ def _null_section(doc: dict[str, Any]) -> list[str]:
                  "the verdict is undecided at this number of shuffles.")
     lines += ["", "Split: sae (where Phase 2 ranked the latents).", "",
               "| direction | rank-1 latent | separation | p_family +- MC SE | beats the null |", "|---|---|---|---|---|"]
-    mcs = null.get("mc_verdicts") or {}
-    for direction, top in doc["phase2_top"].items():
-        beats = null.get("beats_null", {}).get(direction)
+    mcs = null.mc_verdicts
+    for direction, top in phase2_top.items():
+        beats = null.beats_null.get(direction)
         if mcs.get(direction):
             cells = _mc_cell(mcs[direction])
         else:
-            cells = f"{_p(top.get('p_family')) if top else ''} | " + (
+            cells = f"{_p(top.p_family) if top else ''} | " + (
                 "yes" if beats else ("**no**" if beats is not None else "not recorded"))
         if top:
-            lines.append(f"| {direction} | L{top['layer']}/{top['latent']} | {_f(top['separation_score'])} | {cells} |")
+            lines.append(f"| {direction} | L{top.layer}/{top.latent} | {_f(top.separation_score)} | {cells} |")
         else:
             lines.append(f"| {direction} | none | | {cells} |")
     lines.append("")
-    if null.get("verdict"):
-        lines += [f"Phase 2's verdict: {null['verdict']}.", ""]
+    if null.verdict:
+        lines += [f"Phase 2's verdict: {null.verdict}.", ""]
     for direction in ("correct", "incorrect"):
         mc = mcs.get(direction) or {}
         if mc.get("decision") == "undecided":
             lines.append(f"**The {direction}-preferring latent is undecided at {n_perm} shuffles**: rerun Phase 2 with "
                          f"more (`--permutations {mc.get('shuffles_needed') or n_perm}`) before reading its numbers "
                          "as more than exploratory.")
-        elif null.get("beats_null", {}).get(direction) is False:
+        elif null.beats_null.get(direction) is False:
             lines.append(f"**No {direction}-preferring latent beat the shuffled-label null** out of {n_family} unflagged "
                          "latents: its best separation score is within what chance produces, so the numbers below for "
                          "it describe a latent that may have been chosen by chance.")
     return lines + [""]
 
 
-def _latent(doc: dict[str, Any], lat: dict[str, Any]) -> str:
+def _latent(sae_ids: dict[str, dict[str, str]], layer: int, latent: int) -> str:
     """The latent, linked to its Neuronpedia dashboard when its SAE is a public one (common/neuronpedia.py)."""
-    desc = doc["configuration"].get("sae_ids", {}).get(str(lat["layer"]), {})
-    return latent_markdown(desc, lat["layer"], lat["latent"])
+    return latent_markdown(sae_ids.get(str(layer), {}), layer, latent)
 
 
 def _no_threshold_text(row: dict[str, Any]) -> str:
@@ -126,20 +139,21 @@ def _val0(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return next(r for r in rows if r["split"] == "validation" and r["temperature"] == 0.0)
 
 
-def _probe_best(stat: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def _probe_best(stat: StatisticalSection) -> list[tuple[str, ProbeEntry]]:
     """(label, probe entry) of the best layer of each probe kind and positive class."""
-    probes = stat.get("probes") or {}
+    probes = stat.probes
     out = []
-    for kind, by_class in (probes.get("best_layer") or {}).items():
+    for kind, by_class in (probes.best_layer or {}).items():
         for positive, layer in by_class.items():
-            entry = next(p for p in probes["probes"] if p["probe"] == kind and p["positive_class"] == positive
-                         and p["layer"] == layer)
+            entry = next(p for p in probes.probes if p.probe == kind and p.positive_class == positive
+                         and p.layer == layer)
             out.append((f"{kind} probe, best layer L{layer}", entry))
     return out
 
 
-def _stat_section(doc: dict[str, Any]) -> list[str]:
-    stat = doc["statistical"]
+def _stat_section(doc: Phase3Result) -> list[str]:
+    stat = doc.statistical
+    sae_ids = doc.configuration.sae_ids
     lines = ["## 2. Statistical validation (validation split, temperature 0)", "",
              "Threshold: best F1 on the hyperparams split among thresholds that split its tasks, applied unchanged "
              f"to validation (rule 6); where no threshold splits them the row says \"{NO_THRESHOLD}\", and where the "
@@ -150,21 +164,21 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
              "| positive class | rank | score | AUROC [95% CI] (0.5) | AUPRC (prevalence) | F1 (flag everything) | "
              "precision (base rate) | recall (random) | accuracy (majority) | threshold | n (positives) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for lat in stat["latents"]:
-        row = _val0(lat["rows"])
-        lines.append(f"| {lat['direction']} | {lat['rank']} | {_latent(doc, lat)} | "
+    for lat in stat.latents:
+        row = _val0(lat.rows)
+        lines.append(f"| {lat.direction} | {lat.rank} | {_latent(sae_ids, lat.layer, lat.latent)} | "
                      f"{_metric_cells(row)} | {row['n']} ({row['n_positive']}) |")
     best = _probe_best(stat)
     for direction in ("correct", "incorrect"):
         for label, entry in best:
-            if entry["positive_class"] == direction:
-                row = _val0(entry["rows"])
+            if entry.positive_class == direction:
+                row = _val0(entry.rows)
                 lines.append(f"| {direction} | probe | {label} | {_metric_cells(row)} | {row['n']} ({row['n_positive']}) |")
-    silent = [f"L{lat['layer']}/{lat['latent']}" for lat in stat["latents"] if _val0(lat["rows"])["firing_rate"] == 0]
+    silent = [f"L{lat.layer}/{lat.latent}" for lat in stat.latents if _val0(lat.rows)["firing_rate"] == 0]
     if silent:
         lines += ["", f"Never fires on the validation split (activation 0 on every task, so AUROC 0.5 by construction): "
                       f"{', '.join(silent)}."]
-    no_threshold = [f"L{lat['layer']}/{lat['latent']}" for lat in stat["latents"] if lat.get("threshold") is None]
+    no_threshold = [f"L{lat.layer}/{lat.latent}" for lat in stat.latents if lat.threshold is None]
     if no_threshold:
         lines += ["", f"{NO_THRESHOLD.capitalize()} on the hyperparams split (every threshold predicts one class for "
                       f"all tasks, or too few tasks): {', '.join(no_threshold)}; not a result."]
@@ -172,17 +186,17 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
     lines.append("Baselines: " + "; ".join(f"{k}: {v}" for k, v in BASELINE_NOTES.items()) + ".")
     lines.append("")
     lines += _probe_layers(stat)
-    lines += reviewer_lines(stat.get("reviewer_baselines"))
-    lines += _availability_lines(stat)
-    if stat.get("temperature_note"):
-        lines += [f"Temperatures > 0: {stat['temperature_note']}", ""]
-    elif stat.get("temperatures"):
+    lines += reviewer_lines(stat.reviewer_baselines)
+    lines += availability_lines(stat.reviewer_baselines)
+    if stat.temperature_note:
+        lines += [f"Temperatures > 0: {stat.temperature_note}", ""]
+    elif stat.temperatures:
         lines += ["### By Phase 1.2 temperature (validation split; one row per sample; AUROC CI resamples tasks)", "",
                   "| positive class | score | T | AUROC [95% CI] | AUPRC (prevalence) | F1 (flag everything) | "
                   "n samples (positives) |", "|---|---|---|---|---|---|---|"]
-        scored = [(lat["direction"], f"#{lat['rank']} SAE latent L{lat['layer']}/{lat['latent']}", lat["rows"])
-                  for lat in stat["latents"]]
-        scored += [(entry["positive_class"], label, entry["rows"]) for label, entry in best]
+        scored = [(lat.direction, f"#{lat.rank} SAE latent L{lat.layer}/{lat.latent}", lat.rows)
+                  for lat in stat.latents]
+        scored += [(entry.positive_class, label, entry.rows) for label, entry in best]
         for positive, label, rows in scored:
             for row in rows:
                 if row["split"] != "validation" or row["temperature"] == 0.0:
@@ -197,30 +211,30 @@ def _stat_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _probe_layers(stat: dict[str, Any]) -> list[str]:
-    probes = stat.get("probes") or {}
-    if probes.get("note") or not probes.get("probes"):
-        return [f"Probe baselines: {probes.get('note') or 'not computed'}.", ""]
+def _probe_layers(stat: StatisticalSection) -> list[str]:
+    probes = stat.probes
+    if probes.note or not probes.probes:
+        return [f"Probe baselines: {probes.note or 'not computed'}.", ""]
     lines = ["### Probe baselines by layer (positive class correct; AUROC is symmetric in the class)", "",
              "Fitted on the sae split; hyperparams AUROC chooses the best layer; validation AUROC is the result. "
-             + "; ".join(f"{k}: {v}" for k, v in probes["rules"].items()) + ".", "",
+             + "; ".join(f"{k}: {v}" for k, v in probes.rules.items()) + ".", "",
              "| layer | logistic: hyperparams AUROC | logistic: validation AUROC [95% CI] | C (CV) | "
              "diff of means: hyperparams AUROC | diff of means: validation AUROC [95% CI] |", "|---|---|---|---|---|---|"]
-    by_layer: dict[int, dict[str, dict[str, Any]]] = {}
-    for entry in probes["probes"]:
-        if entry["positive_class"] == "correct":
-            by_layer.setdefault(entry["layer"], {})[entry["probe"]] = entry
+    by_layer: dict[int, dict[str, ProbeEntry]] = {}
+    for entry in probes.probes:
+        if entry.positive_class == "correct":
+            by_layer.setdefault(entry.layer, {})[entry.probe] = entry
     for layer in sorted(by_layer):
         cells = []
         for kind in ("logistic", "diff_means"):
-            entry = by_layer[layer].get(kind)
-            if entry is None:
+            found = by_layer[layer].get(kind)
+            if found is None:
                 cells += ["n/a", "n/a"]
                 continue
-            hp = next(r for r in entry["rows"] if r["split"] == "hyperparams")
-            val = _val0(entry["rows"])
+            hp = next(r for r in found.rows if r["split"] == "hyperparams")
+            val = _val0(found.rows)
             cells += [_f(hp["auroc"]), f"{_f(val['auroc'])} {_ci(val['auroc_ci_lo'], val['auroc_ci_hi'])}"]
-        c = probes.get("chosen_c", {}).get(str(layer))
+        c = probes.chosen_c.get(str(layer))
         lines.append(f"| {layer} | {cells[0]} | {cells[1]} | {_p(c)} | {cells[2]} | {cells[3]} |")
     return lines + [""]
 
@@ -305,94 +319,98 @@ def _control_test_sentence(test: dict[str, Any]) -> str:
             f"one-sided p = **{_p(test['p_vs_controls'])}** ({how}).")
 
 
-def _norm_source(info: dict[str, Any]) -> str:
-    saved = info.get("saved_layer_norm")
-    beside = (f"saved layer {info['scale_layer']}'s activations give {saved:.4g}" if saved is not None
+def _norm_source(info: DirectionSteeringResult) -> str:
+    saved = info.saved_layer_norm
+    beside = (f"saved layer {info.scale_layer}'s activations give {saved:.4g}" if saved is not None
               else "no saved activations at this site")
     return f"measured by a forward pass over the hyperparams prompts at the hook point; {beside}"
 
 
-def _steering_rules_lines(steering: dict[str, Any]) -> list[str]:
+def _steering_rules_lines(steering: SteeringSection) -> list[str]:
     """How the controls are matched and tested, and what counts as a degenerate output."""
     lines = []
-    if steering.get("scale_rule"):
-        lines.append(f"Norm matching: {steering['scale_rule']}.")
-    if steering.get("control_test_rule"):
-        lines.append(f"\"Beats its controls\": {steering['control_test_rule']}.")
-    if steering.get("degenerate_rule"):
-        lines.append(f"Degenerate output: {steering['degenerate_rule']}; corruption is shown with and without them.")
+    if steering.scale_rule:
+        lines.append(f"Norm matching: {steering.scale_rule}.")
+    if steering.control_test_rule:
+        lines.append(f"\"Beats its controls\": {steering.control_test_rule}.")
+    if steering.degenerate_rule:
+        lines.append(f"Degenerate output: {steering.degenerate_rule}; corruption is shown with and without them.")
     return lines + [""] if lines else []
 
 
-def _unsteered_degenerate_lines(steering: dict[str, Any]) -> list[str]:
+def _unsteered_degenerate_lines(steering: SteeringSection) -> list[str]:
     """Degenerate outputs of the runs without steering, the floor for every steered run's count."""
-    runs = steering.get("unsteered_degenerate") or {}
+    runs = steering.unsteered_degenerate or {}
     if not runs:
         return []
     cells = [f"{name} {r['n_degenerate']} ({_f(r['degenerate_rate'])})" for name, r in runs.items()]
     return [f"Degenerate outputs without steering (count, share of tasks): {'; '.join(cells)}.", ""]
 
 
-def _steering_section(doc: dict[str, Any]) -> list[str]:
-    steering = doc["steering"]
-    cfg = doc["configuration"]
+def _steering_section(doc: Phase3Result) -> list[str]:
+    steering = doc.steering
+    cfg = doc.configuration
     lines = ["## 3. Steering (causal validation)", "",
              f"Vector: unit direction x alpha x mean residual norm at the hook point (hyperparams split), added at "
-             f"`{cfg['hook_point']}` with position policy `{cfg['steer_positions']}` "
-             f"({'prompt tokens only' if cfg['steer_positions'] == 'prompt' else 'prompt and every generated token'}); "
-             f"greedy decoding, {cfg['max_new_tokens']} new tokens at most. Every rate is against the alpha = 0 "
+             f"`{cfg.hook_point}` with position policy `{cfg.steer_positions}` "
+             f"({'prompt tokens only' if cfg.steer_positions == 'prompt' else 'prompt and every generated token'}); "
+             f"greedy decoding, {cfg.max_new_tokens} new tokens at most. Every rate is against the alpha = 0 "
              "rerun of the same split (same batches as the steered runs; section 4 shows how it differs from Phase "
-             f"1.0). Alpha: {steering['selection_rule']}. Intervals are exact (Clopper-Pearson) 95%.", ""]
+             f"1.0). Alpha: {steering.selection_rule}. Intervals are exact (Clopper-Pearson) 95%.", ""]
     lines += _steering_rules_lines(steering)
-    for direction, info in steering["directions"].items():
-        t = info["target"]
-        controls = info["control_selection"]["latents"]
-        lines += [f"### {direction}-preferring latent L{t['layer']}/{t['latent']} (rank 1)", "",
-                  f"Hypothesis: {info['hypothesis']}. Hook `{info['hook_name']}`, mean residual norm "
-                  f"{info['residual_norm']:.4g} ({_norm_source(info)}), chosen alpha "
-                  f"**{info['chosen_alpha']:g}**. Controls: {len(controls)} random latents of layer {t['layer']} with "
-                  f"|separation| <= {cfg['control_max_separation']} ({', '.join(map(str, controls))}), same alpha and "
-                  "norm, same tasks.", "",
-                  "Alpha grid, hyperparams split, alpha > 0 (the hypothesis):", ""]
-        lines += _grid_table(info["grid_hyperparams"], info["chosen_alpha"])
-        lines += ["", f"Validation split, alpha {info['chosen_alpha']:g}:", ""]
-        lines += _validation_table(f"SAE latent L{t['layer']}/{t['latent']}", info["validation"], info["control_test"],
-                                   controls)
-        dm = info.get("diff_means")
-        if dm:
-            lines += [f"Baseline: the difference-of-class-means direction of layer {t['layer']} (sae split), same scale "
-                      f"and controls, its own alpha chosen the same way: **{dm['chosen_alpha']:g}**.", "",
-                      "Alpha grid, hyperparams split:", ""]
-            lines += _grid_table(dm["grid_hyperparams"], dm["chosen_alpha"])
-            lines += ["", f"Validation split, alpha {dm['chosen_alpha']:g}:", ""]
-            lines += _validation_table(f"diff of means L{t['layer']}", dm["validation"], dm["control_test"], controls)
-        else:
-            lines += [f"Difference-of-means steering baseline: not run ({info.get('diff_means_note')}).", ""]
-        opposite = info["opposite_sign"]
-        if opposite["grid_hyperparams"]:
-            lines += ["Separate experiment, against the hypothesis (alpha < 0, hyperparams split only, never chosen):", ""]
-            lines += _grid_table(opposite["grid_hyperparams"], None) + [""]
-    lines += prompting_lines(steering.get("prompting_baseline"), steering)
+    for direction, info in steering.directions.items():
+        lines += _direction_lines(direction, info, cfg)
+    lines += prompting_lines(steering.prompting_baseline, steering.directions)
     lines += _unsteered_degenerate_lines(steering)
     return lines
 
 
-def _alpha0_section(doc: dict[str, Any]) -> list[str]:
-    checks = doc["steering"]["alpha0_check"]
+def _direction_lines(direction: str, info: DirectionSteeringResult, cfg: Phase3Configuration) -> list[str]:
+    """One direction's steering: its alpha grid, validation against controls, diff-of-means and opposite-sign runs."""
+    t = info.target
+    controls = info.control_selection["latents"]
+    lines = [f"### {direction}-preferring latent L{t.layer}/{t.latent} (rank 1)", "",
+             f"Hypothesis: {info.hypothesis}. Hook `{info.hook_name}`, mean residual norm "
+             f"{info.residual_norm:.4g} ({_norm_source(info)}), chosen alpha "
+             f"**{info.chosen_alpha:g}**. Controls: {len(controls)} random latents of layer {t.layer} with "
+             f"|separation| <= {cfg.control_max_separation} ({', '.join(map(str, controls))}), same alpha and "
+             "norm, same tasks.", "",
+             "Alpha grid, hyperparams split, alpha > 0 (the hypothesis):", ""]
+    lines += _grid_table(info.grid_hyperparams, info.chosen_alpha)
+    lines += ["", f"Validation split, alpha {info.chosen_alpha:g}:", ""]
+    lines += _validation_table(f"SAE latent L{t.layer}/{t.latent}", info.validation, info.control_test, controls)
+    dm = info.diff_means
+    if dm:
+        lines += [f"Baseline: the difference-of-class-means direction of layer {t.layer} (sae split), same scale "
+                  f"and controls, its own alpha chosen the same way: **{dm['chosen_alpha']:g}**.", "",
+                  "Alpha grid, hyperparams split:", ""]
+        lines += _grid_table(dm["grid_hyperparams"], dm["chosen_alpha"])
+        lines += ["", f"Validation split, alpha {dm['chosen_alpha']:g}:", ""]
+        lines += _validation_table(f"diff of means L{t.layer}", dm["validation"], dm["control_test"], controls)
+    else:
+        lines += [f"Difference-of-means steering baseline: not run ({info.diff_means_note}).", ""]
+    opposite = info.opposite_sign
+    if opposite["grid_hyperparams"]:
+        lines += ["Separate experiment, against the hypothesis (alpha < 0, hyperparams split only, never chosen):", ""]
+        lines += _grid_table(opposite["grid_hyperparams"], None) + [""]
+    return lines
+
+
+def _alpha0_section(checks: dict[str, Alpha0Check]) -> list[str]:
     lines = ["## 4. alpha = 0 rerun against Phase 1.0 (same code path, zero vector)", "",
              "The rerun is the baseline of every steering rate; here is how far it is from Phase 1.0, whose batches "
              "held other tasks (greedy bf16 decoding is not batch-invariant on a GPU).", "",
              "| split | programs differing | labels flipped (same program) | tasks |", "|---|---|---|---|"]
     for split, check in checks.items():
-        lines.append(f"| {split} | {check['n_programs_changed']} | {check['n_label_flips']} "
-                     f"({check['n_label_flips_same_program']}) | {check['n_tasks']} |")
+        lines.append(f"| {split} | {check.n_programs_changed} | {check.n_label_flips} "
+                     f"({check.n_label_flips_same_program}) | {check.n_tasks} |")
     lines.append("")
     for split, check in checks.items():
-        if check["changed_task_ids"]:
-            lines.append(f"{split}: differing tasks {', '.join(map(str, check['changed_task_ids'][:20]))}.")
-    differ = any(c["n_programs_changed"] or c["n_label_flips"] for c in checks.values())
-    first: dict[str, Any] = next(iter(checks.values()), {})
-    notes = first.get("notes", []) if differ else []
+        if check.changed_task_ids:
+            lines.append(f"{split}: differing tasks {', '.join(map(str, check.changed_task_ids[:20]))}.")
+    differ = any(c.n_programs_changed or c.n_label_flips for c in checks.values())
+    first = next(iter(checks.values()), None)
+    notes = first.notes if differ and first is not None else []
     for note in notes:
         lines.append(f"Note: {note}")
     return lines + [""]
@@ -404,51 +422,49 @@ def _sae(desc: dict[str, str]) -> str:
     return f"`{desc.get('release')}` / `{desc.get('sae_id')}`"
 
 
-def _config_section(doc: dict[str, Any]) -> list[str]:
-    cfg = doc["configuration"]
-    sizes = cfg["split_sizes"]
+def _config_section(doc: Phase3Result) -> list[str]:
+    cfg = doc.configuration
     lines = ["## 5. Configuration", "",
-             f"- model: `{cfg['model']}` ({cfg['device']}, {cfg['dtype']}); Phase 1.0 model: `{cfg['phase1_model']}`",
-             "- SAEs: " + "; ".join(f"layer {layer}: {_sae(desc)}" for layer, desc in cfg["sae_ids"].items()),
+             f"- model: `{cfg.model}` ({cfg.device}, {cfg.dtype}); Phase 1.0 model: `{cfg.phase1_model}`",
+             "- SAEs: " + "; ".join(f"layer {layer}: {_sae(desc)}" for layer, desc in cfg.sae_ids.items()),
              "- splits: " + "; ".join(f"{name} {s['n']} tasks ({s['n_correct']} correct, {s['n_incorrect']} incorrect)"
-                                      for name, s in sizes.items()),
-             f"- seeds: pipeline seed {cfg['seed']} (bootstrap, control choice); Phase 2 null seed "
-             f"{doc['phase2_null'].get('seed', '?')}",
-             f"- bootstrap resamples: {cfg['bootstrap']}; latents validated per direction: {cfg['top_latents_validated']}",
-             f"- coefficient grid: {', '.join(f'{a:g}' for a in cfg['coefficients'])} (alpha > 0 searched; alpha < 0 "
+                                      for name, s in cfg.split_sizes.items()),
+             f"- seeds: pipeline seed {cfg.seed} (bootstrap, control choice); Phase 2 null seed "
+             f"{doc.phase2_null.document.get('seed', '?')}",
+             f"- bootstrap resamples: {cfg.bootstrap}; latents validated per direction: {cfg.top_latents_validated}",
+             f"- coefficient grid: {', '.join(f'{a:g}' for a in cfg.coefficients)} (alpha > 0 searched; alpha < 0 "
              "the separate opposite-sign experiment)",
-             f"- hook point: `{cfg['hook_point']}`; position policy: `{cfg['steer_positions']}`",
-             f"- controls: {cfg['n_random_controls']} per steered latent, |separation| <= {cfg['control_max_separation']}",
-             f"- generation: greedy, max_new_tokens {cfg['max_new_tokens']} (Phase 1.0: {cfg['phase1_max_new_tokens']}), "
-             f"batch size {cfg['batch_size']} (Phase 1.0: {cfg['phase1_batch_size']}), prompt template "
-             f"`{cfg['prompt_template_version']}` in the {cfg.get('prompt_format', 'plain')} format (Phase 1.0's)",
-             f"- git commit: `{cfg['git_commit']}`",
-             f"- Phase 2 results: `{doc['inputs']['phase2_results']}`; Phase 1.0 dataset: `{doc['inputs']['phase1_dataset']}`",
+             f"- hook point: `{cfg.hook_point}`; position policy: `{cfg.steer_positions}`",
+             f"- controls: {cfg.n_random_controls} per steered latent, |separation| <= {cfg.control_max_separation}",
+             f"- generation: greedy, max_new_tokens {cfg.max_new_tokens} (Phase 1.0: {cfg.phase1_max_new_tokens}), "
+             f"batch size {cfg.batch_size} (Phase 1.0: {cfg.phase1_batch_size}), prompt template "
+             f"`{cfg.prompt_template_version}` in the {cfg.prompt_format} format (Phase 1.0's)",
+             f"- git commit: `{cfg.git_commit}`",
+             f"- Phase 2 results: `{doc.inputs['phase2_results']}`; Phase 1.0 dataset: `{doc.inputs['phase1_dataset']}`",
              ""]
     return lines
 
 
-def _transfer_section(doc: dict[str, Any]) -> list[str]:
+def _transfer_section(transfer: TransferSection | None, sae_ids: dict[str, dict[str, str]]) -> list[str]:
     """HumanEval transfer: the MBPP latents, thresholds and probes scored unchanged on HumanEval, beside MBPP validation."""
-    transfer = doc.get("transfer")
     if not transfer:
         return []
     lines = ["## 2b. Transfer to HumanEval (chosen on MBPP, applied unchanged)", ""]
-    if not transfer["measured"]:
-        return lines + [f"Not measured: {transfer['note']}.", ""]
-    sizes = transfer["sizes"]
-    lines += [f"Rule: {transfer['rule']}. HumanEval run: `{transfer['dataset']}` (model {transfer['model']}, prompt "
-              f"{transfer['prompt_template_version']}); {sizes['n']} tasks, {sizes['n_correct']} correct, "
+    if not transfer.measured:
+        return lines + [f"Not measured: {transfer.note}.", ""]
+    sizes = transfer.sizes
+    lines += [f"Rule: {transfer.rule}. HumanEval run: `{transfer.dataset}` (model {transfer.model}, prompt "
+              f"{transfer.prompt_template_version}); {sizes['n']} tasks, {sizes['n_correct']} correct, "
               f"{sizes['n_incorrect']} incorrect. Each metric is followed by its baseline in parentheses; the "
               "threshold is the MBPP hyperparams one.", ""]
-    if transfer["note"]:
-        lines += [f"**Note:** {transfer['note']}.", ""]
+    if transfer.note:
+        lines += [f"**Note:** {transfer.note}.", ""]
     lines += ["| positive class | score | MBPP validation AUROC [95% CI] | HumanEval AUROC [95% CI] (0.5) | "
               "HumanEval AUPRC (prevalence) | MBPP validation F1 (flag everything) | HumanEval F1 (flag everything) | "
               "HumanEval accuracy (majority) | threshold | HumanEval n (positives) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in transfer["latents"] + transfer["probes"]:
-        score = row["name"] if "probe" in row else f"rank {row['rank']}: {_latent(doc, row)}"
+    for row in transfer.latents + transfer.probes:
+        score = row["name"] if "probe" in row else f"rank {row['rank']}: {_latent(sae_ids, row['layer'], row['latent'])}"
         mbpp = f"{_f(row['mbpp_validation_auroc'])} {_ci(row['mbpp_validation_auroc_ci_lo'], row['mbpp_validation_auroc_ci_hi'])}"
         he = f"{_f(row['auroc'])} {_ci(row['auroc_ci_lo'], row['auroc_ci_hi'])}"
         mbpp_f1 = f"{_f(row['mbpp_validation_f1'])} ({_f(row['mbpp_validation_f1_baseline_always_positive'])})"
@@ -462,9 +478,9 @@ def _transfer_section(doc: dict[str, Any]) -> list[str]:
             threshold = "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4g}"
         lines.append(f"| {row['positive_class']} | {score} | {mbpp} | {he} | {_auprc_cell(row)} | {mbpp_f1} | {f1} | "
                      f"{acc} | {threshold} | {row['n']} ({row['n_positive']}) |")
-    if transfer.get("probe_note"):
-        lines += ["", f"Probes: {transfer['probe_note']}."]
-    return lines + [""] + _transfer_steering_lines(transfer["steering"])
+    if transfer.probe_note:
+        lines += ["", f"Probes: {transfer.probe_note}."]
+    return lines + [""] + _transfer_steering_lines(transfer.steering)
 
 
 def _transfer_steering_lines(steering: dict[str, Any]) -> list[str]:
@@ -504,32 +520,28 @@ def _transfer_steering_lines(steering: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _availability_lines(stat: dict[str, Any]) -> list[str]:
-    """When each predictor is known (before or after generation), and the before-generation baselines' details."""
-    return availability_lines(stat.get("reviewer_baselines"))
-
-
-def render_summary(doc: dict[str, Any]) -> str:
+def render_summary(doc: Phase3Result) -> str:
     """The one-page markdown summary of a Phase 3 run."""
-    lines = [f"# PVA-SAE Phase 3: validation summary ({doc['timestamp']})", ""]
-    if doc["flags"]:
-        lines += ["**Read first:**", ""] + [f"- {flag}" for flag in doc["flags"]] + [""]
-    lines += _null_section(doc) + _stat_section(doc) + _transfer_section(doc) + _steering_section(doc) + _alpha0_section(doc) + _config_section(doc)
-    outputs = doc.get("outputs", {})
-    if outputs:
-        lines += ["## 6. Files", ""] + [f"- {name}: `{path}`" for name, path in outputs.items()] + [""]
+    lines = [f"# PVA-SAE Phase 3: validation summary ({doc.timestamp})", ""]
+    if doc.flags:
+        lines += ["**Read first:**", ""] + [f"- {flag}" for flag in doc.flags] + [""]
+    lines += _null_section(doc.phase2_null, doc.phase2_top) + _stat_section(doc)
+    lines += _transfer_section(doc.transfer, doc.configuration.sae_ids) + _steering_section(doc)
+    lines += _alpha0_section(doc.steering.alpha0_check) + _config_section(doc)
+    if doc.outputs:
+        lines += ["## 6. Files", ""] + [f"- {name}: `{path}`" for name, path in doc.outputs.items()] + [""]
     return "\n".join(lines)
 
 
-def render_flipped_examples(doc: dict[str, Any], flipped: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
+def render_flipped_examples(doc: Phase3Result, flipped: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     """A few validation programs that flipped each way under each steered latent, before and after."""
-    lines = [f"# Flipped programs under steering ({doc['timestamp']})", "",
+    lines = [f"# Flipped programs under steering ({doc.timestamp})", "",
              "Before = the alpha = 0 rerun's greedy program (same batches); after = the same prompt with the steering "
              "vector at the chosen alpha.", ""]
     for direction, kinds in flipped.items():
-        info = doc["steering"]["directions"][direction]
-        t = info["target"]
-        lines += [f"## {direction}-preferring latent L{t['layer']}/{t['latent']}, alpha {info['chosen_alpha']:g}", ""]
+        info = doc.steering.directions[direction]
+        t = info.target
+        lines += [f"## {direction}-preferring latent L{t.layer}/{t.latent}, alpha {info.chosen_alpha:g}", ""]
         for kind, title in (("corrected", "incorrect -> correct"), ("corrupted", "correct -> incorrect")):
             lines += [f"### {title}", ""]
             if not kinds.get(kind):

@@ -34,6 +34,7 @@ from common.artifacts import PHASE1_DATASET, read_phase1_metadata
 from common.config import benchmark_data_dir, same_model
 from common.errors import PipelineError
 from common.paths import PHASE_DIRS
+from common.phase3_result import TransferSection
 from common.saes import encode, load_sae
 from phase3_validation.inputs import Phase3Inputs
 from phase3_validation.probes import ProbeResults
@@ -235,18 +236,18 @@ def auroc_transfer_flag(row: dict[str, Any], what: str) -> str | None:
     return None
 
 
-def transfer_flags(transfer: dict[str, Any] | None) -> list[str]:
+def transfer_flags(transfer: TransferSection | None) -> list[str]:
     """Read-first lines: a rank-1 latent that does not transfer to HumanEval, or whose sign reverses there."""
-    if not transfer or not transfer.get("measured"):
+    if not transfer or not transfer.measured:
         return []
     flags = []
-    for row in transfer["latents"]:
+    for row in transfer.latents:
         if row["rank"] != 1:
             continue
         flag = auroc_transfer_flag(row, f"rank-1 {row['direction']}-preferring latent {row['name']}")
         if flag:
             flags.append(flag)
-    steering = transfer.get("steering") or {}
+    steering = transfer.steering or {}
     measured = (steering.get("directions") or {}) if steering.get("measured") else {}
     for direction, info in measured.items():
         test = info["control_test"]

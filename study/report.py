@@ -43,9 +43,11 @@ from common.artifacts import (
     load_temperature_run,
     metadata_path_of,
     phase3_summary_of,
+    read_phase3_result,
 )
 from common.config import PipelineConfig, benchmark_data_dir
 from common.errors import PipelineError
+from common.phase3_result import Phase3Result
 from common.stats import clopper_pearson
 from common.storage import atomic_write_bytes, atomic_write_text, read_json
 from sweep.table import comparison_rows, render_table
@@ -214,15 +216,15 @@ def _saes(page: Page, data_dir: Path, record: dict[str, Any] | None) -> None:
                  f"{dead.get(layer, NOT_MEASURED)} | {_num(own)} |")
 
 
-def _phase3(page: Page, data_dir: Path) -> dict[str, Any] | None:
+def _phase3(page: Page, data_dir: Path) -> Phase3Result | None:
     page.section("Latents, probes and steering (Phase 3)")
     path = PHASE3_VALIDATION.latest(data_dir)
     if path is None:
         page.add(f"Latents, probes, confounds, steering and HumanEval transfer: {NOT_MEASURED} (no Phase 3 output).")
         return None
-    doc = read_json(page.read(path))
+    doc = read_phase3_result(page.read(path))
     page.add(render_table(comparison_rows([("this study", path)])), "")
-    auprc = [row.get("auprc") for e in doc["statistical"].get("latents", []) for row in e.get("rows", [])]
+    auprc = [row.get("auprc") for e in doc.statistical.latents for row in e.rows]
     if not any(v is not None for v in auprc):
         page.add(f"AUPRC: {NOT_MEASURED} (Phase 3's results hold no AUPRC).", "")
     _confounds(page, doc)
@@ -236,8 +238,8 @@ def _phase3(page: Page, data_dir: Path) -> dict[str, Any] | None:
     return doc
 
 
-def _confounds(page: Page, doc: dict[str, Any]) -> None:
-    reviewer = doc["statistical"].get("reviewer_baselines") or {}
+def _confounds(page: Page, doc: Phase3Result) -> None:
+    reviewer = doc.statistical.reviewer_baselines or {}
     page.add("Confounds and reviewer baselines (validation AUROC, 95% bootstrap interval):", "")
     rows = {**{f"confound {k}": v for k, v in (reviewer.get("confounds") or {}).items()},
             **{k: p.get("auroc") for k, p in (reviewer.get("predictors") or {}).items()}}
@@ -303,16 +305,18 @@ def _corpora(page: Page, record: dict[str, Any] | None) -> None:
         page.add(f"| {m['kind']} | {m['n_documents']} | {m['n_chars']} | {m['n_files']} | `{m['sha256']}` |")
 
 
-def _latent_row(doc: dict[str, Any], direction: str) -> dict[str, Any] | None:
+def _latent_row(doc: Phase3Result, direction: str) -> dict[str, Any] | None:
     """Phase 3's validation row (temperature 0) of Phase 2's rank-1 latent of ``direction``."""
-    top = (doc.get("phase2_top") or {}).get(direction) or {}
-    for entry in doc["statistical"].get("latents", []):
-        if (entry.get("layer"), entry.get("latent"), entry.get("direction")) == (top.get("layer"), top.get("latent"), direction):
-            return next((r for r in entry.get("rows", []) if r.get("split") == "validation" and r.get("temperature") == 0.0), None)
+    top = doc.phase2_top.get(direction)
+    if top is None:
+        return None
+    for entry in doc.statistical.latents:
+        if (entry.layer, entry.latent, entry.direction) == (top.layer, top.latent, direction):
+            return entry.validation_row()
     return None
 
 
-def _findings(page: Page, doc: dict[str, Any] | None, mbpp: pd.DataFrame | None, data_dir: Path) -> None:
+def _findings(page: Page, doc: Phase3Result | None, mbpp: pd.DataFrame | None, data_dir: Path) -> None:
     page.section("What this study finds, and what it cannot")
     split_path = SPLIT.path(data_dir, split="validation")
     if mbpp is not None and split_path.is_file():
@@ -323,7 +327,7 @@ def _findings(page: Page, doc: dict[str, Any] | None, mbpp: pd.DataFrame | None,
     if doc is None:
         page.add(f"- Latents, probes and steering: {NOT_MEASURED} (no Phase 3 output).")
     else:
-        beats = (doc.get("phase2_null") or {}).get("beats_null") or {}
+        beats = doc.phase2_null.beats_null
         for direction in ("correct", "incorrect"):
             verdict = beats.get(direction)
             said = NOT_MEASURED if verdict is None else ("beats" if verdict else "does **not** beat")
@@ -335,7 +339,7 @@ def _findings(page: Page, doc: dict[str, Any] | None, mbpp: pd.DataFrame | None,
                 auroc = (f"validation AUROC {_num(row['auroc'])} [{_num(row['auroc_ci_lo'])}, {_num(row['auroc_ci_hi'])}]"
                          + (", an interval that includes chance (0.5)" if chance else ", an interval that excludes chance"))
             page.add(f"- The best {direction}-preferring latent {said} its permutation null on the sae split; {auroc}.")
-        length = ((doc["statistical"].get("reviewer_baselines") or {}).get("confounds") or {}).get("n_prompt_tokens")
+        length = ((doc.statistical.reviewer_baselines or {}).get("confounds") or {}).get("n_prompt_tokens")
         if length:
             page.add(f"- Prompt length alone reaches validation AUROC {_num(length.get('auroc'))} "
                      f"[{_num(length.get('low'))}, {_num(length.get('high'))}] here.")
@@ -343,7 +347,8 @@ def _findings(page: Page, doc: dict[str, Any] | None, mbpp: pd.DataFrame | None,
     page.add(*[f"- {line}" for line in PUBLISHED])
 
 
-def _assets(page: Page, out: Path, mbpp: pd.DataFrame | None, humaneval: pd.DataFrame | None, doc: dict | None) -> None:
+def _assets(page: Page, out: Path, mbpp: pd.DataFrame | None, humaneval: pd.DataFrame | None,
+            doc: Phase3Result | None) -> None:
     """Generations with labels and Phase 3's plots, in ``<page stem>/`` beside the page."""
     folder = out.with_suffix("")
     page.section("Files beside this page")
@@ -354,7 +359,7 @@ def _assets(page: Page, out: Path, mbpp: pd.DataFrame | None, humaneval: pd.Data
         atomic_write_text(folder / name, "".join(json.dumps(r, default=_plain) + "\n" for r in rows))
         page.add(f"- `{folder.name}/{name}`: {len(rows)} generations (task_id, generated_text, passed, outcome); "
                  f"re-score with `python3 run.py label --generations {folder.name}/{name} --dataset {dataset}`")
-    for key, src in sorted(((doc or {}).get("outputs") or {}).items()):
+    for key, src in sorted((doc.outputs if doc is not None else {}).items()):
         if key.endswith("_png") and Path(src).is_file():
             atomic_write_bytes(folder / Path(src).name, Path(src).read_bytes())
             page.add(f"- `{folder.name}/{Path(src).name}` ({key.removesuffix('_png').replace('_', ' ')})")

@@ -1,17 +1,25 @@
-"""The sweep's comparison table, read from the Phase 3 ``validation_<ts>.json`` each model's step wrote.
+"""The sweep's comparison table, read from the Phase 3 result (``validation_<ts>.json``) each model's step wrote.
 
-Why read the JSON and not recompute: the table must show exactly the numbers
-Phase 3 reported (chosen on sae/hyperparams, measured on validation). A field
-Phase 3 did not write (a probe, when no probe was run; a model whose chain
-failed) shows as "n/a" rather than stopping the table.
+Why read the result and not recompute: the table must show exactly the numbers
+Phase 3 reported (chosen on sae/hyperparams, measured on validation). A value
+Phase 3 did not measure (a probe, when no probe was run) shows as "n/a", and so
+does every cell of a model whose chain failed or whose result cannot be read
+(``read_phase3_result`` refuses it; the reason is logged), rather than stopping
+the table.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
+
+from common.artifacts import read_phase3_result
+from common.errors import PipelineError
+from common.phase3_result import Phase3Result, TopLatent
+
+logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("correct", "incorrect")
 NA = "n/a"
@@ -31,71 +39,67 @@ def _with_interval(value: Any, lo: Any, hi: Any) -> str:
     return f"{v:.3f} [{low:.3f}, {high:.3f}]" if low is not None and high is not None else f"{v:.3f} [interval n/a]"
 
 
-def _latent_auroc(doc: dict[str, Any], top: dict[str, Any]) -> str:
+def _latent_auroc(result: Phase3Result, top: TopLatent) -> str:
     """AUROC of Phase 2's rank-1 latent on the validation split at temperature 0, with its bootstrap interval."""
-    for entry in doc.get("statistical", {}).get("latents", []) or []:
-        if entry.get("layer") == top.get("layer") and entry.get("latent") == top.get("latent") \
-                and entry.get("direction", top.get("direction")) == top.get("direction"):
-            for row in entry.get("rows", []) or []:
-                if row.get("split") == "validation" and _number(row.get("temperature")) == 0.0:
-                    return _with_interval(row.get("auroc"), row.get("auroc_ci_lo"), row.get("auroc_ci_hi"))
+    for entry in result.statistical.latents:
+        if (entry.layer, entry.latent, entry.direction) == (top.layer, top.latent, top.direction):
+            row = entry.validation_row()
+            if row is not None:
+                return _with_interval(row.get("auroc"), row.get("auroc_ci_lo"), row.get("auroc_ci_hi"))
     return NA
 
 
-def _beats_null(doc: dict[str, Any], direction: str) -> str:
+def _beats_null(result: Phase3Result, direction: str) -> str:
     """Whether Phase 2's rank-1 latent beat its permutation null: without it, the row is exploratory."""
-    verdict = ((doc.get("phase2_null") or {}).get("beats_null") or {}).get(direction)
+    verdict = result.phase2_null.beats_null.get(direction)
     return NA if verdict is None else ("yes" if verdict else "no")
 
 
-def _probe_auroc(doc: dict[str, Any], direction: str) -> str:
+def _probe_auroc(result: Phase3Result, direction: str) -> str:
     """The logistic probe's validation AUROC (temperature 0) at its best layer for this direction's class.
 
-    Phase 3 writes ``statistical.probes``: ``best_layer[kind][class]`` (chosen on
-    hyperparams) and one entry per probe, layer and class with its metric rows.
+    The best layer is chosen on hyperparams (``statistical.probes.best_layer[kind][class]``).
     """
-    probes = (doc.get("statistical") or {}).get("probes") or {}
-    layer = ((probes.get("best_layer") or {}).get("logistic") or {}).get(direction)
-    if layer is None:
+    probes = result.statistical.probes
+    layer = (probes.best_layer.get("logistic") or {}).get(direction)
+    entry = None if layer is None else probes.find("logistic", direction, layer)
+    row = None if entry is None else entry.validation_row()
+    if row is None:
         return NA
-    for entry in probes.get("probes") or []:
-        if entry.get("probe") == "logistic" and entry.get("positive_class") == direction and entry.get("layer") == layer:
-            for row in entry.get("rows") or []:
-                if row.get("split") == "validation" and row.get("temperature") == 0.0:
-                    return f"L{layer} " + _with_interval(row.get("auroc"), row.get("auroc_ci_lo"), row.get("auroc_ci_hi"))
-    return NA
+    return f"L{layer} " + _with_interval(row.get("auroc"), row.get("auroc_ci_lo"), row.get("auroc_ci_hi"))
 
 
-def _steering(doc: dict[str, Any], direction: str) -> tuple[str, str]:
+def _steering(result: Phase3Result, direction: str) -> tuple[str, str]:
     """(chosen alpha, effect on validation with its interval): correction rate for "correct", corruption for "incorrect"."""
-    steer = ((doc.get("steering") or {}).get("directions") or {}).get(direction)
-    if not isinstance(steer, dict):
+    steer = result.steering.directions.get(direction)
+    if steer is None:
         return NA, NA
-    alpha = _number(steer.get("chosen_alpha"))
-    val = steer.get("validation") or {}
+    alpha = _number(steer.chosen_alpha)
+    val = steer.validation or {}
     kind = "correction" if direction == "correct" else "corruption"
     effect = _with_interval(val.get(f"{kind}_rate"), val.get(f"{kind}_ci_lo"), val.get(f"{kind}_ci_hi"))
     return (NA if alpha is None else f"{alpha:g}"), (effect if effect == NA else f"{kind} {effect}")
 
 
 def model_rows(name: str, path: Path | None) -> list[dict[str, Any]]:
-    """The table rows of one model (one per direction) from its Phase 3 JSON; all "n/a" without one."""
+    """The table rows of one model (one per direction) from its Phase 3 result; all "n/a" without a readable one."""
     try:
         if path is None:
-            raise FileNotFoundError("no Phase 3 result")
-        doc = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+            raise PipelineError("no Phase 3 result")
+        result = read_phase3_result(path)
+    except PipelineError as exc:
+        logger.warning("sweep table, model %s: %s", name, exc)
         return [{"model": name, "direction": d, "best_layer": NA, "latent": NA, "latent_auroc": NA, "probe_auroc": NA,
                  "alpha": NA, "steering_effect": NA, "beats_null": NA, "source": None} for d in DIRECTIONS]
     rows = []
     for direction in DIRECTIONS:
-        top = (doc.get("phase2_top") or {}).get(direction) or {}
-        alpha, effect = _steering(doc, direction)
+        top = result.phase2_top.get(direction)
+        alpha, effect = _steering(result, direction)
         rows.append({
             "model": name, "direction": direction,
-            "best_layer": top.get("layer", NA), "latent": top.get("latent", NA),
-            "beats_null": _beats_null(doc, direction),
-            "latent_auroc": _latent_auroc(doc, top) if top else NA, "probe_auroc": _probe_auroc(doc, direction),
+            "best_layer": NA if top is None else top.layer, "latent": NA if top is None else top.latent,
+            "beats_null": _beats_null(result, direction),
+            "latent_auroc": _latent_auroc(result, top) if top else NA, "probe_auroc": _probe_auroc(result, direction),
             "alpha": alpha, "steering_effect": effect, "source": str(path),
         })
     return rows

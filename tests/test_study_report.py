@@ -2,9 +2,8 @@
 
 The data directory is built here through the artifact writers (Phase 1 and
 1.2 runs, split tables), a real corpus build, real metadata (``build_metadata``
-with a ``RunClock``), Phase 2 score arrays and a Phase 3 result in the shape
-the sweep's table reads (``tests/test_sweep.py`` checks that shape against a
-real Phase 3 run). Each expected number is recomputed here from the files,
+with a ``RunClock``), Phase 2 score arrays and a Phase 3 result document of the current schema
+(``tests.artifact_builders.phase3_result``, written by ``write_phase3_result``). Each expected number is recomputed here from the files,
 independently of the generator (scipy's exact interval, numpy's counts).
 """
 
@@ -20,11 +19,13 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
+from common.artifacts import write_phase3_result
 from common.config import PipelineConfig
 from common.corpus_builder import build_corpus
 from common.metadata import RunClock, build_metadata
+from common.phase3_result import LatentResult, Phase3Result, ProbeEntry, ProbeSection, TopLatent
 from common.storage import save_npz, write_json, write_parquet
-from tests.artifact_builders import write_phase1_run, write_temperature_run
+from tests.artifact_builders import direction_steering, phase3_result, write_phase1_run, write_temperature_run
 from tests.helpers import REPO_ROOT
 
 STAMP = "20260101_000000_000000"
@@ -35,28 +36,25 @@ def _exact(k: int, n: int) -> str:
     return f"{k}/{n} = {k / n:.3f} [{ci.low:.3f}, {ci.high:.3f}]"
 
 
-def _phase3_doc(data: Path, png: Path) -> dict:
+def _phase3_result(png: Path) -> Phase3Result:
     row = {"split": "validation", "temperature": 0.0, "auroc": 0.6123, "auroc_ci_lo": 0.5011, "auroc_ci_hi": 0.7234}
-    return {
-        "phase": "3", "timestamp": STAMP,
-        "phase2_null": {"beats_null": {"correct": True, "incorrect": False}},
-        "phase2_top": {"correct": {"layer": 1, "latent": 3, "direction": "correct"},
-                       "incorrect": {"layer": 0, "latent": 9, "direction": "incorrect"}},
-        "statistical": {
-            "latents": [{"layer": 1, "latent": 3, "direction": "correct", "rows": [row]}],
-            "probes": {"best_layer": {"logistic": {"correct": 1}}, "probes": [
-                {"probe": "logistic", "positive_class": "correct", "layer": 1,
-                 "rows": [{**row, "auroc": 0.7345, "auroc_ci_lo": 0.6, "auroc_ci_hi": 0.85}]}]},
-            "reviewer_baselines": {
-                "confounds": {"n_prompt_tokens": {"auroc": 0.5812, "low": 0.4, "high": 0.7}},
-                "predictors": {"latent": {"name": "SAE latent", "auroc": {"auroc": 0.6123, "low": 0.5, "high": 0.72}}},
-                "verdicts": ["The SAE latent carries **no** information shown beyond the confounds."],
-            },
-        },
-        "steering": {"directions": {"correct": {"chosen_alpha": 0.5, "validation": {
-            "correction_rate": 0.125, "correction_ci_lo": 0.02, "correction_ci_hi": 0.3}}}},
-        "outputs": {"roc_png": str(png)},
+    top = {"correct": TopLatent("correct", 1, 1, 3, 0.4, 0.01, 0.5, 0.1),
+           "incorrect": TopLatent("incorrect", 1, 0, 9, 0.3, 0.2, 0.1, 0.4)}
+    latent = LatentResult("correct", 1, 1, 3, 0.4, 0.01, 0.5, 0.1, threshold=None, hyperparams_f1=None, rows=[row])
+    probe = ProbeEntry("logistic", 1, "correct", threshold=None, threshold_note=None,
+                       rows=[{**row, "auroc": 0.7345, "auroc_ci_lo": 0.6, "auroc_ci_hi": 0.85}])
+    probes = ProbeSection(rules={}, best_layer_rule="", note=None, small_note=None,
+                          best_layer={"logistic": {"correct": 1}}, chosen_c={}, probes=[probe])
+    reviewer = {
+        "confounds": {"n_prompt_tokens": {"auroc": 0.5812, "low": 0.4, "high": 0.7}},
+        "predictors": {"latent": {"name": "SAE latent", "auroc": {"auroc": 0.6123, "low": 0.5, "high": 0.72}}},
+        "verdicts": ["The SAE latent carries **no** information shown beyond the confounds."],
     }
+    steering = direction_steering(top["correct"], 0.5, {"correction_rate": 0.125, "correction_ci_lo": 0.02,
+                                                        "correction_ci_hi": 0.3})
+    return phase3_result(STAMP, latents=[latent], probes=probes, reviewer=reviewer, directions={"correct": steering},
+                         phase2_top=top, beats_null={"correct": True, "incorrect": False},
+                         outputs={"roc_png": str(png)})
 
 
 @pytest.fixture
@@ -98,7 +96,7 @@ def study_data(tmp_path):
     png = data / "phase3" / f"roc_{STAMP}.png"
     png.parent.mkdir(parents=True)
     png.write_bytes(b"\x89PNG fake plot bytes")
-    write_json(data / "phase3" / f"validation_{STAMP}.json", _phase3_doc(data, png))
+    write_phase3_result(data / "phase3" / f"validation_{STAMP}.json", _phase3_result(png))
     (data / "phase3" / f"summary_{STAMP}.md").write_text("# Phase 3 summary\n\nBest latent AUROC 0.612 (from Phase 3).\n")
     site = tmp_path / "site"
     (site / "pkg").mkdir(parents=True)

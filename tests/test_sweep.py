@@ -149,6 +149,15 @@ def test_table_without_phase3_output_shows_na(tmp_path):
     assert "| m | correct | n/a |" in render_table(rows)
 
 
+def test_table_of_a_result_of_another_schema_version_shows_na_and_logs_why(tmp_path, caplog):
+    """A model whose Phase 3 result this code cannot read gets n/a cells, and the log says why, not a crash."""
+    path = tmp_path / "validation_20260101_000000_000000.json"
+    path.write_text(json.dumps({"schema_version": 99, "phase": "3"}))
+    rows = comparison_rows([("m", path)])
+    assert [r["latent_auroc"] for r in rows] == ["n/a", "n/a"] and rows[0]["source"] is None
+    assert "schema version 99" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("models", "extra", "message"),
     [

@@ -58,6 +58,6 @@ def test_summary_lines_show_the_instruction_and_rates():
              "correction_ci_hi": 0.85, "n_corrupted": 1, "n_initially_correct": 5, "corruption_rate": 0.2,
              "corruption_ci_lo": 0.005, "corruption_ci_hi": 0.716, "net_correction": 0.2, "mcnemar_p": 1.0, "n_tasks": 10}
     text = "\n".join(summary_lines({"instruction": INSTRUCTION, "placement": "first", "rates": rates,
-                                    "programs_changed_vs_alpha0": 3}, {"directions": {}}))
+                                    "programs_changed_vs_alpha0": 3}, {}))
     assert INSTRUCTION in text and "| prompting baseline | 2/5 = 0.400" in text and "3 of 10" in text
     assert "Not run." in "\n".join(summary_lines(None, {}))

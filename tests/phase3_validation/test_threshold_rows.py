@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score
 
+from common.phase3_result import TransferSection, from_json
 from common.storage import json_safe
 from phase3_validation.statistical import NO_THRESHOLD_ON_SET, evaluate_at_threshold
 from phase3_validation.summary import _metric_cells, _transfer_section
@@ -65,10 +66,10 @@ def test_transfer_rows_read_back_from_json_render_each_threshold_status():
         rows.append({**row, "probe": "logistic", "name": name, "positive_class": "correct",
                      "mbpp_validation_auroc": 0.7, "mbpp_validation_auroc_ci_lo": 0.6, "mbpp_validation_auroc_ci_hi": 0.8,
                      "mbpp_validation_f1": 0.5, "mbpp_validation_f1_baseline_always_positive": 0.6})
-    transfer = {"measured": True, "sizes": {"n": 80, "n_correct": int(y.sum()), "n_incorrect": int((~y).sum())},
+    transfer = {"benchmark": "humaneval", "measured": True, "slice": None, "probe_note": None, "sizes": {"n": 80, "n_correct": int(y.sum()), "n_incorrect": int((~y).sum())},
                 "rule": "r", "dataset": "d", "model": "m", "prompt_template_version": "v", "note": None,
                 "latents": [], "probes": rows, "steering": {"measured": False, "note": "n"}}
-    text = "\n".join(_transfer_section({"transfer": json_safe(transfer), "configuration": {}}))
+    text = "\n".join(_transfer_section(from_json(TransferSection, json_safe(transfer)), {}))
     lines = {name: next(ln for ln in text.splitlines() if f"| {name} |" in ln) for name in ("none", "one-class", "splits")}
     assert "| no informative threshold |" in lines["none"] and "| n/a |" in lines["none"]
     assert NO_THRESHOLD_ON_SET in lines["one-class"] and f"{scores.max() + 1:.4g}" in lines["one-class"]

@@ -12,6 +12,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from common.activations import save_task_activations
 from common.config import PipelineConfig
 from common.errors import PipelineError
+from common.phase3_result import TransferSection, from_json
 from common.saes import SAESource, encode, load_sae
 from common.storage import json_safe, write_parquet
 from phase3_validation.inputs import load_inputs
@@ -89,6 +90,11 @@ def _transfer(data):
     return evaluations, probes, transfer_statistics(tset, inputs, evaluations, probes, 200, 0, data)
 
 
+def _section(result):
+    """The transfer section as the result document holds it (as written: NaN as null)."""
+    return from_json(TransferSection, json_safe(result.to_dict()), "transfer")
+
+
 def test_latents_and_probes_are_scored_on_humaneval_at_mbpp_thresholds(tmp_path):
     data, sae_dir = _mbpp(tmp_path)
     passed, acts = _humaneval(data)
@@ -122,8 +128,8 @@ def test_latents_and_probes_are_scored_on_humaneval_at_mbpp_thresholds(tmp_path)
         assert row["threshold"] == ev.threshold
         assert row["auroc"] == pytest.approx(roc_auc_score(positive, scores))
         assert row["f1"] == pytest.approx(f1_score(positive, scores >= ev.threshold))
-    assert transfer_flags(json_safe(result.to_dict())) == []
-    text = "\n".join(_transfer_section({"transfer": json_safe(result.to_dict()), "configuration": {}}))
+    assert transfer_flags(_section(result)) == []
+    text = "\n".join(_transfer_section(_section(result), {}))
     assert "## 2b. Transfer to HumanEval" in text and "24 tasks, 8 correct, 16 incorrect" in text
     assert "L2/3" in text and "logistic probe L2" in text and "Steering on HumanEval: not measured" in text
 
@@ -143,7 +149,7 @@ def test_threshold_is_not_rechosen_on_humaneval(tmp_path):
     assert not row["informative_threshold"] and row["threshold_status"] == "one class on this set"
     assert math.isnan(row["f1"]) and math.isnan(row["accuracy"]) and row["tp"] == -1
     assert "no informative threshold on this set" in row["note"]
-    rendered = "\n".join(_transfer_section({"transfer": json_safe(result.to_dict()), "configuration": {}}))
+    rendered = "\n".join(_transfer_section(_section(result), {}))
     line = next(ln for ln in rendered.splitlines() if row["name"] in ln)
     assert "no informative threshold on this set" in line and "F1" not in line
 
@@ -152,8 +158,8 @@ def test_latent_that_does_not_transfer_is_flagged(tmp_path):
     data, _ = _mbpp(tmp_path)
     _humaneval(data, n=60, signal=False)
     _, _, result = _transfer(data)
-    doc = json_safe(result.to_dict())
-    assert all(r["auroc_ci_lo"] <= 0.5 <= r["auroc_ci_hi"] for r in doc["latents"])
+    doc = _section(result)
+    assert all(r["auroc_ci_lo"] <= 0.5 <= r["auroc_ci_hi"] for r in doc.latents)
     flags = transfer_flags(doc)
     assert len(flags) == 2 and all("does not transfer to HumanEval" in f for f in flags)
 
@@ -163,8 +169,8 @@ def test_latent_whose_sign_reverses_is_flagged_as_reversed(tmp_path):
     data, _ = _mbpp(tmp_path)
     _humaneval(data, n=60, reverse=True)
     _, _, result = _transfer(data)
-    doc = json_safe(result.to_dict())
-    assert all(r["auroc_ci_hi"] < 0.5 for r in doc["latents"])
+    doc = _section(result)
+    assert all(r["auroc_ci_hi"] < 0.5 for r in doc.latents)
     flags = transfer_flags(doc)
     assert len(flags) == 2 and all("reverses sign on HumanEval" in f for f in flags)
     assert not any("does not transfer" in f for f in flags)
@@ -176,7 +182,7 @@ def test_no_humaneval_run_is_one_line_naming_the_command(tmp_path):
     assert load_transfer_set(data, str(inputs.phase1_meta["model"])) is None
     result = transfer_statistics(None, inputs, evaluations, probes, 50, 0, data)
     assert result.latents == [] and result.input_paths() == {}
-    section = _transfer_section({"transfer": result.to_dict()})
+    section = _transfer_section(_section(result), {})
     assert section[2].startswith("Not measured: no HumanEval Phase 1 run") and HUMANEVAL_COMMAND in section[2]
 
 

@@ -18,10 +18,11 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 import phase0_difficulty
 import phase1_0_generation
 import phase3_validation
-from common.artifacts import STEERING_OUTCOMES
+from common.artifacts import STEERING_OUTCOMES, read_phase3_result, write_phase3_result
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.mbpp import load_mbpp
+from common.phase3_result import DirectionSteeringResult
 from common.storage import RecordCheckpointer
 from demo.humaneval_view import write_humaneval_view
 from phase3_validation import validation as validation_module
@@ -42,6 +43,7 @@ from phase3_validation.steering_eval import (
     transition_counts,
     unit_direction,
 )
+from phase3_validation.summary import render_summary
 from tests.artifact_builders import write_temperature_run
 from tests.helpers import DEMO_PROBLEMS
 from tests.phase3_validation.builders import (
@@ -492,6 +494,30 @@ def test_outputs_written(e2e):
     # No sae split here: the before-generation baselines are not computed, and the summary still says when each
     # predictor is known.
     assert "self_assessment_prompt" in meta and "### When each predictor is known" in summary.read_text()
+
+
+# The document's top-level keys as Phase 3 wrote them before the document was typed (schema_version came after).
+UNVERSIONED_KEYS = ["phase", "timestamp", "configuration", "inputs", "phase2_null", "phase2_top", "statistical",
+                    "small_split_notes", "transfer", "steering", "outputs", "flags"]
+
+
+def test_result_document_reads_back_typed_and_renders_the_same_summary(e2e, tmp_path):
+    """The run's validation JSON reads as the typed document, writes again byte for byte, and renders its own summary.
+
+    A copy without ``schema_version`` (a file written before the field existed) reads as the same version-1 document.
+    """
+    path = _output(e2e, "validation", ".json")
+    doc = json.loads(path.read_text())
+    assert list(doc) == ["schema_version", *UNVERSIONED_KEYS] and doc["schema_version"] == 1
+    result = read_phase3_result(path)
+    assert isinstance(result.steering.directions["correct"], DirectionSteeringResult) and result.transfer.measured
+    assert result.steering.alpha0_check["validation"].changed_task_ids == [e2e["noisy"]]
+    assert write_phase3_result(tmp_path / "again.json", result).read_text() == path.read_text()
+    assert read_phase3_result(tmp_path / "again.json") == result
+    assert render_summary(result) == e2e["summary"].read_text()
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({k: v for k, v in doc.items() if k != "schema_version"}, indent=2))
+    assert read_phase3_result(legacy) == result
 
 
 def test_transfer_section_scores_the_humaneval_run_at_mbpp_thresholds(e2e):
