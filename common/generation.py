@@ -703,10 +703,12 @@ def _run_engine(engine: _Engine, queue: list[_Row], batch_size: int) -> Iterator
             t0 = time.perf_counter()
             if free > 0 and waiting:
                 joining = [waiting.pop() for _ in range(min(free, len(waiting)))]
-                cache, mask, logits = engine.prefill(joining)
-                engine.choose(joining, logits)
-                _charge(joining, time.perf_counter() - t0)
-                slots.join(joining, cache, mask)
+                for group in prefill_groups(joining):
+                    cache, mask, logits = engine.prefill(group)
+                    engine.choose(group, logits)
+                    _charge(group, time.perf_counter() - t0)
+                    slots.join(group, cache, mask)
+                    t0 = time.perf_counter()
                 stepped = range(len(slots) - len(joining), len(slots))
             else:
                 logits = engine.step(slots)
@@ -718,6 +720,34 @@ def _run_engine(engine: _Engine, queue: list[_Row], batch_size: int) -> Iterator
                 done = [slots.rows[p] for p in sorted(ended)]
                 slots.keep([p for p in range(len(slots)) if p not in ended])
                 yield [engine.result(row) for row in done]
+
+
+MAX_PREFILL_PADDING = 0.25
+
+
+def prefill_groups(rows: list[_Row], max_padding: float = MAX_PREFILL_PADDING) -> list[list[_Row]]:
+    """The joining rows (longest prompt first) split into prefill passes in which at most ``max_padding`` of the
+    positions computed are padding (a quarter by default).
+
+    Why: one pass pads every prompt to its longest, and attention's memory
+    grows with the square of that length. MBPP has one 3,716-token prompt
+    among prompts of about 100: prefilled with 7 others it cost SmolLM2 a
+    5.8 GB peak on the CPU, and at 128 rows on a GPU it would ask tens of GB
+    for one pass. Rows of similar length still share one pass.
+    """
+    groups: list[list[_Row]] = []
+    for row in rows:
+        if groups and _padding_share(groups[-1] + [row]) <= max_padding:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
+
+
+def _padding_share(rows: list[_Row]) -> float:
+    """Share of a prefill pass's positions that are padding (each distinct prompt is computed once)."""
+    lengths = list({r.index: len(r.prompt_ids) for r in rows}.values())
+    return 1 - sum(lengths) / (len(lengths) * max(lengths))
 
 
 def _charge(rows: list[_Row], seconds: float) -> None:

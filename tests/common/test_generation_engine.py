@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from common.generation import GenerationConfig, GenerationResult, generate_batches, generate_static_batches
+from common.generation import (
+    MAX_PREFILL_PADDING,
+    GenerationConfig,
+    GenerationResult,
+    _Row,
+    generate_batches,
+    generate_static_batches,
+    prefill_groups,
+)
 from tests.common.test_generation import PROMPTS, _first_stop
 
 MAX_NEW = 20
@@ -133,7 +141,7 @@ def test_samples_share_one_prefill_and_one_set_of_vectors(tiny_model) -> None:
                            samples_per_prompt=3)
     finally:
         recorder.close()
-    assert [rows for rows, columns in recorder.shapes if columns > 1] == [2]
+    assert sum(rows for rows, columns in recorder.shapes if columns > 1) == 2  # each prompt once, not each sample
     assert results[0].activations is results[1].activations is results[2].activations
     assert results[0].activations is not results[3].activations
 
@@ -158,3 +166,38 @@ def test_steering_prompt_policy_sees_only_prefill_passes(tiny_model) -> None:
     with steer(model, 0, torch.zeros(d_model), positions="all"):
         zero = _collect(generate_batches, model, tokenizer, PROMPTS, [], batch_size=2)
     assert [r.generated_token_ids for r in zero] == [r.generated_token_ids for r in plain]
+
+
+def test_prefill_passes_are_at_most_a_quarter_padding(tiny_model) -> None:
+    """All five prompts (30 to 300 tokens) join at once: they are split into prefill passes in which at most a quarter of
+    the positions are padding, and the tokens and vectors still equal one fixed batch of all five."""
+    model, tokenizer = tiny_model
+    lengths = sorted((len(ids) for ids in tokenizer(PROMPTS)["input_ids"]), reverse=True)
+    assert 1 - sum(lengths) / (len(lengths) * lengths[0]) > MAX_PREFILL_PADDING  # one pass would be over a quarter padding
+    recorder = _PassRecorder(model)
+    masks: list[torch.Tensor] = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, _a, kw: masks.append(kw["attention_mask"]) if kw["input_ids"].shape[1] > 1 else None,
+        with_kwargs=True,
+    )
+    try:
+        engine = _collect(generate_batches, model, tokenizer, PROMPTS, batch_size=len(PROMPTS))
+    finally:
+        recorder.close()
+        handle.remove()
+    assert len(masks) > 1 and sum(m.shape[0] for m in masks) == len(PROMPTS)
+    for mask in masks:
+        assert 1 - mask.sum().item() / mask.numel() <= MAX_PREFILL_PADDING
+    static = _collect(generate_static_batches, model, tokenizer, PROMPTS, batch_size=len(PROMPTS))
+    for s, e in zip(static, engine):
+        assert e.generated_token_ids == s.generated_token_ids
+        for layer, vector in s.activations.items():
+            np.testing.assert_allclose(e.activations[layer], vector, atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_groups_keep_similar_lengths_together() -> None:
+    """Rows of one prompt share a pass; a long prompt among short ones goes alone; similar lengths share."""
+    rows = [_Row(i, s, [0] * n, "", None) for i, s, n in [(0, 0, 400), (0, 1, 400), (1, 0, 100), (2, 0, 90),
+                                                           (3, 0, 80), (4, 0, 20)]]
+    groups = [[(r.index, r.sample_index) for r in g] for g in prefill_groups(rows)]
+    assert groups == [[(0, 0), (0, 1)], [(1, 0), (2, 0), (3, 0)], [(4, 0)]]
