@@ -35,7 +35,7 @@ from common.artifacts import (
     metadata_path_of,
     settings_with_prompt_format,
 )
-from common.benchmarks import get_benchmark
+from common.benchmarks import Benchmark, get_benchmark
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
@@ -138,14 +138,7 @@ def run(cfg: PipelineConfig) -> Path:
     settings = run_settings(cfg)
     # A launcher worker writes only its slice; the launcher merges and publishes.
     earlier = None if cfg.shard_dir else prepare_outputs(cfg.data_dir, settings)
-    key = run_key(with_prompt_format({
-        "model": cfg.model, "start": start, "end": end, "layers": loaded.layers, "max_new_tokens": cfg.max_new_tokens,
-        "prompt": bench.prompt_version(cfg.prompt_format), "source": bench.source(cfg), "seed": cfg.seed,
-    }, cfg.prompt_format))
-    checkpointer = RecordCheckpointer(
-        phase_dir(cfg.data_dir, "1") / "checkpoints" / f"{model_slug(cfg.model)}_{start}-{end}_{key}",
-        cfg.checkpoint_every, cfg.autosave_every, cfg.autosave_keep,
-    )
+    checkpointer, key = _checkpointer(bench, cfg, loaded, start, end)
     jobs = build_jobs(cfg, sliced, loaded.tokenizer)
     layers = loaded.layers
     logger.info("phase 1: tasks %d..%d (%d), model %s, layers %s, batch %d", start, end, len(jobs), cfg.model, f"{layers[0]}..{layers[-1]}" if layers else "none", batch_size)
@@ -168,6 +161,21 @@ def run(cfg: PipelineConfig) -> Path:
     out_path = publish(cfg, dataset, settings, earlier, (start, end), inputs, clock, extra)
     checkpointer.clear()
     return out_path
+
+
+def _checkpointer(
+    bench: Benchmark, cfg: PipelineConfig, loaded: LoadedModel, start: int, end: int
+) -> tuple[RecordCheckpointer, str]:
+    """The slice's checkpoint folder and its key: everything that decides the records."""
+    key = run_key(with_prompt_format({
+        "model": cfg.model, "start": start, "end": end, "layers": loaded.layers, "max_new_tokens": cfg.max_new_tokens,
+        "prompt": bench.prompt_version(cfg.prompt_format), "source": bench.source(cfg), "seed": cfg.seed,
+    }, cfg.prompt_format))
+    checkpointer = RecordCheckpointer(
+        phase_dir(cfg.data_dir, "1") / "checkpoints" / f"{model_slug(cfg.model)}_{start}-{end}_{key}",
+        cfg.checkpoint_every, cfg.autosave_every, cfg.autosave_keep,
+    )
+    return checkpointer, key
 
 
 def _generate(
