@@ -145,11 +145,6 @@ class Problems:
     source: str  # the file or hub dataset, for the metadata
     path: str | None  # the local file, hashed into the metadata's inputs
 
-    @property
-    def name(self) -> str:
-        """As error messages name the benchmark."""
-        return self.bench.label
-
     def submit(
         self, executor: Executor, problem: dict[str, Any], text: str, prompt: Any
     ) -> tuple[str, concurrent.futures.Future[ExecutionResult]]:
