@@ -319,17 +319,7 @@ def run(cfg: PipelineConfig) -> Path:
     # first decides, before anything is generated, whether it adds to the earlier run or sets it aside.
     earlier = None if cfg.shard_dir else prepare_outputs(cfg.data_dir, settings)
     tables, per_temperature, sandbox = _sample_every_temperature(sampling)
-    extra = {
-        **run_extra(bench, cfg, loaded),
-        "slice": {"start": start, "end": end, "n_tasks": len(sliced),
-                  "positions": "among all tasks sorted by task_id; the validation tasks inside run" if bench.has_splits
-                  else f"among all {bench.label} tasks sorted by task_id; every one inside runs"},
-        "samples_per_task": cfg.samples_per_task,
-        "per_temperature": per_temperature,
-        "activations_policy": "captured once per task at the last prompt token (they depend on the prompt only), not once per sample",
-        **({} if bench.has_splits else {"source": settings["source"], "source_sha256": settings["source_sha256"]}),
-        "executor": sandbox,  # limits, plus whether programs ran without network
-    }
+    extra = _run_extra(sampling, per_temperature, sandbox)
     if cfg.shard_dir:
         folder = Path(cfg.shard_dir)
         for temperature, table in tables.items():
@@ -342,6 +332,22 @@ def run(cfg: PipelineConfig) -> Path:
         checkpointer.clear()
     logger.info("phase 1.2 done -> %s", folder)
     return folder
+
+
+def _run_extra(sampling: SamplingRun, per_temperature: dict[str, Any], sandbox: dict[str, Any]) -> dict[str, Any]:
+    """The run's metadata beyond the tables: device, slice, sampling, activations policy, source, sandbox."""
+    bench, settings = sampling.bench, sampling.settings
+    return {
+        **run_extra(bench, sampling.cfg, sampling.loaded),
+        "slice": {"start": sampling.start, "end": sampling.end, "n_tasks": len(sampling.sliced),
+                  "positions": "among all tasks sorted by task_id; the validation tasks inside run" if bench.has_splits
+                  else f"among all {bench.label} tasks sorted by task_id; every one inside runs"},
+        "samples_per_task": sampling.cfg.samples_per_task,
+        "per_temperature": per_temperature,
+        "activations_policy": "captured once per task at the last prompt token (they depend on the prompt only), not once per sample",
+        **({} if bench.has_splits else {"source": settings["source"], "source_sha256": settings["source_sha256"]}),
+        "executor": sandbox,  # limits, plus whether programs ran without network
+    }
 
 
 def _sample_every_temperature(
