@@ -156,12 +156,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _refuse_benchmark(dataset: str, phase: str) -> None:
+    """A benchmark whose settings, task list and folders the launcher does not know: refused before the lock writes."""
+    from common.benchmarks import BENCHMARKS, get_benchmark
+
+    if not get_benchmark(dataset).supports_launcher:
+        known = " and ".join(b.label for b in map(get_benchmark, BENCHMARKS) if b.supports_launcher)
+        raise PipelineError(f"multi_gpu_launcher.py runs {known} only; run --dataset {dataset} with run.py phase {phase}")
+
+
 def _launch(args: argparse.Namespace, passthrough: list[str]) -> int:
     from common.locking import exclusive
 
     cfg = _worker_config(args, passthrough)
-    if cfg.dataset != "mbpp":  # the settings, task list and folders below are MBPP's: refused before the lock writes
-        raise PipelineError(f"multi_gpu_launcher.py runs MBPP only; run --dataset {cfg.dataset} with run.py phase {args.phase}")
+    _refuse_benchmark(cfg.dataset, args.phase)
     from common.models import check_gated_access
 
     check_gated_access(cfg.model)  # once, before any worker starts or anything is written

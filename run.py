@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.benchmarks import get_benchmark
 from common.config import (
     EVERY_COMMAND,
     PipelineConfig,
@@ -275,7 +276,7 @@ def _sweep_passthrough(extra: list[str], args: argparse.Namespace) -> dict[str, 
     owned = [f for f in fields if f.name in _SWEEP_OWNED]
     if owned:
         raise PipelineError(f"run.py sweep sets {flag_of(owned[0])} itself for each model and step; drop it")
-    if given.get("dataset", "mbpp") != "mbpp":  # Phase 2 and 3 of each chain read MBPP's Phase 1 outputs
+    if not get_benchmark(given.get("dataset", "mbpp")).in_study:  # Phase 2 and 3 of each chain read MBPP's Phase 1 outputs
         raise PipelineError(
             f"run.py sweep runs the MBPP study; --dataset {given['dataset']} is not part of it (after the sweep, run "
             "`python3 run.py phase 1 --dataset humaneval --model M --data-dir <data dir>/models/<name>` for the transfer)"
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return check_mbpp_cli(cfg, json_path=args.json_path)
         if args.command == "check-humaneval":
-            from common.humaneval import check_humaneval_cli
+            from common.benchmarks.humaneval import check_humaneval_cli
 
             return check_humaneval_cli(cfg, json_path=args.json_path)
         if args.command == "label":

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common.benchmarks.mbpp import load_mbpp
 from common.executor import Executor, ExecutorConfig, build_program
-from common.mbpp import load_mbpp
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

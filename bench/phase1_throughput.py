@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import transformers
 
+from common.benchmarks.mbpp import load_mbpp
 from common.generation import (
     GenerationConfig,
     GenerationResult,
@@ -59,7 +60,6 @@ from common.generation import (
     generate_batches,
     generate_static_batches,
 )
-from common.mbpp import load_mbpp
 from common.models import load_model_and_tokenizer, resolve_device, text_sizes
 from common.prompts import build_prompt
 from demo.tiny_model import build_random_tiny_model, train_tokenizer

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from sae_lens import SAE
 
+from common.benchmarks.mbpp import load_mbpp
 from common.capture import LastTokenCapture
-from common.mbpp import load_mbpp
 from common.models import load_model_and_tokenizer
 from common.prompts import build_prompt
 from common.sae_training import (

@@ -12,9 +12,9 @@ import collections
 import logging
 from pathlib import Path
 
+from common.benchmarks.mbpp import load_mbpp
 from common.config import PipelineConfig
 from common.executor import Executor, executor_config_for
-from common.mbpp import load_mbpp
 from common.storage import write_json
 
 logger = logging.getLogger(__name__)

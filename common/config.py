@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.benchmarks import BENCHMARKS, get_benchmark
 from common.phases import PHASES, phase_keys
 
 DEFAULT_MODEL = "google/gemma-2-2b"
@@ -97,7 +98,7 @@ class PipelineConfig:
     dataset: str = option(
         "mbpp", help="benchmark to generate for (or, for label, to judge against); humaneval writes under "
         "<data dir>/humaneval/ (Phase 3 reads its Phase 1 run for transfer, not its Phase 1.2)",
-        scope=("1", "1.2", "label"), choices=("mbpp", "humaneval"), group="benchmarks",
+        scope=("1", "1.2", "label"), choices=tuple(BENCHMARKS), group="benchmarks",
     )
 
     # Phase 0.1: split
@@ -325,13 +326,13 @@ class PipelineConfig:
 
 
 def benchmark_data_dir(data_dir: str | Path, dataset: str) -> Path:
-    """Where a benchmark's outputs live: MBPP in the data directory, any other in a folder of its name inside it.
+    """Where a benchmark's outputs live (the benchmark says): MBPP in the data directory, HumanEval in ``humaneval/`` inside it.
 
     Why a folder of its own: every file name and reader of the MBPP study stays
     as it is, and a second benchmark's tables and activations can never be
     mistaken for (or mixed with) MBPP's.
     """
-    return Path(data_dir) if dataset == "mbpp" else Path(data_dir) / dataset
+    return get_benchmark(dataset).data_dir(data_dir)
 
 
 def same_model(a: str, b: str) -> bool:

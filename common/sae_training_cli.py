@@ -42,7 +42,7 @@ def _hub_texts(n_docs: int) -> list[str]:
 
 
 def _mbpp_texts(mbpp_path: str | None) -> list[str]:
-    from common.mbpp import load_mbpp
+    from common.benchmarks.mbpp import load_mbpp
     from common.prompts import build_prompt
 
     problems = load_mbpp(mbpp_path)

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
+from common.benchmarks.mbpp import load_mbpp
 from common.config import PipelineConfig
 from common.errors import PipelineError
-from common.mbpp import load_mbpp
 from common.phases import PHASES
 from common.storage import write_json
 from demo.humaneval_view import write_humaneval_view

@@ -240,7 +240,7 @@ def humaneval_completion(canonical_solution: str) -> str:
     """What the model learns to write after a HumanEval-format prompt: the function body, ended by <eos>.
 
     No closing fence: HumanEval's prompt opens none, and Phase 1 labels
-    ``prompt + completion`` (common/humaneval.py), which the body completes.
+    ``prompt + completion`` (common/benchmarks/humaneval.py), which the body completes.
     """
     return canonical_solution.rstrip("\n") + "\n"
 
@@ -482,7 +482,7 @@ def evaluate_model(
     in HumanEval's format the completion is cut at HumanEval's stop sequences
     and judged as the official harness judges it, as ``phase 1 --dataset humaneval`` does.
     """
-    from common.humaneval import HUMANEVAL_STOP_SEQUENCES, humaneval_completion, program_pieces
+    from common.benchmarks.humaneval import HUMANEVAL_STOP_SEQUENCES, humaneval_completion, program_pieces
     from common.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(model_dir), torch.device("cpu"), torch.float32)

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from common.artifacts import DIFFICULTY, SPLIT, SPLIT_METADATA, RunRecord, archive
+from common.benchmarks.mbpp import load_mbpp, mbpp_source_description
 from common.config import PipelineConfig
 from common.errors import PipelineError
-from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata, file_sha256
 from common.paths import phase_dir, timestamp
 

@@ -27,7 +27,6 @@ import pandas as pd
 
 from common.activations import save_task_activations
 from common.artifacts import (
-    DIFFICULTY,
     PHASE1_DATASET,
     PHASE1_METADATA,
     RunRecord,
@@ -36,27 +35,26 @@ from common.artifacts import (
     metadata_path_of,
     settings_with_prompt_format,
 )
-from common.config import PipelineConfig, benchmark_data_dir
+from common.benchmarks import Benchmark, get_benchmark
+from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
 from common.generation_loop import Job, generate_and_execute
-from common.hooks import check_layers
-from common.humaneval import (
-    HUMANEVAL_JUDGE_VERSION,
-    check_humaneval_format,
-    humaneval_job,
-    humaneval_prompt_version,
-    humaneval_source_description,
-    humaneval_stop_sequences,
-    humaneval_tasks,
+from common.generation_run import (
+    LoadedModel,
+    benchmark_jobs,
+    benchmark_settings,
+    load_generation_model,
+    merge_rows,
+    open_benchmark,
+    run_extra,
+    settings_difference,
+    with_prompt_format,
+    with_stop_sequences,
 )
-from common.mbpp import load_mbpp, mbpp_source_description
 from common.metadata import RunClock, build_metadata
-from common.model_presets import apply_prompt_format
-from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, timestamp
-from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION, build_prompt
 from common.storage import RecordCheckpointer
 from common.tasks import model_slug, run_key, tasks_in_range
 
@@ -65,71 +63,26 @@ logger = logging.getLogger(__name__)
 DATASET_COLUMNS = list(PHASE1_DATASET.fields)
 
 
-def load_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path | None]:
-    """The benchmark's problems with their difficulty, in task_id order.
-
-    MBPP: joined with the Phase 0 difficulty mapping. HumanEval: the complexity
-    of each canonical solution, computed here (it has no Phase 0).
-    """
-    if cfg.dataset == "humaneval":
-        if cfg.input:
-            raise PipelineError("--input names a Phase 0 difficulty mapping of MBPP; --dataset humaneval takes none")
-        return humaneval_tasks(cfg.humaneval_path), None
-    difficulty_path = DIFFICULTY.resolve(cfg.input, cfg.data_dir)
-    difficulty = DIFFICULTY.read_table(difficulty_path)
-    problems = load_mbpp(cfg.mbpp_path)
-    tasks = problems.merge(difficulty[["task_id", "cyclomatic_complexity"]], on="task_id", how="inner")
-    if len(tasks) != len(problems):
-        raise PipelineError(
-            f"{difficulty_path} covers {len(tasks)} of {len(problems)} MBPP tasks; rerun phase 0 with the same --mbpp-path"
-        )
-    return tasks.sort_values("task_id").reset_index(drop=True), difficulty_path
-
-
 def task_universe(cfg: PipelineConfig) -> tuple[list[int], list[int]]:
     """(every task id, the tasks Phase 1.0 runs: all of them) for the launcher's slicing."""
-    ids = load_tasks(cfg)[0]["task_id"].astype(int).tolist()
+    ids = get_benchmark(cfg.dataset).load_tasks(cfg)[0]["task_id"].astype(int).tolist()
     return ids, ids
 
 
-def prompt_version(cfg: PipelineConfig) -> str:
-    return humaneval_prompt_version(cfg.prompt_format) if cfg.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION
-
-
-def source_description(cfg: PipelineConfig) -> str:
-    if cfg.dataset == "humaneval":
-        return humaneval_source_description(cfg.humaneval_path)
-    return mbpp_source_description(cfg.mbpp_path)
-
-
 def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame, tokenizer: Any) -> list[Job]:
-    """One greedy generation job per task, with the tests its program must pass."""
-    if cfg.dataset == "humaneval":
-        return [humaneval_job(row, cfg.prompt_format, tokenizer) for row in sliced.to_dict("records")]
-    return [
-        Job(
-            key=str(int(row.task_id)),
-            task_id=int(row.task_id),
-            prompt=apply_prompt_format(tokenizer, build_prompt(row.text, list(row.test_list)), cfg.prompt_format),
-            test_setup_code=row.test_setup_code,
-            tests=list(row.test_list),
-            extra={"cyclomatic_complexity": int(row.cyclomatic_complexity)},
-        )
-        for row in sliced.itertuples()
-    ]
+    """One greedy generation job per task, with the tests its program must pass; its record keeps the complexity."""
+    return benchmark_jobs(
+        get_benchmark(cfg.dataset), sliced, cfg.prompt_format, tokenizer, key=lambda job: job.key,
+        extra=lambda row: {"cyclomatic_complexity": int(row["cyclomatic_complexity"])},
+    )
 
 
 def run_settings(cfg: PipelineConfig) -> dict[str, Any]:
     """What two Phase 1.0 runs must share for their slices to form one dataset."""
-    settings = {
+    return {
         "model": cfg.model, "layers": cfg.layers, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed,
-        "prompt": prompt_version(cfg), "dataset": cfg.dataset, "source": source_description(cfg),
-        # Chat and plain prompts give other programs and other activations: never one dataset.
-        "prompt_format": cfg.prompt_format,
+        **benchmark_settings(get_benchmark(cfg.dataset), cfg),
     }
-    if cfg.dataset == "humaneval":  # labels from another judge are other labels: never one dataset
-        settings["judge"] = HUMANEVAL_JUDGE_VERSION
-    return settings
 
 
 def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> tuple[Path, RunRecord] | None:
@@ -156,7 +109,7 @@ def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> tuple[Path, RunR
     if record is not None and record.settings == settings:
         return newest, record
     reason = (
-        f"the earlier run used other {', '.join(sorted(k for k in settings if record.settings.get(k) != settings[k]))}"
+        f"the earlier run used other {settings_difference(record.settings, settings)}"
         if record is not None else f"{newest.name} has no run record"
     )
     names = [p.name for p in datasets] + [metadata_path_of(p).name for p in datasets] + ["activations"]
@@ -165,87 +118,81 @@ def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> tuple[Path, RunR
     return None
 
 
-def resolve_layers(requested: list[int] | None, n_layers: int) -> list[int]:
-    if requested is None:
-        return list(range(n_layers))
-    return check_layers(requested, n_layers, "--layers")
-
-
 def run(cfg: PipelineConfig) -> Path:
     """Run Phase 1.0 on the slice ``cfg.start..cfg.end``; return the table written.
 
     ``--dataset humaneval`` writes the same files under ``<data dir>/humaneval/``.
     """
     clock = RunClock()
-    if cfg.dataset == "humaneval":
-        check_humaneval_format(cfg.prompt_format)  # before an earlier run could be moved aside
-    cfg = dataclasses.replace(cfg, data_dir=str(benchmark_data_dir(cfg.data_dir, cfg.dataset)))
-    tasks, difficulty_path = load_tasks(cfg)
+    bench, cfg = open_benchmark(cfg)  # the format checked before an earlier run could be moved aside
+    tasks, difficulty_path = bench.load_tasks(cfg)
     ids = tasks["task_id"].astype(int).tolist()
-    start, end, chosen = tasks_in_range(ids, ids, cfg.start, cfg.end, "HumanEval" if cfg.dataset == "humaneval" else "MBPP")
+    start, end, chosen = tasks_in_range(ids, ids, cfg.start, cfg.end, bench.label)
     sliced = tasks[tasks["task_id"].isin(chosen)]
-    device = resolve_device(cfg.device)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))
-    layers = resolve_layers(cfg.layers, num_layers(model))
-    batch_size = cfg.batch_size or auto_batch_size(model, device)
+    loaded = load_generation_model(cfg)
+    batch_size = cfg.batch_size or auto_batch_size(loaded.model, loaded.device)
     if batch_size < 1:
         raise PipelineError("--batch-size must be at least 1")
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, temperature=0.0, seed=cfg.seed)
-    if cfg.dataset == "humaneval":
-        gen_cfg = dataclasses.replace(gen_cfg, stop_sequences=humaneval_stop_sequences(cfg.prompt_format))
-
+    gen_cfg = with_stop_sequences(gen_cfg, bench, cfg.prompt_format)
     settings = run_settings(cfg)
     # A launcher worker writes only its slice; the launcher merges and publishes.
     earlier = None if cfg.shard_dir else prepare_outputs(cfg.data_dir, settings)
-    out_root = phase_dir(cfg.data_dir, "1")
-    activations_dir = out_root / "activations"
-    identity = {
-        "model": cfg.model, "start": start, "end": end, "layers": layers, "max_new_tokens": cfg.max_new_tokens,
-        "prompt": prompt_version(cfg), "source": source_description(cfg), "seed": cfg.seed,
+    checkpointer, key = _checkpointer(bench, cfg, loaded, start, end)
+    jobs = build_jobs(cfg, sliced, loaded.tokenizer)
+    layers = loaded.layers
+    logger.info("phase 1: tasks %d..%d (%d), model %s, layers %s, batch %d", start, end, len(jobs), cfg.model, f"{layers[0]}..{layers[-1]}" if layers else "none", batch_size)
+    records, sandbox = _generate(cfg, loaded, jobs, gen_cfg, checkpointer)
+    dataset = pd.DataFrame(records)[DATASET_COLUMNS].sort_values("task_id").reset_index(drop=True)
+    extra = {
+        **run_extra(bench, cfg, loaded),
+        "source": bench.source(cfg),
+        "slice": {"start": start, "end": end, "n_tasks": len(dataset)},
+        "capture_site": "blocks.{L}.hook_resid_post (output of decoder layer L, before the final norm), last prompt token",
+        "generation": dataclasses.asdict(gen_cfg),
+        "executor": sandbox,  # limits, plus whether programs ran without network
+        "run_key": key,
+        **bench.judge_fields(),
     }
-    if cfg.prompt_format != "plain":  # only then: plain runs keep the checkpoint keys they had before formats existed
-        identity["prompt_format"] = cfg.prompt_format
-    key = run_key(identity)
+    inputs: dict[str, str | Path] = {
+        **({"difficulty": difficulty_path} if difficulty_path else {}),
+        **({bench.name: path} if (path := bench.path(cfg)) else {}),
+    }
+    out_path = publish(cfg, dataset, settings, earlier, (start, end), inputs, clock, extra)
+    checkpointer.clear()
+    return out_path
+
+
+def _checkpointer(
+    bench: Benchmark, cfg: PipelineConfig, loaded: LoadedModel, start: int, end: int
+) -> tuple[RecordCheckpointer, str]:
+    """The slice's checkpoint folder and its key: everything that decides the records."""
+    key = run_key(with_prompt_format({
+        "model": cfg.model, "start": start, "end": end, "layers": loaded.layers, "max_new_tokens": cfg.max_new_tokens,
+        "prompt": bench.prompt_version(cfg.prompt_format), "source": bench.source(cfg), "seed": cfg.seed,
+    }, cfg.prompt_format))
     checkpointer = RecordCheckpointer(
-        out_root / "checkpoints" / f"{model_slug(cfg.model)}_{start}-{end}_{key}",
+        phase_dir(cfg.data_dir, "1") / "checkpoints" / f"{model_slug(cfg.model)}_{start}-{end}_{key}",
         cfg.checkpoint_every, cfg.autosave_every, cfg.autosave_keep,
     )
-    jobs = build_jobs(cfg, sliced, tokenizer)
+    return checkpointer, key
+
+
+def _generate(
+    cfg: PipelineConfig, loaded: LoadedModel, jobs: list[Job], gen_cfg: GenerationConfig, checkpointer: RecordCheckpointer
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every job generated and judged; each task's activations saved under its label. Returns records and sandbox."""
+    activations_dir = phase_dir(cfg.data_dir, "1") / "activations"
 
     def on_record(job: Job, result: GenerationResult, verdict: ExecutionResult, record: dict[str, Any]) -> None:
         label = "correct" if verdict.passed else "incorrect"
         save_task_activations(activations_dir, job.task_id, result.activations, label)
 
-    logger.info("phase 1: tasks %d..%d (%d), model %s, layers %s, batch %d", start, end, len(jobs), cfg.model, f"{layers[0]}..{layers[-1]}" if layers else "none", batch_size)
     with Executor(executor_config_for(cfg)) as executor:
         records = generate_and_execute(
-            model, tokenizer, jobs, gen_cfg, layers, executor, checkpointer, on_record, desc="phase 1"
+            loaded.model, loaded.tokenizer, jobs, gen_cfg, loaded.layers, executor, checkpointer, on_record, desc="phase 1"
         )
-        sandbox = executor.sandbox_info()
-    dataset = pd.DataFrame(records)[DATASET_COLUMNS].sort_values("task_id").reset_index(drop=True)
-    extra = {
-        "device": str(device),
-        "dtype": str(default_dtype(device)),
-        "dataset": cfg.dataset,
-        "source": source_description(cfg),
-        "slice": {"start": start, "end": end, "n_tasks": len(dataset)},
-        "layers": layers,
-        "capture_site": "blocks.{L}.hook_resid_post (output of decoder layer L, before the final norm), last prompt token",
-        "prompt_template_version": prompt_version(cfg),
-        "generation": dataclasses.asdict(gen_cfg),
-        "executor": sandbox,  # limits, plus whether programs ran without network
-        "extraction_version": EXTRACTION_VERSION,
-        "run_key": key,
-        **({"judge": HUMANEVAL_JUDGE_VERSION} if cfg.dataset == "humaneval" else {}),
-    }
-    inputs: dict[str, str | Path] = {
-        **({"difficulty": difficulty_path} if difficulty_path else {}),
-        **({"mbpp": cfg.mbpp_path} if cfg.mbpp_path and cfg.dataset == "mbpp" else {}),
-        **({"humaneval": cfg.humaneval_path} if cfg.humaneval_path and cfg.dataset == "humaneval" else {}),
-    }
-    out_path = publish(cfg, dataset, settings, earlier, (start, end), inputs, clock, extra)
-    checkpointer.clear()
-    return out_path
+        return records, executor.sandbox_info()
 
 
 def publish(
@@ -270,9 +217,7 @@ def publish(
     run_id = stamp
     if earlier is not None:
         old_path, old_record = earlier
-        old = PHASE1_DATASET.read_table(old_path)
-        dataset = pd.concat([old[~old["task_id"].isin(dataset["task_id"])], dataset], ignore_index=True)
-        dataset = dataset.sort_values("task_id").reset_index(drop=True)
+        dataset = merge_rows(PHASE1_DATASET.read_table(old_path), dataset, ["task_id"])[0]
         slices += old_record.slices
         run_id = old_record.run_id
         inputs = {**inputs, "merged_with": old_path}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,26 +46,26 @@ from common.artifacts import (
     settings_with_prompt_format,
     temperature_label,
 )
-from common.config import PipelineConfig, benchmark_data_dir, check_option_limits
+from common.benchmarks import Benchmark, get_benchmark
+from common.config import PipelineConfig, check_option_limits
 from common.errors import PipelineError
 from common.executor import ExecutionResult, Executor, executor_config_for
 from common.generation import GenerationConfig, GenerationResult, auto_batch_size
 from common.generation_loop import Job, generate_and_execute
-from common.hooks import check_layers
-from common.humaneval import (
-    HUMANEVAL_JUDGE_VERSION,
-    check_humaneval_format,
-    humaneval_job,
-    humaneval_prompt_version,
-    humaneval_source_description,
-    humaneval_stop_sequences,
-    humaneval_tasks,
+from common.generation_run import (
+    LoadedModel,
+    benchmark_jobs,
+    benchmark_settings,
+    load_generation_model,
+    merge_rows,
+    open_benchmark,
+    run_extra,
+    settings_difference,
+    with_prompt_format,
+    with_stop_sequences,
 )
 from common.metadata import RunClock, build_metadata, file_sha256
-from common.model_presets import apply_prompt_format
-from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 from common.paths import phase_dir, require_file, timestamp
-from common.prompts import EXTRACTION_VERSION, PROMPT_TEMPLATE_VERSION, build_prompt
 from common.seeding import derive_seed
 from common.storage import RecordCheckpointer
 from common.tasks import model_slug, run_key, tasks_in_range
@@ -96,22 +97,23 @@ def all_task_ids(split_path: Path) -> list[int]:
     return sorted(ids)
 
 
-def load_humaneval_tasks(cfg: PipelineConfig) -> pd.DataFrame:
-    """Every HumanEval problem, in task_id order: all of HumanEval is held out, so there is no split to read."""
+def every_task(bench: Benchmark, cfg: PipelineConfig) -> pd.DataFrame:
+    """Every problem of a benchmark without splits, in task_id order: all of it is held out, so no split is read."""
     if cfg.input:
-        raise PipelineError("--input names a Phase 0.1 split of MBPP; --dataset humaneval samples every HumanEval task")
-    return humaneval_tasks(cfg.humaneval_path).sort_values("task_id").reset_index(drop=True)
+        raise PipelineError(f"--input names a Phase 0.1 split of MBPP; --dataset {bench.name} samples every {bench.label} task")
+    return bench.load_tasks(cfg)[0].sort_values("task_id").reset_index(drop=True)
 
 
 def select_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path | None, int, int]:
     """The validation tasks in positions ``--start..--end`` of the whole task list (see common.tasks).
 
-    HumanEval: every task in those positions (no split file, hence None).
+    A benchmark without splits (HumanEval): every task in those positions (no split file, hence None).
     """
-    if cfg.dataset == "humaneval":
-        problems = load_humaneval_tasks(cfg)
+    bench = get_benchmark(cfg.dataset)
+    if not bench.has_splits:
+        problems = every_task(bench, cfg)
         ids = problems["task_id"].astype(int).tolist()
-        start, end, chosen = tasks_in_range(ids, ids, cfg.start, cfg.end, "HumanEval")
+        start, end, chosen = tasks_in_range(ids, ids, cfg.start, cfg.end, bench.label)
         return problems[problems["task_id"].isin(chosen)].reset_index(drop=True), None, start, end
     tasks, path = load_validation_tasks(cfg)
     start, end, chosen = tasks_in_range(
@@ -121,9 +123,10 @@ def select_tasks(cfg: PipelineConfig) -> tuple[pd.DataFrame, Path | None, int, i
 
 
 def task_universe(cfg: PipelineConfig) -> tuple[list[int], list[int]]:
-    """(every task id, the validation split's) for the launcher's slicing; HumanEval: every task, twice."""
-    if cfg.dataset == "humaneval":
-        ids = load_humaneval_tasks(cfg)["task_id"].astype(int).tolist()
+    """(every task id, the validation split's) for the launcher's slicing; without splits: every task, twice."""
+    bench = get_benchmark(cfg.dataset)
+    if not bench.has_splits:
+        ids = every_task(bench, cfg)["task_id"].astype(int).tolist()
         return ids, ids
     tasks, path = load_validation_tasks(cfg)
     return all_task_ids(path), tasks["task_id"].astype(int).tolist()
@@ -151,24 +154,22 @@ def run_settings(cfg: PipelineConfig, split_path: Path | None) -> dict[str, Any]
     """What two Phase 1.2 runs must share for their slices to form one run's tables.
 
     MBPP's keys are exactly those of runs made before HumanEval existed, so an
-    earlier MBPP run still merges. HumanEval records the benchmark, the source
-    and, for a local file, its sha256 in place of the split's hash.
+    earlier MBPP run still merges: the split's hash names its tasks. A
+    benchmark without splits records the benchmark, the source and, for a
+    local file, its sha256 in place of the split's hash.
     """
+    bench = get_benchmark(cfg.dataset)
     common = {
         "model": cfg.model, "temperatures": [float(t) for t in cfg.temperatures],
         "samples_per_task": cfg.samples_per_task, "seed": cfg.seed, "max_new_tokens": cfg.max_new_tokens,
         "layers": cfg.layers,
     }
-    if cfg.dataset == "humaneval":
-        source_hash = file_sha256(Path(cfg.humaneval_path)) if cfg.humaneval_path else None
-        return {
-            **common, "prompt": humaneval_prompt_version(cfg.prompt_format), "dataset": "humaneval",
-            "source": humaneval_source_description(cfg.humaneval_path), "source_sha256": source_hash,
-            "prompt_format": cfg.prompt_format, "judge": HUMANEVAL_JUDGE_VERSION,
-        }
+    if not bench.has_splits:
+        path = bench.path(cfg)
+        return {**common, **benchmark_settings(bench, cfg), "source_sha256": file_sha256(Path(path)) if path else None}
     assert split_path is not None
     return {
-        **common, "prompt": PROMPT_TEMPLATE_VERSION, "validation_split_sha256": file_sha256(split_path),
+        **common, "prompt": bench.prompt_version(cfg.prompt_format), "validation_split_sha256": file_sha256(split_path),
         "prompt_format": phase1_prompt_format(cfg),
     }
 
@@ -193,8 +194,8 @@ def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> TemperatureRun |
             earlier.record.settings = settings_with_prompt_format(earlier.record.settings, earlier.meta)
         if earlier is None or earlier.record.settings == settings:
             return earlier
-        diff = sorted(k for k in settings if earlier.record.settings.get(k) != settings[k])
-        reason, stamp = f"the earlier run {earlier.record.run_id} used other {', '.join(diff)}", earlier.record.run_id
+        diff = settings_difference(earlier.record.settings, settings)
+        reason, stamp = f"the earlier run {earlier.record.run_id} used other {diff}", earlier.record.run_id
     names = [p.name for p in folder.glob(TEMPERATURE_TABLE.glob())] + [TEMPERATURE_METADATA.pattern, "activations"]
     dest = archive(folder, names, stamp)
     if dest is not None:
@@ -202,35 +203,19 @@ def prepare_outputs(data_dir: str, settings: dict[str, Any]) -> TemperatureRun |
     return None
 
 
-def prompt_version(cfg: PipelineConfig) -> str:
-    return humaneval_prompt_version(cfg.prompt_format) if cfg.dataset == "humaneval" else PROMPT_TEMPLATE_VERSION
-
-
 def build_jobs(cfg: PipelineConfig, sliced: pd.DataFrame, tokenizer: Any, temperature: float) -> list[Job]:
-    """One sampling job per task at ``temperature``: MBPP's template, or HumanEval's own prompt and check."""
-    extra = {"temperature": float(temperature)}
-    if cfg.dataset == "humaneval":
-        return [
-            dataclasses.replace(humaneval_job(row, cfg.prompt_format, tokenizer), key=f"{int(row['task_id'])}@T{temperature:g}", extra=extra)
-            for row in sliced.to_dict("records")
-        ]
-    return [
-        Job(
-            key=f"{int(row.task_id)}@T{temperature:g}",
-            task_id=int(row.task_id),
-            prompt=apply_prompt_format(tokenizer, build_prompt(row.text, list(row.test_list)), cfg.prompt_format),
-            test_setup_code=row.test_setup_code,
-            tests=list(row.test_list),
-            extra=dict(extra),
-        )
-        for row in sliced.itertuples()
-    ]
+    """One sampling job per task at ``temperature``: the benchmark's prompt and judge, keyed by task and temperature."""
+    return benchmark_jobs(
+        get_benchmark(cfg.dataset), sliced, cfg.prompt_format, tokenizer, key=lambda job: f"{job.task_id}@T{temperature:g}",
+        extra=lambda row: {"temperature": float(temperature)},
+    )
 
 
-def run_inputs(cfg: PipelineConfig, split_path: Path | None) -> dict[str, str | Path]:
-    """The inputs the metadata hashes: MBPP's validation split, or the HumanEval file (none for the hub)."""
-    if cfg.dataset == "humaneval":
-        return {"humaneval": cfg.humaneval_path} if cfg.humaneval_path else {}
+def run_inputs(bench: Benchmark, cfg: PipelineConfig, split_path: Path | None) -> dict[str, str | Path]:
+    """The inputs the metadata hashes: MBPP's validation split, or the benchmark's file (none for the hub)."""
+    if not bench.has_splits:
+        path = bench.path(cfg)
+        return {bench.name: path} if path else {}
     assert split_path is not None
     return {"validation_split": split_path}
 
@@ -260,10 +245,8 @@ def publish(
     replaced = 0
     for temperature, table in sorted(new_tables.items()):
         if earlier is not None:
-            old = TEMPERATURE_TABLE.read_table(earlier.tables[temperature])
-            overlap = old["task_id"].isin(table["task_id"])
-            replaced = max(replaced, int(old.loc[overlap, "task_id"].nunique()))
-            table = pd.concat([old[~overlap], table], ignore_index=True)
+            table, n_replaced = merge_rows(TEMPERATURE_TABLE.read_table(earlier.tables[temperature]), table, ["task_id", "sample_index"])
+            replaced = max(replaced, n_replaced)
         table = table.sort_values(["task_id", "sample_index"]).reset_index(drop=True)
         name = temperature_table_name(temperature)
         TEMPERATURE_TABLE.write(table, folder / name)
@@ -294,6 +277,26 @@ def _check_temperatures(cfg: PipelineConfig) -> None:
         raise PipelineError(f"--temperatures has duplicates: {cfg.temperatures}")
 
 
+@dataclass
+class SamplingRun:
+    """What every temperature of one Phase 1.2 run shares: the benchmark, tasks, model, batch and its checkpoints."""
+
+    bench: Benchmark
+    cfg: PipelineConfig
+    sliced: pd.DataFrame
+    split_path: Path | None
+    start: int
+    end: int
+    loaded: LoadedModel
+    batch_size: int
+    settings: dict[str, Any]
+    checkpointers: list[RecordCheckpointer] = field(default_factory=list)
+
+    @property
+    def activations_dir(self) -> Path:
+        return phase_dir(self.cfg.data_dir, "1.2") / "activations"
+
+
 def run(cfg: PipelineConfig) -> Path:
     """Run Phase 1.2 on the validation tasks in positions ``cfg.start..cfg.end``; return the output folder.
 
@@ -301,101 +304,117 @@ def run(cfg: PipelineConfig) -> Path:
     """
     clock = RunClock()
     _check_temperatures(cfg)
-    if cfg.dataset == "humaneval":
-        check_humaneval_format(cfg.prompt_format)  # before anything is read, loaded or moved aside
+    bench, cfg = open_benchmark(cfg)  # the format checked before anything is read, loaded or moved aside
     # Every option's declared limits: temperatures above 0, --dataset a benchmark, --samples-per-task at least 1, ...
     check_option_limits(cfg, "1.2")
-    cfg = dataclasses.replace(cfg, data_dir=str(benchmark_data_dir(cfg.data_dir, cfg.dataset)))
     sliced, split_path, start, end = select_tasks(cfg)
     # HumanEval's too: its Phase 1.0 run (under <data dir>/humaneval/) chose completion or instruction format.
     cfg = dataclasses.replace(cfg, prompt_format=phase1_prompt_format(cfg))
     settings = run_settings(cfg, split_path)
-    device = resolve_device(cfg.device)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))
-    n_layers = num_layers(model)
-    layers = list(range(n_layers)) if cfg.layers is None else check_layers(cfg.layers, n_layers, "--layers")
-    k = cfg.samples_per_task
-    batch_size = cfg.batch_size or auto_batch_size(model, device)
-    batch_size = max(batch_size, k)  # one prompt's samples always share a batch
-
+    loaded = load_generation_model(cfg)
+    batch_size = cfg.batch_size or auto_batch_size(loaded.model, loaded.device)
+    batch_size = max(batch_size, cfg.samples_per_task)  # one prompt's samples always share a batch
+    sampling = SamplingRun(bench, cfg, sliced, split_path, start, end, loaded, batch_size, settings)
     # A launcher worker writes only its slice (the launcher merges and publishes); a run of its own
     # first decides, before anything is generated, whether it adds to the earlier run or sets it aside.
     earlier = None if cfg.shard_dir else prepare_outputs(cfg.data_dir, settings)
-    out_root = phase_dir(cfg.data_dir, "1.2")
-    activations_dir = out_root / "activations"
-    executor_cfg = executor_config_for(cfg)
-    tables: dict[float, pd.DataFrame] = {}
-    per_temperature: dict[str, Any] = {}
-    checkpointers: list[RecordCheckpointer] = []
-
-    def on_record(job: Job, result: GenerationResult, verdict: ExecutionResult, record: dict[str, Any]) -> None:
-        if result.activations and result.sample_index == 0:
-            save_task_activations(activations_dir, job.task_id, result.activations)
-
-    with Executor(executor_cfg) as executor:
-        for t_index, temperature in enumerate(cfg.temperatures):
-            # Activations once per task: captured in the first temperature's prefill only,
-            # unless a task's files are missing (e.g. the first temperature ran in another slice).
-            need_capture = t_index == 0 or any(
-                not activation_path(activations_dir, int(tid), layers[-1]).is_file() for tid in sliced["task_id"]
-            ) if layers else False
-            seed = derive_seed(cfg.seed, t_index)
-            gen_cfg = GenerationConfig(
-                max_new_tokens=cfg.max_new_tokens, batch_size=batch_size, temperature=temperature,
-                seed=seed, samples_per_prompt=k,
-            )
-            if cfg.dataset == "humaneval":
-                gen_cfg = dataclasses.replace(gen_cfg, stop_sequences=humaneval_stop_sequences(cfg.prompt_format))
-            identity = {
-                "model": cfg.model, "start": start, "end": end, "temperature": temperature, "samples": k,
-                "max_new_tokens": cfg.max_new_tokens, "prompt": prompt_version(cfg), "seed": cfg.seed,
-                "split": str(split_path) if split_path else settings["source"], "batch_size": batch_size,
-            }
-            if cfg.dataset == "humaneval":  # only then: MBPP runs keep their earlier checkpoint keys
-                identity["dataset"] = cfg.dataset
-            if cfg.prompt_format != "plain":  # only then: plain runs keep their earlier checkpoint keys
-                identity["prompt_format"] = cfg.prompt_format
-            checkpointer = RecordCheckpointer(
-                out_root / "checkpoints" / f"{model_slug(cfg.model)}_T{temperature:g}_{start}-{end}_{run_key(identity)}",
-                cfg.checkpoint_every, cfg.autosave_every, cfg.autosave_keep,
-            )
-            checkpointers.append(checkpointer)
-            jobs = build_jobs(cfg, sliced, tokenizer, temperature)
-            records = generate_and_execute(
-                model, tokenizer, jobs, gen_cfg, layers if need_capture else [], executor, checkpointer,
-                on_record, desc=f"phase 1.2 T={temperature:g}",
-            )
-            table = pd.DataFrame(records)[SAMPLE_COLUMNS].sort_values(["task_id", "sample_index"]).reset_index(drop=True)
-            tables[float(temperature)] = table
-            per_temperature[f"{temperature:g}"] = {"seed": seed, "generation": dataclasses.asdict(gen_cfg)}
-            logger.info("phase 1.2: T=%g pass rate %.3f over %d samples", temperature, table["passed"].mean(), len(table))
-        sandbox = executor.sandbox_info()
-
-    extra = {
-        "device": str(device),
-        "dtype": str(default_dtype(device)),
-        "dataset": cfg.dataset,
-        "slice": {"start": start, "end": end, "n_tasks": len(sliced),
-                  "positions": "among all HumanEval tasks sorted by task_id; every one inside runs"
-                  if cfg.dataset == "humaneval" else "among all tasks sorted by task_id; the validation tasks inside run"},
-        "layers": layers,
-        "samples_per_task": k,
-        "per_temperature": per_temperature,
-        "activations_policy": "captured once per task at the last prompt token (they depend on the prompt only), not once per sample",
-        "prompt_template_version": prompt_version(cfg),
-        **({"source": settings["source"], "source_sha256": settings["source_sha256"]} if cfg.dataset == "humaneval" else {}),
-        "executor": sandbox,  # limits, plus whether programs ran without network
-        "extraction_version": EXTRACTION_VERSION,
-    }
+    tables, per_temperature, sandbox = _sample_every_temperature(sampling)
+    extra = _run_extra(sampling, per_temperature, sandbox)
     if cfg.shard_dir:
         folder = Path(cfg.shard_dir)
         for temperature, table in tables.items():
             TEMPERATURE_TABLE.write(table, folder / temperature_table_name(temperature))
     else:
-        folder = publish(cfg, tables, settings, earlier, (start, end), run_inputs(cfg, split_path), clock, extra)
+        folder = publish(cfg, tables, settings, earlier, (start, end), run_inputs(bench, cfg, split_path), clock, extra)
     # Checkpoints go only once every table they hold is written: a crash at the last temperature
     # resumes all of them rather than redoing the finished ones.
-    for checkpointer in checkpointers:
+    for checkpointer in sampling.checkpointers:
         checkpointer.clear()
     logger.info("phase 1.2 done -> %s", folder)
     return folder
+
+
+def _run_extra(sampling: SamplingRun, per_temperature: dict[str, Any], sandbox: dict[str, Any]) -> dict[str, Any]:
+    """The run's metadata beyond the tables: device, slice, sampling, activations policy, source, sandbox."""
+    bench, settings = sampling.bench, sampling.settings
+    return {
+        **run_extra(bench, sampling.cfg, sampling.loaded),
+        "slice": {"start": sampling.start, "end": sampling.end, "n_tasks": len(sampling.sliced),
+                  "positions": "among all tasks sorted by task_id; the validation tasks inside run" if bench.has_splits
+                  else f"among all {bench.label} tasks sorted by task_id; every one inside runs"},
+        "samples_per_task": sampling.cfg.samples_per_task,
+        "per_temperature": per_temperature,
+        "activations_policy": "captured once per task at the last prompt token (they depend on the prompt only), not once per sample",
+        **({} if bench.has_splits else {"source": settings["source"], "source_sha256": settings["source_sha256"]}),
+        "executor": sandbox,  # limits, plus whether programs ran without network
+    }
+
+
+def _sample_every_temperature(
+    sampling: SamplingRun,
+) -> tuple[dict[float, pd.DataFrame], dict[str, Any], dict[str, Any]]:
+    """Every temperature's samples, generated and judged: (table per temperature, its seed and settings, sandbox)."""
+    tables: dict[float, pd.DataFrame] = {}
+    per_temperature: dict[str, Any] = {}
+    activations_dir = sampling.activations_dir
+
+    def on_record(job: Job, result: GenerationResult, verdict: ExecutionResult, record: dict[str, Any]) -> None:
+        if result.activations and result.sample_index == 0:
+            save_task_activations(activations_dir, job.task_id, result.activations)
+
+    with Executor(executor_config_for(sampling.cfg)) as executor:
+        for t_index, temperature in enumerate(sampling.cfg.temperatures):
+            gen_cfg = _generation_config(sampling, t_index, temperature)
+            records = generate_and_execute(
+                sampling.loaded.model, sampling.loaded.tokenizer,
+                build_jobs(sampling.cfg, sampling.sliced, sampling.loaded.tokenizer, temperature),
+                gen_cfg, sampling.loaded.layers if _needs_capture(sampling, t_index) else [], executor,
+                _checkpointer(sampling, temperature), on_record, desc=f"phase 1.2 T={temperature:g}",
+            )
+            table = pd.DataFrame(records)[SAMPLE_COLUMNS].sort_values(["task_id", "sample_index"]).reset_index(drop=True)
+            tables[float(temperature)] = table
+            per_temperature[f"{temperature:g}"] = {"seed": gen_cfg.seed, "generation": dataclasses.asdict(gen_cfg)}
+            logger.info("phase 1.2: T=%g pass rate %.3f over %d samples", temperature, table["passed"].mean(), len(table))
+        return tables, per_temperature, executor.sandbox_info()
+
+
+def _needs_capture(sampling: SamplingRun, t_index: int) -> bool:
+    """Activations once per task: captured in the first temperature's prefill only,
+    unless a task's files are missing (e.g. the first temperature ran in another slice)."""
+    layers = sampling.loaded.layers
+    if not layers:
+        return False
+    return t_index == 0 or any(
+        not activation_path(sampling.activations_dir, int(tid), layers[-1]).is_file() for tid in sampling.sliced["task_id"]
+    )
+
+
+def _generation_config(sampling: SamplingRun, t_index: int, temperature: float) -> GenerationConfig:
+    """The sampling settings of one temperature: its own seed, the benchmark's stop sequences."""
+    cfg = sampling.cfg
+    gen_cfg = GenerationConfig(
+        max_new_tokens=cfg.max_new_tokens, batch_size=sampling.batch_size, temperature=temperature,
+        seed=derive_seed(cfg.seed, t_index), samples_per_prompt=cfg.samples_per_task,
+    )
+    return with_stop_sequences(gen_cfg, sampling.bench, cfg.prompt_format)
+
+
+def _checkpointer(sampling: SamplingRun, temperature: float) -> RecordCheckpointer:
+    """One temperature's checkpoint folder, keyed by everything that decides its samples."""
+    cfg, bench = sampling.cfg, sampling.bench
+    identity = {
+        "model": cfg.model, "start": sampling.start, "end": sampling.end, "temperature": temperature,
+        "samples": cfg.samples_per_task, "max_new_tokens": cfg.max_new_tokens,
+        "prompt": bench.prompt_version(cfg.prompt_format), "seed": cfg.seed,
+        "split": str(sampling.split_path) if sampling.split_path else sampling.settings["source"],
+        "batch_size": sampling.batch_size,
+    }
+    if not bench.has_splits:  # only then: the split file names MBPP's tasks, and its runs keep their earlier keys
+        identity["dataset"] = bench.name
+    key = run_key(with_prompt_format(identity, cfg.prompt_format))
+    checkpointer = RecordCheckpointer(
+        phase_dir(cfg.data_dir, "1.2") / "checkpoints" / f"{model_slug(cfg.model)}_T{temperature:g}_{sampling.start}-{sampling.end}_{key}",
+        cfg.checkpoint_every, cfg.autosave_every, cfg.autosave_keep,
+    )
+    sampling.checkpointers.append(checkpointer)
+    return checkpointer

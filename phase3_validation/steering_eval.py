@@ -70,12 +70,12 @@ import pandas as pd
 import torch
 import transformers
 
+from common.benchmarks import get_benchmark
 from common.errors import PipelineError
 from common.executor import Executor
 from common.generation import GenerationConfig
 from common.generation_loop import Job, generate_and_execute
 from common.hooks import read_hook
-from common.humaneval import humaneval_job, humaneval_prompt_version, humaneval_stop_sequences
 from common.model_presets import apply_prompt_format
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
 from common.saes import load_sae
@@ -509,7 +509,7 @@ def split_jobs(split: SplitTasks, tokenizer: Any) -> list[Job]:
 
 
 def humaneval_split_jobs(split: SplitTasks, tokenizer: Any = None) -> list[Job]:
-    """HumanEval's jobs (``common.humaneval.humaneval_job``), each prompt checked against the HumanEval Phase 1 run's.
+    """A benchmark's own jobs (HumanEval's: ``Benchmark.job``), each prompt checked against its Phase 1 run's.
 
     In the run's recorded format (``split.prompt_format``); the instruction
     (chat) format needs the tokenizer, so without one its prompts are checked
@@ -523,13 +523,14 @@ def humaneval_split_jobs(split: SplitTasks, tokenizer: Any = None) -> list[Job]:
     jobs = []
     if split.prompt_format == "chat" and tokenizer is None:
         return []
+    bench = get_benchmark(split.benchmark)
     for problem, base in zip(split.tasks.to_dict("records"), split.baseline.itertuples()):
-        job = humaneval_job(problem, split.prompt_format, tokenizer)
+        job = bench.job(problem, split.prompt_format, tokenizer)
         if job.prompt != base.prompt:
             raise PipelineError(
-                f"HumanEval task {int(problem['task_id'])} ({problem.get('name', '?')}): the prompt of the HumanEval file "
-                "given differs from the one the HumanEval Phase 1 run used; give the same file (--humaneval-path) "
-                "or rerun `python3 run.py phase 1 --dataset humaneval`"
+                f"{bench.label} task {int(problem['task_id'])} ({problem.get('name', '?')}): the prompt of the {bench.label} file "
+                f"given differs from the one the {bench.label} Phase 1 run used; give the same file ({bench.path_flag}) "
+                f"or rerun `python3 run.py phase 1 --dataset {bench.name}`"
             )
         jobs.append(job)
     return jobs
@@ -537,13 +538,14 @@ def humaneval_split_jobs(split: SplitTasks, tokenizer: Any = None) -> list[Job]:
 
 def _split_jobs_and_prompt(split: SplitTasks, tokenizer: Any) -> tuple[list[Job], dict[str, Any]]:
     """The split's jobs and what identifies their prompts and tests in the checkpoint key."""
-    if split.benchmark == "humaneval":
+    bench = get_benchmark(split.benchmark)
+    if not bench.has_splits:  # its tasks are read from the file given to Phase 3, not from a Phase 0.1 split
         jobs = humaneval_split_jobs(split, tokenizer)
         # The tests decide the labels: a different HumanEval file must not resume another file's runs.
         blob = "\0".join(f"{j.key}\0{j.prompt}\0{j.test_setup_code}\0{j.tests}" for j in jobs)
-        return jobs, {"prompt": humaneval_prompt_version(split.prompt_format),
+        return jobs, {"prompt": bench.prompt_version(split.prompt_format),
                       "jobs": hashlib.sha256(blob.encode()).hexdigest()[:16]}
-    return split_jobs(split, tokenizer), {"prompt": PROMPT_TEMPLATE_VERSION}
+    return split_jobs(split, tokenizer), {"prompt": bench.prompt_version(split.prompt_format)}
 
 
 def _vector_digest(vector: torch.Tensor) -> str:
@@ -582,9 +584,8 @@ def steered_generation(
     n_resumed = len({r["key"] for r in checkpointer.load()})
     ctx.folders.add(folder)
     desc = f"phase 3 {split.name} {label}"
-    gen_cfg = ctx.gen_cfg
-    if split.benchmark == "humaneval":  # HumanEval's own stop sequences (its judge cuts the completion there)
-        gen_cfg = dataclasses.replace(gen_cfg, stop_sequences=humaneval_stop_sequences(split.prompt_format))
+    # The benchmark's own stop sequences (HumanEval's judge cuts the completion there).
+    gen_cfg = dataclasses.replace(ctx.gen_cfg, stop_sequences=get_benchmark(split.benchmark).stop_sequences(split.prompt_format))
     with steer(ctx.model, layer, vector, ctx.hook_point, ctx.positions):
         records = generate_and_execute(
             ctx.model, ctx.tokenizer, jobs, gen_cfg, [], ctx.executor, checkpointer, desc=desc

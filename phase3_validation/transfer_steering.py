@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from common.artifacts import PHASE1_DATASET, recorded_prompt_format
+from common.benchmarks.humaneval import humaneval_tasks
 from common.errors import PipelineError
-from common.humaneval import humaneval_tasks
 from phase3_validation.inputs import SplitTasks
 from phase3_validation.steering_eval import (
     DirectionSteering,

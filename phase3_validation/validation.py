@@ -12,7 +12,7 @@ and writes, under ``data/phase3/`` with one timestamp:
   "humaneval"``; likewise ``probe_metrics_<ts>.parquet`` for the probes);
 - ``steering_<ts>.parquet``: one row per steered run (latent or control,
   alpha, split) with rates, intervals and tests, the HumanEval steering
-  transfer included (``split == "humaneval"``, ``transfer_steering.py``);
+  transfer included (rows whose ``split`` is ``"humaneval"``, ``transfer_steering.py``);
 - ``steering_outcomes_<ts>.parquet``: one row per (split, direction, run,
   alpha, task) with the label, outcome, degenerate flag and generated text,
   from which every steering p-value can be derived again (docs/steering.md);

@@ -14,9 +14,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from common.benchmarks.humaneval import packaged_humaneval
 from common.config import PipelineConfig
 from common.errors import PipelineError
-from common.humaneval import packaged_humaneval
 from common.metadata import RunClock, build_metadata
 from common.storage import write_json
 from common.tasks import run_key

@@ -73,7 +73,7 @@ def demo_trained_model(tmp_path_factory: pytest.TempPathFactory):
     that need both labels from a real model (not a random one) get them. Its
     training report is returned; ``report.model_dir`` is the model folder.
     """
-    from common.mbpp import load_mbpp
+    from common.benchmarks.mbpp import load_mbpp
     from demo.training import DemoModelConfig, train_demo_model
     from tests.helpers import DEMO_PROBLEMS
 

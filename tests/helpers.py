@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.humaneval import packaged_humaneval
+from common.benchmarks.humaneval import packaged_humaneval
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_PROBLEMS = REPO_ROOT / "demo" / "problems.jsonl"

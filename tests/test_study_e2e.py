@@ -16,7 +16,7 @@ import sys
 import pandas as pd
 import pytest
 
-from common.mbpp import load_mbpp
+from common.benchmarks.mbpp import load_mbpp
 from demo.humaneval_view import write_humaneval_view
 from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
 

@@ -356,7 +356,7 @@ def test_config_round_trip_and_validation():
 
 @pytest.mark.skipif(not MBPP_JSONL.is_file(), reason=f"real MBPP file not present at {MBPP_JSONL}")
 def test_every_mbpp_reference_solution_passes():
-    from common.mbpp import load_mbpp
+    from common.benchmarks.mbpp import load_mbpp
 
     problems = load_mbpp(str(MBPP_JSONL))
     assert len(problems) == 974

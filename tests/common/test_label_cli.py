@@ -154,7 +154,7 @@ def test_humaneval_canonical_completions_pass_and_broken_ones_fail(tmp_path, cap
     """Task ids are positions in the release; the label is the official harness's verdict on the completion cut at
     the Codex stop sequences (prompt + completion + test + check(entry_point)), or, for a row in the instruction
     format, on the program in its fenced answer."""
-    from common.humaneval import instruction_message
+    from common.benchmarks.humaneval import instruction_message
     problems = _humaneval()
     canonical = [{"task_id": i, "generated_text": problems[i]["canonical_solution"], "want": True} for i in range(8)]
     rows = canonical + [

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import pytest
 
-from common.mbpp import load_mbpp
+from common.benchmarks.mbpp import load_mbpp
 from tests.helpers import DEMO_PROBLEMS
 
 if TYPE_CHECKING:  # torch and transformers only load when a test asks for the fixture

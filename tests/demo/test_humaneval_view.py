@@ -1,8 +1,8 @@
 """The demo's HumanEval-format view of its own problems: every canonical solution passes, wrong ones do not."""
 
+from common.benchmarks.humaneval import canonical_items, load_humaneval, program_pieces
+from common.benchmarks.mbpp import load_mbpp
 from common.executor import Executor, ExecutorConfig
-from common.humaneval import canonical_items, load_humaneval, program_pieces
-from common.mbpp import load_mbpp
 from demo.humaneval_view import write_humaneval_view
 from tests.helpers import DEMO_PROBLEMS
 

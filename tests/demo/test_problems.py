@@ -125,7 +125,7 @@ def test_wrong_solutions_fail_an_assert(problems: list[dict[str, Any]], tmp_path
 
 
 def test_loads_with_the_pipeline_mbpp_loader() -> None:
-    from common.mbpp import load_mbpp
+    from common.benchmarks.mbpp import load_mbpp
 
     df = load_mbpp(PROBLEMS_PATH)
     assert len(df) == len(load_problems())

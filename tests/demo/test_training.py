@@ -98,7 +98,7 @@ def test_report_verdicts_hold_when_rechecked_unbatched(trained, problems):
 
 def test_humaneval_format_verdicts_hold_when_rechecked_unbatched(trained, problems):
     """The same check in HumanEval's format: plain HF generate from the view's prompt, program = prompt + completion."""
-    from common.humaneval import check_tests
+    from common.benchmarks.humaneval import check_tests
     from demo.humaneval_view import humaneval_row
 
     report, model_dir, _folders, _ = trained
@@ -226,7 +226,7 @@ def test_humaneval_format_targets_are_programs_phase1_passes(problems):
     """Each seen problem is also learnt in HumanEval's format; the target completion, judged as
     ``phase 1 --dataset humaneval`` judges a generation (extract_code(prompt + completion), then check(entry_point)),
     passes, and a format it was not asked for is not added."""
-    from common.humaneval import check_tests
+    from common.benchmarks.humaneval import check_tests
     from demo.humaneval_view import humaneval_row
     from demo.tiny_model import train_tokenizer
     from demo.training import encode_examples, formatted_texts, tokenizer_corpus

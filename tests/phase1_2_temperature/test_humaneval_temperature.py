@@ -13,10 +13,10 @@ import pytest
 
 import phase1_2_temperature
 from common.activations import activation_path
+from common.benchmarks.humaneval import HUMANEVAL_PROMPT_VERSION, humaneval_completion, humaneval_tasks, program_pieces
 from common.config import PipelineConfig
 from common.errors import PipelineError
 from common.executor import Executor, ExecutorConfig
-from common.humaneval import HUMANEVAL_PROMPT_VERSION, humaneval_completion, humaneval_tasks, program_pieces
 from common.metadata import file_sha256
 from phase1_2_temperature.temperature_phase import build_jobs, temperature_table_name
 from tests.helpers import REAL_HUMANEVAL, REPO_ROOT, requires_real_humaneval

@@ -25,8 +25,8 @@ import phase0_difficulty
 import phase1_0_generation
 import phase3_validation
 from common.activations import activation_path, load_activation
+from common.benchmarks.mbpp import load_mbpp
 from common.config import PipelineConfig
-from common.mbpp import load_mbpp
 from common.models import load_model_and_tokenizer, text_sizes
 from common.saes import encode
 from demo.tiny_model import save_model_folder

@@ -19,9 +19,9 @@ import phase0_difficulty
 import phase1_0_generation
 import phase3_validation
 from common.artifacts import STEERING_OUTCOMES, read_phase3_result, write_phase3_result
+from common.benchmarks.mbpp import load_mbpp
 from common.config import PipelineConfig
 from common.errors import PipelineError
-from common.mbpp import load_mbpp
 from common.phase3_result import DirectionSteeringResult
 from common.storage import RecordCheckpointer
 from demo.humaneval_view import write_humaneval_view

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
+from common.benchmarks.humaneval import canonical_items, load_humaneval, program_pieces
 from common.errors import PipelineError
 from common.executor import Executor, ExecutorConfig
-from common.humaneval import canonical_items, load_humaneval, program_pieces
 from tests.helpers import REAL_HUMANEVAL, REPO_ROOT, requires_real_humaneval
 
 

@@ -3,8 +3,8 @@ import json
 import pandas as pd
 import pytest
 
+from common.benchmarks.mbpp import load_mbpp
 from common.errors import PipelineError
-from common.mbpp import load_mbpp
 from tests.helpers import REAL_MBPP, requires_real_mbpp
 
 

@@ -1,4 +1,4 @@
-"""Loading and validating MBPP problems.
+"""MBPP: loading and validating its problems, and the benchmark object (prompts, labels, folders).
 
 Sources: the hub (``google-research-datasets/mbpp``, config ``full``, every
 split, sorted by task_id) through ``datasets``, or a local file in the
@@ -10,12 +10,17 @@ label hours later.
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from common.benchmarks.base import Benchmark
 from common.errors import PipelineError
+from common.model_presets import PROMPT_FORMATS
+from common.prompts import PROMPT_TEMPLATE_VERSION, STOP_SEQUENCES, build_prompt
 from common.storage import jsonl_objects
 
 logger = logging.getLogger(__name__)
@@ -129,3 +134,87 @@ def load_mbpp(path: str | Path | None = None) -> pd.DataFrame:
 
 def mbpp_source_description(path: str | Path | None) -> str:
     return f"hub:{HUB_DATASET}/{HUB_CONFIG}" if path is None else str(path)
+
+
+_HUMANEVAL_ID = re.compile(r"HumanEval/(\d+)")
+
+
+@dataclass(frozen=True)
+class MBPP(Benchmark):
+    """MBPP: the study's benchmark. A fixed template (``common.prompts``) in either format; labels from the asserts.
+
+    The prompt template and the extraction stay in ``common.prompts``: Phase 3
+    rebuilds MBPP prompts from its split rows with them.
+    """
+
+    def check_prompt_format(self, prompt_format: str) -> None:
+        """Nothing to check here: ``common.model_presets.apply_prompt_format`` refuses a format it does not know."""
+
+    def source_description(self, path: str | Path | None) -> str:
+        return mbpp_source_description(path)
+
+    def load_problems(self, path: str | Path | None) -> pd.DataFrame:
+        return load_mbpp(path)
+
+    def load_tasks(self, cfg: Any) -> tuple[pd.DataFrame, Path | None]:
+        """The problems joined with the Phase 0 difficulty mapping (``--input`` or the newest), in task_id order."""
+        from common.artifacts import DIFFICULTY
+
+        difficulty_path = DIFFICULTY.resolve(cfg.input, cfg.data_dir)
+        difficulty = DIFFICULTY.read_table(difficulty_path)
+        problems = load_mbpp(cfg.mbpp_path)
+        tasks = problems.merge(difficulty[["task_id", "cyclomatic_complexity"]], on="task_id", how="inner")
+        if len(tasks) != len(problems):
+            raise PipelineError(
+                f"{difficulty_path} covers {len(tasks)} of {len(problems)} MBPP tasks; rerun phase 0 with the same --mbpp-path"
+            )
+        return tasks.sort_values("task_id").reset_index(drop=True), difficulty_path
+
+    def prompt_version(self, prompt_format: str) -> str:
+        return PROMPT_TEMPLATE_VERSION  # the format is recorded on its own (prompt_format)
+
+    def stop_sequences(self, prompt_format: str) -> tuple[str, ...]:
+        return STOP_SEQUENCES
+
+    def job(self, problem: dict[str, Any], prompt_format: str, tokenizer: Any) -> Any:
+        """The template's prompt in ``prompt_format``; the program is extracted and run against the asserts."""
+        from common.generation_loop import Job
+        from common.model_presets import apply_prompt_format
+
+        tests = list(problem["test_list"])
+        return Job(
+            key=str(int(problem["task_id"])),
+            task_id=int(problem["task_id"]),
+            prompt=apply_prompt_format(tokenizer, build_prompt(problem["text"], tests), prompt_format),
+            test_setup_code=problem["test_setup_code"],
+            tests=tests,
+        )
+
+    def submit(self, executor: Any, problem: dict[str, Any], text: str, prompt: Any) -> tuple[str, Any]:
+        from common.labelling import submit_generation
+
+        return submit_generation(executor, int(problem["task_id"]), text, problem["test_setup_code"], list(problem["test_list"]))
+
+    def sample_ids(self, df: pd.DataFrame, path: Path) -> pd.DataFrame:
+        """The table as it is; HumanEval's "HumanEval/N" ids are refused with the flag they need."""
+        if "task_id" in df.columns and df["task_id"].map(lambda t: bool(_HUMANEVAL_ID.fullmatch(str(t)))).any():
+            raise PipelineError(f"generations file {path} holds HumanEval task ids (\"HumanEval/N\"); add --dataset humaneval")
+        return df
+
+    def check_prompts(self, df: pd.DataFrame, problems: pd.DataFrame, source: str) -> None:
+        """Each prompt holds its task's statement (the template and the chat format wrap it, never change it)."""
+        statements = dict(zip(problems["task_id"].astype(int), problems["text"].astype(str).str.strip(), strict=True))
+        for position, (task_id, prompt) in enumerate(zip(df["task_id"], df["prompt"], strict=True)):
+            statement = statements[int(task_id)]
+            if isinstance(prompt, str) and statement not in prompt:
+                raise PipelineError(
+                    f"generations file {source}: row {position} (task_id {task_id}) has a prompt without MBPP task "
+                    f"{task_id}'s statement ({statement[:50]!r}); is --mbpp-path the file the generations were made from?"
+                    " (use --dataset humaneval for HumanEval generations)"
+                )
+
+
+BENCHMARK = MBPP(
+    name="mbpp", label="MBPP", path_option="mbpp_path", prompt_formats=PROMPT_FORMATS, output_subdir="",
+    has_splits=True, in_study=True, supports_launcher=True, judge_version=None,
+)

