@@ -7,14 +7,14 @@
 
 What is safe to delete, and why (docs/data-safety.md):
 - Only a directory the pipeline has written into is touched: it holds the
-  marker ``common.paths.DATA_DIR_MARKER``, written when the pipeline first
+  marker ``common.datadir.paths.DATA_DIR_MARKER``, written when the pipeline first
   writes there. Any other directory (a checkout, a home directory, ``/``) is
   refused in one line and nothing is read below it.
 - Inside it, only the entries the pipeline creates
-  (``common.paths.PIPELINE_ENTRIES``: the phase folders, ``humaneval``,
+  (``common.datadir.paths.PIPELINE_ENTRIES``: the phase folders, ``humaneval``,
   ``sweep``, ``models``, ``demo``, ``labels``) are removed; every other entry
   is listed as kept and left alone. The marker stays.
-- Every phase folder's lock (``common.locking``) is taken before anything is
+- Every phase folder's lock (``common.datadir.locking``) is taken before anything is
   deleted; while any phase holds one, nothing is deleted.
 - A symlink is removed as a link, never followed.
 """
@@ -27,9 +27,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from common.datadir import DATA_DIR_MARKER, LOCK_NAME, PIPELINE_ENTRIES, exclusive_all, holder_of, is_data_dir
 from common.errors import PipelineError
-from common.locking import LOCK_NAME, exclusive_all, holder_of
-from common.paths import DATA_DIR_MARKER, PIPELINE_ENTRIES, is_data_dir
 from common.phases import PHASES
 
 

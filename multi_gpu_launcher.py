@@ -38,14 +38,20 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.artifacts import PHASE1_DATASET, PHASE1_METADATA, TEMPERATURE_METADATA, TEMPERATURE_TABLE
 from common.config import DEFAULT_MODEL, GENERATING_PHASES, PipelineConfig
+from common.datadir import (
+    PHASE1_DATASET,
+    PHASE1_METADATA,
+    TEMPERATURE_METADATA,
+    TEMPERATURE_TABLE,
+    RunClock,
+    phase_dir,
+    timestamp,
+    write_json,
+)
 from common.errors import PipelineError
-from common.metadata import RunClock
-from common.paths import phase_dir, timestamp
 from common.phases import canonical
 from common.phases import phase as spec_of
-from common.storage import write_json
 from common.tasks import model_slug, position_slices, run_key, tasks_in_range
 
 REPO_ROOT = Path(__file__).resolve().parent
@@ -147,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         if args.backend == "local":  # local workers inherit the answer; SLURM nodes may see another network
-            from common.hub import go_offline_if_unreachable
+            from common.modeling.hub import go_offline_if_unreachable
 
             go_offline_if_unreachable()
         return _launch(args, passthrough)
@@ -166,11 +172,11 @@ def _refuse_benchmark(dataset: str, phase: str) -> None:
 
 
 def _launch(args: argparse.Namespace, passthrough: list[str]) -> int:
-    from common.locking import exclusive
+    from common.datadir import exclusive
 
     cfg = _worker_config(args, passthrough)
     _refuse_benchmark(cfg.dataset, args.phase)
-    from common.models import check_gated_access
+    from common.modeling.models import check_gated_access
 
     check_gated_access(cfg.model)  # once, before any worker starts or anything is written
     slurm_opts = _slurm_options(args) if args.backend == "slurm" else None

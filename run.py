@@ -286,7 +286,7 @@ def _sweep_passthrough(extra: list[str], args: argparse.Namespace) -> dict[str, 
 
 def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """Defaults < environment < the options given; then ``--model PRESET`` expanded (given options win)."""
-    from common.model_presets import resolve_model
+    from common.modeling.model_presets import resolve_model
 
     config_keys = {f.name for f in option_fields()}
     given = {k: v for k, v in vars(args).items() if k in config_keys}
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _config_from_args(args)
         # A SLURM sweep's jobs run on nodes whose network may differ: they find out for themselves.
         if args.command not in _NO_HUB_COMMANDS and not (args.command == "sweep" and cfg.backend == "slurm"):
-            from common.hub import offline_if_unreachable
+            from common.modeling.hub import offline_if_unreachable
 
             hub_state.enter_context(offline_if_unreachable())  # offline: one line at once, not a minute of retries
         if args.command == "sweep":
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
             print(options_markdown(), end="")
             return 0
         if args.command == "convert-gguf":
-            from common.gguf_convert import convert_cli
+            from common.modeling.gguf_convert import convert_cli
 
             return convert_cli(args.gguf, args.out)
         if args.command == "study":
@@ -359,33 +359,33 @@ def main(argv: list[str] | None = None) -> int:
 
             return report_cli(cfg, args.out, args.record)
         if args.command == "build-corpus":
-            from common.corpus_builder import build_corpus_cli
+            from common.corpora.builder import build_corpus_cli
 
             return build_corpus_cli(args.kind, args.out, args.roots, args.max_chars)
         if args.command in ("check-mbpp", "check-humaneval") and args.json_path:
-            from common.storage import check_writable
+            from common.datadir import check_writable
 
             check_writable(args.json_path, "--json")  # before any problem is loaded or run
         if args.command == "check-mbpp":
-            from common.check_mbpp import check_mbpp_cli
+            from cli.check_mbpp import check_mbpp_cli
 
             return check_mbpp_cli(cfg, json_path=args.json_path)
         if args.command == "check-humaneval":
-            from common.benchmarks.humaneval import check_humaneval_cli
+            from cli.check_mbpp import check_humaneval_cli
 
             return check_humaneval_cli(cfg, json_path=args.json_path)
         if args.command == "label":
-            from common.label_cli import label_cli
+            from cli.label import label_cli
 
             if not cfg.generations:
                 raise PipelineError("run.py label needs --generations FILE (jsonl or parquet with task_id and generated_text)")
             return label_cli(cfg, cfg.generations, cfg.label_output)
         if args.command in ("test-gpu", "train-saes"):
-            from common.models import check_gated_access
+            from common.modeling.models import check_gated_access
 
             check_gated_access(cfg.model)
         if args.command == "test-gpu":
-            from common.gpu_check import test_gpu_cli
+            from cli.gpu_check import test_gpu_cli
 
             return test_gpu_cli(cfg)
         if args.command == "demo":
@@ -393,12 +393,12 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo_cli(cfg, retrain=args.retrain, size=args.size)
         if args.command == "models":
-            from common.model_presets import presets_table
+            from common.modeling.model_presets import presets_table
 
             print(presets_table())
             return 0
         if args.command == "train-saes":
-            from common.sae_training_cli import train_saes_cli
+            from cli.train_saes import train_saes_cli
 
             return train_saes_cli(cfg)
     except PipelineError as exc:

@@ -14,13 +14,13 @@ One line per test:
 
 Tests (docs/statistics.md says what each null is and why):
 
-- ``phase2_family_p``: :class:`common.stats.PermutationNull` over both
-  directions, verdict by :func:`common.stats.monte_carlo_verdict`; null =
+- ``phase2_family_p``: :class:`common.statistics.stats.PermutationNull` over both
+  directions, verdict by :func:`common.statistics.stats.monte_carlo_verdict`; null =
   labels exchangeable with every latent; "yes" = either direction's rank-1
   latent beats the null.
-- ``auroc_interval``: :func:`common.stats.auroc_with_ci`; null = score
+- ``auroc_interval``: :func:`common.statistics.stats.auroc_with_ci`; null = score
   unrelated to the label; "yes" = the 95% interval excludes 0.5.
-- ``mcnemar``: :func:`common.stats.mcnemar_exact`; null = discordant tasks
+- ``mcnemar``: :func:`common.statistics.stats.mcnemar_exact`; null = discordant tasks
   equally likely either way; "yes" = p <= 0.05.
 - ``coverage_interval``: :func:`phase3_validation.baselines.coverage_curve`
   at 50% coverage; null = score unrelated to passing (half the studies with
@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.stats import PermutationNull, auroc_with_ci, latent_scores, mcnemar_exact, monte_carlo_verdict
+from common.statistics.stats import PermutationNull, auroc_with_ci, latent_scores, mcnemar_exact, monte_carlo_verdict
 from phase3_validation.baselines import beyond_confounds, coverage_curve
 
 NOMINAL = 0.05

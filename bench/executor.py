@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from common.benchmarks.mbpp import load_mbpp
-from common.executor import Executor, ExecutorConfig, build_program
+from common.sandbox.executor import Executor, ExecutorConfig, build_program
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,10 +19,10 @@ import sys
 
 import torch
 
-from common.generation import GenerationConfig, generate_batches
-from common.models import default_dtype, load_model_and_tokenizer, resolve_device, text_sizes
+from common.modeling.generation import GenerationConfig, generate_batches
+from common.modeling.models import default_dtype, load_model_and_tokenizer, resolve_device, text_sizes
+from common.modeling.steering import steer
 from common.prompts import build_prompt
-from common.steering import steer
 
 PROMPTS = [
     build_prompt("Write a function to add two to a number.", ["assert add_two(1) == 3", "assert add_two(0) == 2", "assert add_two(-2) == 0"]),

@@ -1,6 +1,6 @@
 """Benchmark: Phase 1 generation, static batches against the engine whose rows leave and join.
 
-Why: the engine (``common.generation.generate_batches``) exists to stop paying
+Why: the engine (``common.modeling.generation.generate_batches``) exists to stop paying
 for rows that have finished. Every speed claim is a ratio measured side by side
 in one run, on the same prompts, model, batch size and settings:
 
@@ -19,7 +19,7 @@ the same token ids both ways (float32: a mismatch is a failure, exit 1; bf16
 rounding depends on batch shape, so there it is reported only).
 
 Models:
-  --model DIR          a local model folder (e.g. SmolLM2 converted by common/gguf_convert.py),
+  --model DIR          a local model folder (e.g. SmolLM2 converted by common/modeling/gguf_convert.py),
                        loaded as Phase 1 loads it (attention chosen per architecture).
   --tiny               (default) a random tiny Gemma-2 built in a temp dir, tokenizer trained on the prompts.
   --gemma-2-2b-shapes  random weights with gemma-2-2b's exact config, built on the device in bf16;
@@ -53,14 +53,14 @@ import torch
 import transformers
 
 from common.benchmarks.mbpp import load_mbpp
-from common.generation import (
+from common.modeling.generation import (
     GenerationConfig,
     GenerationResult,
     auto_batch_size,
     generate_batches,
     generate_static_batches,
 )
-from common.models import load_model_and_tokenizer, resolve_device, text_sizes
+from common.modeling.models import load_model_and_tokenizer, resolve_device, text_sizes
 from common.prompts import build_prompt
 from demo.tiny_model import build_random_tiny_model, train_tokenizer
 
@@ -118,7 +118,7 @@ def gemma_2_2b_config(n_layers: int) -> transformers.Gemma2Config:
 
 def build_gemma_shapes(prompts: list[str], device: torch.device, dtype: torch.dtype, n_layers: int):
     """Random gemma-2-2b-shaped model created directly on the device in ``dtype``."""
-    from common.models import attention_implementation
+    from common.modeling.models import attention_implementation
 
     tokenizer = train_tokenizer(prompts, vocab_size=2048)
     config = gemma_2_2b_config(n_layers)

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from common.saes import encode
-from common.stats import PermutationNull, latent_scores
+from common.saes.loading import encode
+from common.statistics.stats import PermutationNull, latent_scores
 
 FULL_LAYERS, FULL_D_SAE = 26, 16384
 

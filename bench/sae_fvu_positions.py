@@ -32,17 +32,17 @@ import torch
 from sae_lens import SAE
 
 from common.benchmarks.mbpp import load_mbpp
-from common.capture import LastTokenCapture
-from common.models import load_model_and_tokenizer
+from common.modeling.capture import LastTokenCapture
+from common.modeling.models import load_model_and_tokenizer
 from common.prompts import build_prompt
-from common.sae_training import (
+from common.saes.loading import fraction_of_variance_unexplained
+from common.saes.training import (
     SAETrainingConfig,
     collect_resid_post,
     read_corpus_file,
     tokenize_texts,
     train_one,
 )
-from common.saes import fraction_of_variance_unexplained
 
 REPO = Path(__file__).resolve().parents[1]
 

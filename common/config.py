@@ -30,7 +30,7 @@ GENERATING_PHASES = tuple(p.key for p in PHASES if p.generates)
 ALL_PHASES = phase_keys()
 MODEL_PHASES = tuple(p.key for p in PHASES if p.on_model)  # the phases that run on a model (take --model)
 EVERY_COMMAND = "*"
-# Fewer SAE training tokens leave no whole text to hold out for the held-out FVU and L0 (common/sae_training.py).
+# Fewer SAE training tokens leave no whole text to hold out for the held-out FVU and L0 (common/saes/training.py).
 MIN_TRAIN_TOKENS = 1000
 
 
@@ -247,7 +247,7 @@ class PipelineConfig:
         group="phase 3 (validation)",
     )
 
-    # Model presets and SAE training (common/model_presets.py, common/sae_training.py)
+    # Model presets and SAE training (common/modeling/model_presets.py, common/saes/training.py)
     model_preset: str | None = option(
         None, help="(derived, not an option) the preset --model named, which chose model, SAEs and layers", scope=(),
     )

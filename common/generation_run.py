@@ -20,9 +20,9 @@ import pandas as pd
 
 from common.benchmarks import Benchmark, get_benchmark
 from common.config import PipelineConfig
-from common.generation import GenerationConfig
-from common.generation_loop import Job
-from common.hooks import check_layers
+from common.modeling.generation import GenerationConfig
+from common.modeling.generation_loop import Job
+from common.modeling.hooks import check_layers
 from common.prompts import EXTRACTION_VERSION
 
 
@@ -49,7 +49,7 @@ class LoadedModel:
 
 def load_generation_model(cfg: PipelineConfig) -> LoadedModel:
     """``--model`` on ``--device`` in its default dtype; ``--layers`` checked against it (None: every layer)."""
-    from common.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
+    from common.modeling.models import default_dtype, load_model_and_tokenizer, num_layers, resolve_device
 
     device = resolve_device(cfg.device)
     model, tokenizer = load_model_and_tokenizer(cfg.model, device, default_dtype(device))

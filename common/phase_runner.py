@@ -36,7 +36,7 @@ def load_entry(spec: str) -> Callable[..., Any]:
 def _refuse_early(spec: PhaseSpec, cfg: PipelineConfig) -> None:
     """Refusals that must come before the lock and the log file, so a refused run writes nothing."""
     if spec.generates:  # a generating phase loads --model itself
-        from common.models import check_gated_access
+        from common.modeling.models import check_gated_access
 
         check_gated_access(cfg.model)
     get_benchmark(cfg.dataset).check_prompt_format(cfg.prompt_format)  # an unknown --dataset, too
@@ -44,9 +44,8 @@ def _refuse_early(spec: PhaseSpec, cfg: PipelineConfig) -> None:
 
 def run_phase(key: str, cfg: PipelineConfig) -> Any:
     """Run phase ``key`` (a key or an alias) with ``cfg``, locked and logged; return what the phase's ``run`` returns."""
-    from common.locking import exclusive
+    from common.datadir import exclusive, mark_data_dir, phase_dir, timestamp
     from common.logging_utils import add_file_log, remove_file_log
-    from common.paths import mark_data_dir, phase_dir, timestamp
 
     spec = phase(key)
     threads = os.environ.get("PVA_TORCH_THREADS")

@@ -11,7 +11,7 @@ caller imports them when it runs the phase, so ``run.py phase 0`` does not pay
 for torch and no phase imports another.
 
 The artifacts a phase writes and reads are the keys of the declarations in
-``common/artifacts.py`` (``Artifact.key``); a test checks that every key exists
+``common/datadir/artifacts.py`` (``Artifact.key``); a test checks that every key exists
 and that ``writes`` is exactly what the artifacts declare as this phase's.
 """
 
@@ -39,7 +39,7 @@ class PhaseSpec:
     # depends on the benchmark alone, so every model of a sweep shares its outputs.
     on_model: bool = True
     splits: tuple[str, ...] = ()  # a full study runs it once per --split value (the sweep, the demo)
-    writes: tuple[str, ...] = ()  # artifact keys (common/artifacts.py)
+    writes: tuple[str, ...] = ()  # artifact keys (common/datadir/artifacts.py)
     reads: tuple[str, ...] = ()  # artifact keys of earlier phases
 
     @property

@@ -62,7 +62,7 @@ A function defined twice with no test in between (two attempts written back to
 back) is kept as written: Python runs the program top to bottom, so the last
 definition is the one the asserts call, as with ``python solution.py``.
 Extraction never picks between attempts. A program that never defines the
-function the asserts call is not run: ``common.labelling`` gives it the
+function the asserts call is not run: ``common.sandbox.labelling`` gives it the
 outcome ``missing_entry_point``; an empty program whose asserts fail gets ``no_code``.
 """
 

@@ -233,7 +233,7 @@ def cpu_environment(threads: int = 1) -> dict[str, str]:
 
 def run_logged(cmd: list[str], log_path: str, env: dict[str, str] | None = None, cwd: str | None = None) -> int:
     """Run ``cmd``, appending its output to ``log_path``; its exit code is the result."""
-    from common.paths import timestamp
+    from common.datadir import timestamp
 
     full_env = {**os.environ, **(env or {})}
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +307,7 @@ class SliceWatcher:
         refuse_if_still_queued(self.jobs_file)
 
     def _save(self) -> None:
-        from common.storage import write_json
+        from common.datadir import write_json
 
         write_json(self.jobs_file, self.history)
 

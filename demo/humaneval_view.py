@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from common.errors import PipelineError
-from common.labelling import entry_point
+from common.sandbox.labelling import entry_point
 
 
 class _RenameEntry(ast.NodeTransformer):

@@ -28,9 +28,9 @@ import torch
 
 from common.benchmarks.mbpp import load_mbpp
 from common.config import PipelineConfig
+from common.datadir import write_json
 from common.errors import PipelineError
 from common.phases import PHASES
-from common.storage import write_json
 from demo.humaneval_view import write_humaneval_view
 
 logger = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ tiny model anyway, so the demo trains its own SAEs, with SAE Lens's own
 training code, on the site the pipeline captures: ``blocks.{L}.hook_resid_post``
 (the OUTPUT of decoder layer L, before the final norm; docs/design.md rule 1).
 
-How: ``common/sae_training.py`` does the work (SAE Lens's ``SAETrainer`` on
-activations read through ``common/hooks.py``, whole texts held out for the
+How: ``common/saes/training.py`` does the work (SAE Lens's ``SAETrainer`` on
+activations read through ``common/modeling/hooks.py``, whole texts held out for the
 reported FVU and L0, ``save_inference_model`` folders); this module only fixes
 the demo's texts and sizes, and runs it with deterministic kernels on a fixed
 thread count so that the same seed gives the same SAEs.
@@ -36,9 +36,9 @@ from typing import Any, ClassVar
 import pandas as pd
 import torch
 
-from common.hooks import hook_name as _hook_name
+from common.modeling.hooks import hook_name as _hook_name
 from common.prompts import build_prompt
-from common.sae_training import REPORT_FILENAME, SAETrainingConfig, collect_resid_post, sae_fvu_and_l0, train_saes
+from common.saes.training import REPORT_FILENAME, SAETrainingConfig, collect_resid_post, sae_fvu_and_l0, train_saes
 from demo.presets import PresetConfig
 from demo.training import completion_text, deterministic_torch
 
@@ -65,7 +65,7 @@ class DemoSAEConfig(PresetConfig, SAETrainingConfig):
     """How the demo SAEs are trained: the pipeline's SAE training config plus a size and a thread count.
 
     Why a subclass: the training knobs and their defaults live once, in
-    ``common.sae_training.SAETrainingConfig``; the demo only adds its named
+    ``common.saes.training.SAETrainingConfig``; the demo only adds its named
     sizes and pins the torch threads (bitwise-repeatable training). Recorded in
     the SAE training report.
     """
@@ -101,7 +101,7 @@ def train_demo_saes(
     in ``out_dir`` records the config, token counts, times, and the held-out
     FVU and L0 of every layer's SAE.
     """
-    from common.models import load_model_and_tokenizer
+    from common.modeling.models import load_model_and_tokenizer
 
     cfg = cfg or DemoSAEConfig()
     if not texts:

@@ -65,8 +65,8 @@ import pandas as pd
 import torch
 import transformers
 
+from common.datadir import read_json, write_json
 from common.prompts import build_prompt, extract_code
-from common.storage import read_json, write_json
 from demo.humaneval_view import humaneval_row
 from demo.presets import PresetConfig
 from demo.tiny_model import save_model_folder, tiny_gemma2_config, train_tokenizer
@@ -449,7 +449,7 @@ def _greedy_texts(
     stop_sequences: tuple[str, ...] | None = None,
 ) -> list[str]:
     """The generated text per prompt (same order), at temperature 0, as Phase 1 generates (its stop sequences)."""
-    from common.generation import GenerationConfig, generate_batches
+    from common.modeling.generation import GenerationConfig, generate_batches
 
     gen_cfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size, seed=cfg.seed)
     if stop_sequences is not None:
@@ -463,7 +463,7 @@ def _greedy_texts(
 
 def _run_items(items: list[dict[str, Any]], cfg: DemoModelConfig) -> tuple[dict[int, bool], dict[int, str]]:
     """Run the programs in the sandboxed executor: task_id -> passed, and task_id -> outcome."""
-    from common.executor import Executor, ExecutorConfig
+    from common.sandbox.executor import Executor, ExecutorConfig
 
     with Executor(ExecutorConfig(workers=cfg.workers, timeout_s=cfg.timeout_s, cpu_time_s=cfg.timeout_s)) as ex:
         results = ex.run_many(items, progress=False)
@@ -483,7 +483,7 @@ def evaluate_model(
     and judged as the official harness judges it, as ``phase 1 --dataset humaneval`` does.
     """
     from common.benchmarks.humaneval import HUMANEVAL_STOP_SEQUENCES, humaneval_completion, program_pieces
-    from common.models import load_model_and_tokenizer
+    from common.modeling.models import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(str(model_dir), torch.device("cpu"), torch.float32)
     rows = problems.to_dict("records")

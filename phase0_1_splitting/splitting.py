@@ -19,12 +19,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.artifacts import DIFFICULTY, SPLIT, SPLIT_METADATA, RunRecord, archive
 from common.benchmarks.mbpp import load_mbpp, mbpp_source_description
 from common.config import PipelineConfig
+from common.datadir import (
+    DIFFICULTY,
+    SPLIT,
+    SPLIT_METADATA,
+    RunClock,
+    RunRecord,
+    archive,
+    build_metadata,
+    file_sha256,
+    phase_dir,
+    timestamp,
+)
 from common.errors import PipelineError
-from common.metadata import RunClock, build_metadata, file_sha256
-from common.paths import phase_dir, timestamp
 
 logger = logging.getLogger(__name__)
 

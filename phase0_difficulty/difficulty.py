@@ -13,14 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.artifacts import DIFFICULTY, metadata_path_of
 from common.benchmarks.mbpp import load_mbpp, mbpp_source_description
 from common.complexity import cyclomatic_complexity
 from common.config import PipelineConfig
+from common.datadir import DIFFICULTY, RunClock, build_metadata, metadata_path_of, timestamp, write_json
 from common.errors import PipelineError
-from common.metadata import RunClock, build_metadata
-from common.paths import timestamp
-from common.storage import write_json
 
 logger = logging.getLogger(__name__)
 

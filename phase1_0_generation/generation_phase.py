@@ -8,7 +8,7 @@ Outputs (docs/design.md section 2):
 Resume: records are checkpointed under ``data/phase1_0/checkpoints/<run key>/``;
 rerunning the same command skips every checkpointed task.
 
-Runs (``common.artifacts``): each dataset's metadata carries a run record
+Runs (``common.datadir.artifacts``): each dataset's metadata carries a run record
 (settings, slices covered, files). A run on another slice with the same
 settings writes a new dataset holding the earlier run's other tasks too; a
 run with other settings (another model, layers, ...) first moves the earlier
@@ -25,22 +25,24 @@ from typing import Any
 
 import pandas as pd
 
-from common.activations import save_task_activations
-from common.artifacts import (
-    PHASE1_DATASET,
-    PHASE1_METADATA,
-    RunRecord,
-    archive,
-    merge_slices,
-    metadata_path_of,
-    settings_with_prompt_format,
-)
 from common.benchmarks import Benchmark, get_benchmark
 from common.config import PipelineConfig
+from common.datadir import (
+    PHASE1_DATASET,
+    PHASE1_METADATA,
+    RecordCheckpointer,
+    RunClock,
+    RunRecord,
+    archive,
+    build_metadata,
+    merge_slices,
+    metadata_path_of,
+    phase_dir,
+    save_task_activations,
+    settings_with_prompt_format,
+    timestamp,
+)
 from common.errors import PipelineError
-from common.executor import ExecutionResult, Executor, executor_config_for
-from common.generation import GenerationConfig, GenerationResult, auto_batch_size
-from common.generation_loop import Job, generate_and_execute
 from common.generation_run import (
     LoadedModel,
     benchmark_jobs,
@@ -53,9 +55,9 @@ from common.generation_run import (
     with_prompt_format,
     with_stop_sequences,
 )
-from common.metadata import RunClock, build_metadata
-from common.paths import phase_dir, timestamp
-from common.storage import RecordCheckpointer
+from common.modeling.generation import GenerationConfig, GenerationResult, auto_batch_size
+from common.modeling.generation_loop import Job, generate_and_execute
+from common.sandbox.executor import ExecutionResult, Executor, executor_config_for
 from common.tasks import model_slug, run_key, tasks_in_range
 
 logger = logging.getLogger(__name__)

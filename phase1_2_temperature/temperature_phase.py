@@ -8,7 +8,7 @@ Activations at the last prompt token depend on the prompt only, not on
 sampling, so they are captured once per task (during the first temperature's
 prefill) into ``activations/{task_id}_layer_{L}.npz``, never once per sample.
 
-Runs (``common.artifacts``): ``temperature_metadata.json`` lists the tables
+Runs (``common.datadir.artifacts``): ``temperature_metadata.json`` lists the tables
 of the run with their sha256. A rerun on another slice with the same
 settings merges into that run's tables; a rerun with other settings first
 moves the earlier run, whole, to ``archive/<run id>/``. Nothing is replaced
@@ -30,28 +30,33 @@ from typing import Any
 
 import pandas as pd
 
-from common.activations import activation_path, save_task_activations
-from common.artifacts import (
+from common.benchmarks import Benchmark, get_benchmark
+from common.config import PipelineConfig, check_option_limits
+from common.datadir import (
     PHASE1_DATASET,
     SPLIT,
     TEMPERATURE_METADATA,
     TEMPERATURE_TABLE,
+    RecordCheckpointer,
+    RunClock,
     RunRecord,
     TemperatureRun,
+    activation_path,
     archive,
+    build_metadata,
+    file_sha256,
     load_temperature_run,
     merge_slices,
+    phase_dir,
     read_phase1_metadata,
     recorded_prompt_format,
+    require_file,
+    save_task_activations,
     settings_with_prompt_format,
     temperature_label,
+    timestamp,
 )
-from common.benchmarks import Benchmark, get_benchmark
-from common.config import PipelineConfig, check_option_limits
 from common.errors import PipelineError
-from common.executor import ExecutionResult, Executor, executor_config_for
-from common.generation import GenerationConfig, GenerationResult, auto_batch_size
-from common.generation_loop import Job, generate_and_execute
 from common.generation_run import (
     LoadedModel,
     benchmark_jobs,
@@ -64,10 +69,10 @@ from common.generation_run import (
     with_prompt_format,
     with_stop_sequences,
 )
-from common.metadata import RunClock, build_metadata, file_sha256
-from common.paths import phase_dir, require_file, timestamp
+from common.modeling.generation import GenerationConfig, GenerationResult, auto_batch_size
+from common.modeling.generation_loop import Job, generate_and_execute
+from common.sandbox.executor import ExecutionResult, Executor, executor_config_for
 from common.seeding import derive_seed
-from common.storage import RecordCheckpointer
 from common.tasks import model_slug, run_key, tasks_in_range
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ Flow of ``run(cfg)`` (docs/design.md sections 2 and 4):
 2. The general-text filter is prepared (``general_filter.py``): corpus and
    model loaded first, so an unreachable hub fails fast too.
 3. Per layer, one SAE in memory at a time: load and check it (hook name,
-   d_in), encode in float32, score every latent (``common.stats``), fold the
+   d_in), encode in float32, score every latent (``common.statistics.stats``), fold the
    layer into the permutation null, measure FVU on this layer's and the
    neighbouring layer's activations, and the corpus firing shares.
 4. Rank the unflagged latents of all layers per direction, attach the
@@ -22,7 +22,7 @@ direction, so each shuffle keeps the largest separation in either direction
 and both rank-1 latents are compared with that maximum (one test at 0.05 for
 the pair, not two). The p-value carries its Monte Carlo standard error;
 within two of them from 0.05 the verdict is "undecided at this number of
-shuffles" (``common.stats.monte_carlo_verdict``).
+shuffles" (``common.statistics.stats.monte_carlo_verdict``).
 
 Why the permutation null covers the unflagged latents only: the family a
 p-value speaks for is the set the ranking chose from; flagging depends on
@@ -45,15 +45,24 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from common.artifacts import PHASE2_METADATA, PHASE2_RESULTS, PHASE2_SCORES, PHASE2_TOP
 from common.config import PipelineConfig, check_option_limits, model_of_phase1
+from common.datadir import (
+    PHASE2_METADATA,
+    PHASE2_RESULTS,
+    PHASE2_SCORES,
+    PHASE2_TOP,
+    TMP_PREFIX,
+    RunClock,
+    build_metadata,
+    json_safe,
+    phase_dir,
+    save_npz,
+    timestamp,
+)
 from common.errors import PipelineError
-from common.metadata import RunClock, build_metadata
-from common.models import resolve_device
-from common.paths import phase_dir, timestamp
-from common.saes import SAESource, check_d_in, encode, fraction_of_variance_unexplained, load_sae, sae_hook_name
-from common.stats import DIRECTIONS, PermutationNull, latent_scores, monte_carlo_verdict
-from common.storage import TMP_PREFIX, json_safe, save_npz
+from common.modeling.models import resolve_device
+from common.saes.loading import SAESource, check_d_in, encode, fraction_of_variance_unexplained, load_sae, sae_hook_name
+from common.statistics.stats import DIRECTIONS, PermutationNull, latent_scores, monte_carlo_verdict
 from phase2_sae_analysis.general_filter import GeneralTextFilter, disabled_description
 from phase2_sae_analysis.inputs import SplitData, load_split, resolve_layers
 from phase2_sae_analysis.stability import compute_stability, sae_reference

@@ -33,11 +33,11 @@ import numpy as np
 import torch
 
 from common.config import PipelineConfig, check_option_limits
-from common.corpus_files import HUB_CORPUS, HUB_CORPUS_UNIT, hub_corpus_texts, load_hub_corpus, read_documents
+from common.corpora.files import HUB_CORPUS, HUB_CORPUS_UNIT, hub_corpus_texts, load_hub_corpus, read_documents
 from common.errors import PipelineError
-from common.general_text import TokenizedDocuments, collect_resid_post_all_tokens, tokenize_documents
-from common.models import default_dtype, load_model_and_tokenizer, text_sizes
-from common.saes import encode
+from common.modeling.general_text import TokenizedDocuments, collect_resid_post_all_tokens, tokenize_documents
+from common.modeling.models import default_dtype, load_model_and_tokenizer, text_sizes
+from common.saes.loading import encode
 
 logger = logging.getLogger(__name__)
 

@@ -27,18 +27,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.activations import load_layer_matrix
-from common.artifacts import (
+from common.config import PipelineConfig, check_option_limits
+from common.datadir import (
     PHASE1_DATASET,
+    PHASE_COMMANDS,
     SPLIT,
     TEMPERATURE_TABLE,
     TemperatureRun,
+    load_layer_matrix,
     load_temperature_run,
+    phase_dir,
     read_phase1_metadata,
+    require_file,
 )
-from common.config import PipelineConfig, check_option_limits
 from common.errors import PipelineError
-from common.paths import PHASE_COMMANDS, phase_dir, require_file
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from common.artifacts import PHASE2_RESULTS, PHASE2_SCORES, newest_phase2_results
+from common.datadir import PHASE2_RESULTS, PHASE2_SCORES, newest_phase2_results
 from common.errors import PipelineError
-from common.stats import DIRECTIONS
+from common.statistics.stats import DIRECTIONS
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from common.stats import bootstrap_aurocs, delong_interval
+from common.statistics.stats import bootstrap_aurocs, delong_interval
 
 CONFOUNDS = ("n_prompt_tokens", "cyclomatic_complexity", "n_asserts", "asserts_chars")
 COVERAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -47,7 +47,7 @@ GAIN_TOLERANCE = 0.01
 def _bootstrap(y: np.ndarray, score: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     """AUROC of each bootstrap resample holding both classes; the same seed gives the same resamples for any score.
 
-    Why through ``common.stats.bootstrap_aurocs``: its resamples depend only on
+    Why through ``common.statistics.stats.bootstrap_aurocs``: its resamples depend only on
     (seed, n), so two scores bootstrapped with one seed are *paired* (each
     resample scores both on the same tasks), and it is vectorised.
     """

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from common.saes import encode, load_sae
+from common.saes.loading import encode, load_sae
 from phase3_validation import baselines
 from phase3_validation.inputs import Phase3Inputs, SplitTasks
 from phase3_validation.probes import MIN_PROBE_CLASS, ProbeResults, fit_layer, fit_logistic_probe

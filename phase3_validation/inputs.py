@@ -14,7 +14,7 @@ What is read, and from where (docs/design.md sections 2 and 4, rule 6):
 - Phase 1.0's activation files, and the Phase 1.2 run (only the tables its
   metadata lists) when present.
 
-Every file is read through ``common.artifacts``; the models recorded by Phase
+Every file is read through ``common.datadir.artifacts``; the models recorded by Phase
 1.0, Phase 1.2 and Phase 2 must agree.
 
 Why so strict: a task silently missing from the baseline would turn into a
@@ -31,23 +31,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.activations import activation_path, load_activation, load_layer_matrix
-from common.artifacts import (
+from common.config import PipelineConfig
+from common.datadir import (
     PHASE1_ACTIVATION,
     PHASE1_DATASET,
     PHASE2_RESULTS,
     PHASE2_SCORES,
+    PHASE_COMMANDS,
     SPLIT,
+    activation_path,
+    load_activation,
+    load_layer_matrix,
     load_temperature_run,
     newest_phase2_results,
+    phase_dir,
     read_phase1_metadata,
     recorded_prompt_format,
+    require_file,
 )
-from common.config import PipelineConfig
 from common.errors import PipelineError
-from common.paths import PHASE_COMMANDS, phase_dir, require_file
-from common.saes import SAESource
-from common.stats import DIRECTIONS
+from common.saes.loading import SAESource
+from common.statistics.stats import DIRECTIONS
 
 logger = logging.getLogger(__name__)
 

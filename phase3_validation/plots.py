@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from common.phase3_result import DirectionSteeringResult
+from common.datadir import DirectionSteeringResult
 from phase3_validation.statistical import LatentEvaluation
 
 logger = logging.getLogger(__name__)

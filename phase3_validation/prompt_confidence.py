@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.model_presets import apply_prompt_format
+from common.modeling.model_presets import apply_prompt_format
 from common.prompts import CODE_CUE, build_prompt
 from phase3_validation.inputs import Phase3Inputs, SplitTasks
 

@@ -24,11 +24,10 @@ from typing import Any
 
 import pandas as pd
 
-from common.generation_loop import Job, generate_and_execute
-from common.model_presets import apply_prompt_format
-from common.phase3_result import DirectionSteeringResult
+from common.datadir import DirectionSteeringResult, RecordCheckpointer
+from common.modeling.generation_loop import Job, generate_and_execute
+from common.modeling.model_presets import apply_prompt_format
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
-from common.storage import RecordCheckpointer
 from common.tasks import run_key
 from phase3_validation.inputs import SplitTasks
 from phase3_validation.steering_eval import (

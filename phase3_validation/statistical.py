@@ -32,7 +32,7 @@ At temperature > 0 a task has several samples (one row each, all with the
 task's one activation, since activations depend on the prompt only). Samples
 of a task are not independent, so the AUROC interval there resamples *tasks*
 (each with all its samples), not rows; at temperature 0 (one row per task)
-the interval is DeLong's (``common.stats.auroc_with_ci``, calibrated by
+the interval is DeLong's (``common.statistics.stats.auroc_with_ci``, calibrated by
 bench/calibration.py).
 """
 
@@ -48,8 +48,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
 from common.errors import PipelineError
-from common.saes import encode, load_sae
-from common.stats import auroc_with_ci, best_f1_threshold, classification_metrics
+from common.saes.loading import encode, load_sae
+from common.statistics.stats import auroc_with_ci, best_f1_threshold, classification_metrics
 from phase3_validation.inputs import LatentRef, Phase3Inputs, temperature_activations
 
 logger = logging.getLogger(__name__)

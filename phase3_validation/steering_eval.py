@@ -45,7 +45,7 @@ For the rank-1 latent of each direction:
    ``probes.py``) is steered the same way, with the same controls, as the
    simplest baseline an SAE latent must beat.
 
-Generation reuses ``common.generation_loop.generate_and_execute`` (batched,
+Generation reuses ``common.modeling.generation_loop.generate_and_execute`` (batched,
 executed on CPU workers while the GPU generates, checkpointed): each steered
 run has its own checkpoint folder under ``data/phase3/checkpoints/``, keyed by
 everything that determines its output, so a rerun after a crash resumes.
@@ -71,17 +71,17 @@ import torch
 import transformers
 
 from common.benchmarks import get_benchmark
+from common.datadir import RecordCheckpointer
 from common.errors import PipelineError
-from common.executor import Executor
-from common.generation import GenerationConfig
-from common.generation_loop import Job, generate_and_execute
-from common.hooks import read_hook
-from common.model_presets import apply_prompt_format
+from common.modeling.generation import GenerationConfig
+from common.modeling.generation_loop import Job, generate_and_execute
+from common.modeling.hooks import read_hook
+from common.modeling.model_presets import apply_prompt_format
+from common.modeling.steering import steer, transformer_lens_hook_name
 from common.prompts import PROMPT_TEMPLATE_VERSION, build_prompt
-from common.saes import load_sae
-from common.stats import clopper_pearson, mcnemar_exact, paired_sign_test
-from common.steering import steer, transformer_lens_hook_name
-from common.storage import RecordCheckpointer
+from common.saes.loading import load_sae
+from common.sandbox.executor import Executor
+from common.statistics.stats import clopper_pearson, mcnemar_exact, paired_sign_test
 from common.tasks import run_key
 from phase3_validation.inputs import LatentRef, Phase2Results, Phase3Inputs, SplitTasks
 from phase3_validation.steering_stats import degenerate_rates, degenerate_reason, permutation_test_vs_controls
@@ -303,7 +303,7 @@ def measure_site_norm(model: torch.nn.Module, tokenizer: Any, prompts: list[str]
     and resid_mid is never saved. The prompts are tokenized as generation
     tokenizes them (left padding, so the last column is every prompt's last
     token; position ids from the attention mask, as ``generate`` makes them),
-    and a read hook (``common.hooks.read_hook``) sees exactly the tensor the
+    and a read hook (``common.modeling.hooks.read_hook``) sees exactly the tensor the
     steering hook adds to.
     """
     if not prompts:

@@ -189,7 +189,7 @@ def degenerate_rates(baseline_correct: np.ndarray, steered_correct: np.ndarray, 
     generation is not degenerate (numerator and denominator both); the rate
     with them is the ordinary one. Intervals are exact (Clopper-Pearson).
     """
-    from common.stats import clopper_pearson  # scipy: kept out of the simulation's import path
+    from common.statistics.stats import clopper_pearson  # scipy: kept out of the simulation's import path
 
     before = np.asarray(baseline_correct, dtype=bool)
     after = np.asarray(steered_correct, dtype=bool)

@@ -2,7 +2,7 @@
 
 Why from the document: the page a researcher pastes into a thesis must say
 exactly what the machine-readable results say, so both come from one
-:class:`~common.phase3_result.Phase3Result` (the summary is rendered from the
+:class:`~common.datadir.phase3_result.Phase3Result` (the summary is rendered from the
 document as written, NaN as null).
 Every number stands beside its interval and its baseline (rule 7), the
 Phase 2 null result is stated plainly, and the alpha = 0 check is reported
@@ -14,8 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from common.neuronpedia import latent_markdown
-from common.phase3_result import (
+from common.datadir import (
     Alpha0Check,
     DirectionSteeringResult,
     Phase2Null,
@@ -27,6 +26,7 @@ from common.phase3_result import (
     TopLatent,
     TransferSection,
 )
+from common.saes.neuronpedia import latent_markdown
 from phase3_validation.confounds import summary_lines as reviewer_lines
 from phase3_validation.prompt_confidence import summary_lines as availability_lines
 from phase3_validation.prompting import summary_lines as prompting_lines
@@ -110,7 +110,7 @@ def _null_section(null: Phase2Null, phase2_top: dict[str, TopLatent | None]) -> 
 
 
 def _latent(sae_ids: dict[str, dict[str, str]], layer: int, latent: int) -> str:
-    """The latent, linked to its Neuronpedia dashboard when its SAE is a public one (common/neuronpedia.py)."""
+    """The latent, linked to its Neuronpedia dashboard when its SAE is a public one (common/saes/neuronpedia.py)."""
     return latent_markdown(sae_ids.get(str(layer), {}), layer, latent)
 
 

@@ -29,13 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.activations import load_layer_matrix
-from common.artifacts import PHASE1_DATASET, read_phase1_metadata
 from common.config import benchmark_data_dir, same_model
+from common.datadir import PHASE1_DATASET, PHASE_DIRS, TransferSection, load_layer_matrix, read_phase1_metadata
 from common.errors import PipelineError
-from common.paths import PHASE_DIRS
-from common.phase3_result import TransferSection
-from common.saes import encode, load_sae
+from common.saes.loading import encode, load_sae
 from phase3_validation.inputs import Phase3Inputs
 from phase3_validation.probes import ProbeResults
 from phase3_validation.statistical import LatentEvaluation, evaluate_at_threshold, positive_labels

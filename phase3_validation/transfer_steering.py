@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.artifacts import PHASE1_DATASET, recorded_prompt_format
 from common.benchmarks.humaneval import humaneval_tasks
+from common.datadir import PHASE1_DATASET, recorded_prompt_format
 from common.errors import PipelineError
 from phase3_validation.inputs import SplitTasks
 from phase3_validation.steering_eval import (

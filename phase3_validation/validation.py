@@ -24,7 +24,7 @@ and writes, under ``data/phase3/`` with one timestamp:
 Order of work (the steps of ``run``): all inputs are read and checked first
 (``_load``), then the cheap statistical part (``_statistics``), then the model
 is loaded (``_load_model``) for the reviewer baselines and steering
-(``_steer``); the typed result document (``common.phase3_result.Phase3Result``)
+(``_steer``); the typed result document (``common.datadir.phase3_result.Phase3Result``)
 is assembled (``_assemble``) and every output rendered from it (``_render``)
 before anything is written (``_write``), so a failure never leaves half an
 output. Steering checkpoints are removed only after the outputs are written.
@@ -42,22 +42,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from common.artifacts import PHASE3_METADATA, PHASE3_OUTPUTS, phase3_output_paths, write_phase3_result
 from common.config import PipelineConfig, check_option_limits, model_of_phase1
-from common.errors import PipelineError
-from common.executor import Executor, ExecutorConfig, executor_config_for
-from common.generation import GenerationConfig, auto_batch_size
-from common.metadata import RunClock, build_metadata, git_commit
-from common.models import (
-    check_gated_access,
-    default_dtype,
-    load_model_and_tokenizer,
-    num_layers,
-    resolve_device,
-    text_sizes,
-)
-from common.paths import phase_dir, timestamp
-from common.phase3_result import (
+from common.datadir import (
+    PHASE3_METADATA,
+    PHASE3_OUTPUTS,
     SCHEMA_VERSION,
     Alpha0Check,
     DirectionSteeringResult,
@@ -66,16 +54,35 @@ from common.phase3_result import (
     Phase3Configuration,
     Phase3Result,
     ProbeSection,
+    RecordCheckpointer,
+    RunClock,
     StatisticalSection,
     SteeringSection,
     TopLatent,
     TransferSection,
+    build_metadata,
     from_json,
+    git_commit,
+    json_safe,
+    phase3_output_paths,
+    phase_dir,
+    timestamp,
     to_json,
+    write_phase3_result,
 )
+from common.errors import PipelineError
+from common.modeling.generation import GenerationConfig, auto_batch_size
+from common.modeling.models import (
+    check_gated_access,
+    default_dtype,
+    load_model_and_tokenizer,
+    num_layers,
+    resolve_device,
+    text_sizes,
+)
+from common.modeling.steering import transformer_lens_hook_name
 from common.prompts import PROMPT_TEMPLATE_VERSION
-from common.steering import transformer_lens_hook_name
-from common.storage import RecordCheckpointer, json_safe
+from common.sandbox.executor import Executor, ExecutorConfig, executor_config_for
 from common.tasks import model_slug
 from phase3_validation import confounds, plots, prompt_confidence, prompting
 from phase3_validation.inputs import Phase3Inputs, SplitTasks, load_inputs

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.artifacts import (
+from common.config import PipelineConfig, benchmark_data_dir
+from common.datadir import (
     DIFFICULTY_METADATA,
     PHASE1_DATASET,
     PHASE1_METADATA,
@@ -40,16 +41,17 @@ from common.artifacts import (
     SPLIT,
     SPLIT_METADATA,
     TEMPERATURE_METADATA,
+    Phase3Result,
+    atomic_write_bytes,
+    atomic_write_text,
     load_temperature_run,
     metadata_path_of,
     phase3_summary_of,
+    read_json,
     read_phase3_result,
 )
-from common.config import PipelineConfig, benchmark_data_dir
 from common.errors import PipelineError
-from common.phase3_result import Phase3Result
-from common.stats import clopper_pearson
-from common.storage import atomic_write_bytes, atomic_write_text, read_json
+from common.statistics.stats import clopper_pearson
 from sweep.table import comparison_rows, render_table
 
 logger = logging.getLogger(__name__)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from common.benchmarks.humaneval import packaged_humaneval
 from common.config import PipelineConfig
+from common.datadir import RunClock, build_metadata, write_json
 from common.errors import PipelineError
-from common.metadata import RunClock, build_metadata
-from common.storage import write_json
 from common.tasks import run_key
 from study.plan import PRESETS, Setting, StudyInputs, plan_study, study_root
 from sweep.plan import Step
@@ -92,7 +91,7 @@ def run_study(cfg: PipelineConfig, preset: str, model: str | None, humaneval: st
         print("dry run: nothing was run")
         return 0
     if inputs.convert_gguf:
-        from common.gguf_convert import find_smollm2_gguf
+        from common.modeling.gguf_convert import find_smollm2_gguf
 
         find_smollm2_gguf()  # refuses, in one line, before anything is written
     record = _record(cfg, clock, preset, settings, inputs, steps, failed=None)

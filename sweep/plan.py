@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import applies_to, option_fields
+from common.datadir import PHASE_DIRS
 from common.errors import PipelineError
-from common.paths import PHASE_DIRS
 from common.phases import PHASES
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class Step:
 
 def _known_presets() -> list[str]:
     """Preset names of the model registry (``run.py models``)."""
-    from common.model_presets import PRESETS
+    from common.modeling.model_presets import PRESETS
 
     return sorted(PRESETS)
 

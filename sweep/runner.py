@@ -14,12 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.artifacts import PHASE3_VALIDATION
 from common.config import PipelineConfig, check_option_limits
-from common.metadata import RunClock, build_metadata
-from common.paths import pipeline_folder, timestamp
+from common.datadir import (
+    PHASE3_VALIDATION,
+    RunClock,
+    atomic_write_text,
+    build_metadata,
+    pipeline_folder,
+    read_json,
+    timestamp,
+    write_json,
+)
 from common.slurm_backend import SlurmOptions, parse_extra
-from common.storage import atomic_write_text, read_json, write_json
 from common.tasks import run_key
 from sweep.plan import Step, SweepModel, link_shared_phases, plan_steps, resolve_models
 from sweep.table import comparison_rows, render_table

@@ -15,9 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from common.artifacts import read_phase3_result
+from common.datadir import Phase3Result, TopLatent, read_phase3_result
 from common.errors import PipelineError
-from common.phase3_result import Phase3Result, TopLatent
 
 logger = logging.getLogger(__name__)
 

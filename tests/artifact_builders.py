@@ -1,4 +1,4 @@
-"""Synthetic Phase 1.0 / 1.2 runs and Phase 3 results written through ``common.artifacts``, for tests of the readers.
+"""Synthetic Phase 1.0 / 1.2 runs and Phase 3 results written through ``common.datadir.artifacts``, for tests of the readers.
 
 Why through the artifact module: a fixture that writes its own idea of a
 table would let a reader pass on a schema no phase writes. Here the tables
@@ -13,30 +13,28 @@ from typing import Any
 
 import pandas as pd
 
-from common.artifacts import (
+from common.config import DEFAULT_MODEL, PipelineConfig
+from common.datadir import (
     PHASE1_DATASET,
     PHASE1_METADATA,
+    SCHEMA_VERSION,
     TEMPERATURE_METADATA,
     TEMPERATURE_TABLE,
     Artifact,
-    RunRecord,
-    metadata_path_of,
-    temperature_label,
-)
-from common.config import DEFAULT_MODEL, PipelineConfig
-from common.paths import timestamp
-from common.phase3_result import (
-    SCHEMA_VERSION,
     DirectionSteeringResult,
     LatentResult,
     Phase2Null,
     Phase3Configuration,
     Phase3Result,
     ProbeSection,
+    RunRecord,
     StatisticalSection,
     SteeringSection,
     TopLatent,
     TransferSection,
+    metadata_path_of,
+    temperature_label,
+    timestamp,
 )
 
 _TEXT = {"prompt", "generated_text", "extracted_code", "detail", "stop_reason", "outcome"}

@@ -52,7 +52,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path):
     """(model, tokenizer) loaded through the pipeline's own loader, float32 on CPU."""
-    from common.models import load_model_and_tokenizer
+    from common.modeling.models import load_model_and_tokenizer
 
     return load_model_and_tokenizer(str(tiny_model_dir), torch.device("cpu"), torch.float32)
 

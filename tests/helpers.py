@@ -46,7 +46,7 @@ def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cores, so conftest.py wraps this in a session-scoped fixture.
     """
     from common.errors import PipelineError
-    from common.gguf_convert import convert_gguf_to_folder, find_smollm2_gguf
+    from common.modeling.gguf_convert import convert_gguf_to_folder, find_smollm2_gguf
 
     try:
         gguf_path = find_smollm2_gguf()

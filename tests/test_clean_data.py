@@ -4,12 +4,11 @@ import os
 import subprocess
 import sys
 
-from common.locking import LOCK_NAME
-from common.paths import DATA_DIR_MARKER, mark_data_dir
+from common.datadir import DATA_DIR_MARKER, LOCK_NAME, mark_data_dir
 from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
 
 HOLD = (
-    "import sys, time; sys.path.insert(0, sys.argv[2]); from common.locking import exclusive\n"
+    "import sys, time; sys.path.insert(0, sys.argv[2]); from common.datadir.locking import exclusive\n"
     "with exclusive(sys.argv[1], 'phase 1'):\n    print('held', flush=True); time.sleep(120)\n"
 )
 

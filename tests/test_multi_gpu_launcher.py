@@ -172,7 +172,7 @@ def test_the_row_count_printed_is_the_published_files(tmp_path, tiny_model_dir):
     assert _launch(data, tiny_model_dir).returncode == 0
     out = _launch(data, tiny_model_dir, "--start", "0", "--end", "1", "--phase", "1.0")  # 1.0: the docs' name of phase 1
     assert out.returncode == 0, out.stdout + out.stderr
-    from common.artifacts import PHASE1_DATASET
+    from common.datadir import PHASE1_DATASET
 
     dataset = PHASE1_DATASET.newest(data)
     assert len(pd.read_parquet(dataset)) == 7

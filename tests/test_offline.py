@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from common import hub
+from common.modeling import hub
 from tests.helpers import REPO_ROOT
 
 

@@ -22,10 +22,10 @@ import torch
 import phase0_1_splitting
 import phase0_difficulty
 import phase1_0_generation
-from common.activations import activation_path
 from common.config import PipelineConfig
-from common.executor import build_program
-from common.models import decoder_layers, load_model_and_tokenizer, num_layers
+from common.datadir import activation_path
+from common.modeling.models import decoder_layers, load_model_and_tokenizer, num_layers
+from common.sandbox.executor import build_program
 from tests.helpers import REAL_MBPP, requires_real_mbpp
 
 pytestmark = [pytest.mark.slow, requires_real_mbpp]
@@ -117,7 +117,7 @@ def test_labels_agree_with_running_the_program_by_hand(phase1_run, tmp_path: Pat
 
 def test_stopping_early_never_changes_the_program_on_real_generations(phase1_run) -> None:
     """Generate the same prompts with no stop sequence, then cut where generation would have stopped."""
-    from common.generation import GenerationConfig, generate_batches
+    from common.modeling.generation import GenerationConfig, generate_batches
     from common.prompts import STOP_SEQUENCES, extract_code
 
     cfg, df = phase1_run
@@ -141,7 +141,7 @@ def test_converted_folder_computes_what_the_gguf_model_computes(smollm2_dir: Pat
     """The saved folder is the GGUF model, not a re-initialised one: same logits on an MBPP prompt."""
     import transformers
 
-    from common.gguf_convert import find_smollm2_gguf
+    from common.modeling.gguf_convert import find_smollm2_gguf
 
     gguf = find_smollm2_gguf()
     reference = transformers.AutoModelForCausalLM.from_pretrained(

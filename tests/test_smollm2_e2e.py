@@ -80,9 +80,9 @@ def test_smollm2_runs_every_phase_on_real_mbpp(tmp_path: Path, smollm2_dir: Path
     import phase2_sae_analysis
     import phase3_validation
     from common.config import PipelineConfig
-    from common.models import load_model_and_tokenizer
-    from common.sae_training import REPORT_FILENAME, SAETrainingConfig, read_corpus_file, train_saes
-    from common.storage import read_json
+    from common.datadir import read_json
+    from common.modeling.models import load_model_and_tokenizer
+    from common.saes.training import REPORT_FILENAME, SAETrainingConfig, read_corpus_file, train_saes
 
     torch.set_num_threads(2)
     mbpp = tmp_path / "mbpp_slice.jsonl"

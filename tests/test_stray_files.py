@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("sae_lens")
 
 import phase2_sae_analysis
-from common.artifacts import PHASE1_DATASET, metadata_path_of
 from common.config import DEFAULT_MODEL
+from common.datadir import PHASE1_DATASET, metadata_path_of
 from phase1_0_generation.generation_phase import prepare_outputs
 from tests.phase2_sae_analysis.test_analysis import (
     SAE_IDS,

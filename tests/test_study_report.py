@@ -19,12 +19,21 @@ import pandas as pd
 import pytest
 from scipy.stats import binomtest
 
-from common.artifacts import write_phase3_result
 from common.config import PipelineConfig
-from common.corpus_builder import build_corpus
-from common.metadata import RunClock, build_metadata
-from common.phase3_result import LatentResult, Phase3Result, ProbeEntry, ProbeSection, TopLatent
-from common.storage import save_npz, write_json, write_parquet
+from common.corpora.builder import build_corpus
+from common.datadir import (
+    LatentResult,
+    Phase3Result,
+    ProbeEntry,
+    ProbeSection,
+    RunClock,
+    TopLatent,
+    build_metadata,
+    save_npz,
+    write_json,
+    write_parquet,
+    write_phase3_result,
+)
 from tests.artifact_builders import direction_steering, phase3_result, write_phase1_run, write_temperature_run
 from tests.helpers import REPO_ROOT
 

@@ -24,8 +24,8 @@ from common.errors import PipelineError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from common.executor import ExecutionResult, Executor
-    from common.generation_loop import Job
+    from common.modeling.generation_loop import Job
+    from common.sandbox.executor import ExecutionResult, Executor
 
 
 @dataclass(frozen=True)

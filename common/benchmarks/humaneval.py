@@ -34,8 +34,8 @@ from typing import Any
 import pandas as pd
 
 from common.benchmarks.base import Benchmark
+from common.datadir import jsonl_objects
 from common.errors import PipelineError
-from common.storage import jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +268,7 @@ def program_pieces(problem: dict[str, Any], completion: str) -> dict[str, Any]:
     """The executor item that runs :func:`harness_program` for ``completion``.
 
     The executor runs solution, setup and tests joined by newlines
-    (``common.executor.build_program``): here the solution is the harness's
+    (``common.sandbox.executor.build_program``): here the solution is the harness's
     program up to its test code and the one test is ``check(entry_point)``, so
     the text run is the harness's, and the executor passes it only when
     ``check`` returns (an early ``sys.exit`` or ``os._exit`` fails, as in the harness).
@@ -289,7 +289,7 @@ def submit_humaneval(
     The label is the executor's verdict on :func:`harness_program`; an empty
     completion that fails is named ``no_code`` (the label is unchanged).
     """
-    from common.labelling import _mapped, no_code_verdict
+    from common.sandbox.labelling import _mapped, no_code_verdict
 
     completion = humaneval_completion(problem, generated_text, prompt_format)
     pieces = program_pieces(problem, completion)
@@ -302,13 +302,6 @@ def submit_humaneval(
 def canonical_items(problems: pd.DataFrame) -> list[dict[str, Any]]:
     """Executor items for every canonical solution (``run.py check-humaneval``)."""
     return [program_pieces(p, p["canonical_solution"]) for p in problems.to_dict("records")]
-
-
-def check_humaneval_cli(cfg: Any, json_path: str | None = None) -> int:
-    """``run.py check-humaneval``: every canonical solution must pass in the sandbox."""
-    from common.check_mbpp import run_and_report
-
-    return run_and_report(cfg, canonical_items(load_humaneval(cfg.humaneval_path)), json_path)
 
 
 def humaneval_tasks(path: str | Path | None) -> pd.DataFrame:
@@ -330,7 +323,7 @@ def humaneval_job(problem: dict[str, Any], prompt_format: str = "plain", tokeniz
     """A generation job: the prompt in ``prompt_format``, judged as the official harness judges (:func:`submit_humaneval`)."""
     import functools
 
-    from common.generation_loop import Job
+    from common.modeling.generation_loop import Job
 
     fields = {k: problem[k] for k in ("task_id", "prompt", "test", "entry_point")}
     return Job(

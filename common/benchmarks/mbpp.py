@@ -18,10 +18,10 @@ from typing import Any
 import pandas as pd
 
 from common.benchmarks.base import Benchmark
+from common.datadir import jsonl_objects
 from common.errors import PipelineError
-from common.model_presets import PROMPT_FORMATS
+from common.modeling.model_presets import PROMPT_FORMATS
 from common.prompts import PROMPT_TEMPLATE_VERSION, STOP_SEQUENCES, build_prompt
-from common.storage import jsonl_objects
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class MBPP(Benchmark):
     """
 
     def check_prompt_format(self, prompt_format: str) -> None:
-        """Nothing to check here: ``common.model_presets.apply_prompt_format`` refuses a format it does not know."""
+        """Nothing to check here: ``common.modeling.model_presets.apply_prompt_format`` refuses a format it does not know."""
 
     def source_description(self, path: str | Path | None) -> str:
         return mbpp_source_description(path)
@@ -158,7 +158,7 @@ class MBPP(Benchmark):
 
     def load_tasks(self, cfg: Any) -> tuple[pd.DataFrame, Path | None]:
         """The problems joined with the Phase 0 difficulty mapping (``--input`` or the newest), in task_id order."""
-        from common.artifacts import DIFFICULTY
+        from common.datadir import DIFFICULTY
 
         difficulty_path = DIFFICULTY.resolve(cfg.input, cfg.data_dir)
         difficulty = DIFFICULTY.read_table(difficulty_path)
@@ -178,8 +178,8 @@ class MBPP(Benchmark):
 
     def job(self, problem: dict[str, Any], prompt_format: str, tokenizer: Any) -> Any:
         """The template's prompt in ``prompt_format``; the program is extracted and run against the asserts."""
-        from common.generation_loop import Job
-        from common.model_presets import apply_prompt_format
+        from common.modeling.generation_loop import Job
+        from common.modeling.model_presets import apply_prompt_format
 
         tests = list(problem["test_list"])
         return Job(
@@ -191,7 +191,7 @@ class MBPP(Benchmark):
         )
 
     def submit(self, executor: Any, problem: dict[str, Any], text: str, prompt: Any) -> tuple[str, Any]:
-        from common.labelling import submit_generation
+        from common.sandbox.labelling import submit_generation
 
         return submit_generation(executor, int(problem["task_id"]), text, problem["test_setup_code"], list(problem["test_list"]))
 

@@ -14,7 +14,7 @@ import pytest
 
 from common.config import MIN_TRAIN_TOKENS, PipelineConfig, check_option_limits, option_fields
 from common.errors import PipelineError
-from common.steering import HOOK_POINTS, POSITION_POLICIES
+from common.modeling.steering import HOOK_POINTS, POSITION_POLICIES
 
 REPO = Path(__file__).resolve().parents[2]
 LIMITED = {f.name for f in option_fields()

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from common import artifacts
 from common.config import ALL_PHASES, GENERATING_PHASES
+from common.datadir import PHASE_COMMANDS, PHASE_DIRS, artifacts
 from common.errors import PipelineError
-from common.paths import PHASE_COMMANDS, PHASE_DIRS
 from common.phases import PHASES, canonical, phase, phase_keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +51,7 @@ def test_artifact_keys_are_declared_and_writes_match_the_writers():
     declared = {a.key: a for a in artifacts.ALL}
     for spec in PHASES:
         for key in (*spec.writes, *spec.reads):
-            assert key in declared, f"phase {spec.key}: no artifact {key!r} in common/artifacts.py"
+            assert key in declared, f"phase {spec.key}: no artifact {key!r} in common/datadir/artifacts.py"
         assert set(spec.writes) == {a.key for a in artifacts.ALL if a.phase == spec.key}, spec.key
         earlier = set(phase_keys()[: phase_keys().index(spec.key)])
         assert all(declared[k].phase in earlier for k in spec.reads), f"phase {spec.key} reads a later phase's file"

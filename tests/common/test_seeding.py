@@ -1,4 +1,4 @@
-from common.generation import plan_batches
+from common.modeling.generation import plan_batches
 from common.seeding import derive_seed
 
 

@@ -2,7 +2,7 @@
 
 from common.benchmarks.humaneval import canonical_items, load_humaneval, program_pieces
 from common.benchmarks.mbpp import load_mbpp
-from common.executor import Executor, ExecutorConfig
+from common.sandbox.executor import Executor, ExecutorConfig
 from demo.humaneval_view import write_humaneval_view
 from tests.helpers import DEMO_PROBLEMS
 

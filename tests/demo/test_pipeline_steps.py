@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from common.datadir import exclusive
 from common.errors import PipelineError
-from common.locking import exclusive
 from demo.pipeline import DEMO_PROBLEMS, demo_config, demo_steps
 
 

@@ -133,7 +133,7 @@ def test_loads_with_the_pipeline_mbpp_loader() -> None:
 
 def test_reference_solutions_pass_in_the_executor(problems: list[dict[str, Any]]) -> None:
     """The same sandbox Phase 1 and the demo use; challenge asserts included."""
-    from common.executor import Executor, ExecutorConfig
+    from common.sandbox.executor import Executor, ExecutorConfig
 
     items = [
         {
@@ -151,7 +151,7 @@ def test_reference_solutions_pass_in_the_executor(problems: list[dict[str, Any]]
 
 
 def test_wrong_solutions_fail_an_assert_in_the_executor(problems: list[dict[str, Any]]) -> None:
-    from common.executor import Executor, ExecutorConfig
+    from common.sandbox.executor import Executor, ExecutorConfig
 
     items = [
         {"task_id": p["task_id"], "code": wrong_code(p), "test_setup_code": p["test_setup_code"], "tests": p["test_list"]}

@@ -16,9 +16,9 @@ import pytest
 import torch
 import transformers
 
-from common.executor import Executor, ExecutorConfig
+from common.datadir import read_json
 from common.prompts import build_prompt, extract_code
-from common.storage import read_json
+from common.sandbox.executor import Executor, ExecutorConfig
 from demo.sae_training import REPORT_FILENAME as SAE_REPORT_FILENAME
 from demo.sae_training import (
     DemoSAEConfig,
@@ -171,7 +171,7 @@ def test_seen_choice_is_seeded():
 def test_saes_load_with_sae_lens_at_the_captured_site(trained):
     from sae_lens import SAE, JumpReLUSAE
 
-    from common.saes import SAESource, load_sae
+    from common.saes.loading import SAESource, load_sae
 
     _report, model_dir, folders, sae_dir = trained
     model, _tok = _load(model_dir)

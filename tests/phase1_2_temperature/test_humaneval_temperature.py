@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 
 import phase1_2_temperature
-from common.activations import activation_path
 from common.benchmarks.humaneval import HUMANEVAL_PROMPT_VERSION, humaneval_completion, humaneval_tasks, program_pieces
 from common.config import PipelineConfig
+from common.datadir import activation_path, file_sha256
 from common.errors import PipelineError
-from common.executor import Executor, ExecutorConfig
-from common.metadata import file_sha256
+from common.sandbox.executor import Executor, ExecutorConfig
 from phase1_2_temperature.temperature_phase import build_jobs, temperature_table_name
 from tests.helpers import REAL_HUMANEVAL, REPO_ROOT, requires_real_humaneval
 
@@ -121,7 +120,7 @@ def test_rerun_same_settings_changes_nothing_and_slices_merge(tiny_model_dir, tm
 def test_a_run_that_died_before_publishing_resumes_without_generating(tiny_model_dir, tmp_path, monkeypatch):
     """Every sample was generated and checkpointed, then publishing failed (a full disk, say): the rerun generates
     no sequence again and publishes exactly what an uninterrupted run publishes."""
-    import common.generation_loop as loop
+    import common.modeling.generation_loop as loop
     from phase1_2_temperature import temperature_phase
 
     reference = phase1_2_temperature.run(_cfg(tmp_path / "reference", tiny_model_dir))

@@ -117,7 +117,7 @@ def test_slices_merge_into_one_run_and_other_settings_are_archived(tmp_path, tin
     import dataclasses
     import json
 
-    from common.artifacts import load_temperature_run
+    from common.datadir import load_temperature_run
 
     cfg = _cfg(tmp_path, tiny_model_dir, start=0, end=8, temperatures=[0.7], samples_per_task=2, batch_size=4)
     phase0_difficulty.run(cfg)

@@ -26,11 +26,11 @@ from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 import phase2_sae_analysis
-from common.activations import activation_path, save_task_activations
 from common.config import DEFAULT_MODEL, PipelineConfig
+from common.datadir import activation_path, save_task_activations
 from common.errors import PipelineError
-from common.general_text import collect_resid_post_all_tokens, tokenize_documents
-from common.models import decoder_layers
+from common.modeling.general_text import collect_resid_post_all_tokens, tokenize_documents
+from common.modeling.models import decoder_layers
 from phase2_sae_analysis.analysis import TOP_COLUMNS
 from phase2_sae_analysis.general_filter import _read_local_corpus, choose_documents
 from phase2_sae_analysis.inputs import aggregate_pass_rates

@@ -20,11 +20,16 @@ pytest.importorskip("sae_lens")
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-from common.activations import save_task_activations
-from common.artifacts import PHASE1_DATASET, PHASE2_RESULTS, metadata_path_of, read_phase1_metadata
-from common.paths import timestamp
+from common.datadir import (
+    PHASE1_DATASET,
+    PHASE2_RESULTS,
+    metadata_path_of,
+    read_phase1_metadata,
+    save_task_activations,
+    timestamp,
+    write_parquet,
+)
 from common.prompts import build_prompt
-from common.storage import write_parquet
 from tests.artifact_builders import write_phase1_run
 
 

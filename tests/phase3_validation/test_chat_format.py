@@ -21,11 +21,10 @@ import transformers
 import phase0_difficulty
 import phase1_0_generation
 import phase1_2_temperature
-from common.artifacts import PHASE1_DATASET, metadata_path_of
 from common.benchmarks.mbpp import load_mbpp
 from common.config import PipelineConfig
+from common.datadir import PHASE1_DATASET, metadata_path_of, write_parquet
 from common.errors import PipelineError
-from common.storage import write_parquet
 from phase3_validation.inputs import load_inputs
 from phase3_validation.prompting import INSTRUCTION, instructed_jobs
 from phase3_validation.steering_eval import split_jobs

@@ -15,7 +15,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from common.config import PipelineConfig
-from common.storage import write_parquet
+from common.datadir import write_parquet
 from phase3_validation import baselines, confounds
 from phase3_validation.inputs import load_inputs
 from phase3_validation.probes import evaluate_probes, fit_logistic_probe

@@ -24,11 +24,11 @@ from sklearn.metrics import roc_auc_score
 import phase0_difficulty
 import phase1_0_generation
 import phase3_validation
-from common.activations import activation_path, load_activation
 from common.benchmarks.mbpp import load_mbpp
 from common.config import PipelineConfig
-from common.models import load_model_and_tokenizer, text_sizes
-from common.saes import encode
+from common.datadir import activation_path, load_activation
+from common.modeling.models import load_model_and_tokenizer, text_sizes
+from common.saes.loading import encode
 from demo.tiny_model import save_model_folder
 from demo.training import (
     DemoModelConfig,

@@ -8,7 +8,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from common.config import PipelineConfig
-from common.storage import write_parquet
+from common.datadir import write_parquet
 from phase3_validation.inputs import load_inputs
 from phase3_validation.probes import diff_of_means_direction, evaluate_probes, fit_logistic_probe
 from phase3_validation.statistical import split_too_small
@@ -105,7 +105,7 @@ def test_too_small_sae_split_gives_one_line_and_no_probes(tmp_path):
 
 
 def test_probe_rows_at_each_phase1_2_temperature(tmp_path):
-    from common.activations import save_task_activations
+    from common.datadir import save_task_activations
 
     data, signal, passed, acts, val_ids = _write(tmp_path)
     rng = np.random.default_rng(4)

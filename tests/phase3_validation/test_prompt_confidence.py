@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from common.config import PipelineConfig
-from common.generation import GenerationConfig, generate_batches
+from common.modeling.generation import GenerationConfig, generate_batches
 from phase3_validation import confounds, prompt_confidence
 from phase3_validation.inputs import load_inputs
 from phase3_validation.probes import evaluate_probes

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from common.executor import Executor, ExecutorConfig
-from common.generation import GenerationConfig
+from common.modeling.generation import GenerationConfig
 from common.prompts import build_prompt
+from common.sandbox.executor import Executor, ExecutorConfig
 from phase3_validation.inputs import SplitTasks
 from phase3_validation.prompting import INSTRUCTION, instructed_prompt, prompted_generation, summary_lines
 from phase3_validation.steering_eval import SteeringContext, steered_generation

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from common.phase3_result import Phase2Null, TopLatent
-from common.stats import monte_carlo_verdict
+from common.datadir import Phase2Null, TopLatent
+from common.statistics.stats import monte_carlo_verdict
 from phase3_validation.summary import _null_section
 
 

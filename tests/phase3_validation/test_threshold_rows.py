@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, f1_score
 
-from common.phase3_result import TransferSection, from_json
-from common.storage import json_safe
+from common.datadir import TransferSection, from_json, json_safe
 from phase3_validation.statistical import NO_THRESHOLD_ON_SET, evaluate_at_threshold
 from phase3_validation.summary import _metric_cells, _transfer_section
 

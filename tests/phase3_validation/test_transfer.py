@@ -9,12 +9,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from common.activations import save_task_activations
 from common.config import PipelineConfig
+from common.datadir import TransferSection, from_json, json_safe, save_task_activations, write_parquet
 from common.errors import PipelineError
-from common.phase3_result import TransferSection, from_json
-from common.saes import SAESource, encode, load_sae
-from common.storage import json_safe, write_parquet
+from common.saes.loading import SAESource, encode, load_sae
 from phase3_validation.inputs import load_inputs
 from phase3_validation.probes import evaluate_probes
 from phase3_validation.statistical import validate_latents

@@ -18,12 +18,10 @@ from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_sc
 import phase0_difficulty
 import phase1_0_generation
 import phase3_validation
-from common.artifacts import STEERING_OUTCOMES, read_phase3_result, write_phase3_result
 from common.benchmarks.mbpp import load_mbpp
 from common.config import PipelineConfig
+from common.datadir import STEERING_OUTCOMES, DirectionSteeringResult, RecordCheckpointer, read_phase3_result, write_phase3_result
 from common.errors import PipelineError
-from common.phase3_result import DirectionSteeringResult
-from common.storage import RecordCheckpointer
 from demo.humaneval_view import write_humaneval_view
 from phase3_validation import validation as validation_module
 from phase3_validation.inputs import load_inputs
@@ -321,7 +319,7 @@ def test_planted_latent_validates_with_threshold_from_hyperparams(planted_data):
         assert hp["f1"] == pytest.approx(ev.hyperparams_f1)
     # The threshold is the hyperparams one, applied unchanged: recompute the validation metrics by hand.
     ev = evaluations[0]
-    from common.saes import SAESource, encode, load_sae
+    from common.saes.loading import SAESource, encode, load_sae
 
     sae = load_sae(SAESource(local_path=str(data.parent / "saes")), 2)
     scores = encode(sae, np.stack([acts[t][2] for t in val_ids]))[:, 3]
@@ -334,7 +332,7 @@ def test_planted_latent_validates_with_threshold_from_hyperparams(planted_data):
 
 def test_temperature_rows_use_phase1_2_samples(planted_data):
     data, val_ids, passed, acts = planted_data
-    from common.activations import save_task_activations
+    from common.datadir import save_task_activations
 
     rng = np.random.default_rng(3)
     tables = {}
@@ -794,7 +792,7 @@ def test_runs_on_real_phase2_results(e2e, tmp_path):
     """The contract with phase2_sae_analysis: Phase 3 reads what Phase 2 really writes (schema, paths)."""
     phase2 = pytest.importorskip("phase2_sae_analysis")
 
-    from common.storage import write_parquet
+    from common.datadir import write_parquet
 
     data = tmp_path / "data"
     shutil.copytree(e2e["data"], data)
@@ -812,7 +810,7 @@ def test_runs_on_real_phase2_results(e2e, tmp_path):
     doc = json.loads(summary.with_name(summary.name.replace("summary_", "validation_").replace(".md", ".json")).read_text())
     assert doc["inputs"]["phase2_results"] == str(results)
     assert doc["inputs"]["phase1_dataset"] == str(next((data / "phase1_0").glob("dataset_*.parquet")))
-    from common.artifacts import PHASE2_RESULTS, PHASE2_TOP, read_phase1_metadata
+    from common.datadir import PHASE2_RESULTS, PHASE2_TOP, read_phase1_metadata
 
     raw = PHASE2_RESULTS.read_json(results)  # every declared field is there
     dataset = Path(raw["label_source"]["tables"][0])

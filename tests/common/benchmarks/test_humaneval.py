@@ -10,7 +10,7 @@ import pytest
 
 from common.benchmarks.humaneval import canonical_items, load_humaneval, program_pieces
 from common.errors import PipelineError
-from common.executor import Executor, ExecutorConfig
+from common.sandbox.executor import Executor, ExecutorConfig
 from tests.helpers import REAL_HUMANEVAL, REPO_ROOT, requires_real_humaneval
 
 

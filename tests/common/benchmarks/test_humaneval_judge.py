@@ -20,8 +20,8 @@ from common.benchmarks.humaneval import (
     submit_humaneval,
     truncate_at_stop,
 )
-from common.executor import Executor, ExecutorConfig, build_program
 from common.prompts import extract_code
+from common.sandbox.executor import Executor, ExecutorConfig, build_program
 from tests.helpers import REAL_HUMANEVAL, requires_real_humaneval
 
 pytestmark = requires_real_humaneval
