@@ -1,4 +1,4 @@
-"""The package layout holds: no import cycle, common/ never imports the commands, the data directory has one face.
+"""The package layout holds: no import cycle, common/ imports no command and no phase, the data directory has one face.
 
 Why: ``common/`` is split by concern (docs/design.md section 1). A cycle
 between two of its packages makes the import order decide whether a module
@@ -98,13 +98,16 @@ def test_the_cycle_check_finds_one():
     assert cycles(graph) == [["a", "b", "c"]]
 
 
-def test_common_never_imports_the_commands():
+def test_common_never_imports_the_commands_or_a_phase():
+    from common.phases import PHASES
+
+    forbidden = {"cli", *(spec.module.split(".")[0] for spec in PHASES)}
     offenders = []
     for name, path in _sources(REPO_ROOT).items():
         if name.split(".")[0] != "common":
             continue
         for line, target in _imports(ast.parse(path.read_text(encoding="utf-8")), top_level_only=False):
-            if target.split(".")[0] == "cli":
+            if target.split(".")[0] in forbidden:
                 offenders.append(f"{path.relative_to(REPO_ROOT)}:{line} imports {target}")
     assert offenders == []
 
