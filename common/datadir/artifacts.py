@@ -30,9 +30,9 @@ import pandas as pd
 
 from common.datadir.metadata import file_sha256
 from common.datadir.paths import PHASE_COMMANDS, PHASE_DIRS, name_timestamp, timestamp
+from common.datadir.phase3_result import SCHEMA_VERSION, Phase3Result, Phase3ResultError, from_json, to_json
 from common.datadir.storage import atomic_write_bytes, atomic_write_text, json_safe, read_json, write_json, write_parquet
 from common.errors import PipelineError
-from common.datadir.phase3_result import SCHEMA_VERSION, Phase3Result, Phase3ResultError, from_json, to_json
 
 logger = logging.getLogger(__name__)
 
