@@ -56,6 +56,19 @@ def smollm2_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return convert_gguf_to_folder(gguf_path, tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child that a test interrupts: SIGINT back to its default action.
+
+    Why: a shell without job control starts background commands (``pytest ... &``)
+    with SIGINT ignored, children inherit that, and Python then installs no
+    KeyboardInterrupt handler, so the Ctrl-C tests would fail only when pytest
+    itself runs in the background.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_run_py(args: list[str], when_stderr_has: str, stderr_path: Path, env: dict[str, str],
                      limit_s: float) -> tuple[int, str]:
     """Run ``run.py ARGS``, send SIGINT once its stderr shows ``when_stderr_has`` (or it ends, or ``limit_s``
@@ -68,7 +81,7 @@ def interrupt_run_py(args: list[str], when_stderr_has: str, stderr_path: Path, e
 
     with open(stderr_path, "w") as err:
         proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "run.py"), *args], stdout=subprocess.PIPE,
-                                stderr=err, text=True, env={**os.environ, **env})
+                                stderr=err, text=True, env={**os.environ, **env}, preexec_fn=default_sigint)
         try:
             deadline = time.monotonic() + limit_s
             while when_stderr_has not in stderr_path.read_text() and proc.poll() is None and time.monotonic() < deadline:

@@ -18,7 +18,7 @@ import pytest
 
 import phase0_difficulty
 from common.config import PipelineConfig
-from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
+from tests.helpers import DEMO_PROBLEMS, REPO_ROOT, default_sigint
 from tests.slurm_cluster import slurm_or_skip, squeue_state, wait_for
 
 pytest.importorskip("submitit")
@@ -165,7 +165,8 @@ def test_rerun_refused_while_jobs_queued_and_ctrl_c_cancels_them(tmp_path, tiny_
     wait_for(lambda: squeue_state(job_id) in (None, "CANCELLED"), 60, f"job {job_id} to be cancelled")
 
     jobs_file.unlink()
-    proc = subprocess.Popen(_cmd(data, tiny_model_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cmd(data, tiny_model_dir, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         jobs_file = wait_for(lambda: next((data / "phase1_0" / "logs").glob(jobs_glob), None), 120, "second submission")
         second = json.loads(jobs_file.read_text())["0"][0]
