@@ -150,6 +150,7 @@ def collect_resid_post(
     layers: list[int],
     batch_size: int = 32,
     skip_first_token: bool = True,
+    sort_by_length: bool = True,
 ) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """resid_post of each layer at every real token of every text but its first (unless told to keep it).
 
@@ -170,35 +171,53 @@ def collect_resid_post(
         return hook
 
     handles = [read_hook(model, layer, make_hook(layer)) for layer in layers]
-    chunks: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    owners: list[torch.Tensor] = []
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    first = 1 if skip_first_token else 0
+    order = _forward_order(encoded, sort_by_length)
+    per_text: dict[int, list[torch.Tensor]] = {layer: [torch.empty(0)] * len(encoded) for layer in layers}
     try:
         # The corpus pass is SAE training's longest step on a CPU (tens of minutes): show where it is.
-        starts = range(0, len(encoded), batch_size)
+        starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc=f"reading layers {layers}", unit="batch", disable=len(starts) < 2):
-            batch = encoded[start : start + batch_size]
-            length = max(len(ids) for ids in batch)
-            ids = torch.full((len(batch), length), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), length), dtype=torch.long)
-            for i, seq in enumerate(batch):
-                ids[i, : len(seq)] = torch.tensor(seq)
-                mask[i, : len(seq)] = 1
-            keep = mask.bool()
-            if skip_first_token:
-                keep[:, 0] = False
+            members = order[start : start + batch_size]
+            ids, mask = _right_padded([encoded[i] for i in members], pad)
             # The decoder stack alone: no logits are needed, and a large vocabulary's unembedding is costly.
             decoder(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
             for layer in layers:
-                chunks[layer].append(captured[layer].float().cpu()[keep])
-            owners.append((torch.arange(len(batch)) + start)[:, None].expand(-1, length)[keep])
+                hidden = captured[layer].float().cpu()
+                for row, text in enumerate(members):  # a copy, so the padded batch is freed
+                    per_text[layer][text] = hidden[row, first : len(encoded[text])].clone()
     finally:
         remove_all(handles)
         model.train(was_training)
-    return {layer: torch.cat(chunks[layer]) for layer in layers}, torch.cat(owners)
+    owners = torch.cat([torch.full((max(0, len(ids) - first),), i, dtype=torch.long) for i, ids in enumerate(encoded)])
+    return {layer: torch.cat(per_text[layer]) for layer in layers}, owners
+
+
+def _forward_order(encoded: list[list[int]], sort_by_length: bool) -> list[int]:
+    """Texts in the order they are batched: longest first, so a batch pads little; the output keeps text order.
+
+    Why: the corpus pass computes every padded position. On the SmolLM2
+    study's corpus (1,545 texts of 2 to 512 tokens, batches of 32) batches in
+    text order computed 789k positions for 302k tokens; sorted, 309k.
+    """
+    if not sort_by_length:
+        return list(range(len(encoded)))
+    return sorted(range(len(encoded)), key=lambda i: (-len(encoded[i]), i))
+
+
+def _right_padded(batch: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids padded on the right to the batch's longest, and the attention mask (1 on real tokens)."""
+    length = max(len(ids) for ids in batch)
+    ids = torch.full((len(batch), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for i, seq in enumerate(batch):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+    return ids, mask
 
 
 def _batches(acts: torch.Tensor, batch_size: int, seed: int) -> Iterator[torch.Tensor]:

@@ -72,6 +72,39 @@ def test_first_token_is_left_out_even_without_a_bos(tiny_model):
         tokenize_texts(tokenizer, texts, 1, None)  # truncated to one token each: nothing left to train on
 
 
+def test_corpus_pass_batches_by_length_and_keeps_text_order(tiny_model):
+    """Texts are batched longest first (little padding) but returned in text order, equal to each text run alone."""
+    import torch
+
+    from common.saes.training import collect_resid_post
+
+    model, tokenizer = tiny_model
+    texts = ["x = 1", "def add(a, b):\n    return a + b\n" * 6, "y", "assert add(1, 2) == 3", "z = [i for i in range(9)]" * 3]
+    encoded = [tokenizer(t)["input_ids"] for t in texts]
+    positions: dict[bool, int] = {}
+    results = {}
+    for sort in (False, True):
+        layer0 = model.get_decoder().layers[0]
+        seen: list[int] = []
+        handle = layer0.register_forward_pre_hook(lambda _m, a, kw: seen.append(kw["hidden_states"].shape[:2].numel())
+                                                  if "hidden_states" in kw else seen.append(a[0].shape[:2].numel()),
+                                                  with_kwargs=True)
+        try:
+            results[sort] = collect_resid_post(model, tokenizer, encoded, [0, 1], batch_size=2, sort_by_length=sort)
+        finally:
+            handle.remove()
+        positions[sort] = sum(seen)
+    assert positions[True] < positions[False]  # sorted batches compute fewer padded positions
+    (unsorted, owner_u), (sorted_, owner_s) = results[False], results[True]
+    assert owner_s.tolist() == owner_u.tolist() == [i for i, ids in enumerate(encoded) for _ in ids[1:]]
+    for layer in (0, 1):
+        torch.testing.assert_close(sorted_[layer], unsorted[layer], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # each text alone: the reference for its rows
+        for i, ids in enumerate(encoded):
+            alone = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0][1:]
+            torch.testing.assert_close(sorted_[0][owner_s == i], alone, atol=1e-5, rtol=1e-5)
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     return subprocess.run([sys.executable, str(REPO_ROOT / "run.py"), *args], capture_output=True, text=True,
