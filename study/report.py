@@ -318,6 +318,32 @@ def _latent_row(doc: Phase3Result, direction: str) -> dict[str, Any] | None:
     return None
 
 
+def _last_token_fit(page: Page, data_dir: Path) -> None:
+    """What Phase 2's FVU at the last prompt token says about what the latents can carry.
+
+    Why on the page: that FVU divides the SAE's reconstruction error by the
+    variance between the split's tasks. Above 1, the error is larger than
+    everything that tells one task from another, so a latent that separates
+    correct from incorrect is not expected, whatever the statistics say.
+    """
+    results = PHASE2_RESULTS.latest(data_dir, split="sae")
+    if results is None:
+        return
+    fvu = {int(k): v.get("own") for k, v in (read_json(results).get("fvu") or {}).items() if v.get("own") is not None}
+    if not fvu:
+        return
+    low, high = min(fvu.values()), max(fvu.values())
+    where = f"at the last prompt token (layers {', '.join(str(k) for k in sorted(fvu))})"
+    if low > 1:
+        page.add(f"- {where[0].upper()}{where[1:]}, the SAEs' reconstruction error is {_num(low)} to {_num(high)} "
+                 "times the variance between tasks (Phase 2's FVU): the error is larger than everything that tells "
+                 "one task from another, so their latents are not expected to separate correct from incorrect; "
+                 "probes on the raw residual stream do not have this loss.")
+    else:
+        page.add(f"- Phase 2's FVU {where} (reconstruction error over the variance between tasks): "
+                 f"{_num(low)} to {_num(high)}.")
+
+
 def _findings(page: Page, doc: Phase3Result | None, mbpp: pd.DataFrame | None, data_dir: Path) -> None:
     page.section("What this study finds, and what it cannot")
     split_path = SPLIT.path(data_dir, split="validation")
@@ -326,6 +352,7 @@ def _findings(page: Page, doc: Phase3Result | None, mbpp: pd.DataFrame | None, d
         inside = mbpp[mbpp["task_id"].astype(int).isin(ids)]
         page.add(f"- The validation split, where every number above is measured, holds {int(inside['passed'].sum())} "
                  f"passing programs of {len(inside)}: an AUROC interval is only as narrow as that count allows.")
+    _last_token_fit(page, data_dir)
     if doc is None:
         page.add(f"- Latents, probes and steering: {NOT_MEASURED} (no Phase 3 output).")
     else:

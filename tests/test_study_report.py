@@ -164,11 +164,27 @@ def test_page_numbers_equal_the_files(study_data, tmp_path):
             f"{latent['auroc']:.3f} [{latent['auroc_ci_lo']:.3f}, {latent['auroc_ci_hi']:.3f}], "
             "an interval that excludes chance") in page
     assert "- The validation split, where every number above is measured, holds 2 passing programs of 8" in page
+    assert ("- Phase 2's FVU at the last prompt token (layers 0, 1) (reconstruction error over the variance between "
+            f"tasks): {0.3333:.3f} to {0.5555:.3f}.") in page
     assert "AUPRC: not measured" in page and "| phase 3 | not measured |" in page
     generations = [json.loads(line) for line in (out.parent / "page" / "mbpp_generations.jsonl").read_text().splitlines()]
     assert [g["task_id"] for g in generations] == rows["task_id"].tolist()
     assert [g["passed"] for g in generations] == rows["passed"].tolist()
     assert (out.parent / "page" / f"roc_{STAMP}.png").read_bytes() == b"\x89PNG fake plot bytes"
+
+
+def test_an_sae_that_loses_the_between_task_variance_is_said_plainly(study_data, tmp_path):
+    """Phase 2's FVU above 1 at every layer: the page says the latents are not expected to separate the classes."""
+    results = next((study_data["data"] / "phase2").glob("results_sae_*.json"))
+    doc = json.loads(results.read_text())
+    doc["fvu"] = {"0": {"own": 23.5}, "1": {"own": 4.6}}
+    results.write_text(json.dumps(doc))
+    out = tmp_path / "page.md"
+    assert _report(study_data["data"], out, "--record", str(study_data["record"])).returncode == 0
+    page = out.read_text()
+    assert ("- At the last prompt token (layers 0, 1), the SAEs' reconstruction error is 4.600 to 23.500 times the "
+            "variance between tasks (Phase 2's FVU): the error is larger than everything that tells one task from "
+            "another, so their latents are not expected to separate correct from incorrect") in page
 
 
 def test_missing_pieces_are_named_not_measured(tmp_path):
