@@ -72,6 +72,15 @@ def test_first_token_is_left_out_even_without_a_bos(tiny_model):
         tokenize_texts(tokenizer, texts, 1, None)  # truncated to one token each: nothing left to train on
 
 
+def _position_counter(seen: list[int]):
+    """A forward pre-hook that appends the number of (row, column) positions each pass computes."""
+    def hook(_module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seen.append(hidden.shape[0] * hidden.shape[1])
+
+    return hook
+
+
 def test_corpus_pass_batches_by_length_and_keeps_text_order(tiny_model):
     """Texts are batched longest first (little padding) but returned in text order, equal to each text run alone."""
     import torch
@@ -84,11 +93,8 @@ def test_corpus_pass_batches_by_length_and_keeps_text_order(tiny_model):
     positions: dict[bool, int] = {}
     results = {}
     for sort in (False, True):
-        layer0 = model.get_decoder().layers[0]
         seen: list[int] = []
-        handle = layer0.register_forward_pre_hook(lambda _m, a, kw: seen.append(kw["hidden_states"].shape[:2].numel())
-                                                  if "hidden_states" in kw else seen.append(a[0].shape[:2].numel()),
-                                                  with_kwargs=True)
+        handle = model.get_decoder().layers[0].register_forward_pre_hook(_position_counter(seen), with_kwargs=True)
         try:
             results[sort] = collect_resid_post(model, tokenizer, encoded, [0, 1], batch_size=2, sort_by_length=sort)
         finally:
