@@ -33,12 +33,13 @@ AUROC, and every reported number is on validation.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from common.modeling.model_presets import apply_prompt_format
 from common.prompts import CODE_CUE, build_prompt
@@ -104,28 +105,47 @@ def answer_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
     return sorted(yes - no), sorted(no - yes)
 
 
-def _batched_log_probs(model: Any, tokenizer: Any, prompts: list[str], batch_size: int) -> Iterator[np.ndarray]:
-    """log-softmax of the next-token logits after each prompt, one batch (float32, batch x vocabulary) at a time.
-
-    One batch at a time because a whole split's distributions would not fit
-    (974 prompts x a 256k vocabulary is 1 GB in float32).
-    """
+def _log_probs(model: Any, tokenizer: Any, prompts: list[str]) -> np.ndarray:
+    """log-softmax of the next-token logits after each prompt of one batch (float32, batch x vocabulary)."""
     device = next(model.parameters()).device
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+    mask = enc["attention_mask"]
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding, positioned as generate() positions it
+    with torch.inference_mode():
+        logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
+                       logits_to_keep=1).logits[:, -1, :]
+    return torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+
+
+def _in_prompt_order(model: Any, tokenizer: Any, prompts: list[str], batch_size: int,
+                     reduce: Callable[[np.ndarray], tuple[np.ndarray, ...]], desc: str) -> list[np.ndarray]:
+    """``reduce`` of each batch's next-token log-probabilities, gathered back into prompt order.
+
+    Why reduced batch by batch: a whole split's distributions would not fit
+    (974 prompts x a 256k vocabulary is 1 GB in float32). Why longest first:
+    a batch is padded to its longest prompt, and MBPP's one 3,716-token
+    prompt among prompts of about 100 would pad whichever batch it fell in.
+    """
+    if not prompts:
+        return []
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
     step = max(1, batch_size)
-    for start in range(0, len(prompts), step):
-        enc = tokenizer(prompts[start:start + step], return_tensors="pt", padding=True).to(device)
-        mask = enc["attention_mask"]
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding, positioned as generate() positions it
-        with torch.inference_mode():
-            logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
-                           logits_to_keep=1).logits[:, -1, :]
-        yield torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+    out: list[np.ndarray] = []
+    for start in tqdm(range(0, len(order), step), desc=desc, unit="batch", disable=len(order) <= step):
+        members = order[start : start + step]
+        parts = reduce(_log_probs(model, tokenizer, [prompts[i] for i in members]))
+        if not out:
+            out = [np.empty((len(prompts), *part.shape[1:]), dtype=part.dtype) for part in parts]
+        for array, part in zip(out, parts):
+            array[members] = part
+    return out
 
 
 def next_token_log_probs(model: Any, tokenizer: Any, prompts: list[str], batch_size: int) -> np.ndarray:
     """log-softmax of the next-token logits after each prompt (float32, prompts x vocabulary)."""
-    out = list(_batched_log_probs(model, tokenizer, prompts, batch_size))
-    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+    out = _in_prompt_order(model, tokenizer, prompts, batch_size, lambda b: (b,), "next-token distributions")
+    return out[0] if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def _first_token(log_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,10 +160,6 @@ def _p_yes(log_probs: np.ndarray, yes: list[int], no: list[int]) -> np.ndarray:
     p = np.exp(log_probs.astype(np.float64))
     p_yes, p_no = p[:, yes].sum(axis=1), p[:, no].sum(axis=1)
     return p_yes / np.maximum(p_yes + p_no, np.finfo(np.float64).tiny)
-
-
-def _cat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0)
 
 
 def _splits(inputs: Phase3Inputs) -> dict[str, SplitTasks]:
@@ -175,19 +191,21 @@ def compute(model: Any, tokenizer: Any, inputs: Phase3Inputs, batch_size: int) -
     }
     for name, split in splits.items():
         prompts = [str(p) for p in split.baseline["prompt"]]
-        stats = [_first_token(b) for b in _batched_log_probs(model, tokenizer, prompts, batch_size)]
-        result.scores.setdefault("first_token_logprob", {})[name] = _cat([f for f, _ in stats])
-        result.scores.setdefault("first_token_entropy", {})[name] = _cat([e for _, e in stats])
+        first = _in_prompt_order(model, tokenizer, prompts, batch_size, _first_token, f"first token, {name}")
+        result.scores.setdefault("first_token_logprob", {})[name] = first[0] if first else np.zeros(0)
+        result.scores.setdefault("first_token_entropy", {})[name] = first[1] if first else np.zeros(0)
         if yes and no:
             questions = [self_assessment_prompt(row, fmt, tokenizer) for row in split.tasks.itertuples()]
             if name == "validation":
                 result.info["self_assessment_example"] = questions[0] if questions else None
-            asked = [(_p_yes(b, yes, no), np.exp(b[:, yes + no].astype(np.float64)).sum(axis=1))
-                     for b in _batched_log_probs(model, tokenizer, questions, batch_size)]
-            result.scores.setdefault("self_assessment", {})[name] = _cat([p for p, _ in asked])
+            asked = _in_prompt_order(
+                model, tokenizer, questions, batch_size,
+                lambda b: (_p_yes(b, yes, no), np.exp(b[:, yes + no].astype(np.float64)).sum(axis=1)),
+                f"self-assessment, {name}")
+            result.scores.setdefault("self_assessment", {})[name] = asked[0] if asked else np.zeros(0)
             # How much of the next token's probability the yes and no tokens hold: a small mass means the
             # model would rather answer otherwise (a fence, prose), and P(yes) is read from a thin slice.
-            mass = _cat([m for _, m in asked])
+            mass = asked[1] if asked else np.zeros(0)
             result.info.setdefault("yes_no_mass_mean", {})[name] = float(mass.mean()) if len(mass) else None
     if not (yes and no):
         result.info["note"] = "self-assessment unavailable: the tokenizer gives yes and no the same first token"

@@ -44,6 +44,23 @@ def test_first_token_log_prob_is_the_engines_first_greedy_step(tiny_model):
         assert log_probs[i].max() == pytest.approx(engine[i], abs=1e-4)
 
 
+def test_prompts_are_batched_longest_first_and_returned_in_order(tiny_model):
+    """Each pass holds prompts no longer than the previous pass's shortest, so one long prompt pads no short ones."""
+    model, tokenizer = tiny_model
+    lengths: list[list[int]] = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, _a, kw: lengths.append(kw["attention_mask"].sum(dim=1).tolist()), with_kwargs=True)
+    try:
+        batched = next_token_log_probs(model, tokenizer, PROMPTS, batch_size=2)
+    finally:
+        handle.remove()
+    assert sorted(n for batch in lengths for n in batch) == sorted(len(ids) for ids in tokenizer(PROMPTS)["input_ids"])
+    assert all(max(later) <= min(earlier) for earlier, later in zip(lengths, lengths[1:]))
+    assert len({len(ids) for ids in tokenizer(PROMPTS)["input_ids"]}) > 1  # the order was not trivial
+    for i, prompt in enumerate(PROMPTS):
+        np.testing.assert_allclose(batched[i], next_token_log_probs(model, tokenizer, [prompt], 1)[0], atol=1e-4)
+
+
 def test_padding_changes_nothing_and_entropy_is_the_distributions(tiny_model):
     model, tokenizer = tiny_model
     batched = next_token_log_probs(model, tokenizer, PROMPTS, batch_size=3)
