@@ -15,6 +15,7 @@ heavy, so ``common.config`` can read the registry's names.
 from __future__ import annotations
 
 import concurrent.futures
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class Benchmark:
-    """One benchmark: its facts (fields) and its steps (methods a subclass implements)."""
+class Benchmark(ABC):
+    """One benchmark: its facts (fields) and its steps (abstract methods: a subclass that misses one cannot be built)."""
 
     name: str  # the --dataset value, and the key in metadata and run settings
     label: str  # as messages name it ("MBPP")
@@ -74,46 +75,56 @@ class Benchmark:
 
     # --- steps each benchmark implements -------------------------------------------------
 
+    @abstractmethod
     def check_prompt_format(self, prompt_format: str) -> None:
         """One line when the benchmark has no prompt in ``prompt_format`` (called before anything is written)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def source_description(self, path: str | Path | None) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def load_problems(self, path: str | Path | None) -> pd.DataFrame:
         """Every problem, validated, one row per integer ``task_id``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def load_tasks(self, cfg: Any) -> tuple[pd.DataFrame, Path | None]:
         """Phase 1.0's tasks with their ``cyclomatic_complexity``, and the difficulty file read (or None)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def prompt_version(self, prompt_format: str) -> str:
         """The versioned name of the prompt in ``prompt_format`` (metadata, run settings, checkpoint keys)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def stop_sequences(self, prompt_format: str) -> tuple[str, ...]:
         """Where generation stops: the judge cuts the completion there too."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def job(self, problem: dict[str, Any], prompt_format: str, tokenizer: Any) -> Job:
         """A greedy generation job for one problem (key: its task id), labelled as the benchmark labels."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def submit(
         self, executor: Executor, problem: dict[str, Any], text: str, prompt: Any
     ) -> tuple[str, concurrent.futures.Future[ExecutionResult]]:
         """Judge one generated text as the generating phase judges it (``prompt``: the row's, or None)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def sample_ids(self, df: pd.DataFrame, path: Path) -> pd.DataFrame:
         """A generations table's ids and text columns as ``run.py label`` reads them (another tool's format accepted)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def check_prompts(self, df: pd.DataFrame, problems: pd.DataFrame, source: str) -> None:
         """One line when a row's ``prompt`` is not the prompt of its task in this benchmark."""
-        raise NotImplementedError
+        ...
 
     def task_id_hint(self, problems: pd.DataFrame) -> str:
         """What an unknown task id message adds (how this benchmark numbers its tasks), or ""."""

@@ -99,3 +99,17 @@ def test_benchmark_facts_as_the_phases_used_them():
     assert mbpp.prompt_version("chat") == mbpp.prompt_version("plain") == "mbpp-zero-shot-fenced-v1"
     with pytest.raises(PipelineError, match="--dataset humaneval takes --prompt-format plain or chat, got 'fim'"):
         humaneval.check_prompt_format("fim")
+
+
+def test_a_benchmark_missing_a_step_cannot_be_built():
+    """Every step is abstract: a module that forgets one fails when its instance is made, not mid-run."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Half(Benchmark):
+        def load_problems(self, path):
+            return None
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half(name="half", label="Half", path_option="mbpp_path", prompt_formats=("plain",), output_subdir="half",
+             has_splits=False, in_study=False, supports_launcher=False, judge_version=None)
