@@ -55,17 +55,10 @@ class TopLatent:
 
 
 @dataclass
-class LatentResult:
-    """One validated latent: Phase 2's ranking, the hyperparams threshold, and its metric rows."""
+class LatentResult(TopLatent):
+    """One validated latent: Phase 2's ranking (the fields of :class:`TopLatent`), the hyperparams threshold,
+    and its metric rows."""
 
-    direction: str
-    rank: int
-    layer: int
-    latent: int
-    separation_score: float
-    p_family: float | None
-    f_correct: float
-    f_incorrect: float
     threshold: float | None
     hyperparams_f1: float | None
     rows: list[JsonObject]  # one row per split x temperature: the columns of metrics_<ts>.parquet
