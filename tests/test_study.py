@@ -14,8 +14,8 @@ import pytest
 
 import run
 from common.config import PipelineConfig
-from study.plan import PRESETS, SMOLLM2_SETTINGS
-from study.runner import RECORD_NAME, study_inputs
+from study.plan import PRESETS, SMOLLM2_SETTINGS, Setting
+from study.runner import RECORD_NAME, finished_steps, render_plan, study_inputs
 from sweep.plan import Step
 from sweep.runner import SweepRun
 from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
@@ -26,13 +26,14 @@ def _study(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def _plan(tmp_path: Path, preset: str = "smollm2", model: str | None = None) -> tuple[list[Step], Path]:
+def _plan(tmp_path: Path, preset: str = "smollm2", model: str | None = None,
+          settings: dict[str, Setting] | None = None) -> tuple[list[Step], Path]:
     from study.plan import plan_study
 
     cfg = PipelineConfig(data_dir=str(tmp_path / "data"), mbpp_path=str(DEMO_PROBLEMS))
     inputs = study_inputs(cfg, preset, model, None, str(tmp_path / "page.md"))
     root = tmp_path / "data" / "study" / "run_x"
-    return plan_study(inputs, PRESETS[preset], root, root / RECORD_NAME), root
+    return plan_study(inputs, settings or PRESETS[preset], root, root / RECORD_NAME), root
 
 
 def test_dry_run_prints_every_setting_and_step_and_writes_nothing(tmp_path):
@@ -69,6 +70,7 @@ def test_every_planned_command_is_one_run_py_accepts(tmp_path):
     phase3 = run.config_for(by_name["phase3"].args)
     assert phase3.coefficients == SMOLLM2_SETTINGS["coefficients"].value
     assert phase3.n_random_controls == SMOLLM2_SETTINGS["n_random_controls"].value
+    assert phase3.batch_size == SMOLLM2_SETTINGS["phase3_batch_size"].value and phase1.batch_size is None
     phase12 = run.config_for(by_name["phase1.2"].args)
     assert phase12.temperatures == SMOLLM2_SETTINGS["temperatures"].value
     sae2 = run.config_for(by_name["phase2-sae"].args)
@@ -91,6 +93,35 @@ def test_finished_steps_show_as_done_and_a_given_model_skips_conversion(tmp_path
     run_ = SweepRun(root, [], steps)
     run_.mark_done(steps[0], "test")
     assert run_.is_done(steps[0]) and not run_.is_done(steps[1])
+    assert finished_steps(run_, steps) == {steps[0].name}
+
+
+def test_a_changed_setting_reruns_the_step_it_reaches_and_every_step_after_it(tmp_path):
+    """Markers record commands: a rerun with a new Phase 3 setting keeps Phases 0-2, and a new generation budget
+    (Phase 1's command) reruns Phase 1 and everything after it, though Phase 2's own command did not change."""
+    steps, root = _plan(tmp_path)
+    old = SweepRun(root, [], steps)
+    names = [s.name for s in steps]
+    for step in steps[:names.index("phase3")]:  # everything before Phase 3 finished
+        old.mark_done(step, "test")
+    assert finished_steps(old, steps) == set(names[:names.index("phase3")])
+
+    coefficients = dict(SMOLLM2_SETTINGS, coefficients=Setting([0.0, 2.0], [0.0, 2.0], "test"))
+    new_steps, _ = _plan(tmp_path, settings=coefficients)
+    new = SweepRun(root, [], new_steps)
+    assert finished_steps(new, new_steps) == set(names[:names.index("phase3")])
+    inputs = study_inputs(PipelineConfig(data_dir=str(tmp_path / "data"), mbpp_path=str(DEMO_PROBLEMS)), "smollm2",
+                          None, None, str(tmp_path / "page.md"))
+    page = render_plan("smollm2", coefficients, inputs, new_steps, new)
+    assert "phase2-validation [done earlier]" in page and "phase3 [to run]" in page
+
+    budget = dict(SMOLLM2_SETTINGS, max_new_tokens=Setting(64, 512, "test"))
+    budget_steps, _ = _plan(tmp_path, settings=budget)
+    budget_run = SweepRun(root, [], budget_steps)
+    assert finished_steps(budget_run, budget_steps) == set(names[:names.index("phase1")])
+    page = render_plan("smollm2", budget, inputs, budget_steps, budget_run)
+    assert "phase0.1 [done earlier]" in page and "phase1 [to run again (its command or an earlier step changed)]" in page
+    assert "phase2-sae [to run again (its command or an earlier step changed)]" in page  # its own command is unchanged
 
 
 @pytest.mark.parametrize("args, message", [
