@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.modeling.generation import padding_capped_batches
 from common.modeling.model_presets import apply_prompt_format
 from common.prompts import CODE_CUE, build_prompt
 from phase3_validation.inputs import Phase3Inputs, SplitTasks
@@ -122,18 +123,17 @@ def _in_prompt_order(model: Any, tokenizer: Any, prompts: list[str], batch_size:
     """``reduce`` of each batch's next-token log-probabilities, gathered back into prompt order.
 
     Why reduced batch by batch: a whole split's distributions would not fit
-    (974 prompts x a 256k vocabulary is 1 GB in float32). Why longest first:
-    a batch is padded to its longest prompt, and MBPP's one 3,716-token
-    prompt among prompts of about 100 would pad whichever batch it fell in.
+    (974 prompts x a 256k vocabulary is 1 GB in float32). Why batches of
+    similar length (``padding_capped_batches``): a batch is padded to its
+    longest prompt, and MBPP's one 3,716-token prompt among prompts of about
+    100 would pad whichever batch it fell in.
     """
     if not prompts:
         return []
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
-    step = max(1, batch_size)
+    batches = padding_capped_batches(lengths, batch_size)
     out: list[np.ndarray] = []
-    for start in tqdm(range(0, len(order), step), desc=desc, unit="batch", disable=len(order) <= step):
-        members = order[start : start + step]
+    for members in tqdm(batches, desc=desc, unit="batch", disable=len(batches) <= 1):
         parts = reduce(_log_probs(model, tokenizer, [prompts[i] for i in members]))
         if not out:
             out = [np.empty((len(prompts), *part.shape[1:]), dtype=part.dtype) for part in parts]

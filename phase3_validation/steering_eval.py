@@ -73,7 +73,7 @@ import transformers
 from common.benchmarks import get_benchmark
 from common.datadir import RecordCheckpointer
 from common.errors import PipelineError
-from common.modeling.generation import GenerationConfig
+from common.modeling.generation import GenerationConfig, padding_capped_batches
 from common.modeling.generation_loop import Job, generate_and_execute
 from common.modeling.hooks import read_hook
 from common.modeling.model_presets import apply_prompt_format
@@ -319,8 +319,9 @@ def measure_site_norm(model: torch.nn.Module, tokenizer: Any, prompts: list[str]
                        hook_point)
     try:
         with torch.no_grad():
-            for start in range(0, len(prompts), max(1, batch_size)):
-                enc = tokenizer(prompts[start:start + max(1, batch_size)], return_tensors="pt", padding=True).to(device)
+            lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+            for members in padding_capped_batches(lengths, batch_size):
+                enc = tokenizer([prompts[i] for i in members], return_tensors="pt", padding=True).to(device)
                 mask = enc["attention_mask"]
                 seen.clear()
                 decoder(input_ids=enc["input_ids"], attention_mask=mask,

@@ -18,6 +18,7 @@ from common.modeling.generation import (
     _Row,
     generate_batches,
     generate_static_batches,
+    padding_capped_batches,
     prefill_groups,
 )
 from tests.common.modeling.test_generation import PROMPTS, _first_stop
@@ -201,3 +202,16 @@ def test_prefill_groups_keep_similar_lengths_together() -> None:
                                                            (3, 0, 80), (4, 0, 20)]]
     groups = [[(r.index, r.sample_index) for r in g] for g in prefill_groups(rows)]
     assert groups == [[(0, 0), (0, 1)], [(1, 0), (2, 0), (3, 0)], [(4, 0)]]
+
+
+def test_padding_capped_batches_keep_the_long_prompt_apart_and_cover_every_prompt_once() -> None:
+    """MBPP's shape (one 3,716-token prompt among short ones): the long prompt goes alone, similar lengths share a
+    batch up to the row limit, every index comes once, and no batch is more than a quarter padding."""
+    lengths = [120, 3716, 110, 100, 118, 95, 30, 119]
+    batches = padding_capped_batches(lengths, max_rows=3)
+    assert batches == [[1], [0, 7, 4], [2, 3, 5], [6]]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        share = 1 - sum(lengths[i] for i in batch) / (len(batch) * max(lengths[i] for i in batch))
+        assert len(batch) <= 3 and share <= MAX_PREFILL_PADDING
+    assert padding_capped_batches([], 8) == [] and padding_capped_batches([5, 5], 0) == [[0], [1]]
