@@ -3,8 +3,8 @@
 Resume: a finished step is marked (the sweep's markers, under
 ``<data dir>/study/run_<key>/done/``), so rerunning the same command skips
 it; an interrupted step resumes from its own phase's checkpoints. The key is a
-hash of the preset and the inputs (data, benchmark files, model, page, seed,
-device). A marker records its step's command, and a step counts as done only
+hash of the preset and the inputs (data, benchmark files, model, seed,
+device; not the results page's path). A marker records its step's command, and a step counts as done only
 when every step up to it is done with the command the plan now gives it: a
 changed setting reruns the step it reaches and every step after it (each reads
 what the steps before it wrote), and leaves the steps before it alone.
@@ -61,6 +61,15 @@ def command_line(step: Step) -> str:
     return shlex.join(["python3", "run.py", *step.args])
 
 
+def study_key(preset: str, inputs: StudyInputs) -> str:
+    """The study record's key: the preset and what the steps read and write, not where the page goes.
+
+    Why not the page: only the report step writes it, and its marker records
+    its command, so writing the page elsewhere reruns that step alone.
+    """
+    return run_key({"preset": preset, "inputs": {k: v for k, v in inputs.to_dict().items() if k != "report"}})
+
+
 def finished_steps(run: SweepRun, steps: list[Step]) -> set[str]:
     """The steps a rerun skips: the longest start of the chain whose markers record the commands planned now.
 
@@ -106,7 +115,7 @@ def run_study(cfg: PipelineConfig, preset: str, model: str | None, humaneval: st
     clock = RunClock()
     settings = PRESETS[preset] if preset in PRESETS else {}
     inputs = study_inputs(cfg, preset, model, humaneval, report)
-    key = run_key({"preset": preset, "inputs": inputs.to_dict()})
+    key = study_key(preset, inputs)
     root = study_root(inputs.data_dir) / f"run_{key}"
     steps = plan_study(inputs, settings, root, root / RECORD_NAME)
     run = SweepRun(root, [], steps)

@@ -15,7 +15,7 @@ import pytest
 import run
 from common.config import PipelineConfig
 from study.plan import PRESETS, SMOLLM2_SETTINGS, Setting
-from study.runner import RECORD_NAME, finished_steps, render_plan, study_inputs
+from study.runner import RECORD_NAME, finished_steps, render_plan, study_inputs, study_key
 from sweep.plan import Step
 from sweep.runner import SweepRun
 from tests.helpers import DEMO_PROBLEMS, REPO_ROOT
@@ -149,3 +149,14 @@ def test_convert_gguf_keeps_a_converted_folder_and_refuses_a_missing_file(tmp_pa
                              capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "does not exist" in missing.stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_the_study_key_ignores_the_page_path_but_not_what_the_steps_read(tmp_path):
+    cfg = PipelineConfig(data_dir=str(tmp_path / "data"), mbpp_path=str(DEMO_PROBLEMS))
+    here = study_inputs(cfg, "smollm2", None, None, str(tmp_path / "page.md"))
+    there = study_inputs(cfg, "smollm2", None, None, str(tmp_path / "elsewhere" / "page.md"))
+    assert study_key("smollm2", here) == study_key("smollm2", there)
+    other_seed = study_inputs(PipelineConfig(data_dir=cfg.data_dir, mbpp_path=cfg.mbpp_path, seed=7), "smollm2", None,
+                              None, str(tmp_path / "page.md"))
+    assert study_key("smollm2", other_seed) != study_key("smollm2", here)
+    assert study_key("tiny", here) != study_key("smollm2", here)
