@@ -344,6 +344,64 @@ def _last_token_fit(page: Page, data_dir: Path) -> None:
                  f"{_num(low)} to {_num(high)}.")
 
 
+def _interval(row: dict[str, Any], lo: str = "auroc_ci_lo", hi: str = "auroc_ci_hi") -> str:
+    """AUROC with its interval, and whether that interval includes chance."""
+    if row.get(lo) is None or row.get(hi) is None:
+        return f"AUROC {_num(row.get('auroc'))} (no interval)"
+    chance = row[lo] <= 0.5 <= row[hi]
+    return (f"AUROC {_num(row.get('auroc'))} [{_num(row[lo])}, {_num(row[hi])}]"
+            + (", an interval that includes chance (0.5)" if chance else ", an interval that excludes chance"))
+
+
+def _probe_findings(doc: Phase3Result) -> list[str]:
+    """The best probe of each kind and positive class (layer chosen on hyperparams), on validation."""
+    probes = doc.statistical.probes
+    lines = []
+    for kind, by_class in sorted((probes.best_layer or {}).items()):
+        for positive, layer in sorted(by_class.items()):
+            entry = next((p for p in probes.probes if (p.probe, p.positive_class, p.layer) == (kind, positive, layer)),
+                         None)
+            row = next((r for r in (entry.rows if entry else []) if r.get("split") == "validation"
+                        and r.get("temperature") == 0.0), None)
+            if row is not None:
+                lines.append(f"- The {kind} probe on the residual stream (layer {layer}, chosen on hyperparams; "
+                             f"{positive} as the positive class): validation {_interval(row)}.")
+    return lines
+
+
+def _steering_findings(doc: Phase3Result) -> list[str]:
+    """Each direction's steering on validation against its random-latent controls, in one sentence."""
+    lines = []
+    for direction, info in sorted(doc.steering.directions.items()):
+        v = info.validation or {}
+        p = v.get("p_vs_controls")
+        if p is None:
+            lines.append(f"- Steering the {direction}-preferring latent: the test against its controls was "
+                         f"{NOT_MEASURED}.")
+            continue
+        verdict = "beats" if p < 0.05 else "does **not** beat"
+        lines.append(
+            f"- Steering the {direction}-preferring latent (alpha {info.chosen_alpha:g}, chosen on hyperparams) "
+            f"{verdict} its {v.get('n_controls')} random-latent controls on validation: effect "
+            f"{_num(v.get('predicted_effect'))} against a mean control effect {_num(v.get('mean_control_effect'))} "
+            f"(excess {_num(v.get('excess_effect'))}, one-sided p = {_num(p)}).")
+    return lines
+
+
+def _transfer_findings(doc: Phase3Result) -> list[str]:
+    """How many of the MBPP-chosen scores separate HumanEval's classes, unchanged."""
+    transfer = doc.transfer
+    if not transfer.measured:
+        return [f"- HumanEval transfer: {NOT_MEASURED} ({transfer.note})."]
+    rows = [r for r in transfer.latents + transfer.probes if r.get("auroc_ci_lo") is not None]
+    above = [r for r in rows if r["auroc_ci_lo"] > 0.5]
+    below = [r for r in rows if r["auroc_ci_hi"] < 0.5]
+    sizes = transfer.sizes
+    return [f"- On HumanEval ({sizes.get('n_correct')} passing of {sizes.get('n')}), {len(above)} of the {len(rows)} "
+            f"scores chosen on MBPP (latents and probes, applied unchanged) have an AUROC interval above chance and "
+            f"{len(below)} below it; with so few passing programs most intervals are wide."]
+
+
 def _findings(page: Page, doc: Phase3Result | None, mbpp: pd.DataFrame | None, data_dir: Path) -> None:
     page.section("What this study finds, and what it cannot")
     split_path = SPLIT.path(data_dir, split="validation")
@@ -361,17 +419,15 @@ def _findings(page: Page, doc: Phase3Result | None, mbpp: pd.DataFrame | None, d
             verdict = beats.get(direction)
             said = NOT_MEASURED if verdict is None else ("beats" if verdict else "does **not** beat")
             row = _latent_row(doc, direction)
-            if row is None or row.get("auroc_ci_lo") is None:
-                auroc = f"validation AUROC {NOT_MEASURED}"
-            else:
-                chance = row["auroc_ci_lo"] <= 0.5 <= row["auroc_ci_hi"]
-                auroc = (f"validation AUROC {_num(row['auroc'])} [{_num(row['auroc_ci_lo'])}, {_num(row['auroc_ci_hi'])}]"
-                         + (", an interval that includes chance (0.5)" if chance else ", an interval that excludes chance"))
+            auroc = (f"validation AUROC {NOT_MEASURED}" if row is None or row.get("auroc_ci_lo") is None
+                     else f"validation {_interval(row)}")
             page.add(f"- The best {direction}-preferring latent {said} its permutation null on the sae split; {auroc}.")
+        page.add(*_probe_findings(doc))
         length = ((doc.statistical.reviewer_baselines or {}).get("confounds") or {}).get("n_prompt_tokens")
         if length:
             page.add(f"- Prompt length alone reaches validation AUROC {_num(length.get('auroc'))} "
                      f"[{_num(length.get('low'))}, {_num(length.get('high'))}] here.")
+        page.add(*_steering_findings(doc), *_transfer_findings(doc))
     page.add("", "Published figures to compare with (literature, not this study's output):")
     page.add(*[f"- {line}" for line in PUBLISHED])
 

@@ -9,6 +9,7 @@ independently of the generator (scipy's exact interval, numpy's counts).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from common.datadir import (
     RunClock,
     TopLatent,
     build_metadata,
+    read_phase3_result,
     save_npz,
     write_json,
     write_parquet,
@@ -60,7 +62,9 @@ def _phase3_result(png: Path) -> Phase3Result:
         "verdicts": ["The SAE latent carries **no** information shown beyond the confounds."],
     }
     steering = direction_steering(top["correct"], 0.5, {"correction_rate": 0.125, "correction_ci_lo": 0.02,
-                                                        "correction_ci_hi": 0.3})
+                                                        "correction_ci_hi": 0.3, "predicted_effect": 0.125,
+                                                        "mean_control_effect": 0.05, "excess_effect": 0.075,
+                                                        "n_controls": 2, "p_vs_controls": 0.21})
     return phase3_result(STAMP, latents=[latent], probes=probes, reviewer=reviewer, directions={"correct": steering},
                          phase2_top=top, beats_null={"correct": True, "incorrect": False},
                          outputs={"roc_png": str(png)})
@@ -164,6 +168,13 @@ def test_page_numbers_equal_the_files(study_data, tmp_path):
             f"{latent['auroc']:.3f} [{latent['auroc_ci_lo']:.3f}, {latent['auroc_ci_hi']:.3f}], "
             "an interval that excludes chance") in page
     assert "- The validation split, where every number above is measured, holds 2 passing programs of 8" in page
+    assert (f"- The logistic probe on the residual stream (layer 1, chosen on hyperparams; correct as the positive "
+            f"class): validation AUROC {probe['auroc']:.3f} [{probe['auroc_ci_lo']:.3f}, {probe['auroc_ci_hi']:.3f}], "
+            "an interval that excludes chance.") in page
+    assert ("- Steering the correct-preferring latent (alpha 0.5, chosen on hyperparams) does **not** beat its 2 "
+            "random-latent controls on validation: effect 0.125 against a mean control effect 0.050 (excess 0.075, "
+            "one-sided p = 0.210).") in page
+    assert "- HumanEval transfer: not measured (no run)." in page
     assert ("- Phase 2's FVU at the last prompt token (layers 0, 1) (reconstruction error over the variance between "
             f"tasks): {0.3333:.3f} to {0.5555:.3f}.") in page
     assert "AUPRC: not measured" in page and "| phase 3 | not measured |" in page
@@ -203,3 +214,18 @@ def test_missing_pieces_are_named_not_measured(tmp_path):
 def test_missing_data_dir_is_one_line(tmp_path):
     done = _report(tmp_path / "nowhere", tmp_path / "page.md")
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is not a folder" in done.stderr
+
+
+def test_the_transfer_finding_counts_intervals_on_each_side_of_chance(study_data, tmp_path):
+    path = next((study_data["data"] / "phase3").glob("validation_*.json"))
+    doc = read_phase3_result(path)
+    rows = [{"name": "a", "auroc": 0.8, "auroc_ci_lo": 0.6, "auroc_ci_hi": 0.9},
+            {"name": "b", "auroc": 0.2, "auroc_ci_lo": 0.1, "auroc_ci_hi": 0.4},
+            {"name": "c", "auroc": 0.55, "auroc_ci_lo": 0.3, "auroc_ci_hi": 0.7}]
+    transfer = dataclasses.replace(doc.transfer, measured=True, note=None, latents=rows[:2], probes=rows[2:],
+                                   sizes={"n": 164, "n_correct": 7, "n_incorrect": 157})
+    write_phase3_result(path, dataclasses.replace(doc, transfer=transfer))
+    out = tmp_path / "page.md"
+    assert _report(study_data["data"], out).returncode == 0
+    assert ("- On HumanEval (7 passing of 164), 1 of the 3 scores chosen on MBPP (latents and probes, applied "
+            "unchanged) have an AUROC interval above chance and 1 below it") in out.read_text()
