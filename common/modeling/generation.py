@@ -11,7 +11,9 @@ the batch stays full until the queue is empty:
   (``cumsum - 1``), so every token has the rotary position it has unbatched;
 - joining sequences are prefilled together in a pass of their own (each
   distinct prompt once, samples share its cache rows), then padded on the left
-  to the batch's width and concatenated to it; leaving rows are dropped with
+  to the batch's width and concatenated to it, unless the batch would then be
+  mostly padding (``MAX_DECODE_PADDING``: an outlier prompt decodes with the
+  rows near its length, the others wait); leaving rows are dropped with
   ``index_select`` and columns that are padding in every remaining row are cut;
 - ``LastTokenCapture`` records resid_post of each requested layer at the last
   column of each prefill pass: the last prompt token, once per prompt;
@@ -701,15 +703,9 @@ def _run_engine(engine: _Engine, queue: list[_Row], batch_size: int) -> Iterator
         while waiting or len(slots):
             free = batch_size - len(slots)
             t0 = time.perf_counter()
-            if free > 0 and waiting:
-                joining = [waiting.pop() for _ in range(min(free, len(waiting)))]
-                for group in prefill_groups(joining):
-                    cache, mask, logits = engine.prefill(group)
-                    engine.choose(group, logits)
-                    _charge(group, time.perf_counter() - t0)
-                    slots.join(group, cache, mask)
-                    t0 = time.perf_counter()
-                stepped = range(len(slots) - len(joining), len(slots))
+            admitted = _admit(engine, slots, waiting, free, t0) if free > 0 and waiting else 0
+            if admitted:
+                stepped = range(len(slots) - admitted, len(slots))
             else:
                 logits = engine.step(slots)
                 engine.choose(slots.rows, logits)
@@ -722,7 +718,46 @@ def _run_engine(engine: _Engine, queue: list[_Row], batch_size: int) -> Iterator
                 yield [engine.result(row) for row in done]
 
 
+def _admit(engine: _Engine, slots: _Slots, waiting: list[_Row], free: int, t0: float) -> int:
+    """Prefill up to ``free`` waiting rows and join them to the batch; returns how many joined.
+
+    A group joins only while the batch it makes stays at most
+    ``MAX_DECODE_PADDING`` padding (an empty batch takes any group). Why: every
+    decode step computes, and every join or leave copies, the whole padded
+    cache; a 3,716-token MBPP prompt among prompts of about 100 would make 24
+    rows attend over its width, and copy it at every join, for its whole
+    generation (in the study that cost 7 of the 10 minutes of a validation pass).
+    The rows that wait go back to the front of the queue and join once the
+    long rows have left.
+    """
+    joining = [waiting.pop() for _ in range(min(free, len(waiting)))]
+    admitted = 0
+    groups = prefill_groups(joining)
+    for number, group in enumerate(groups):
+        if len(slots) and _decode_padding_share(slots, group) > MAX_DECODE_PADDING:
+            waiting.extend(reversed([row for later in groups[number:] for row in later]))  # pop() takes the longest
+            break
+        cache, mask, logits = engine.prefill(group)
+        engine.choose(group, logits)
+        _charge(group, time.perf_counter() - t0)
+        slots.join(group, cache, mask)
+        admitted += len(group)
+        t0 = time.perf_counter()
+    return admitted
+
+
+def _decode_padding_share(slots: _Slots, group: list[_Row]) -> float:
+    """Share of the cache's positions that would be padding if ``group`` joined the batch now."""
+    assert slots.mask is not None
+    real = int(slots.mask.sum()) + sum(len(r.prompt_ids) for r in group)
+    width = max(slots.mask.shape[1], *(len(r.prompt_ids) for r in group))
+    return 1 - real / ((len(slots) + len(group)) * width)
+
+
 MAX_PREFILL_PADDING = 0.25
+# Joining rows wait while the batch would be more padding than this. Higher than the prefill cap because rows in
+# flight differ in how much they have generated (up to the token budget), which is padding no admission rule avoids.
+MAX_DECODE_PADDING = 0.75
 
 
 def padding_capped_batches(lengths: Sequence[int], max_rows: int,

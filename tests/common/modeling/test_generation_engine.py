@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from common.modeling.generation import (
+    MAX_DECODE_PADDING,
     MAX_PREFILL_PADDING,
     GenerationConfig,
     GenerationResult,
@@ -21,6 +22,7 @@ from common.modeling.generation import (
     padding_capped_batches,
     prefill_groups,
 )
+from common.prompts import build_prompt
 from tests.common.modeling.test_generation import PROMPTS, _first_stop
 
 MAX_NEW = 20
@@ -215,3 +217,30 @@ def test_padding_capped_batches_keep_the_long_prompt_apart_and_cover_every_promp
         share = 1 - sum(lengths[i] for i in batch) / (len(batch) * max(lengths[i] for i in batch))
         assert len(batch) <= 3 and share <= MAX_PREFILL_PADDING
     assert padding_capped_batches([], 8) == [] and padding_capped_batches([5, 5], 0) == [[0], [1]]
+
+
+def test_an_outlier_prompt_decodes_without_the_short_rows_waiting_on_its_width(tiny_model) -> None:
+    """MBPP's shape (one prompt ten times the others): rows join the long one only while the batch stays at most
+    MAX_DECODE_PADDING padding, where one batch of all of them would be more; the others wait and join after it
+    leaves; the tokens still equal one static batch of all the prompts."""
+    model, tokenizer = tiny_model
+    long_prompt = build_prompt("Write a function to add two numbers. " * 40, ["assert add(1, 2) == 3"] * 3)
+    prompts = [long_prompt] + [PROMPTS[i] for i in (0, 2, 4)] * 3
+    lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
+    assert 1 - sum(lengths) / (len(lengths) * max(lengths)) > MAX_DECODE_PADDING  # one batch: mostly padding
+    steps: list[tuple[int, float]] = []
+    handle = model.register_forward_pre_hook(
+        lambda _m, _a, kw: steps.append((kw["attention_mask"].shape[0],
+                                         1 - kw["attention_mask"].sum().item() / kw["attention_mask"].numel()))
+        if kw["input_ids"].shape[1] == 1 else None,
+        with_kwargs=True,
+    )
+    try:
+        engine = _collect(generate_batches, model, tokenizer, prompts, batch_size=len(prompts))
+    finally:
+        handle.remove()
+    assert steps[0] == (1, 0.0)  # the long row decodes alone: any short group would make the batch mostly padding
+    assert max(share for _, share in steps) <= MAX_DECODE_PADDING
+    assert max(rows for rows, _ in steps) == len(prompts) - 1  # the short rows still decode together
+    static = _collect(generate_static_batches, model, tokenizer, prompts, batch_size=len(prompts))
+    assert [e.generated_token_ids for e in engine] == [s.generated_token_ids for s in static]
