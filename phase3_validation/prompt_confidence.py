@@ -32,15 +32,18 @@ AUROC, and every reported number is on validation.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from common.datadir import read_json, save_npz, write_json
 from common.modeling.generation import padding_capped_batches
 from common.modeling.model_presets import apply_prompt_format
 from common.prompts import CODE_CUE, build_prompt
@@ -271,3 +274,58 @@ def summary_lines(section: dict[str, Any] | None) -> list[str]:
                              f"[{c['delta_low']:+.3f}, {c['delta_high']:+.3f}] "
                              f"({'adds information' if c['adds_information'] else '**adds no information shown**'}).")
     return lines + [""]
+
+
+CACHE_PREFIX = "before_generation_"
+
+
+def compute_cached(model: Any, tokenizer: Any, inputs: Phase3Inputs, batch_size: int, folder: Path,
+                   model_id: str) -> PromptConfidence:
+    """:func:`compute`, kept in ``folder`` (Phase 3's checkpoints) so that a rerun after a kill reads it back.
+
+    Why: the pass reads every MBPP prompt twice (first token, self-assessment),
+    about 17 minutes for SmolLM2 on two CPU cores, and a Phase 3 killed during
+    hours of steering would pay it again at every restart. The key holds what
+    the numbers depend on: the model, its dtype, the batch size, the question's
+    version and format, and every prompt and question of every split. Phase 3
+    deletes the file with its steering checkpoints once its outputs are written.
+    """
+    key = _cache_key(model, tokenizer, inputs, batch_size, model_id)
+    arrays, info = folder / f"{CACHE_PREFIX}{key}.npz", folder / f"{CACHE_PREFIX}{key}.json"
+    if arrays.is_file() and info.is_file():
+        logger.info("phase 3: before-generation baselines read back from %s", arrays)
+        return _read_cache(arrays, info)
+    result = compute(model, tokenizer, inputs, batch_size)
+    save_npz(arrays, **{f"{name}__{split}": values for name, by_split in result.scores.items()
+                        for split, values in by_split.items()})
+    write_json(info, result.info)  # written last: a cache without it is never read
+    return result
+
+
+def _cache_key(model: Any, tokenizer: Any, inputs: Phase3Inputs, batch_size: int, model_id: str) -> str:
+    digest = hashlib.sha256()
+    fmt = inputs.validation.prompt_format
+    for part in (model_id, str(next(model.parameters()).dtype), str(batch_size), SELF_ASSESSMENT_VERSION, fmt):
+        digest.update(part.encode() + b"\0")
+    for name, split in _splits(inputs).items():
+        digest.update(name.encode() + b"\0")
+        for prompt in split.baseline["prompt"]:
+            digest.update(str(prompt).encode() + b"\0")
+        for row in split.tasks.itertuples():
+            digest.update(self_assessment_prompt(row, fmt, tokenizer).encode() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _read_cache(arrays: Path, info: Path) -> PromptConfidence:
+    result = PromptConfidence(info=read_json(info))
+    with np.load(arrays) as saved:
+        for name in saved.files:
+            baseline, split = name.split("__")
+            result.scores.setdefault(baseline, {})[split] = saved[name]
+    return result
+
+
+def clear_cache(folder: Path) -> None:
+    """Delete the kept baselines (Phase 3 calls this once its outputs are written)."""
+    for path in folder.glob(f"{CACHE_PREFIX}*"):
+        path.unlink()

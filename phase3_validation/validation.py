@@ -27,7 +27,8 @@ is loaded (``_load_model``) for the reviewer baselines and steering
 (``_steer``); the typed result document (``common.datadir.phase3_result.Phase3Result``)
 is assembled (``_assemble``) and every output rendered from it (``_render``)
 before anything is written (``_write``), so a failure never leaves half an
-output. Steering checkpoints are removed only after the outputs are written.
+output. Steering checkpoints and the kept before-generation baselines
+(``prompt_confidence.compute_cached``) are removed only after the outputs are written.
 """
 
 from __future__ import annotations
@@ -406,10 +407,16 @@ def _phase1_generation(inputs: Phase3Inputs) -> dict[str, Any]:
     return inputs.phase1_meta.get("generation") or {}
 
 
+def _checkpoint_root(cfg: PipelineConfig) -> Path:
+    """Where Phase 3 keeps what a rerun after a kill reads back: steered runs and the before-generation baselines."""
+    return phase_dir(cfg.data_dir, "3") / "checkpoints" / model_slug(cfg.model)
+
+
 def _reviewer_baselines(loaded: _Loaded, stats: _Statistics, m: _Model) -> dict[str, Any]:
     """The reviewer baselines, with the confidence baselines known before generation (one prompt-only pass)."""
     cfg = loaded.cfg
-    prompt_time = prompt_confidence.compute(m.model, m.tokenizer, loaded.inputs, m.gen_cfg.batch_size)
+    prompt_time = prompt_confidence.compute_cached(m.model, m.tokenizer, loaded.inputs, m.gen_cfg.batch_size,
+                                                   _checkpoint_root(cfg), cfg.model)
     return confounds.evaluate(loaded.inputs, stats.probes, stats.evaluations, cfg.bootstrap, cfg.seed, prompt_time)
 
 
@@ -420,7 +427,7 @@ def _steer(loaded: _Loaded, stats: _Statistics, m: _Model, executor_cfg: Executo
         ctx = SteeringContext(
             model=m.model, tokenizer=m.tokenizer, executor=executor, gen_cfg=m.gen_cfg, hook_point=cfg.hook_point,
             positions=cfg.steer_positions, model_id=cfg.model,
-            checkpoint_root=phase_dir(cfg.data_dir, "3") / "checkpoints" / model_slug(cfg.model),
+            checkpoint_root=_checkpoint_root(cfg),
             checkpoint_every=cfg.checkpoint_every, autosave_every=cfg.autosave_every, autosave_keep=cfg.autosave_keep,
         )
         zero_layer = _zero_layer(inputs)
@@ -610,6 +617,7 @@ def _clear_checkpoints(ctx: SteeringContext) -> None:
     """Steering checkpoints go only once the outputs are written (a crash before keeps them for the rerun)."""
     for folder in sorted(ctx.folders):
         RecordCheckpointer(folder).clear()
+    prompt_confidence.clear_cache(ctx.checkpoint_root)
     for folder in (ctx.checkpoint_root, ctx.checkpoint_root.parent):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()

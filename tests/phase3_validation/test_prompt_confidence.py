@@ -106,6 +106,33 @@ def test_compute_reads_every_split_from_phase1_prompts(tiny_model, tmp_path):
     assert result.info["self_assessment_example"].startswith(str(inputs.validation.tasks["text"].iloc[0]).strip())
 
 
+def test_a_rerun_reads_the_kept_baselines_back_without_a_forward_pass(tiny_model, tmp_path):
+    """The second call returns the same arrays and info without running the model; another batch size (a different
+    padding, so possibly other last bits) computes again; clear_cache deletes the files."""
+    model, tokenizer = tiny_model
+    data, _ = _build(tmp_path)
+    inputs = load_inputs(PipelineConfig(data_dir=str(data), bootstrap=50))
+    folder = tmp_path / "checkpoints"
+    passes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        first = prompt_confidence.compute_cached(model, tokenizer, inputs, 16, folder, "tiny")
+        n_first = len(passes)
+        again = prompt_confidence.compute_cached(model, tokenizer, inputs, 16, folder, "tiny")
+        assert n_first > 0 and len(passes) == n_first
+        prompt_confidence.compute_cached(model, tokenizer, inputs, 8, folder, "tiny")
+        assert len(passes) > n_first
+    finally:
+        handle.remove()
+    assert again.info == first.info and set(again.scores) == set(first.scores)
+    for name, by_split in first.scores.items():
+        for split, values in by_split.items():
+            np.testing.assert_array_equal(again.scores[name][split], values)
+    assert len(list(folder.glob(prompt_confidence.CACHE_PREFIX + "*"))) == 4  # two keys, arrays and info each
+    prompt_confidence.clear_cache(folder)
+    assert not any(folder.iterdir())
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """The reviewer test's planted data, with before-generation baselines of known quality added."""
