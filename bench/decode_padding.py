@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.ways import peak_rss_mb, ratio_line, run_ways
 
 WAYS = ("uncapped", "capped")
 
@@ -48,8 +49,7 @@ def run_one(way: str, model_dir: Path, mbpp_path: Path, n: int, batch_size: int,
     t0 = time.perf_counter()
     results = {r.index: r for batch in generation.generate_batches(model, tokenizer, prompts, None, cfg) for r in batch}
     wall = time.perf_counter() - t0
-    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
-    return {"way": way, "peak_mb": int(hwm.split()[1]) / 1024, "wall_s": wall,
+    return {"way": way, "peak_mb": peak_rss_mb(), "wall_s": wall,
             "texts": [results[i].generated_text for i in range(len(prompts))],
             "generated": sorted(len(r.generated_token_ids) for r in results.values())}
 
@@ -67,18 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_one(args.way, args.model, args.mbpp_path, args.n_prompts, args.batch_size,
                                  args.max_new_tokens)))
         return 0
-    out = {}
+    out = run_ways("bench.decode_padding", WAYS)
     for way in WAYS:
-        child = subprocess.run([sys.executable, "-m", "bench.decode_padding", *sys.argv[1:], "--way", way],
-                               check=True, capture_output=True, text=True)
-        out[way] = json.loads(child.stdout.strip().splitlines()[-1])
         lengths = out[way]["generated"]
         print(f"{way:8s}: peak RSS {out[way]['peak_mb']:.0f} MB, {out[way]['wall_s']:.1f} s "
               f"(generated tokens: median {lengths[len(lengths) // 2]}, max {lengths[-1]})", flush=True)
     equal = sum(a == b for a, b in zip(out["uncapped"]["texts"], out["capped"]["texts"]))
     print(f"texts equal: {equal}/{len(out['capped']['texts'])}")
-    print(f"peak ratio {out['uncapped']['peak_mb'] / out['capped']['peak_mb']:.2f} "
-          f"time ratio {out['uncapped']['wall_s'] / out['capped']['wall_s']:.2f}")
+    print(ratio_line(out["uncapped"], out["capped"]))
     return 0
 
 

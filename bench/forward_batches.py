@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.ways import peak_rss_mb, ratio_line, run_ways
 
 WAYS = ("fixed", "capped")
 
@@ -68,9 +69,8 @@ def run_one(way: str, model_dir: Path, mbpp_path: Path, n: int, batch_size: int,
     log_probs = prompt_confidence.next_token_log_probs(model, tokenizer, prompts, batch_size)
     wall = time.perf_counter() - t0
     np.save(out, log_probs)
-    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
     lengths = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
-    return {"way": way, "peak_mb": int(hwm.split()[1]) / 1024, "wall_s": wall, "n_prompts": len(prompts),
+    return {"way": way, "peak_mb": peak_rss_mb(), "wall_s": wall, "n_prompts": len(prompts),
             "longest": max(lengths), "median": sorted(lengths)[len(lengths) // 2]}
 
 
@@ -90,22 +90,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import numpy as np
 
-    out, arrays = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
+        out = run_ways("bench.forward_batches", WAYS, lambda way: ["--out", str(Path(tmp) / f"{way}.npy")])
+        arrays = {way: np.load(Path(tmp) / f"{way}.npy") for way in WAYS}
         for way in WAYS:
-            path = Path(tmp) / f"{way}.npy"
-            child = subprocess.run([sys.executable, "-m", "bench.forward_batches", *sys.argv[1:], "--way", way,
-                                    "--out", str(path)], check=True, capture_output=True, text=True)
-            out[way] = json.loads(child.stdout.strip().splitlines()[-1])
-            arrays[way] = np.load(path)
             print(f"{way:6s}: peak RSS {out[way]['peak_mb']:.0f} MB, {out[way]['wall_s']:.1f} s "
                   f"({out[way]['n_prompts']} prompts, longest {out[way]['longest']} tokens, median "
                   f"{out[way]['median']})", flush=True)
     diff = float(np.abs(arrays["fixed"] - arrays["capped"]).max())
     same = int((arrays["fixed"].argmax(axis=1) == arrays["capped"].argmax(axis=1)).sum())
     print(f"max |log-prob difference| {diff:.2e}; same most likely next token: {same}/{len(arrays['capped'])}")
-    print(f"peak ratio {out['fixed']['peak_mb'] / out['capped']['peak_mb']:.2f} "
-          f"time ratio {out['fixed']['wall_s'] / out['capped']['wall_s']:.2f}")
+    print(ratio_line(out["fixed"], out["capped"]))
     return 0
 
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.ways import peak_rss_mb, ratio_line, run_ways
 
 WAYS = ("one-pass", "grouped")
 
@@ -55,8 +56,7 @@ def run_one(way: str, model_dir: Path, mbpp_path: Path, n: int, max_new_tokens: 
     t0 = time.perf_counter()
     results = {r.index: r for batch in generation.generate_batches(model, tokenizer, prompts, None, cfg) for r in batch}
     wall = time.perf_counter() - t0
-    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
-    return {"way": way, "peak_mb": int(hwm.split()[1]) / 1024, "wall_s": wall,
+    return {"way": way, "peak_mb": peak_rss_mb(), "wall_s": wall,
             "prompt_tokens": sorted((r.n_prompt_tokens for r in results.values()), reverse=True),
             "texts": [results[i].generated_text for i in range(len(prompts))]}
 
@@ -72,17 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.way:
         print(json.dumps(run_one(args.way, args.model, args.mbpp_path, args.n_prompts, args.max_new_tokens)))
         return 0
-    out = {}
+    out = run_ways("bench.prefill_padding", WAYS)
     for way in WAYS:
-        child = subprocess.run([sys.executable, "-m", "bench.prefill_padding", *sys.argv[1:], "--way", way],
-                               check=True, capture_output=True, text=True)
-        out[way] = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"{way:9s}: peak RSS {out[way]['peak_mb']:.0f} MB, {out[way]['wall_s']:.1f} s "
               f"(prompt tokens {out[way]['prompt_tokens']})", flush=True)
     equal = sum(a == b for a, b in zip(out["one-pass"]["texts"], out["grouped"]["texts"]))
     print(f"texts equal: {equal}/{len(out['grouped']['texts'])}")
-    print(f"peak ratio {out['one-pass']['peak_mb'] / out['grouped']['peak_mb']:.2f} "
-          f"time ratio {out['one-pass']['wall_s'] / out['grouped']['wall_s']:.2f}")
+    print(ratio_line(out["one-pass"], out["grouped"]))
     return 0
 
 
