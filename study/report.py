@@ -277,6 +277,7 @@ def _resources(page: Page, data_dir: Path, record: dict[str, Any] | None) -> Non
             continue
         meta = read_json(page.read(path))
         page.add(f"| {name} | {_num(meta.get('wall_time_s'), 1)} | {_num(meta.get('peak_rss_mb'), 1)} | {path.name} |")
+    page.add(*_resumed_note(page, data_dir))
     sae_report = _sae_report_path(data_dir, record)
     if sae_report is not None and sae_report.is_file():
         report = read_json(sae_report)
@@ -287,6 +288,25 @@ def _resources(page: Page, data_dir: Path, record: dict[str, Any] | None) -> Non
             return
         seconds = report.get("collect_seconds", 0.0) + sum(e["train_seconds"] for e in report.get("layers", {}).values())
         page.add(f"| train-saes (collecting and training only) | {_num(seconds, 1)} | {NOT_MEASURED} | {sae_report.name} |")
+
+
+def _resumed_note(page: Page, data_dir: Path) -> list[str]:
+    """A Phase 3 that resumed from an earlier process's checkpoints: its wall time is the last process's alone.
+
+    Why on the page: a phase's metadata times the process that wrote it, so a
+    Phase 3 stopped and rerun reports less than the study cost.
+    """
+    path = PHASE3_VALIDATION.latest(data_dir)
+    steering = Path(read_phase3_result(path).outputs.get("steering", "")) if path is not None else None
+    if steering is None or not steering.is_file():
+        return []
+    runs = pd.read_parquet(page.read(steering), columns=["n_resumed"])["n_resumed"].fillna(0)
+    resumed = int((runs > 0).sum())
+    if not resumed:
+        return []
+    return ["", f"Phase 3 resumed from the checkpoints of an earlier, stopped process ({resumed} of the {len(runs)} "
+            "rows of its steering table read generations back): its wall time and peak memory are those of the "
+            "process that finished, not the sum."]
 
 
 def _corpora(page: Page, record: dict[str, Any] | None) -> None:

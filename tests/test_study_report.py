@@ -229,3 +229,18 @@ def test_the_transfer_finding_counts_intervals_on_each_side_of_chance(study_data
     assert _report(study_data["data"], out).returncode == 0
     assert ("- On HumanEval (7 passing of 164), 1 of the 3 scores chosen on MBPP (latents and probes, applied "
             "unchanged) have an AUROC interval above chance and 1 below it") in out.read_text()
+
+
+def test_a_resumed_phase3_says_its_wall_time_is_the_last_process_alone(study_data, tmp_path):
+    path = next((study_data["data"] / "phase3").glob("validation_*.json"))
+    doc = read_phase3_result(path)
+    steering = study_data["data"] / "phase3" / f"steering_{STAMP}.parquet"
+    write_parquet(pd.DataFrame({"role": ["grid", "grid", "validation"], "n_resumed": [0, 50, 97]}), steering)
+    write_phase3_result(path, dataclasses.replace(doc, outputs={**doc.outputs, "steering": str(steering)}))
+    out = tmp_path / "page.md"
+    assert _report(study_data["data"], out).returncode == 0
+    assert ("Phase 3 resumed from the checkpoints of an earlier, stopped process (2 of the 3 rows of its steering "
+            "table read generations back)") in out.read_text()
+    write_parquet(pd.DataFrame({"role": ["grid"], "n_resumed": [0]}), steering)
+    assert _report(study_data["data"], out).returncode == 0
+    assert "resumed from the checkpoints" not in out.read_text()
