@@ -82,7 +82,7 @@ SMOLLM2_SETTINGS: dict[str, Setting] = {
         "each is a steered generation over the hyperparams split per direction and per control"),
     "n_random_controls": Setting(
         2, 3, "each control is steered at every searched coefficient and on validation; two keep the paired "
-        "comparison and halve its cost against three"),
+        "comparison at two thirds of the controls' cost with three"),
     "top_latents_validated": Setting(5, 5, "not reduced: statistics only, no generation"),
     "phase3_batch_size": Setting(
         24, 24, "not reduced (a speed setting): rows per batch of Phase 3's generation and forward passes; on this CPU "
