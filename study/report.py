@@ -57,6 +57,7 @@ from sweep.table import comparison_rows, render_table
 logger = logging.getLogger(__name__)
 
 NOT_MEASURED = "not measured"
+FEW_POSITIVES = 20  # below this many passing programs, the page warns that AUROC intervals are wide
 SPLITS = ("sae", "hyperparams", "validation")
 GENERATION_COLUMNS = ["task_id", "generated_text", "passed", "outcome"]
 # Published figures the page compares with; literature, not this study's output.
@@ -376,7 +377,7 @@ def _interval(row: dict[str, Any], lo: str = "auroc_ci_lo", hi: str = "auroc_ci_
 def _probe_findings(doc: Phase3Result) -> list[str]:
     """The best probe of each kind and positive class (layer chosen on hyperparams), on validation."""
     probes = doc.statistical.probes
-    lines = []
+    found: dict[str, list[str]] = {}  # sentence without the class -> the positive classes it holds for
     for kind, by_class in sorted((probes.best_layer or {}).items()):
         for positive, layer in sorted(by_class.items()):
             entry = next((p for p in probes.probes if (p.probe, p.positive_class, p.layer) == (kind, positive, layer)),
@@ -384,8 +385,13 @@ def _probe_findings(doc: Phase3Result) -> list[str]:
             row = next((r for r in (entry.rows if entry else []) if r.get("split") == "validation"
                         and r.get("temperature") == 0.0), None)
             if row is not None:
-                lines.append(f"- The {kind} probe on the residual stream (layer {layer}, chosen on hyperparams; "
-                             f"{positive} as the positive class): validation {_interval(row)}.")
+                found.setdefault(f"{kind}|{layer}|{_interval(row)}", []).append(positive)
+    lines = []
+    for key, classes in found.items():  # AUROC is symmetric in the class: one sentence when both classes agree
+        kind, layer, interval = key.split("|", 2)
+        which = " or ".join(classes)
+        lines.append(f"- The {kind} probe on the residual stream (layer {layer}, chosen on hyperparams; {which} as "
+                     f"the positive class): validation {interval}.")
     return lines
 
 
@@ -417,9 +423,10 @@ def _transfer_findings(doc: Phase3Result) -> list[str]:
     above = [r for r in rows if r["auroc_ci_lo"] > 0.5]
     below = [r for r in rows if r["auroc_ci_hi"] < 0.5]
     sizes = transfer.sizes
+    few = sizes.get("n_correct") is not None and sizes["n_correct"] < FEW_POSITIVES
     return [f"- On HumanEval ({sizes.get('n_correct')} passing of {sizes.get('n')}), {len(above)} of the {len(rows)} "
             f"scores chosen on MBPP (latents and probes, applied unchanged) have an AUROC interval above chance and "
-            f"{len(below)} below it; with so few passing programs most intervals are wide."]
+            f"{len(below)} below it" + ("; with so few passing programs most intervals are wide." if few else ".")]
 
 
 def _findings(page: Page, doc: Phase3Result | None, mbpp: pd.DataFrame | None, data_dir: Path) -> None:

@@ -228,7 +228,8 @@ def test_the_transfer_finding_counts_intervals_on_each_side_of_chance(study_data
     out = tmp_path / "page.md"
     assert _report(study_data["data"], out).returncode == 0
     assert ("- On HumanEval (7 passing of 164), 1 of the 3 scores chosen on MBPP (latents and probes, applied "
-            "unchanged) have an AUROC interval above chance and 1 below it") in out.read_text()
+            "unchanged) have an AUROC interval above chance and 1 below it; with so few passing programs most "
+            "intervals are wide.") in out.read_text()
 
 
 def test_a_resumed_phase3_says_its_wall_time_is_the_last_process_alone(study_data, tmp_path):
