@@ -377,7 +377,7 @@ def _interval(row: dict[str, Any], lo: str = "auroc_ci_lo", hi: str = "auroc_ci_
 def _probe_findings(doc: Phase3Result) -> list[str]:
     """The best probe of each kind and positive class (layer chosen on hyperparams), on validation."""
     probes = doc.statistical.probes
-    found: dict[str, list[str]] = {}  # sentence without the class -> the positive classes it holds for
+    found: dict[tuple[str, int, str], list[str]] = {}  # (kind, layer, AUROC text) -> the positive classes
     for kind, by_class in sorted((probes.best_layer or {}).items()):
         for positive, layer in sorted(by_class.items()):
             entry = next((p for p in probes.probes if (p.probe, p.positive_class, p.layer) == (kind, positive, layer)),
@@ -385,10 +385,9 @@ def _probe_findings(doc: Phase3Result) -> list[str]:
             row = next((r for r in (entry.rows if entry else []) if r.get("split") == "validation"
                         and r.get("temperature") == 0.0), None)
             if row is not None:
-                found.setdefault(f"{kind}|{layer}|{_interval(row)}", []).append(positive)
+                found.setdefault((kind, layer, _interval(row)), []).append(positive)
     lines = []
-    for key, classes in found.items():  # AUROC is symmetric in the class: one sentence when both classes agree
-        kind, layer, interval = key.split("|", 2)
+    for (kind, layer, interval), classes in found.items():  # AUROC is symmetric: one sentence when both agree
         which = " or ".join(classes)
         lines.append(f"- The {kind} probe on the residual stream (layer {layer}, chosen on hyperparams; {which} as "
                      f"the positive class): validation {interval}.")
