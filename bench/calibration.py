@@ -20,6 +20,10 @@ Tests (docs/statistics.md says what each null is and why):
   latent beats the null.
 - ``auroc_interval``: :func:`common.statistics.stats.auroc_with_ci`; null = score
   unrelated to the label; "yes" = the 95% interval excludes 0.5.
+- ``auroc_interval_sparse``: the same interval for a sparse latent on a
+  transfer set's shape (7 passing, 157 failing tasks), firing on 5% of tasks
+  at random; "yes" = the interval excludes 0.5 (the effect: it fires on 60%
+  of the passing tasks).
 - ``mcnemar``: :func:`common.statistics.stats.mcnemar_exact`; null = discordant tasks
   equally likely either way; "yes" = p <= 0.05.
 - ``coverage_interval``: :func:`phase3_validation.baselines.coverage_curve`
@@ -112,6 +116,19 @@ def _auroc_study(rng: np.random.Generator, shift: float) -> bool:
     return not lo <= 0.5 <= hi
 
 
+# A sparse SAE latent on a transfer set's shape: few passing tasks, the latent
+# silent on most tasks, so it is often silent on every passing one.
+SPARSE_POSITIVES, SPARSE_NEGATIVES, SPARSE_FIRING = 7, 157, 0.05
+
+
+def _sparse_auroc_study(rng: np.random.Generator, firing_positive: float) -> bool:
+    y = np.arange(SPARSE_POSITIVES + SPARSE_NEGATIVES) < SPARSE_POSITIVES
+    firing = np.where(y, firing_positive, SPARSE_FIRING)
+    score = np.where(rng.random(y.size) < firing, rng.exponential(size=y.size), 0.0)
+    _, lo, hi = auroc_with_ci(y, score)
+    return not lo <= 0.5 <= hi
+
+
 # ------------------------------------------------------------------ McNemar
 
 MCNEMAR_TASKS, MCNEMAR_DISCORDANT = 200, 0.1
@@ -171,6 +188,8 @@ ENTRIES: list[Entry] = [
     Entry("mcnemar", from_trials(lambda r: _mcnemar_study(r, 0.5), lambda r: _mcnemar_study(r, 0.8))),
     Entry("coverage_interval", from_trials(lambda r: _coverage_study(r, False), lambda r: _coverage_study(r, True))),
     Entry("beyond_confounds_gain", from_trials(lambda r: _beyond_study(r, 0.0), lambda r: _beyond_study(r, 1.0))),
+    Entry("auroc_interval_sparse",
+          from_trials(lambda r: _sparse_auroc_study(r, SPARSE_FIRING), lambda r: _sparse_auroc_study(r, 0.6))),
 ]
 
 

@@ -300,6 +300,37 @@ def test_delong_variance_by_hand_with_ties():
     assert delong_interval(np.array([1, 1, 0, 0], bool), np.array([3.0, 2.0, 1.0, 0.0])) == (1.0, 1.0, 1.0)
 
 
+def test_delong_uses_the_largest_possible_variance_when_a_class_is_constant():
+    """A latent silent on every passing task: DeLong's estimate of that class's variance is 0, so the bound is used."""
+    y = np.arange(40) < 5
+    s = np.zeros(40)
+    s[[10, 20, 30]] = [0.4, 1.2, 2.0]  # fires on three failing tasks only
+    auroc, lo, hi = delong_interval(y, s)
+    assert auroc == pytest.approx(roc_auc_score(y, s)) == pytest.approx(0.5 - 3 / 35 / 2)
+    se = math.sqrt(auroc * (1 - auroc) / 5)  # van Dantzig's bound, min(n_pos, n_neg) = 5
+    logit, half = math.log(auroc / (1 - auroc)), 1.959963984540054 * se / (auroc * (1 - auroc))
+    assert (lo, hi) == pytest.approx((1 / (1 + math.exp(-(logit - half))), 1 / (1 + math.exp(-(logit + half)))))
+    assert lo < 0.5 < hi
+    auroc, lo, hi = delong_interval(y, np.ones(40))  # a constant score: no longer the point 0.5
+    assert auroc == 0.5 and lo < 0.3 and hi > 0.7
+
+
+def test_delong_interval_holds_its_error_rate_for_a_sparse_latent_with_few_positives():
+    """Simulated null studies of a transfer set's shape (7 passing, 157 failing, latent firing on 5% at random).
+
+    With DeLong's own variance the interval excluded 0.5 in 67% of such studies
+    (bench.calibration's auroc_interval_sparse); it must hold about 5%.
+    """
+    rng = np.random.default_rng(21)
+    y = np.arange(164) < 7
+    excluded = 0
+    for _ in range(400):
+        s = np.where(rng.random(164) < 0.05, rng.exponential(size=164), 0.0)
+        _, lo, hi = delong_interval(y, s)
+        excluded += not lo <= 0.5 <= hi
+    assert excluded / 400 <= 0.06
+
+
 def test_bootstrap_aurocs_equal_roc_auc_score_per_resample():
     rng = np.random.default_rng(11)
     y = rng.random(40) < 0.3
