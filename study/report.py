@@ -66,6 +66,9 @@ PUBLISHED = (
     "AUROC 0.64 to 0.67",
     "the 2026 probe study on Qwen3-4B: a linear probe reaches AUROC 0.931, prompt length alone 0.754",
 )
+PUBLISHED_LATENT_AUROC = (0.64, 0.67)  # gemma-2-2b's best latents, as in PUBLISHED
+PUBLISHED_PROBE_AUROC = 0.931  # Qwen3-4B's linear probe
+PUBLISHED_LENGTH_AUROC = 0.754  # prompt length alone, same study
 
 
 @dataclass
@@ -278,17 +281,24 @@ def _resources(page: Page, data_dir: Path, record: dict[str, Any] | None) -> Non
             continue
         meta = read_json(page.read(path))
         page.add(f"| {name} | {_num(meta.get('wall_time_s'), 1)} | {_num(meta.get('peak_rss_mb'), 1)} | {path.name} |")
-    page.add(*_resumed_note(page, data_dir))
+    sae_row = _sae_training_row(page, data_dir, record)
+    if sae_row:
+        page.add(sae_row)
+    page.add(*_resumed_note(page, data_dir))  # after the table: a paragraph inside it would end it
+
+
+def _sae_training_row(page: Page, data_dir: Path, record: dict[str, Any] | None) -> str:
+    """The train-saes row of the resources table ('' without a training report)."""
     sae_report = _sae_report_path(data_dir, record)
-    if sae_report is not None and sae_report.is_file():
-        report = read_json(sae_report)
-        whole = report.get("resources")
-        if whole:  # the whole command, recorded by run.py train-saes
-            page.add(f"| train-saes | {_num(whole.get('wall_time_s'), 1)} | {_num(whole.get('peak_rss_mb'), 1)} | "
-                     f"{sae_report.name} |")
-            return
-        seconds = report.get("collect_seconds", 0.0) + sum(e["train_seconds"] for e in report.get("layers", {}).values())
-        page.add(f"| train-saes (collecting and training only) | {_num(seconds, 1)} | {NOT_MEASURED} | {sae_report.name} |")
+    if sae_report is None or not sae_report.is_file():
+        return ""
+    report = read_json(sae_report)
+    whole = report.get("resources")
+    if whole:  # the whole command, recorded by run.py train-saes
+        return (f"| train-saes | {_num(whole.get('wall_time_s'), 1)} | {_num(whole.get('peak_rss_mb'), 1)} | "
+                f"{sae_report.name} |")
+    seconds = report.get("collect_seconds", 0.0) + sum(e["train_seconds"] for e in report.get("layers", {}).values())
+    return f"| train-saes (collecting and training only) | {_num(seconds, 1)} | {NOT_MEASURED} | {sae_report.name} |"
 
 
 def _resumed_note(page: Page, data_dir: Path) -> list[str]:
@@ -374,16 +384,54 @@ def _interval(row: dict[str, Any], lo: str = "auroc_ci_lo", hi: str = "auroc_ci_
             + (", an interval that includes chance (0.5)" if chance else ", an interval that excludes chance"))
 
 
+def _probe_row(doc: Phase3Result, kind: str, positive: str, layer: int) -> dict[str, Any] | None:
+    """A probe's validation row at temperature 0, or None."""
+    probes = doc.statistical.probes
+    entry = next((p for p in probes.probes if (p.probe, p.positive_class, p.layer) == (kind, positive, layer)), None)
+    return next((r for r in (entry.rows if entry else []) if r.get("split") == "validation"
+                 and r.get("temperature") == 0.0), None)
+
+
+def _where(low: float, high: float, row: dict[str, Any], lo: str = "auroc_ci_lo", hi: str = "auroc_ci_hi") -> str:
+    """Where a published figure (or range) lies against this study's interval: inside, above or below it."""
+    if row.get(lo) is None or row.get(hi) is None:
+        return "cannot be placed (no interval here)"
+    if low > row[hi]:
+        return "lies above this study's interval"
+    if high < row[lo]:
+        return "lies below this study's interval"
+    return "lies inside this study's interval" if low >= row[lo] and high <= row[hi] else "overlaps this study's interval"
+
+
+def _published_comparison(doc: Phase3Result) -> list[str]:
+    """This study's numbers beside the published ones, each placed against this study's 95% interval."""
+    lines = []
+    low, high = PUBLISHED_LATENT_AUROC
+    for direction in ("correct", "incorrect"):
+        row = _latent_row(doc, direction)
+        if row is not None and row.get("auroc") is not None:
+            lines.append(f"- The rank-1 {direction}-preferring latent here has validation AUROC "
+                         f"{_num(row['auroc'])}; gemma-2-2b's published {low:g} to {high:g} {_where(low, high, row)}.")
+    layer = ((doc.statistical.probes.best_layer or {}).get("logistic") or {}).get("correct")
+    row = _probe_row(doc, "logistic", "correct", layer) if layer is not None else None
+    if row is not None and row.get("auroc") is not None:
+        lines.append(f"- The logistic probe here (layer {layer}) has validation AUROC {_num(row['auroc'])}; "
+                     f"Qwen3-4B's published {PUBLISHED_PROBE_AUROC:g} "
+                     f"{_where(PUBLISHED_PROBE_AUROC, PUBLISHED_PROBE_AUROC, row)}.")
+    length = ((doc.statistical.reviewer_baselines or {}).get("confounds") or {}).get("n_prompt_tokens")
+    if length and length.get("auroc") is not None:
+        lines.append(f"- Prompt length alone here has validation AUROC {_num(length['auroc'])}; the probe study's "
+                     f"{PUBLISHED_LENGTH_AUROC:g} {_where(PUBLISHED_LENGTH_AUROC, PUBLISHED_LENGTH_AUROC, length, 'low', 'high')}.")
+    return lines
+
+
 def _probe_findings(doc: Phase3Result) -> list[str]:
     """The best probe of each kind and positive class (layer chosen on hyperparams), on validation."""
     probes = doc.statistical.probes
     found: dict[tuple[str, int, str], list[str]] = {}  # (kind, layer, AUROC text) -> the positive classes
     for kind, by_class in sorted((probes.best_layer or {}).items()):
         for positive, layer in sorted(by_class.items()):
-            entry = next((p for p in probes.probes if (p.probe, p.positive_class, p.layer) == (kind, positive, layer)),
-                         None)
-            row = next((r for r in (entry.rows if entry else []) if r.get("split") == "validation"
-                        and r.get("temperature") == 0.0), None)
+            row = _probe_row(doc, kind, positive, layer)
             if row is not None:
                 found.setdefault((kind, layer, _interval(row)), []).append(positive)
     lines = []
@@ -456,6 +504,9 @@ def _findings(page: Page, doc: Phase3Result | None, mbpp: pd.DataFrame | None, d
         page.add(*_steering_findings(doc), *_transfer_findings(doc))
     page.add("", "Published figures to compare with (literature, not this study's output):")
     page.add(*[f"- {line}" for line in PUBLISHED])
+    if doc is not None:
+        page.add("", "Against them (a published figure inside this study's 95% interval is one this study cannot "
+                 "tell apart from its own):", *_published_comparison(doc))
 
 
 def _assets(page: Page, out: Path, mbpp: pd.DataFrame | None, humaneval: pd.DataFrame | None,

@@ -240,8 +240,35 @@ def test_a_resumed_phase3_says_its_wall_time_is_the_last_process_alone(study_dat
     write_phase3_result(path, dataclasses.replace(doc, outputs={**doc.outputs, "steering": str(steering)}))
     out = tmp_path / "page.md"
     assert _report(study_data["data"], out).returncode == 0
+    text = out.read_text()
     assert ("Phase 3 resumed from the checkpoints of an earlier, stopped process (2 of the 3 rows of its steering "
-            "table read generations back)") in out.read_text()
+            "table read generations back)") in text
+    assert text.index("| train-saes") < text.index("Phase 3 resumed")  # the note follows the table, never splits it
     write_parquet(pd.DataFrame({"role": ["grid"], "n_resumed": [0]}), steering)
     assert _report(study_data["data"], out).returncode == 0
     assert "resumed from the checkpoints" not in out.read_text()
+
+
+def test_published_figures_are_placed_against_this_studys_intervals(study_data, tmp_path):
+    """Latent 0.6123 [0.5011, 0.7234], probe 0.7345 [0.6, 0.85], prompt length 0.5812 [0.4, 0.7] (the fixture)."""
+    out = tmp_path / "page.md"
+    assert _report(study_data["data"], out).returncode == 0
+    text = out.read_text()
+    assert ("- The rank-1 correct-preferring latent here has validation AUROC 0.612; gemma-2-2b's published 0.64 to "
+            "0.67 lies inside this study's interval.") in text
+    assert "Qwen3-4B's published 0.931 lies above this study's interval." in text
+    assert "the probe study's 0.754 lies above this study's interval." in text
+    assert "rank-1 incorrect-preferring latent here" not in text  # the fixture validated no incorrect latent
+    path = next((study_data["data"] / "phase3").glob("validation_*.json"))
+    doc = read_phase3_result(path)
+    probe = dataclasses.replace(doc.statistical.probes.probes[0], rows=[
+        {"split": "validation", "temperature": 0.0, "auroc": 0.97, "auroc_ci_lo": 0.95, "auroc_ci_hi": 0.99}])
+    probes = dataclasses.replace(doc.statistical.probes, probes=[probe])
+    latent = dataclasses.replace(doc.statistical.latents[0], rows=[
+        {"split": "validation", "temperature": 0.0, "auroc": 0.66, "auroc_ci_lo": 0.65, "auroc_ci_hi": 0.7}])
+    statistical = dataclasses.replace(doc.statistical, probes=probes, latents=[latent])
+    write_phase3_result(path, dataclasses.replace(doc, statistical=statistical))
+    assert _report(study_data["data"], out).returncode == 0
+    text = out.read_text()
+    assert "Qwen3-4B's published 0.931 lies below this study's interval." in text
+    assert "gemma-2-2b's published 0.64 to 0.67 overlaps this study's interval." in text
