@@ -246,6 +246,11 @@ class PipelineConfig:
         None, help="generation budget of steered runs (default: Phase 1's)", scope="3", minimum=1,
         group="phase 3 (validation)",
     )
+    keep_generations: bool = option(
+        False, help="keep the steered runs' checkpoints and the before-generation baselines after the outputs are "
+        "written, so a later rerun with the same settings (after a fix to the statistics, say) reads them back "
+        "instead of generating again", scope="3", group="phase 3 (validation)",
+    )
 
     # Model presets and SAE training (common/modeling/model_presets.py, common/saes/training.py)
     model_preset: str | None = option(

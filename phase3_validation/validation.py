@@ -643,6 +643,9 @@ def run(cfg: PipelineConfig) -> Path:
     result = from_json(Phase3Result, json_safe(to_json(raw)))
     rendered = _render(raw, result, stats, steering, paths)
     _write(clock, loaded, stats, m, rendered, raw, paths)
-    _clear_checkpoints(steering.ctx)
+    if loaded.cfg.keep_generations:
+        logger.info("phase 3: generations kept for a rerun (--keep-generations) in %s", steering.ctx.checkpoint_root)
+    else:
+        _clear_checkpoints(steering.ctx)
     logger.info("phase 3: summary -> %s", paths["summary"])
     return paths["summary"]

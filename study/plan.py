@@ -189,7 +189,9 @@ def plan_study(inputs: StudyInputs, settings: dict[str, Setting], run_dir: Path,
     # "=": a list that starts with a minus sign would read as an option.
     phase3 = ["--model", model, "--sae-path", str(saes), f"--coefficients={s['coefficients']}",
               "--n-random-controls", s["n_random_controls"], "--top-latents-validated", s["top_latents_validated"],
-              "--bootstrap", s["bootstrap"], "--batch-size", s["phase3_batch_size"]]
+              "--bootstrap", s["bootstrap"], "--batch-size", s["phase3_batch_size"],
+              # Hours of steered generation stay on disk: a fix to the statistics reruns Phase 3 in minutes.
+              "--keep-generations"]
     if inputs.humaneval_path is not None:
         phase3 += ["--humaneval-path", str(inputs.humaneval_path)]
     steps.append(("phase3", ["phase", "3", *common, *phase3]))

@@ -71,6 +71,7 @@ def test_every_planned_command_is_one_run_py_accepts(tmp_path):
     assert phase3.coefficients == SMOLLM2_SETTINGS["coefficients"].value
     assert phase3.n_random_controls == SMOLLM2_SETTINGS["n_random_controls"].value
     assert phase3.batch_size == SMOLLM2_SETTINGS["phase3_batch_size"].value and phase1.batch_size is None
+    assert phase3.keep_generations  # the study's steered runs survive its outputs
     phase12 = run.config_for(by_name["phase1.2"].args)
     assert phase12.temperatures == SMOLLM2_SETTINGS["temperatures"].value
     sae2 = run.config_for(by_name["phase2-sae"].args)

@@ -788,6 +788,26 @@ def test_resid_mid_is_steered_with_the_norm_measured_there(e2e):
     assert "no saved activations at this site" in summary.read_text()
 
 
+def test_kept_generations_let_a_rerun_generate_nothing(e2e):
+    """--keep-generations leaves the steered runs on disk; the next run reads every one back, then clears them."""
+    model_dir = Path(e2e["cfg"].model)
+    small = dict(coefficients=[3.0], n_random_controls=1, top_latents_validated=1)
+    checkpoints = e2e["data"] / "phase3" / "checkpoints"
+    first = phase3_validation.run(_cfg(e2e["data"], e2e["problems"], model_dir, keep_generations=True, **small))
+    kept = sorted(p.relative_to(checkpoints) for p in checkpoints.rglob("*.parquet"))
+    assert kept
+    again = phase3_validation.run(_cfg(e2e["data"], e2e["problems"], model_dir, **small))
+    runs = {s: pd.read_parquet(s.parent / s.name.replace("summary_", "steering_").replace(".md", ".parquet"))
+            for s in (first, again)}
+    assert (runs[first]["n_resumed"] == 0).all()  # the fixture's own checkpoints were cleared before this test
+    sizes = {"hyperparams": len(e2e["hp_ids"]), "validation": len(e2e["val_ids"]), "humaneval": N_PROBLEMS}
+    assert (runs[again]["n_resumed"].to_numpy() == runs[again]["split"].map(sizes).to_numpy()).all()
+    outcomes = [pd.read_parquet(s.parent / s.name.replace("summary_", "steering_outcomes_").replace(".md", ".parquet"))
+                for s in (first, again)]
+    pd.testing.assert_frame_equal(outcomes[0], outcomes[1])
+    assert not checkpoints.exists()  # the run without the flag removed what it read
+
+
 def test_runs_on_real_phase2_results(e2e, tmp_path):
     """The contract with phase2_sae_analysis: Phase 3 reads what Phase 2 really writes (schema, paths)."""
     phase2 = pytest.importorskip("phase2_sae_analysis")
