@@ -24,6 +24,10 @@ Tests (docs/statistics.md says what each null is and why):
   transfer set's shape (7 passing, 157 failing tasks), firing on 5% of tasks
   at random; "yes" = the interval excludes 0.5 (the effect: it fires on 60%
   of the passing tasks).
+- ``auroc_interval_sparse_sampled``: that latent at a temperature > 0
+  (390 tasks x 3 samples, 1.8% of samples passing; the latent is the task's
+  value): :func:`phase3_validation.statistical.auroc_interval`, whose interval
+  resamples tasks; the effect: tasks where it fires pass 15% of samples.
 - ``mcnemar``: :func:`common.statistics.stats.mcnemar_exact`; null = discordant tasks
   equally likely either way; "yes" = p <= 0.05.
 - ``coverage_interval``: :func:`phase3_validation.baselines.coverage_curve`
@@ -52,6 +56,7 @@ import numpy as np
 
 from common.statistics.stats import PermutationNull, auroc_with_ci, latent_scores, mcnemar_exact, monte_carlo_verdict
 from phase3_validation.baselines import beyond_confounds, coverage_curve
+from phase3_validation.statistical import auroc_interval as task_auroc_interval
 
 NOMINAL = 0.05
 MAX_FPR = 0.06
@@ -129,6 +134,22 @@ def _sparse_auroc_study(rng: np.random.Generator, firing_positive: float) -> boo
     return not lo <= 0.5 <= hi
 
 
+# The same latent at temperatures > 0: a task's value (one prompt) for all its samples, interval over tasks.
+SAMPLED_TASKS, SAMPLES_PER_TASK, SAMPLED_PASS_RATE = 390, 3, 0.018
+
+
+def _sparse_sampled_study(rng: np.random.Generator, pass_when_firing: float) -> bool:
+    groups = np.repeat(np.arange(SAMPLED_TASKS), SAMPLES_PER_TASK)
+    fires = rng.random(SAMPLED_TASKS) < SPARSE_FIRING
+    while True:
+        y = rng.random(groups.size) < np.where(fires, pass_when_firing, SAMPLED_PASS_RATE)[groups]
+        if y.any():
+            break
+    score = np.where(fires, rng.exponential(size=SAMPLED_TASKS), 0.0)[groups]
+    _, lo, hi, _ = task_auroc_interval(y, score, AUROC_BOOT, _seed(rng), groups)
+    return not lo <= 0.5 <= hi
+
+
 # ------------------------------------------------------------------ McNemar
 
 MCNEMAR_TASKS, MCNEMAR_DISCORDANT = 200, 0.1
@@ -190,6 +211,8 @@ ENTRIES: list[Entry] = [
     Entry("beyond_confounds_gain", from_trials(lambda r: _beyond_study(r, 0.0), lambda r: _beyond_study(r, 1.0))),
     Entry("auroc_interval_sparse",
           from_trials(lambda r: _sparse_auroc_study(r, SPARSE_FIRING), lambda r: _sparse_auroc_study(r, 0.6))),
+    Entry("auroc_interval_sparse_sampled",
+          from_trials(lambda r: _sparse_sampled_study(r, SAMPLED_PASS_RATE), lambda r: _sparse_sampled_study(r, 0.15))),
 ]
 
 

@@ -49,7 +49,15 @@ from tqdm import tqdm
 
 from common.errors import PipelineError
 from common.saes.loading import encode, load_sae
-from common.statistics.stats import auroc_with_ci, best_f1_threshold, classification_metrics
+from common.statistics.stats import (
+    auroc_with_ci,
+    best_f1_threshold,
+    classification_metrics,
+    delong_placements,
+    largest_auroc_variance,
+    logit_interval,
+    placements_degenerate,
+)
 from phase3_validation.inputs import LatentRef, Phase3Inputs, temperature_activations
 
 logger = logging.getLogger(__name__)
@@ -123,11 +131,34 @@ def auroc_interval(
         auroc, lo, hi = auroc_with_ci(y, scores, n_bootstrap=n_bootstrap, seed=seed)
         return auroc, lo, hi, "DeLong variance, logit scale"
     auroc = float(roc_auc_score(y, scores))
+    method = "percentile bootstrap over tasks (samples of a task kept together)"
     boot = clustered_bootstrap_aurocs(y, scores, groups, n_bootstrap, seed)
     if boot.size == 0:
-        return auroc, float("nan"), float("nan"), "percentile bootstrap over tasks (samples of a task kept together)"
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return auroc, float(lo), float(hi), "percentile bootstrap over tasks (samples of a task kept together)"
+        return auroc, float("nan"), float("nan"), method
+    lo, hi = (float(v) for v in np.percentile(boot, [2.5, 97.5]))
+    bound = _bound_interval(np.asarray(y, dtype=bool), np.asarray(scores, dtype=np.float64), np.asarray(groups))
+    if bound is not None:
+        return auroc, min(lo, bound[0]), max(hi, bound[1]), method + ", widened to van Dantzig's bound"
+    return auroc, lo, hi, method
+
+
+def _bound_interval(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tuple[float, float] | None:
+    """The largest-variance interval, over tasks, when one class's scores do not vary; else None.
+
+    Why: resampling tasks cannot show variation a class never has (a sparse
+    latent silent on every passing task): in simulated null studies of 390
+    tasks x 3 samples at a 1.8% pass rate, the task bootstrap alone excluded
+    0.5 in 30% of them. As DeLong's interval does then
+    (``delong_interval``), the variance is van Dantzig's bound, counted in
+    tasks that hold each class.
+    """
+    v10, v01 = delong_placements(y, scores)
+    if not (placements_degenerate(v10) or placements_degenerate(v01)):
+        return None
+    auroc = float(v10.mean())
+    n_pos, n_neg = np.unique(groups[y]).size, np.unique(groups[~y]).size
+    _, lo, hi = logit_interval(auroc, largest_auroc_variance(auroc, n_pos, n_neg))
+    return lo, hi
 
 
 def evaluate_at_threshold(

@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^(\w+) false_positive_rate ([0-9.]+) coverage_or_power ([0-9.]+) n_sim (\d+)$")
 EXPECTED = {"phase2_family_p", "auroc_interval", "mcnemar", "coverage_interval", "beyond_confounds_gain",
-            "auroc_interval_sparse"}
+            "auroc_interval_sparse", "auroc_interval_sparse_sampled"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:

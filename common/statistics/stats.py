@@ -401,21 +401,40 @@ def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 
     y = np.asarray(y_true, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
-    ranks = sps.rankdata(s)
-    v10 = (ranks[y] - sps.rankdata(s[y])) / n_neg
-    v01 = 1.0 - (ranks[~y] - sps.rankdata(s[~y])) / n_pos
+    v10, v01 = delong_placements(y, s)
     auroc = float(v10.mean())
     if auroc in (0.0, 1.0):
         return auroc, auroc, auroc
     var = (v10.var(ddof=1) / n_pos if n_pos > 1 else 0.0) + (v01.var(ddof=1) / n_neg if n_neg > 1 else 0.0)
-    if _placements_degenerate(v10) or _placements_degenerate(v01):
-        var = max(var, auroc * (1.0 - auroc) / min(n_pos, n_neg))
+    if placements_degenerate(v10) or placements_degenerate(v01):
+        var = max(var, largest_auroc_variance(auroc, n_pos, n_neg))
+    return logit_interval(auroc, var, confidence)
+
+
+def delong_placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(V10, V01): each positive's share of negatives scored below it, each negative's of positives above (ties half)."""
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    ranks = sps.rankdata(s)
+    v10 = (ranks[y] - sps.rankdata(s[y])) / n_neg
+    v01 = 1.0 - (ranks[~y] - sps.rankdata(s[~y])) / n_pos
+    return v10, v01
+
+
+def largest_auroc_variance(auroc: float, n_pos: int, n_neg: int) -> float:
+    """van Dantzig's bound: no AUROC estimate of this value from these class sizes varies more than A (1 - A) / min."""
+    return auroc * (1.0 - auroc) / min(n_pos, n_neg)
+
+
+def logit_interval(auroc: float, var: float, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(AUROC, lo, hi): the normal interval of logit(AUROC) by the delta method, mapped back into (0, 1)."""
+    if var <= 0.0 or auroc in (0.0, 1.0):
+        return auroc, auroc, auroc
     z = float(sps.norm.ppf(0.5 + confidence / 2.0))
     centre, half = math.log(auroc / (1.0 - auroc)), z * math.sqrt(var) / (auroc * (1.0 - auroc))
     return auroc, 1.0 / (1.0 + math.exp(-(centre - half))), 1.0 / (1.0 + math.exp(-(centre + half)))
 
 
-def _placements_degenerate(placements: np.ndarray) -> bool:
+def placements_degenerate(placements: np.ndarray) -> bool:
     """True when a class's DeLong placements cannot estimate its variance: one task, or all equal."""
     return placements.size < 2 or bool(np.ptp(placements) == 0.0)
 

@@ -275,6 +275,33 @@ def test_task_clustered_interval_is_wider_than_row_bootstrap():
     assert (hi - lo) == pytest.approx(task_hi - task_lo, rel=0.35)
 
 
+def test_task_interval_holds_its_error_rate_for_a_latent_silent_on_the_passing_samples():
+    """Simulated null studies of a sampled split's shape: 390 tasks x 3 samples, 1.8% passing, a latent firing on 5%.
+
+    The latent is a task's value (one prompt), so it is often 0 on every passing sample; the task bootstrap alone
+    then gives an interval entirely below 0.5 (it did in 30% of such studies). Widened to van Dantzig's bound it
+    must hold about 5%.
+    """
+    rng = np.random.default_rng(4)
+    groups = np.repeat(np.arange(390), 3)
+    excluded = studies = 0
+    while studies < 150:
+        y = rng.random(groups.size) < 0.018
+        if not y.any():
+            continue
+        s = np.where(rng.random(390) < 0.05, rng.exponential(size=390), 0.0)[groups]
+        _, lo, hi, method = auroc_interval(y, s, 200, int(rng.integers(2**31)), groups)
+        excluded += not lo <= 0.5 <= hi
+        studies += 1
+    assert excluded / studies <= 0.06
+    y = np.zeros(groups.size, dtype=bool)
+    y[[0, 10, 20]] = True  # three passing samples, all scored 0; one failing task fires
+    s = np.zeros(groups.size)
+    s[groups == 7] = 1.0
+    auc, lo, hi, method = auroc_interval(y, s, 200, 0, groups)
+    assert lo < 0.5 < hi and method.endswith("widened to van Dantzig's bound") and auc < 0.5
+
+
 D_IN, D_SAE = 16, 8
 
 
