@@ -523,8 +523,11 @@ def _assets(page: Page, out: Path, mbpp: pd.DataFrame | None, humaneval: pd.Data
                  f"re-score with `python3 run.py label --generations {folder.name}/{name} --dataset {dataset}`")
     for key, src in sorted((doc.outputs if doc is not None else {}).items()):
         if key.endswith("_png") and Path(src).is_file():
-            atomic_write_bytes(folder / Path(src).name, Path(src).read_bytes())
-            page.add(f"- `{folder.name}/{Path(src).name}` ({key.removesuffix('_png').replace('_', ' ')})")
+            # A name without Phase 3's timestamp: a rerun's plot replaces the one before instead of sitting beside it.
+            name = key.removesuffix("_png") + ".png"
+            atomic_write_bytes(folder / name, Path(src).read_bytes())
+            page.add(f"- `{folder.name}/{name}` ({key.removesuffix('_png').replace('_', ' ')}; Phase 3's "
+                     f"`{Path(src).name}`)")
 
 
 def _plain(value: Any) -> Any:

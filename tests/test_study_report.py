@@ -181,7 +181,8 @@ def test_page_numbers_equal_the_files(study_data, tmp_path):
     generations = [json.loads(line) for line in (out.parent / "page" / "mbpp_generations.jsonl").read_text().splitlines()]
     assert [g["task_id"] for g in generations] == rows["task_id"].tolist()
     assert [g["passed"] for g in generations] == rows["passed"].tolist()
-    assert (out.parent / "page" / f"roc_{STAMP}.png").read_bytes() == b"\x89PNG fake plot bytes"
+    assert (out.parent / "page" / "roc.png").read_bytes() == b"\x89PNG fake plot bytes"
+    assert f"`page/roc.png` (roc; Phase 3's `roc_{STAMP}.png`)" in page
 
 
 def test_an_sae_that_loses_the_between_task_variance_is_said_plainly(study_data, tmp_path):
