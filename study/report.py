@@ -281,13 +281,13 @@ def _resources(page: Page, data_dir: Path, record: dict[str, Any] | None) -> Non
             continue
         meta = read_json(page.read(path))
         page.add(f"| {name} | {_num(meta.get('wall_time_s'), 1)} | {_num(meta.get('peak_rss_mb'), 1)} | {path.name} |")
-    sae_row = _sae_training_row(page, data_dir, record)
+    sae_row = _sae_training_row(data_dir, record)
     if sae_row:
         page.add(sae_row)
     page.add(*_resumed_note(page, data_dir))  # after the table: a paragraph inside it would end it
 
 
-def _sae_training_row(page: Page, data_dir: Path, record: dict[str, Any] | None) -> str:
+def _sae_training_row(data_dir: Path, record: dict[str, Any] | None) -> str:
     """The train-saes row of the resources table ('' without a training report)."""
     sae_report = _sae_report_path(data_dir, record)
     if sae_report is None or not sae_report.is_file():

@@ -279,7 +279,7 @@ def test_task_interval_holds_its_error_rate_for_a_latent_silent_on_the_passing_s
     """Simulated null studies of a sampled split's shape: 390 tasks x 3 samples, 1.8% passing, a latent firing on 5%.
 
     The latent is a task's value (one prompt), so it is often 0 on every passing sample; the task bootstrap alone
-    then gives an interval entirely below 0.5 (it did in 30% of such studies). Widened to van Dantzig's bound it
+    then gives an interval entirely below 0.5 (it did in 36% of such studies). Widened to van Dantzig's bound it
     must hold about 5%.
     """
     rng = np.random.default_rng(4)
