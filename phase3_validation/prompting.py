@@ -22,8 +22,6 @@ import hashlib
 import logging
 from typing import Any
 
-import pandas as pd
-
 from common.datadir import DirectionSteeringResult, RecordCheckpointer
 from common.modeling.generation_loop import Job, generate_and_execute
 from common.modeling.model_presets import apply_prompt_format
@@ -34,6 +32,7 @@ from phase3_validation.steering_eval import (
     SplitBaseline,
     SteeredRun,
     SteeringContext,
+    finished_run,
     program_changes,
     rates_with_baselines,
     split_jobs,
@@ -76,15 +75,11 @@ def prompted_generation(ctx: SteeringContext, split: SplitTasks, instruction: st
         identity["prompt_format"] = split.prompt_format
     folder = ctx.checkpoint_root / f"{split.name}_prompting_{run_key(identity)}"
     checkpointer = RecordCheckpointer(folder, ctx.checkpoint_every, ctx.autosave_every, ctx.autosave_keep)
-    n_resumed = len({r["key"] for r in checkpointer.load()})
+    resumed = {r["key"] for r in checkpointer.load()}
     ctx.folders.add(folder)
     records = generate_and_execute(ctx.model, ctx.tokenizer, jobs, ctx.gen_cfg, [], ctx.executor, checkpointer,
                                    desc=f"phase 3 {split.name} prompting baseline")
-    checkpointer.flush()
-    table = pd.DataFrame(records)
-    table["task_id"] = table["task_id"].astype(int)
-    table = table.set_index("task_id").loc[split.task_ids].reset_index()
-    return SteeredRun(label="prompting", records=table, n_resumed=n_resumed, checkpoint=folder)
+    return finished_run(ctx, "prompting", records, resumed, folder, split.task_ids)
 
 
 def prompting_baseline(ctx: SteeringContext, base: SplitBaseline, instruction: str = INSTRUCTION

@@ -431,6 +431,10 @@ class SteeredRun:
     records: pd.DataFrame
     n_resumed: int
     checkpoint: Path
+    # Model time of the run's sequences (the sum of their amortised ``gen_time_s``): those generated in this
+    # process, and those read back from the checkpoint of an earlier one.
+    generation_s: float = 0.0
+    generation_s_read_back: float = 0.0
 
     @property
     def correct(self) -> np.ndarray:
@@ -582,7 +586,7 @@ def steered_generation(
     if folder in ctx.runs:
         return ctx.runs[folder]
     checkpointer = RecordCheckpointer(folder, ctx.checkpoint_every, ctx.autosave_every, ctx.autosave_keep)
-    n_resumed = len({r["key"] for r in checkpointer.load()})
+    resumed = {r["key"] for r in checkpointer.load()}
     ctx.folders.add(folder)
     desc = f"phase 3 {split.name} {label}"
     # The benchmark's own stop sequences (HumanEval's judge cuts the completion there).
@@ -591,12 +595,46 @@ def steered_generation(
         records = generate_and_execute(
             ctx.model, ctx.tokenizer, jobs, gen_cfg, [], ctx.executor, checkpointer, desc=desc
         )
-    checkpointer.flush()
+    return finished_run(ctx, label, records, resumed, folder, split.task_ids)
+
+
+def finished_run(ctx: SteeringContext, label: str, records: list[dict[str, Any]], resumed: set[str], folder: Path,
+                 task_ids: list[int]) -> SteeredRun:
+    """The run's records in the split's task order, with what it cost; kept in ``ctx.runs`` under its folder.
+
+    ``resumed``: the record keys its checkpoint held before this process
+    generated anything. Their model time was spent by an earlier process,
+    so a resumed Phase 3 can report what its generations cost in all.
+    """
     table = pd.DataFrame(records)
     table["task_id"] = table["task_id"].astype(int)
-    table = table.set_index("task_id").loc[split.task_ids].reset_index()
-    ctx.runs[folder] = SteeredRun(label=label, records=table, n_resumed=n_resumed, checkpoint=folder)
+    table = table.set_index("task_id").loc[task_ids].reset_index()
+    read_back = table["key"].isin(resumed).to_numpy()
+    seconds = table["gen_time_s"].astype(float).to_numpy()
+    ctx.runs[folder] = SteeredRun(
+        label=label, records=table, n_resumed=len(resumed), checkpoint=folder,
+        generation_s=float(seconds[~read_back].sum()), generation_s_read_back=float(seconds[read_back].sum()),
+    )
     return ctx.runs[folder]
+
+
+def generation_cost(ctx: SteeringContext) -> dict[str, Any]:
+    """Model time of every run this process made or read back: what Phase 3's generation cost across processes.
+
+    Why: a Phase 3 stopped and rerun times only its last process in
+    ``wall_time_s``; the records' amortised generation times are kept in the
+    checkpoints, so the earlier processes' model time is still known.
+    Test execution, loading and statistics of earlier processes are not.
+    """
+    runs = list(ctx.runs.values())
+    return {
+        "runs": len(runs),
+        "sequences": sum(len(r.records) for r in runs),
+        "sequences_read_back": sum(r.n_resumed for r in runs),
+        "model_seconds_this_process": round(sum(r.generation_s for r in runs), 1),
+        "model_seconds_read_back": round(sum(r.generation_s_read_back for r in runs), 1),
+        "measure": "the sum of the runs' records' amortised generation time (gen_time_s); test execution not counted",
+    }
 
 
 def program_changes(before: pd.DataFrame, task_ids: list[int], run: SteeredRun) -> dict[str, Any]:

@@ -103,6 +103,7 @@ from phase3_validation.steering_eval import (
     SplitBaseline,
     SteeredRun,
     SteeringContext,
+    generation_cost,
     outcomes_table,
     rates_with_baselines,
     record_outcomes,
@@ -597,8 +598,8 @@ def _render(raw: Phase3Result, result: Phase3Result, stats: _Statistics, steerin
     }
 
 
-def _write(clock: RunClock, loaded: _Loaded, stats: _Statistics, m: _Model, rendered: dict[str, Rendered],
-           raw: Phase3Result, paths: dict[str, Path]) -> None:
+def _write(clock: RunClock, loaded: _Loaded, stats: _Statistics, m: _Model, steering: _Steering,
+           rendered: dict[str, Rendered], raw: Phase3Result, paths: dict[str, Path]) -> None:
     """Write every output (each atomically), then the metadata with the configuration as computed."""
     for name, content in rendered.items():
         if isinstance(content, Phase3Result):
@@ -608,7 +609,8 @@ def _write(clock: RunClock, loaded: _Loaded, stats: _Statistics, m: _Model, rend
     meta = build_metadata(
         "3", loaded.cfg, clock, inputs=_input_paths(loaded, stats),
         outputs={k: v for k, v in paths.items() if k != "metadata"},
-        extra={**to_json(raw.configuration), "generation": dataclasses.asdict(m.gen_cfg), "flags": raw.flags},
+        extra={**to_json(raw.configuration), "generation": dataclasses.asdict(m.gen_cfg), "flags": raw.flags,
+               "generation_cost": generation_cost(steering.ctx)},
     )
     PHASE3_METADATA.write(meta, paths["metadata"])
 
@@ -642,7 +644,7 @@ def run(cfg: PipelineConfig) -> Path:
     # The document as it is written (NaN as null): the summary and the file say the same thing.
     result = from_json(Phase3Result, json_safe(to_json(raw)))
     rendered = _render(raw, result, stats, steering, paths)
-    _write(clock, loaded, stats, m, rendered, raw, paths)
+    _write(clock, loaded, stats, m, steering, rendered, raw, paths)
     if loaded.cfg.keep_generations:
         logger.info("phase 3: generations kept for a rerun (--keep-generations) in %s", steering.ctx.checkpoint_root)
     else:

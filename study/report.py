@@ -315,9 +315,23 @@ def _resumed_note(page: Page, data_dir: Path) -> list[str]:
     resumed = int((runs > 0).sum())
     if not resumed:
         return []
-    return ["", f"Phase 3 resumed from the checkpoints of an earlier, stopped process ({resumed} of the {len(runs)} "
+    note = (f"Phase 3 resumed from the checkpoints of an earlier, stopped process ({resumed} of the {len(runs)} "
             "rows of its steering table read generations back): its wall time and peak memory are those of the "
-            "process that finished, not the sum."]
+            "process that finished, not the sum.")
+    return ["", note + _generation_cost_sentence(page, data_dir)]
+
+
+def _generation_cost_sentence(page: Page, data_dir: Path) -> str:
+    """What Phase 3's generations cost across processes, from its metadata ('' where not recorded)."""
+    path = PHASE3_METADATA.latest(data_dir)
+    cost = read_json(page.read(path)).get("generation_cost") if path is not None and path.is_file() else None
+    if not cost:
+        return ""
+    now, before = cost["model_seconds_this_process"], cost["model_seconds_read_back"]
+    return (f" Its {cost['runs']} generation runs ({cost['sequences']} sequences) cost {_num(now + before, 1)} s "
+            f"of model time in all: {_num(now, 1)} s in that process and {_num(before, 1)} s in earlier ones, read "
+            f"back with {cost['sequences_read_back']} sequences from the checkpoints (the records' amortised "
+            "generation times; the earlier processes' test execution and statistics are not counted).")
 
 
 def _corpora(page: Page, record: dict[str, Any] | None) -> None:

@@ -233,7 +233,7 @@ def test_the_transfer_finding_counts_intervals_on_each_side_of_chance(study_data
             "intervals are wide.") in out.read_text()
 
 
-def test_a_resumed_phase3_says_its_wall_time_is_the_last_process_alone(study_data, tmp_path):
+def test_a_resumed_phase3_says_its_wall_time_is_the_last_process_alone_and_what_its_generations_cost(study_data, tmp_path):
     path = next((study_data["data"] / "phase3").glob("validation_*.json"))
     doc = read_phase3_result(path)
     steering = study_data["data"] / "phase3" / f"steering_{STAMP}.parquet"
@@ -245,6 +245,14 @@ def test_a_resumed_phase3_says_its_wall_time_is_the_last_process_alone(study_dat
     assert ("Phase 3 resumed from the checkpoints of an earlier, stopped process (2 of the 3 rows of its steering "
             "table read generations back)") in text
     assert text.index("| train-saes") < text.index("Phase 3 resumed")  # the note follows the table, never splits it
+    assert "model time in all" not in text  # no Phase 3 metadata in the fixture: no cost to report
+    cost = {"runs": 3, "sequences": 147, "sequences_read_back": 147, "model_seconds_this_process": 0.0,
+            "model_seconds_read_back": 812.3, "measure": "gen_time_s"}
+    write_json(study_data["data"] / "phase3" / f"validation_{STAMP}_metadata.json",
+               build_metadata("3", PipelineConfig(), RunClock(), extra={"generation_cost": cost}))
+    assert _report(study_data["data"], out).returncode == 0
+    assert ("Its 3 generation runs (147 sequences) cost 812.3 s of model time in all: 0.0 s in that process and "
+            "812.3 s in earlier ones, read back with 147 sequences") in out.read_text()
     write_parquet(pd.DataFrame({"role": ["grid"], "n_resumed": [0]}), steering)
     assert _report(study_data["data"], out).returncode == 0
     assert "resumed from the checkpoints" not in out.read_text()

@@ -833,6 +833,13 @@ def test_kept_generations_let_a_rerun_generate_nothing(e2e):
                 for s in (first, again)]
     pd.testing.assert_frame_equal(outcomes[0], outcomes[1])
     assert not checkpoints.exists()  # the run without the flag removed what it read
+    # The generations' model time moves from "this process" to "read back": the rerun knows what they cost.
+    cost = [json.loads((s.parent / s.name.replace("summary_", "validation_").replace(".md", "_metadata.json"))
+                       .read_text())["generation_cost"] for s in (first, again)]
+    assert cost[0]["sequences_read_back"] == 0 and cost[0]["model_seconds_this_process"] > 0
+    assert cost[1]["sequences_read_back"] == cost[1]["sequences"] == cost[0]["sequences"]
+    assert cost[1]["model_seconds_this_process"] == 0
+    assert cost[1]["model_seconds_read_back"] == cost[0]["model_seconds_this_process"]
 
 
 def test_runs_on_real_phase2_results(e2e, tmp_path):
