@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^(\w+) false_positive_rate ([0-9.]+) coverage_or_power ([0-9.]+) n_sim (\d+)$")
 EXPECTED = {"phase2_family_p", "auroc_interval", "mcnemar", "coverage_interval", "beyond_confounds_gain",
-            "auroc_interval_sparse", "auroc_interval_sparse_sampled"}
+            "auroc_interval_sparse", "auroc_interval_small_class", "auroc_interval_sparse_sampled"}
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -36,6 +36,10 @@ def test_bench_prints_one_sane_line_per_test():
     for name, (fpr, power) in rows.items():
         assert 0.0 <= fpr <= 0.2, (name, fpr)  # nominal 0.05: 30 studies put more than 6 false positives at < 1%
         assert power > fpr, (name, fpr, power)  # every planted effect is one the test can see
+    # An entry's seed comes from its name: run alone, it prints the line it printed among the others.
+    alone = _run("--n-sim", "30", "--seed", "3", "--only", "auroc_interval_small_class")
+    line = next(x for x in out.stdout.splitlines() if x.startswith("auroc_interval_small_class "))
+    assert alone.returncode == 0 and alone.stdout.strip() == line
 
 
 def test_bad_n_sim_is_one_line_and_exit_2():

@@ -397,6 +397,19 @@ def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 
     the largest any AUROC of this value can have, A (1 - A) / min(n_pos,
     n_neg) (van Dantzig's bound), so the interval is conservative rather
     than false. Perfect separation (AUROC 0 or 1) gives the point.
+
+    Why Student's t, not the normal quantile: DeLong's variance is estimated
+    from the placements, and with a few tasks in one class that estimate is
+    itself noisy. The degrees of freedom are Welch-Satterthwaite's for the
+    sum of the two classes' parts (about n_pos - 1 when the passing class's
+    part dominates). Simulated with 7 passing and 157 failing tasks and a
+    latent firing on half of them at random, the normal quantile excluded
+    0.5 in 7.4% of null studies (bench.calibration's
+    auroc_interval_small_class), the t quantile in 3.7%; and for a latent
+    whose true AUROC is 0.15 the normal interval covered it in about 93% of
+    studies, the t interval in about 95% (the tests simulate both). The
+    bound is a largest variance, not an estimate: it keeps the normal
+    quantile.
     """
     y = np.asarray(y_true, dtype=bool)
     s = np.asarray(scores, dtype=np.float64)
@@ -405,10 +418,15 @@ def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 
     auroc = float(v10.mean())
     if auroc in (0.0, 1.0):
         return auroc, auroc, auroc
-    var = (v10.var(ddof=1) / n_pos if n_pos > 1 else 0.0) + (v01.var(ddof=1) / n_neg if n_neg > 1 else 0.0)
+    parts = (v10.var(ddof=1) / n_pos if n_pos > 1 else 0.0, v01.var(ddof=1) / n_neg if n_neg > 1 else 0.0)
     if placements_degenerate(v10) or placements_degenerate(v01):
-        var = max(var, largest_auroc_variance(auroc, n_pos, n_neg))
-    return logit_interval(auroc, var, confidence)
+        return logit_interval(auroc, max(sum(parts), largest_auroc_variance(auroc, n_pos, n_neg)), confidence)
+    return logit_interval(auroc, sum(parts), confidence, df=welch_df(parts, (n_pos, n_neg)))
+
+
+def welch_df(parts: tuple[float, float], sizes: tuple[int, int]) -> float:
+    """Welch-Satterthwaite degrees of freedom of a variance summed from two estimated parts, var_i / n_i."""
+    return sum(parts) ** 2 / sum(v * v / (n - 1) for v, n in zip(parts, sizes))
 
 
 def delong_placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -425,11 +443,17 @@ def largest_auroc_variance(auroc: float, n_pos: int, n_neg: int) -> float:
     return auroc * (1.0 - auroc) / min(n_pos, n_neg)
 
 
-def logit_interval(auroc: float, var: float, confidence: float = 0.95) -> tuple[float, float, float]:
-    """(AUROC, lo, hi): the normal interval of logit(AUROC) by the delta method, mapped back into (0, 1)."""
+def logit_interval(auroc: float, var: float, confidence: float = 0.95,
+                   df: float | None = None) -> tuple[float, float, float]:
+    """(AUROC, lo, hi): the interval of logit(AUROC) by the delta method, mapped back into (0, 1).
+
+    ``df``: the quantile is Student's t with these degrees of freedom (the
+    variance estimated from few tasks); None: the normal quantile.
+    """
     if var <= 0.0 or auroc in (0.0, 1.0):
         return auroc, auroc, auroc
-    z = float(sps.norm.ppf(0.5 + confidence / 2.0))
+    q = 0.5 + confidence / 2.0
+    z = float(sps.norm.ppf(q) if df is None else sps.t.ppf(q, df))
     centre, half = math.log(auroc / (1.0 - auroc)), z * math.sqrt(var) / (auroc * (1.0 - auroc))
     return auroc, 1.0 / (1.0 + math.exp(-(centre - half))), 1.0 / (1.0 + math.exp(-(centre + half)))
 
