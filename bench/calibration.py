@@ -127,26 +127,16 @@ def _auroc_study(rng: np.random.Generator, shift: float) -> bool:
     return not lo <= 0.5 <= hi
 
 
-# A sparse SAE latent on a transfer set's shape: few passing tasks, the latent
-# silent on most tasks, so it is often silent on every passing one.
-SPARSE_POSITIVES, SPARSE_NEGATIVES, SPARSE_FIRING = 7, 157, 0.05
+# A latent on a transfer set's shape (few passing tasks). Sparse: silent on most
+# tasks, so often silent on every passing one. Dense: firing on half the tasks,
+# so DeLong's variance is estimated from 7 varying placements.
+SPARSE_POSITIVES, SPARSE_NEGATIVES, SPARSE_FIRING, DENSE_FIRING = 7, 157, 0.05, 0.5
 
 
-def _sparse_auroc_study(rng: np.random.Generator, firing_positive: float) -> bool:
+def _transfer_latent_study(rng: np.random.Generator, firing_failing: float, firing_passing: float) -> bool:
+    """The latent fires (exponential value, else 0) on each task with its class's chance; does the interval exclude 0.5?"""
     y = np.arange(SPARSE_POSITIVES + SPARSE_NEGATIVES) < SPARSE_POSITIVES
-    firing = np.where(y, firing_positive, SPARSE_FIRING)
-    score = np.where(rng.random(y.size) < firing, rng.exponential(size=y.size), 0.0)
-    _, lo, hi = auroc_with_ci(y, score)
-    return not lo <= 0.5 <= hi
-
-
-DENSE_FIRING = 0.5
-
-
-def _small_class_study(rng: np.random.Generator, firing_positive: float) -> bool:
-    """A latent firing on half the tasks, 7 of them passing: DeLong's variance comes from 7 placements."""
-    y = np.arange(SPARSE_POSITIVES + SPARSE_NEGATIVES) < SPARSE_POSITIVES
-    firing = np.where(y, firing_positive, DENSE_FIRING)
+    firing = np.where(y, firing_passing, firing_failing)
     score = np.where(rng.random(y.size) < firing, rng.exponential(size=y.size), 0.0)
     _, lo, hi = auroc_with_ci(y, score)
     return not lo <= 0.5 <= hi
@@ -228,9 +218,11 @@ ENTRIES: list[Entry] = [
     Entry("coverage_interval", from_trials(lambda r: _coverage_study(r, False), lambda r: _coverage_study(r, True))),
     Entry("beyond_confounds_gain", from_trials(lambda r: _beyond_study(r, 0.0), lambda r: _beyond_study(r, 1.0))),
     Entry("auroc_interval_sparse",
-          from_trials(lambda r: _sparse_auroc_study(r, SPARSE_FIRING), lambda r: _sparse_auroc_study(r, 0.6))),
+          from_trials(lambda r: _transfer_latent_study(r, SPARSE_FIRING, SPARSE_FIRING),
+                      lambda r: _transfer_latent_study(r, SPARSE_FIRING, 0.6))),
     Entry("auroc_interval_small_class",
-          from_trials(lambda r: _small_class_study(r, DENSE_FIRING), lambda r: _small_class_study(r, 0.95))),
+          from_trials(lambda r: _transfer_latent_study(r, DENSE_FIRING, DENSE_FIRING),
+                      lambda r: _transfer_latent_study(r, DENSE_FIRING, 0.95))),
     Entry("auroc_interval_sparse_sampled",
           from_trials(lambda r: _sparse_sampled_study(r, SAMPLED_PASS_RATE), lambda r: _sparse_sampled_study(r, 0.15))),
 ]
