@@ -302,7 +302,7 @@ def _sae_training_row(data_dir: Path, record: dict[str, Any] | None) -> str:
 
 
 def _resumed_note(page: Page, data_dir: Path) -> list[str]:
-    """A Phase 3 that resumed from an earlier process's checkpoints: its wall time is the last process's alone.
+    """A Phase 3 that read generations back from earlier processes: its wall time is the last process's alone.
 
     Why on the page: a phase's metadata times the process that wrote it, so a
     Phase 3 stopped and rerun reports less than the study cost.
@@ -315,9 +315,9 @@ def _resumed_note(page: Page, data_dir: Path) -> list[str]:
     resumed = int((runs > 0).sum())
     if not resumed:
         return []
-    note = (f"Phase 3 resumed from the checkpoints of an earlier, stopped process ({resumed} of the {len(runs)} "
-            "rows of its steering table read generations back): its wall time and peak memory are those of the "
-            "process that finished, not the sum.")
+    note = (f"Phase 3 read generations back from the checkpoints of earlier processes ({resumed} of the "
+            f"{len(runs)} rows of its steering table: a stopped run resumed, or generations kept by "
+            "`--keep-generations`): its wall time and peak memory are those of its last process alone.")
     return ["", note + _generation_cost_sentence(page, data_dir)]
 
 
@@ -328,10 +328,10 @@ def _generation_cost_sentence(page: Page, data_dir: Path) -> str:
     if not cost:
         return ""
     now, before = cost["model_seconds_this_process"], cost["model_seconds_read_back"]
-    return (f" Its {cost['runs']} generation runs ({cost['sequences']} sequences) cost {_num(now + before, 1)} s "
-            f"of model time in all: {_num(now, 1)} s in that process and {_num(before, 1)} s in earlier ones, read "
-            f"back with {cost['sequences_read_back']} sequences from the checkpoints (the records' amortised "
-            "generation times; the earlier processes' test execution and statistics are not counted).")
+    return (f" Its {cost['runs']} generation runs ({cost['sequences']} sequences, {cost['sequences_read_back']} "
+            f"read back) cost {_num(now + before, 1)} s of model time: {_num(now, 1)} s in the last process and "
+            f"{_num(before, 1)} s in earlier ones (the sum of the records' amortised generation times; the earlier "
+            "processes' test execution and statistics are not counted).")
 
 
 def _corpora(page: Page, record: dict[str, Any] | None) -> None:

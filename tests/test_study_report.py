@@ -242,20 +242,20 @@ def test_a_resumed_phase3_says_its_wall_time_is_the_last_process_alone_and_what_
     out = tmp_path / "page.md"
     assert _report(study_data["data"], out).returncode == 0
     text = out.read_text()
-    assert ("Phase 3 resumed from the checkpoints of an earlier, stopped process (2 of the 3 rows of its steering "
-            "table read generations back)") in text
-    assert text.index("| train-saes") < text.index("Phase 3 resumed")  # the note follows the table, never splits it
+    assert ("Phase 3 read generations back from the checkpoints of earlier processes (2 of the 3 rows of its "
+            "steering table:") in text
+    assert text.index("| train-saes") < text.index("Phase 3 read")  # the note follows the table, never splits it
     assert "model time in all" not in text  # no Phase 3 metadata in the fixture: no cost to report
     cost = {"runs": 3, "sequences": 147, "sequences_read_back": 147, "model_seconds_this_process": 0.0,
             "model_seconds_read_back": 812.3, "measure": "gen_time_s"}
     write_json(study_data["data"] / "phase3" / f"validation_{STAMP}_metadata.json",
                build_metadata("3", PipelineConfig(), RunClock(), extra={"generation_cost": cost}))
     assert _report(study_data["data"], out).returncode == 0
-    assert ("Its 3 generation runs (147 sequences) cost 812.3 s of model time in all: 0.0 s in that process and "
-            "812.3 s in earlier ones, read back with 147 sequences") in out.read_text()
+    assert ("Its 3 generation runs (147 sequences, 147 read back) cost 812.3 s of model time: 0.0 s in the last "
+            "process and 812.3 s in earlier ones") in out.read_text()
     write_parquet(pd.DataFrame({"role": ["grid"], "n_resumed": [0]}), steering)
     assert _report(study_data["data"], out).returncode == 0
-    assert "resumed from the checkpoints" not in out.read_text()
+    assert "read generations back" not in out.read_text()
 
 
 def test_published_figures_are_placed_against_this_studys_intervals(study_data, tmp_path):
