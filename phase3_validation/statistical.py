@@ -57,6 +57,7 @@ from common.statistics.stats import (
     largest_auroc_variance,
     logit_interval,
     placements_degenerate,
+    separation_interval,
 )
 from phase3_validation.inputs import LatentRef, Phase3Inputs, temperature_activations
 
@@ -157,7 +158,10 @@ def _bound_interval(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tu
         return None
     auroc = float(v10.mean())
     n_pos, n_neg = np.unique(groups[y]).size, np.unique(groups[~y]).size
-    _, lo, hi = logit_interval(auroc, largest_auroc_variance(auroc, n_pos, n_neg))
+    if auroc in (0.0, 1.0):  # perfect separation: the bound is 0 there
+        _, lo, hi = separation_interval(auroc, n_pos, n_neg)
+    else:
+        _, lo, hi = logit_interval(auroc, largest_auroc_variance(auroc, n_pos, n_neg))
     return lo, hi
 
 

@@ -396,7 +396,8 @@ def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 
     0.5 in 67% of studies (28% with 24 and 366). In that case the variance is
     the largest any AUROC of this value can have, A (1 - A) / min(n_pos,
     n_neg) (van Dantzig's bound), so the interval is conservative rather
-    than false. Perfect separation (AUROC 0 or 1) gives the point.
+    than false. Perfect separation (AUROC 0 or 1) has no variance to
+    estimate at all: ``separation_interval``.
 
     Why Student's t, not the normal quantile: DeLong's variance is estimated
     from the placements, and with a few tasks in one class that estimate is
@@ -417,11 +418,28 @@ def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 
     v10, v01 = delong_placements(y, s)
     auroc = float(v10.mean())
     if auroc in (0.0, 1.0):
-        return auroc, auroc, auroc
+        return separation_interval(auroc, n_pos, n_neg, confidence)
     parts = (v10.var(ddof=1) / n_pos if n_pos > 1 else 0.0, v01.var(ddof=1) / n_neg if n_neg > 1 else 0.0)
     if placements_degenerate(v10) or placements_degenerate(v01):
         return logit_interval(auroc, max(sum(parts), largest_auroc_variance(auroc, n_pos, n_neg)), confidence)
     return logit_interval(auroc, sum(parts), confidence, df=welch_df(parts, (n_pos, n_neg)))
+
+
+def separation_interval(auroc: float, n_pos: int, n_neg: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(AUROC, lo, hi) for perfect separation: Clopper-Pearson's interval for min(n_pos, n_neg) successes of as many.
+
+    Why not the point: with 3 passing and 3 failing tasks, a score unrelated
+    to the label separates them perfectly in 2 of the 20 equally likely
+    orders, and a point interval would call each of those different from
+    chance. van Dantzig's bound says an AUROC varies at most like a share of
+    min(n_pos, n_neg) trials; at the edge that share's exact interval is the
+    honest one. With 5 tasks in the smaller class it still holds 0.5.
+    """
+    m = min(n_pos, n_neg)
+    ci = sps.binomtest(m, m).proportion_ci(confidence_level=confidence, method="exact")
+    if auroc == 1.0:
+        return 1.0, float(ci.low), 1.0
+    return 0.0, 0.0, float(1.0 - ci.low)
 
 
 def welch_df(parts: tuple[float, float], sizes: tuple[int, int]) -> float:

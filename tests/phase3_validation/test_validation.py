@@ -302,6 +302,19 @@ def test_task_interval_holds_its_error_rate_for_a_latent_silent_on_the_passing_s
     assert lo < 0.5 < hi and method.endswith("widened to van Dantzig's bound") and auc < 0.5
 
 
+def test_task_interval_at_perfect_separation_is_not_a_point():
+    """Two passing tasks of six, each sample scored above every failing one: every resample says 1.0.
+
+    Two passing tasks could rank first by chance in 1 of 15 orders: the interval must hold 0.5, as
+    Clopper-Pearson's for 2 of 2 does (its lower end 0.158).
+    """
+    groups = np.repeat(np.arange(6), 3)
+    y = groups < 2
+    s = np.where(y, 2.0, 1.0) + 0.01 * np.arange(groups.size)
+    auc, lo, hi, method = auroc_interval(y, s, 200, 0, groups)
+    assert auc == 1.0 and hi == 1.0 and lo == pytest.approx(0.025 ** 0.5) and "van Dantzig" in method
+
+
 D_IN, D_SAE = 16, 8
 
 

@@ -6,6 +6,7 @@ numbers, so the vectorised code is checked against something independent.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -300,7 +301,32 @@ def test_delong_variance_by_hand_with_ties():
     assert 2.0 < t < 2.2  # about 12 passing tasks: wider than the normal 1.96
     logit, half = math.log(auroc / (1 - auroc)), t * math.sqrt(a + b) / (auroc * (1 - auroc))
     assert (lo, hi) == pytest.approx((1 / (1 + math.exp(-(logit - half))), 1 / (1 + math.exp(-(logit + half)))))
-    assert delong_interval(np.array([1, 1, 0, 0], bool), np.array([3.0, 2.0, 1.0, 0.0])) == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("n_pos,n_neg", [(2, 2), (3, 3), (4, 4), (3, 10), (4, 12), (3, 20)])
+def test_delong_interval_exact_error_rate_on_small_splits(n_pos, n_neg):
+    """Every order of untied scores is equally likely under the null: the exact false-positive rate, no simulation.
+
+    With the point interval at perfect separation and the normal quantile, 3 passing and 3 failing tasks
+    excluded 0.5 in at least 2 of the 20 orders (10%).
+    """
+    n = n_pos + n_neg
+    scores = np.arange(n, dtype=float)
+    excluded = total = 0
+    for passing in itertools.combinations(range(n), n_pos):
+        y = np.isin(np.arange(n), passing)
+        _, lo, hi = delong_interval(y, scores)
+        excluded += not lo <= 0.5 <= hi
+        total += 1
+    assert excluded / total <= 0.05
+
+
+def test_perfect_separation_gives_clopper_pearson_of_the_smaller_class():
+    auroc, lo, hi = delong_interval(np.array([1, 1, 1, 0, 0, 0, 0], bool), np.array([9.0, 8, 7, 3, 2, 1, 0]))
+    assert (auroc, hi) == (1.0, 1.0) and lo == pytest.approx(binomtest(3, 3).proportion_ci(method="exact").low)
+    assert lo == pytest.approx(0.025 ** (1 / 3))
+    auroc, lo, hi = delong_interval(np.array([0, 0, 1, 1], bool), np.array([9.0, 8, 1, 0]))
+    assert (auroc, lo) == (0.0, 0.0) and hi == pytest.approx(1 - 0.025 ** 0.5)
 
 
 def test_delong_uses_the_largest_possible_variance_when_a_class_is_constant():
