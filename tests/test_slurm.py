@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -130,6 +131,9 @@ def test_requeued_slice_resumes_in_the_same_job(tmp_path, tiny_model_dir):
         subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
         # SLURM holds a requeued job back for a while (its begin time moves on): let it start now
         wait_for(lambda: squeue_state(job_id) == "PENDING", 120, f"job {job_id} to be requeued")
+        # slurmd refuses a credential issued in the same second as the requeue revoked the old one ("Job
+        # credential revoked"), which once failed the restarted job: let that second pass before starting it.
+        time.sleep(2.0)
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=60)
 
     _, job_id, stdout, log = _interrupt_mid_slice(tmp_path, tiny_model_dir, 0, requeue)
