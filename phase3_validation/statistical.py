@@ -52,12 +52,10 @@ from common.saes.loading import encode, load_sae
 from common.statistics.stats import (
     auroc_with_ci,
     best_f1_threshold,
+    bound_interval,
     classification_metrics,
     delong_placements,
-    largest_auroc_variance,
-    logit_interval,
     placements_degenerate,
-    separation_interval,
 )
 from phase3_validation.inputs import LatentRef, Phase3Inputs, temperature_activations
 
@@ -158,10 +156,7 @@ def _bound_interval(y: np.ndarray, scores: np.ndarray, groups: np.ndarray) -> tu
         return None
     auroc = float(v10.mean())
     n_pos, n_neg = np.unique(groups[y]).size, np.unique(groups[~y]).size
-    if auroc in (0.0, 1.0):  # perfect separation: the bound is 0 there
-        _, lo, hi = separation_interval(auroc, n_pos, n_neg)
-    else:
-        _, lo, hi = logit_interval(auroc, largest_auroc_variance(auroc, n_pos, n_neg))
+    _, lo, hi = bound_interval(auroc, n_pos, n_neg)
     return lo, hi
 
 

@@ -418,11 +418,18 @@ def delong_interval(y_true: np.ndarray, scores: np.ndarray, confidence: float = 
     v10, v01 = delong_placements(y, s)
     auroc = float(v10.mean())
     if auroc in (0.0, 1.0):
-        return separation_interval(auroc, n_pos, n_neg, confidence)
+        return bound_interval(auroc, n_pos, n_neg, confidence)
     parts = (v10.var(ddof=1) / n_pos if n_pos > 1 else 0.0, v01.var(ddof=1) / n_neg if n_neg > 1 else 0.0)
     if placements_degenerate(v10) or placements_degenerate(v01):
         return logit_interval(auroc, max(sum(parts), largest_auroc_variance(auroc, n_pos, n_neg)), confidence)
     return logit_interval(auroc, sum(parts), confidence, df=welch_df(parts, (n_pos, n_neg)))
+
+
+def bound_interval(auroc: float, n_pos: int, n_neg: int, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(AUROC, lo, hi) with the largest variance an AUROC of this value can have; at 0 or 1, ``separation_interval``."""
+    if auroc in (0.0, 1.0):  # the bound is 0 there
+        return separation_interval(auroc, n_pos, n_neg, confidence)
+    return logit_interval(auroc, largest_auroc_variance(auroc, n_pos, n_neg), confidence)
 
 
 def separation_interval(auroc: float, n_pos: int, n_neg: int, confidence: float = 0.95) -> tuple[float, float, float]:
