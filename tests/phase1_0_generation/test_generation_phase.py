@@ -118,7 +118,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(phase1_run, tiny_model_dir, tmp
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming:" in rerun.stderr  # finished tasks were not redone
     resumed = int(rerun.stderr.split("resuming:")[1].split()[0])
-    assert 2 <= resumed < N_TASKS
+    # Usually mid-run; on a fast machine the tiny model can checkpoint every task before the kill lands, which is
+    # a crash before the outputs were written: the rerun must then generate nothing and still write them.
+    assert 2 <= resumed <= N_TASKS
 
     got = pd.read_parquet(next((data / "phase1_0").glob("dataset_*.parquet")))
     want = pd.read_parquet(reference_path)
